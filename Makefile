@@ -1,0 +1,36 @@
+# SimScale-Gym: the two commands of the README.
+#   make demo   install into .venv, build the embedded mini dataset if missing, run the main job
+#   make test   install into .venv and run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SIMSCALE_CACHE ?= $(CURDIR)/.cache
+export SIMSCALE_CACHE
+MINI := $(SIMSCALE_CACHE)/mini
+# numba compiles kernels once and keeps them on disk
+export NUMBA_CACHE_DIR ?= $(SIMSCALE_CACHE)/numba
+
+.PHONY: demo test install mini bench clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=23.1"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+mini: install
+	$(VENV)/bin/simscale data build-mini --out $(MINI) --if-missing
+
+demo: mini
+	$(VENV)/bin/simscale demo --data $(MINI)
+
+test: mini
+	SIMSCALE_MINI=$(MINI) $(PY) -m pytest -x -q
+
+bench: mini
+	$(VENV)/bin/simscale bench data --data $(MINI)
+
+clean:
+	rm -rf $(VENV) $(SIMSCALE_CACHE) .pytest_cache

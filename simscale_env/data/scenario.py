@@ -1,0 +1,425 @@
+"""Scenarios with nuPlan semantics.
+
+A scenario starts at a tagged `lidar_pc` (nuplan/planning/scenario_builder/nuplan_db/nuplan_scenario_utils.py,
+`get_scenarios_from_db`): the challenge extraction is [duration 15 s, offset -3 s, subsample 0.5], i.e. the window
+[t_tag - 3 s, t_tag + 12 s] (both ends inclusive), every 2nd lidar_pc, so 10 Hz and ~151 iterations, iteration 0
+three seconds before the tag. Route roadblocks and goal come from the scene of the tagged lidar_pc; scenes are
+ordered by name and the first two and last two never yield scenarios; scenarios without a goal are dropped
+(`remove_invalid_goals`).
+
+Everything is returned as typed, frozen dataclasses of numpy arrays (read-only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from ..errors import MissingFileError, UnknownTokenError
+from .nuplan_db import CameraCalibration, LogDB
+from .schema import DATABASE_ROW_INTERVAL_S, TL_UNKNOWN
+
+# nuplan/planning/script/config/common/scenario_builder/scenario_mapping/nuplan_challenge_scenario_mapping.yaml:
+# every challenge type uses [scenario_duration, extraction_offset, subsample_ratio] = [15.0, -3.0, 0.5]
+SCENARIO_DURATION_S = 15.0
+EXTRACTION_OFFSET_S = -3.0
+SUBSAMPLE_RATIO = 0.5
+# Devkit simulation history buffer (default_simulation.yaml: 2.0 s)
+HISTORY_S = 2.0
+
+
+def _freeze(*arrays):
+    for a in arrays:
+        if isinstance(a, np.ndarray):
+            a.flags.writeable = False
+
+
+@dataclass(frozen=True)
+class EgoTrack:
+    """Ego rear-axle states [T]: x, y, heading global; vx, vy, ax, ay in the ego frame; yaw_rate."""
+
+    timestamps_us: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    heading: np.ndarray
+    vx: np.ndarray
+    vy: np.ndarray
+    ax: np.ndarray
+    ay: np.ndarray
+    yaw_rate: np.ndarray
+
+    def __post_init__(self):
+        _freeze(*(getattr(self, f) for f in self.__dataclass_fields__))
+
+    @property
+    def poses(self) -> np.ndarray:
+        """[T, 3] (x, y, heading)."""
+        return np.stack([self.x, self.y, self.heading], axis=-1)
+
+    @property
+    def speed(self) -> np.ndarray:
+        return np.hypot(self.vx, self.vy)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def slice(self, sl: slice) -> "EgoTrack":
+        return EgoTrack(**{f: getattr(self, f)[sl] for f in self.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class AgentTracks:
+    """Every tracked object seen in a window, as dense [T, M] arrays with a validity mask.
+
+    `category` codes index :data:`simscale_env.data.schema.CATEGORIES`. Positions are box centres (global), `vx, vy`
+    the logged global-frame velocity, `heading` the box yaw. Invalid entries hold NaN.
+    """
+
+    track_tokens: tuple[str, ...]
+    category: np.ndarray  # [M] int8
+    valid: np.ndarray  # [T, M] bool
+    x: np.ndarray
+    y: np.ndarray
+    z: np.ndarray
+    heading: np.ndarray
+    vx: np.ndarray
+    vy: np.ndarray
+    length: np.ndarray
+    width: np.ndarray
+    height: np.ndarray
+
+    def __post_init__(self):
+        _freeze(*(getattr(self, f) for f in self.__dataclass_fields__ if f != "track_tokens"))
+
+    @property
+    def num_tracks(self) -> int:
+        return len(self.track_tokens)
+
+    def at(self, t: int) -> dict[str, np.ndarray]:
+        """The objects present at frame t as flat arrays (plus `index` into the track axis)."""
+        m = self.valid[t]
+        idx = np.nonzero(m)[0]
+        out = {"index": idx, "category": self.category[idx],
+               "track_token": np.array(self.track_tokens, dtype="<U16")[idx] if len(idx) else np.array([], "<U16")}
+        for f in ("x", "y", "z", "heading", "vx", "vy", "length", "width", "height"):
+            out[f] = getattr(self, f)[t, idx]
+        return out
+
+    def slice(self, sl: slice) -> "AgentTracks":
+        kw = {f: getattr(self, f)[sl] for f in ("valid", "x", "y", "z", "heading", "vx", "vy", "length", "width",
+                                                "height")}
+        return AgentTracks(track_tokens=self.track_tokens, category=self.category, **kw)
+
+    @staticmethod
+    def from_boxes(boxes: dict[str, np.ndarray], num_frames: int) -> "AgentTracks":
+        tracks, col = np.unique(boxes["track"], return_inverse=True)
+        m = len(tracks)
+        valid = np.zeros((num_frames, m), dtype=bool)
+        valid[boxes["frame"], col] = True
+        cat = np.zeros(m, dtype=np.int8)
+        cat[col] = boxes["category"]
+        kw = {}
+        for f in ("x", "y", "z", "vx", "vy", "length", "width", "height"):
+            a = np.full((num_frames, m), np.nan)
+            a[boxes["frame"], col] = boxes[f]
+            kw[f] = a
+        h = np.full((num_frames, m), np.nan)
+        h[boxes["frame"], col] = boxes["yaw"]
+        return AgentTracks(track_tokens=tuple(str(t) for t in tracks), category=cat, valid=valid, heading=h, **kw)
+
+
+@dataclass(frozen=True)
+class TrafficLights:
+    """Status per lane connector and frame: [T, K] codes (0 green, 1 yellow, 2 red, 3 unknown)."""
+
+    connector_ids: np.ndarray  # [K] int64
+    status: np.ndarray  # [T, K] int8
+
+    def __post_init__(self):
+        _freeze(self.connector_ids, self.status)
+
+    def at(self, t: int) -> dict[int, int]:
+        return {int(c): int(s) for c, s in zip(self.connector_ids, self.status[t])}
+
+    def red_connectors(self, t: int) -> np.ndarray:
+        from .schema import TL_RED
+
+        return self.connector_ids[self.status[t] == TL_RED]
+
+    def slice(self, sl: slice) -> "TrafficLights":
+        return TrafficLights(self.connector_ids, self.status[sl])
+
+    @staticmethod
+    def from_rows(rows: dict[str, np.ndarray], num_frames: int) -> "TrafficLights":
+        ids, col = np.unique(rows["lane_connector_id"], return_inverse=True)
+        status = np.full((num_frames, len(ids)), TL_UNKNOWN, dtype=np.int8)
+        status[rows["frame"], col] = rows["status"]
+        return TrafficLights(ids.astype(np.int64), status)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A window of a log at a fixed step, ready for simulation.
+
+    Frames [0, start_index) are history before iteration 0 (the devkit's history buffer); frames
+    [start_index, T) are the simulation iterations.
+    """
+
+    token: str  # the tagged lidar_pc (hex); for whole-log iteration, the first iteration's lidar_pc
+    log_name: str
+    log_path: str
+    scenario_type: str
+    map_location: str  # log.map_version, a key of nuplan-maps-v1.0.json
+    timestamps_us: np.ndarray  # [T]
+    lidar_pc_tokens: tuple[str, ...]
+    start_index: int
+    ego: EgoTrack
+    agents: AgentTracks
+    traffic_lights: TrafficLights
+    route_roadblock_ids: tuple[str, ...]
+    goal: tuple[float, float, float] | None
+    cameras: tuple[CameraCalibration, ...] = field(default=())
+    tag_track_token: str | None = None
+    dt_s: float = 0.1
+
+    def __post_init__(self):
+        _freeze(self.timestamps_us)
+
+    @property
+    def num_iterations(self) -> int:
+        return len(self.timestamps_us) - self.start_index
+
+    @property
+    def num_history(self) -> int:
+        return self.start_index
+
+    @property
+    def iteration_timestamps_us(self) -> np.ndarray:
+        return self.timestamps_us[self.start_index:]
+
+    @property
+    def tag_timestamp_us(self) -> int:
+        idx = self.lidar_pc_tokens.index(self.token) if self.token in self.lidar_pc_tokens else self.start_index
+        return int(self.timestamps_us[idx])
+
+    def __repr__(self) -> str:
+        return (f"Scenario({self.token}, {self.scenario_type}, log={self.log_name}, map={self.map_location}, "
+                f"iterations={self.num_iterations}, history={self.num_history}, agents={self.agents.num_tracks})")
+
+
+@dataclass(frozen=True)
+class ScenarioRef:
+    """A cheap handle on a scenario: enough to list, filter and load it."""
+
+    token: str
+    log_name: str
+    log_path: str
+    scenario_type: str
+    timestamp_us: int
+    map_location: str
+
+
+def sample_window(timestamps: np.ndarray, start_us: int, end_us: int, step: int) -> np.ndarray:
+    """Indices of every `step`-th lidar_pc with start <= t <= end, starting at the first one in the window
+    (`get_sampled_sensor_tokens_in_time_window_from_db`)."""
+    lo = int(np.searchsorted(timestamps, start_us, side="left"))
+    hi = int(np.searchsorted(timestamps, end_us, side="right"))
+    return np.arange(lo, hi, step, dtype=np.int64)
+
+
+def extract_window(db: LogDB, indices: np.ndarray, start_index: int, *, token: str, scenario_type: str,
+                   route: Sequence[str], goal, tag_track_token: str | None = None, dt_s: float = 0.1) -> Scenario:
+    """Build a :class:`Scenario` from lidar_pc `indices` of an open log."""
+    indices = np.asarray(indices, dtype=np.int64)
+    e = db.ego_arrays(indices)
+    ego = EgoTrack(timestamps_us=e["timestamp"], x=e["x"], y=e["y"], heading=e["heading"], vx=e["vx"], vy=e["vy"],
+                   ax=e["ax"], ay=e["ay"], yaw_rate=e["yaw_rate"])
+    agents = AgentTracks.from_boxes(db.boxes(indices), len(indices))
+    lights = TrafficLights.from_rows(db.traffic_lights(indices), len(indices))
+    return Scenario(
+        token=token, log_name=db.name, log_path=str(db.path), scenario_type=scenario_type,
+        map_location=db.map_location, timestamps_us=e["timestamp"].copy(),
+        lidar_pc_tokens=tuple(db.lidar_pc_tokens[i] for i in indices), start_index=int(start_index), ego=ego,
+        agents=agents, traffic_lights=lights, route_roadblock_ids=tuple(route), goal=goal, cameras=db.cameras,
+        tag_track_token=tag_track_token, dt_s=dt_s)
+
+
+def _scene_of(db: LogDB, idx: int):
+    tok = db._lidar_pc["scene_token"][idx]
+    return db.scene(tok) if tok is not None else None
+
+
+def extract_scenario(db: LogDB, token: str, *, scenario_type: str | None = None,
+                     duration_s: float = SCENARIO_DURATION_S, offset_s: float = EXTRACTION_OFFSET_S,
+                     subsample_ratio: float = SUBSAMPLE_RATIO, history_s: float = HISTORY_S) -> Scenario:
+    """The scenario anchored at lidar_pc `token` with nuPlan's extraction (defaults: the challenge mapping).
+
+    `history_s` seconds of log before iteration 0 are prepended (at the same step) where the log has them.
+    """
+    tag_idx = db.lidar_pc_index(token)
+    ts = db.lidar_pc_timestamps
+    anchor = int(ts[tag_idx])
+    start = int(anchor + offset_s * 1e6)
+    end = int(start + duration_s * 1e6)
+    step = int(1.0 / subsample_ratio)
+    iters = sample_window(ts, start, end, step)
+    if len(iters) == 0:
+        raise UnknownTokenError(db.path, f"scenario {token}: no lidar_pc in its window")
+    n_hist = int(round(history_s / (step * DATABASE_ROW_INTERVAL_S)))
+    hist = iters[0] - step * np.arange(n_hist, 0, -1)
+    hist = hist[hist >= 0]
+    indices = np.concatenate([hist, iters])
+    tags = [t for t in db.scenario_tags if t.lidar_pc_token == token]
+    if scenario_type is None:
+        scenario_type = tags[0].type if tags else "unknown"
+    tag_track = next((t.agent_track_token for t in tags if t.type == scenario_type), None)
+    scene = _scene_of(db, tag_idx)
+    route = scene.roadblock_ids if scene else ()
+    goal = scene.goal if scene else None
+    return extract_window(db, indices, len(hist), token=token, scenario_type=scenario_type, route=route, goal=goal,
+                          tag_track_token=tag_track, dt_s=step * DATABASE_ROW_INTERVAL_S)
+
+
+def iterate_log(db: LogDB, *, step_s: float = 0.1, start_s: float = 0.0, duration_s: float | None = None,
+                history_s: float = 0.0) -> Scenario:
+    """A whole log (or a part) as one long scenario at `step_s` (default 10 Hz), for episodes longer than 15 s.
+
+    The route is the union, in order of appearance, of the roadblock ids of the scenes the window passes; the goal
+    is that of the last scene with one.
+    """
+    step = max(1, int(round(step_s / DATABASE_ROW_INTERVAL_S)))
+    ts = db.lidar_pc_timestamps
+    t0 = int(ts[0] + start_s * 1e6)
+    t1 = int(ts[-1]) if duration_s is None else int(t0 + duration_s * 1e6)
+    iters = sample_window(ts, t0, t1, step)
+    if len(iters) == 0:
+        raise ValueError(f"start_s={start_s} is past the end of log {db.name} ({db.duration_s:.1f} s)")
+    n_hist = int(round(history_s / (step * DATABASE_ROW_INTERVAL_S)))
+    hist = iters[0] - step * np.arange(n_hist, 0, -1)
+    hist = hist[hist >= 0]
+    route: list[str] = []
+    goal = None
+    seen_scenes = []
+    for i in iters:
+        st = db._lidar_pc["scene_token"][i]
+        if st is not None and (not seen_scenes or seen_scenes[-1] != st):
+            seen_scenes.append(st)
+    for st in seen_scenes:
+        sc = db.scene(st)
+        for rb in sc.roadblock_ids:
+            if rb not in route:
+                route.append(rb)
+        goal = sc.goal or goal
+    return extract_window(db, np.concatenate([hist, iters]), len(hist), token=db.lidar_pc_tokens[iters[0]],
+                          scenario_type="log", route=route, goal=goal, dt_s=step * DATABASE_ROW_INTERVAL_S)
+
+
+def scenario_refs_in_log(db: LogDB, *, require_goal: bool = True) -> list[ScenarioRef]:
+    """Scenario candidates of one log with the devkit's validity rules (tagged lidar_pcs, not in the first two or
+    last two scenes by name, with a goal when `require_goal`)."""
+    scenes = db.scenes
+    invalid = {s.token for s in scenes[:2]} | {s.token for s in scenes[-2:]} if len(scenes) else set()
+    by_token = {s.token: s for s in scenes}
+    out = []
+    for tag in db.scenario_tags:
+        idx = db._lidar_pc["index"].get(tag.lidar_pc_token)
+        if idx is None:
+            continue
+        st = db._lidar_pc["scene_token"][idx]
+        if st is None or st in invalid:
+            continue
+        if require_goal and (st not in by_token or by_token[st].goal is None):
+            continue
+        out.append(ScenarioRef(tag.lidar_pc_token, db.name, str(db.path), tag.type, tag.timestamp, db.map_location))
+    return out
+
+
+def find_log_files(data_root: str | Path, split: str | None = None) -> list[Path]:
+    """`.db` logs under `data_root` (a folder of .db files, or a nuPlan root with nuplan-v1.1/splits/<split>/)."""
+    root = Path(data_root)
+    if not root.exists():
+        raise MissingFileError(root, "data folder not found")
+    if root.is_file():
+        return [root]
+    cands = []
+    if split:
+        cands.append(root / "nuplan-v1.1" / "splits" / split)
+        cands.append(root / "splits" / split)
+    cands += [root, root / "nuplan-v1.1" / "splits"]
+    for c in cands:
+        if c.is_dir():
+            files = sorted(c.rglob("*.db")) if c.name == "splits" else sorted(c.glob("*.db"))
+            if files:
+                return files
+    raise MissingFileError(root, "no nuPlan .db logs found (looked in nuplan-v1.1/splits/<split>/ and the folder)")
+
+
+class ScenarioBuilder:
+    """Lists and loads scenarios over a set of logs, with the devkit's filters.
+
+    >>> b = ScenarioBuilder("data/nuplan-v1.1/splits/mini")             # doctest: +SKIP
+    >>> refs = b.refs(scenario_types=["stopping_with_lead"], limit=5)    # doctest: +SKIP
+    >>> scenario = b.load(refs[0])                                       # doctest: +SKIP
+    """
+
+    def __init__(self, logs: str | Path | Iterable[str | Path], *, split: str | None = None,
+                 require_goal: bool = True):
+        if isinstance(logs, (str, Path)):
+            files = find_log_files(logs, split)
+        else:
+            files = [Path(p) for p in logs]
+        self.log_files = {f.stem: f for f in files}
+        self.require_goal = require_goal
+        self._dbs: dict[str, LogDB] = {}
+        self._refs: list[ScenarioRef] | None = None
+
+    def db(self, log_name: str) -> LogDB:
+        if log_name not in self._dbs:
+            if log_name not in self.log_files:
+                raise UnknownTokenError(None, f"unknown log '{log_name}'")
+            self._dbs[log_name] = LogDB(self.log_files[log_name])
+        return self._dbs[log_name]
+
+    def all_refs(self) -> list[ScenarioRef]:
+        if self._refs is None:
+            refs = []
+            for name in sorted(self.log_files):
+                refs.extend(scenario_refs_in_log(self.db(name), require_goal=self.require_goal))
+            self._refs = refs
+        return self._refs
+
+    def refs(self, *, scenario_types: Sequence[str] | None = None, log_names: Sequence[str] | None = None,
+             tokens: Sequence[str] | None = None, limit: int | None = None) -> list[ScenarioRef]:
+        out = self.all_refs()
+        if scenario_types is not None:
+            st = set(scenario_types)
+            out = [r for r in out if r.scenario_type in st]
+        if log_names is not None:
+            ln = set(log_names)
+            out = [r for r in out if r.log_name in ln]
+        if tokens is not None:
+            tk = set(tokens)
+            out = [r for r in out if r.token in tk]
+        return out[:limit] if limit is not None else out
+
+    def ref(self, token: str) -> ScenarioRef:
+        for r in self.all_refs():
+            if r.token == token:
+                return r
+        raise UnknownTokenError(None, f"unknown scenario token '{token}' (not a valid tagged lidar_pc in "
+                                      f"{len(self.log_files)} logs)")
+
+    def load(self, ref: ScenarioRef | str, **kw) -> Scenario:
+        if isinstance(ref, str):
+            ref = self.ref(ref)
+        return extract_scenario(self.db(ref.log_name), ref.token, scenario_type=ref.scenario_type, **kw)
+
+    def __iter__(self) -> Iterator[Scenario]:
+        for r in self.all_refs():
+            yield self.load(r)
+
+    def __len__(self) -> int:
+        return len(self.all_refs())
