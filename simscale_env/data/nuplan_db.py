@@ -350,19 +350,19 @@ class LogDB:
     def boxes(self, indices) -> dict[str, np.ndarray]:
         """All lidar_box rows at lidar_pc `indices` (positions into :attr:`lidar_pc_tokens`).
 
-        Returns flat arrays: `frame` (position in `indices`), `track` (hex), `category` (code, see schema.CATEGORIES),
+        Returns flat arrays: `frame` (position in `indices`), `track` (hex), `token` (the box, hex), `category` (code, see schema.CATEGORIES),
         x, y, z (box centre, global), width, length, height, vx, vy (global frame), yaw (global heading).
         """
         indices = np.asarray(indices, dtype=np.int64)
         ph, toks = self._indices_clause(indices)
         rows = self.execute(
             "SELECT lb.lidar_pc_token, lb.track_token, c.name, lb.x, lb.y, lb.z, lb.width, lb.length, lb.height, "
-            "lb.vx, lb.vy, lb.yaw FROM lidar_box AS lb INNER JOIN track AS t ON t.token = lb.track_token "
+            "lb.vx, lb.vy, lb.yaw, lb.token FROM lidar_box AS lb INNER JOIN track AS t ON t.token = lb.track_token "
             f"INNER JOIN category AS c ON c.token = t.category_token WHERE lb.lidar_pc_token IN ({ph})", toks)
         pos = {t: k for k, t in enumerate(toks)}
         cat_code = {n: i for i, n in enumerate(CATEGORIES)}
         n = len(rows)
-        num = np.array([[np.nan if v is None else v for v in r[3:]] for r in rows], dtype=np.float64).reshape(n, 9)
+        num = np.array([[np.nan if v is None else v for v in r[3:12]] for r in rows], dtype=np.float64).reshape(n, 9)
         cats = []
         for r in rows:
             if r[2] not in cat_code:
@@ -371,6 +371,7 @@ class LogDB:
         out = {
             "frame": np.array([pos[bytes(r[0])] for r in rows], dtype=np.int64),
             "track": np.array([bytes(r[1]).hex() for r in rows], dtype="<U16"),
+            "token": np.array([bytes(r[12]).hex() for r in rows], dtype="<U16"),
             "category": np.array(cats, dtype=np.int8),
         }
         for j, k in enumerate(("x", "y", "z", "width", "length", "height", "vx", "vy", "yaw")):

@@ -1,10 +1,16 @@
 """The three map locations of the mini dataset.
 
-- ``mini-grid``: a 3 x 3 grid of signalised 4-way intersections, two lanes each way (UTM 11N, like Las Vegas).
-- ``mini-arterial``: a three-lane-each-way arterial with an on-ramp that adds a lane, a lane drop that merges it
-  again, and a signalised junction with a side street (UTM 19N, like Boston).
-- ``mini-curve``: a winding two-lane road with a stop-controlled T junction, a mid-block crosswalk and a car park
-  (UTM 17N, like Pittsburgh).
+NAVSIM accepts only nuPlan's four location keys (`assert map_name in MAP_LOCATIONS` in navsim/common/dataclasses.py
+and navsim_scenario.py), so the synthetic maps are stored under those keys, with their own version string, in the
+mini dataset's own maps root, and placed in their UTM zones far from the real maps' extents (a log of the mini
+dataset opened against the real maps by mistake lands off every lane, and the readers say so):
+
+- ``us-nv-las-vegas-strip`` (recipe ``grid``): a 3 x 3 grid of signalised 4-way intersections, two lanes each way.
+- ``us-ma-boston`` (recipe ``arterial``): a three-lane-each-way arterial with an on-ramp that adds a lane, a lane
+  drop that merges it again, and a signalised junction with a side street.
+- ``us-pa-pittsburgh-hazelwood`` (recipe ``curve``): a winding two-lane road with a stop-controlled T junction, a
+  mid-block crosswalk and a car park.
+- ``sg-one-north``: a stub (an empty lane_connectors layer and meta), as the devkit needs all four keys.
 
 Each recipe is deterministic; positions are local metres shifted by the location's UTM origin.
 """
@@ -18,22 +24,25 @@ import shapely
 
 from .roadnet import LANE_WIDTH, Network, NodeSpec, RoadSpec, build_network
 
-MAP_VERSION = "1.0.0"
+MAP_VERSION = "simscale-mini-1.0"
 
 
 @dataclass(frozen=True)
 class Location:
-    name: str
+    name: str  # the nuPlan location key (log.map_version)
+    recipe: str
     epsg: int
     origin: tuple[float, float]  # UTM easting/northing of local (0, 0)
     city: str  # log.location
 
 
 LOCATIONS = {
-    "mini-grid": Location("mini-grid", 32611, (664500.0, 3996500.0), "las_vegas"),
-    "mini-arterial": Location("mini-arterial", 32619, (330200.0, 4691400.0), "boston"),
-    "mini-curve": Location("mini-curve", 32617, (585300.0, 4477100.0), "pittsburgh"),
+    "us-nv-las-vegas-strip": Location("us-nv-las-vegas-strip", "grid", 32611, (601000.0, 4101000.0), "las_vegas"),
+    "us-ma-boston": Location("us-ma-boston", "arterial", 32619, (341000.0, 4701000.0), "boston"),
+    "us-pa-pittsburgh-hazelwood": Location("us-pa-pittsburgh-hazelwood", "curve", 32617, (571000.0, 4461000.0),
+                                           "pittsburgh"),
 }
+STUB_LOCATIONS = {"sg-one-north": 32648}
 
 
 def _line(*pts, step=1.0):
@@ -215,9 +224,10 @@ def curve(origin) -> Network:
     return build_network(nodes, roads, extra_areas=extra, id_start=30000)
 
 
-RECIPES = {"mini-grid": grid, "mini-arterial": arterial, "mini-curve": curve}
+RECIPES = {"grid": grid, "arterial": arterial, "curve": curve}
 
 
 def build_location(name: str) -> Network:
-    loc = LOCATIONS[name]
-    return RECIPES[name](loc.origin)
+    """The road network of a location, by nuPlan key or recipe name."""
+    loc = LOCATIONS.get(name) or next(l for l in LOCATIONS.values() if l.recipe == name)
+    return RECIPES[loc.recipe](loc.origin)

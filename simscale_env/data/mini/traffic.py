@@ -38,7 +38,7 @@ class SignalPlan:
 
     greens: tuple[float, float]
     yellow: float = 3.0
-    all_red: float = 1.0
+    all_red: float = 2.0
     offset: float = 0.0
 
     @property
@@ -153,7 +153,7 @@ class LogSpec:
     duration_s: float = 45.0
     warmup_s: float = 25.0
     density: float = 1.0  # vehicles per 100 m of lane at start
-    ped_rate: float = 0.05  # pedestrians per second per crosswalk
+    ped_rate: float = 0.025  # pedestrians per second per crosswalk
     cyclists: int = 2
     long_vehicles: float = 0.08  # share of vehicles that are buses/trucks
     construction: bool = False
@@ -177,7 +177,7 @@ class TrafficWorld:
         # signal plans
         self.signals = {}
         for node in net.signal_nodes:
-            main_ew = spec.location == "mini-arterial"
+            main_ew = spec.location in ("us-ma-boston", "arterial")
             greens = (11.0, 24.0) if main_ew else (float(rng.uniform(14, 18)), float(rng.uniform(14, 18)))
             plan = SignalPlan(greens)
             plan.offset = float(rng.uniform(0, plan.cycle))
@@ -289,12 +289,12 @@ class TrafficWorld:
                 w = []
                 for o in outs:
                     turn = lanes[o].turn_type if lanes[o].is_connector else TURN_STRAIGHT
-                    base = 0.6 if turn == TURN_STRAIGHT else 0.2
+                    base = 0.6 if turn == TURN_STRAIGHT else (0.2 if m.length < 7.0 else 0.002)
                     if m.is_ego:
                         base = (1.0 - self.spec.ego_turn_bias) if turn == TURN_STRAIGHT else self.spec.ego_turn_bias
                         # the ego must stay on the map for the whole log
                         speed = self.map.lanes[o].speed_limit_mps or 11.0
-                        if self.reach.get(o, 0.0) < max(0.0, (self.spec.duration_s - self.t) * speed * 0.95):
+                        if self.reach.get(o, 0.0) < max(0.0, (self.spec.duration_s - self.t) * speed * 1.15 + 30.0):
                             base *= 1e-4
                     w.append(base)
                 w = np.asarray(w) / np.sum(w)
@@ -491,7 +491,7 @@ class TrafficWorld:
         for m in self.movers:
             if m.category != VEHICLE or m.length > 7.0 or self.map.lanes[m.elems[0]].is_connector:
                 continue
-            need = self.spec.duration_s * (self.map.lanes[m.elems[0]].speed_limit_mps or 11.0) * 0.95
+            need = self.spec.duration_s * (self.map.lanes[m.elems[0]].speed_limit_mps or 11.0) * 1.15
             if self.reach.get(m.elems[0], 0.0) - m.s < need:
                 continue
             cands.append(m)
@@ -523,7 +523,7 @@ class TrafficWorld:
                                 np.zeros(len(self.statics))])
         obj_len = np.concatenate([[m.length for m in movers], [0.6] * len(walkers), [s.length for s in self.statics]])
         obj_wid = np.concatenate([[m.width for m in movers], [0.6] * len(walkers), [s.width for s in self.statics]])
-        obj_margin = np.concatenate([np.full(n, 0.25), np.full(len(walkers), 0.6), np.full(len(self.statics), 0.5)])
+        obj_margin = np.concatenate([np.full(n, 0.45), np.full(len(walkers), 0.6), np.full(len(self.statics), 0.5)])
         obj_is_static = np.concatenate([np.zeros(n + len(walkers), bool), np.ones(len(self.statics), bool)])
         K = 48
         paths = np.zeros((n, K, 2))
@@ -583,17 +583,26 @@ class TrafficWorld:
             lead_v[pi[sel]] = vl[sel]
             lead_arc[pi[sel]] = arc[sel]
             lead_obj[pi[sel]] = po[sel]
-        # crosswalks with a pedestrian on them: stop before entering
-        busy_cw = sorted({w.crosswalk for w in walkers if w.crosswalk >= 0 and w.crossing})
-        for k in busy_cw:
+        # crosswalks with a pedestrian on them: stop before entering when the pedestrian is on or near the path
+        busy: dict[int, list] = {}
+        for w in walkers:
+            if w.crosswalk >= 0 and w.crossing:
+                busy.setdefault(w.crosswalk, []).append(w.path.interpolate(w.s)[:2])
+        for k, peds in sorted(busy.items()):
             pts_in = shapely.contains_xy(self.crosswalk_polys[k], paths[..., 0], paths[..., 1])  # [n, K]
-            rows = np.nonzero(pts_in.any(1))[0]
-            for i in rows:
+            peds = np.asarray(peds)
+            for i in np.nonzero(pts_in.any(1))[0]:
+                inside_pts = paths[i][pts_in[i]]
+                dmin = np.min(np.hypot(*(inside_pts[:, None, :] - peds[None, :, :]).transpose(2, 0, 1)))
+                if dmin > 4.5:
+                    continue
                 a_in = arcs[i, int(np.argmax(pts_in[i]))]
                 if a_in > mlen[i] / 2 - 0.5:
                     g = a_in - mlen[i] / 2 - 1.0
                     if g < lead_gap[i]:
                         lead_gap[i], lead_v[i] = g, 0.0
+        self._lead = (lead_arc, lead_v, lead_obj)
+        self._static_start = n + len(walkers)
         acc = np.zeros(n)
         for i, m in enumerate(movers):
             gap_best, v_lead = lead_gap[i], lead_v[i]
@@ -610,8 +619,6 @@ class TrafficWorld:
             if rest < gap_best:
                 gap_best, v_lead = rest, 0.0
             acc[i] = self._idm(m, gap_best, v_lead)
-        self._lead = (lead_arc, lead_v, lead_obj)
-        self._static_start = n + len(walkers)
         # lane changes (2 Hz decisions)
         if int(round(self.t / DT)) % 5 == 0:
             for i, m in enumerate(movers):
@@ -674,7 +681,8 @@ class TrafficWorld:
         """Arc (on elems[0]'s frame) where the mover must stop for a light, a stop sign or a yield, or None."""
         lanes = self.map.lanes
         cur = m.elems[0]
-        if cur in self.yield_conns and m.s < 4.0 and m.v < 4.0 and not self._gap_ok(cur, m, movers):
+        if (cur in self.yield_conns and m.s < 4.0 and m.v < 4.0 and self.light_status(cur) == TL_GREEN
+                and m.stop_timer < 8.0 and not self._gap_ok(cur, m, movers)):
             return m.s + m.length / 2 + 0.3  # hold at the entrance of the junction until the gap reopens
         for k in range(1, min(len(m.elems), 4)):
             e = m.elems[k]
@@ -685,6 +693,15 @@ class TrafficWorld:
                 return None
             if e in self.conn_phase:
                 st = self.light_status(e)
+                if st != TL_GREEN and e in self.yield_conns and e not in m.cleared:
+                    # a left turner waiting at the line clears the junction at the end of its green
+                    k_ph, state, _ = self.signals[self.conn_node[e]].phase_state(self.t)
+                    near = arc - m.s - m.length / 2 < 3.0
+                    if (k_ph == self.conn_phase[e] and state in ("yellow", "red") and near and m.stop_timer > 1.5
+                            and self._gap_ok(e, m, movers)):
+                        m.cleared.add(e)
+                if e in m.cleared:
+                    return None
                 if st == TL_RED:
                     return arc - 0.5
                 if st == TL_YELLOW:
@@ -705,19 +722,23 @@ class TrafficWorld:
     def _gap_ok(self, conn: str, me: Mover, movers) -> bool:
         conf = self.conflicts.get(conn, set())
         lanes = self.map.lanes
-        for o in movers:
+        lead_arc = self._lead[0]
+        for j, o in enumerate(movers):
             if o is me:
                 continue
+            if o.v < 0.5 and j < len(lead_arc) and lead_arc[j] < o.length / 2 + 8.0:
+                continue  # queued behind something: no threat now, and it sees the yielding vehicle once it moves
             if o.elems[0] in conf:
                 return False
-            horizon = max(o.v, 0.6 * (lanes[o.elems[0]].speed_limit_mps or 11.0)) * 7.0 + 12.0
+            # patience: the longer `me` has waited, the smaller the gap it accepts
+            patience = max(0.35, 1.0 - me.stop_timer / 40.0)
+            horizon = (max(o.v, 0.6 * (lanes[o.elems[0]].speed_limit_mps or 11.0)) * 7.0 + 12.0) * patience
             dist = lanes[o.elems[0]].length - o.s
             for e in o.elems[1:4]:
                 if dist > horizon:
                     break
                 if e in conf and not (e in self.yield_conns and e not in o.cleared) and self.light_status(e) != TL_RED:
-                    if not (o.v < 0.5 and dist > 4.0):
-                        return False
+                    return False
                 dist += lanes[e].length
         return True
 
@@ -824,11 +845,16 @@ class TrafficWorld:
             road_ns = abs(np.sin(road_h)) > abs(np.cos(road_h))
             walk_phase = 1 if road_ns else 0
             return k == walk_phase and state == "green" and left > cross_time * 0.7
-        # unsignalised: wait for a gap (vehicles approaching within 4 s), give up waiting after 12 s
-        if w.waited > 12.0:
-            return True
+        # unsignalised: wait for a gap (vehicles approaching within 4 s), give up waiting after 12 s, but let
+        # drivers who have been waiting at the crosswalk go first
         poly = self.crosswalk_polys[w.crosswalk]
         c = np.asarray(poly.centroid.coords[0])
+        for j, m in enumerate(movers):
+            d = float(np.hypot(*(poses[j, :2] - c)))
+            if d < 12.0 and m.stop_timer > 3.0 and w.waited < 25.0:
+                return False
+        if w.waited > 12.0:
+            return True
         for j, m in enumerate(movers):
             d = float(np.hypot(*(poses[j, :2] - c)))
             if d < 6.0:

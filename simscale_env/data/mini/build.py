@@ -1,0 +1,244 @@
+"""Build the embedded mini dataset: maps, logs, OpenScene logs and splits, deterministically from a seed.
+
+Layout (the same as a nuPlan + NAVSIM installation, so every reader takes one code path)::
+
+    OUT/maps/nuplan-maps-v1.0.json
+    OUT/maps/<location>/<version>/map.gpkg
+    OUT/nuplan-v1.1/splits/mini/<log>.db
+    OUT/navsim_logs/mini/<log>.pkl
+    OUT/splits/mini-navtrain.yaml, mini-navtest.yaml, mini-navhard.yaml   (NAVSIM scene_filter format)
+    OUT/manifest.json                                                     (written last: the build is complete)
+
+Every file is written atomically; an interrupted build resumes with the logs it already has. A generated log is
+accepted only if its movers never overlap, its ego moves for most of the log and stays on the map, and it has
+scenario tags; otherwise the next seed of a fixed sequence is tried.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import shapely
+
+from .gpkg_writer import write_gpkg, write_maps_json, write_stub_gpkg
+from .locations import LOCATIONS, MAP_VERSION, STUB_LOCATIONS, build_location
+
+BUILDER_VERSION = 1
+NUM_LOGS = 12
+LOG_DURATION_S = 45.0
+TEST_LOGS = 4  # the last logs form the test split
+# scenario types that make mini-navhard (interactions, turns, lane changes, curves, vulnerable road users)
+HARD_TYPES = (
+    "starting_left_turn", "starting_right_turn", "changing_lane", "high_lateral_acceleration",
+    "waiting_for_pedestrian_to_cross", "stopping_with_lead", "behind_long_vehicle", "near_multiple_vehicles",
+    "starting_straight_traffic_light_intersection_traversal",
+)
+LOCATION_CYCLE = ("us-nv-las-vegas-strip", "us-ma-boston", "us-pa-pittsburgh-hazelwood")
+MAX_TRIES = 25
+
+
+@dataclass(frozen=True)
+class LogPlan:
+    index: int
+    name: str
+    location: str
+    seed: int
+    construction: bool
+    start_us: int
+
+
+def plan_logs(seed: int, n_logs: int = NUM_LOGS) -> list[LogPlan]:
+    plans = []
+    for k in range(n_logs):
+        loc = LOCATION_CYCLE[k % len(LOCATION_CYCLE)]
+        day = 3 + k // 6
+        minute = (7 * k + seed) % 60
+        start_us = int((1622700000 + k * 3600 + seed * 86400) * 1_000_000)
+        name = f"2021.06.{day:02d}.{10 + k % 8:02d}.{minute:02d}.{(13 * k) % 60:02d}_veh-90_{k * 1000:05d}_{k * 1000 + 900:05d}"
+        plans.append(LogPlan(k, name, loc, seed * 1000 + k, construction=(k % 3 != 2 and k % 2 == 0), start_us=start_us))
+    return plans
+
+
+def _movers_overlap(frames) -> bool:
+    for fr in frames:
+        mv = np.nonzero(np.isin(fr.cat, [0, 1]))[0]
+        if len(mv) < 2:
+            continue
+        c, s = np.cos(fr.heading[mv]), np.sin(fr.heading[mv])
+        L, W = fr.size[mv, 0] / 2, fr.size[mv, 1] / 2
+        corners = np.stack([
+            np.stack([fr.xy[mv, 0] + c * dx * L - s * dy * W, fr.xy[mv, 1] + s * dx * L + c * dy * W], -1)
+            for dx, dy in ((1, 1), (1, -1), (-1, -1), (-1, 1))], axis=1)
+        polys = shapely.polygons(corners)
+        tree = shapely.STRtree(polys)
+        a, b = tree.query(polys, predicate="intersects")
+        if np.any(a < b):
+            return True
+    return False
+
+
+def generate_log(plan: LogPlan, out_db: Path, maps_root: Path) -> dict:
+    """Simulate and write one log (tries successive seeds until the log passes the quality checks)."""
+    from ...map.map_api import MapAPI
+    from .logwriter import write_log_db
+    from .traffic import LogSpec, simulate
+
+    loc = LOCATIONS[plan.location]
+    net = build_location(plan.location)
+    map_api = MapAPI(maps_root / plan.location / MAP_VERSION / "map.gpkg", plan.location, MAP_VERSION)
+    reasons = []
+    for attempt in range(MAX_TRIES):
+        seed = plan.seed + 100_003 * attempt
+        spec = LogSpec(plan.location, seed, duration_s=LOG_DURATION_S, construction=plan.construction,
+                       cyclists={"grid": 2, "arterial": 1, "curve": 1}[loc.recipe])
+        try:
+            frames, world = simulate(net, map_api, spec)
+        except RuntimeError as exc:
+            reasons.append(str(exc))
+            continue
+        ego_v = np.array([f.ego[3] for f in frames])
+        if np.mean(ego_v < 0.2) > 0.55:
+            reasons.append(f"seed {seed}: ego stopped {np.mean(ego_v < 0.2):.0%} of the log")
+            continue
+        if _movers_overlap(frames):
+            reasons.append(f"seed {seed}: movers overlap")
+            continue
+        summary = write_log_db(
+            out_db, log_name=plan.name, location=plan.location, city=loc.city, epsg=loc.epsg,
+            start_us=plan.start_us, frames=frames, track_meta=world.track_meta, ego_track=world.ego.track,
+            ego_future_elems=world.ego.elems, map_api=map_api, crosswalks=world.crosswalk_polys, seed=seed,
+            duration_s=LOG_DURATION_S)
+        if len(summary["tags"]) < 2:
+            reasons.append(f"seed {seed}: only {len(summary['tags'])} scenario tags")
+            out_db.unlink()
+            continue
+        summary.update(seed=seed, attempts=attempt + 1, ego_stopped=float(np.mean(ego_v < 0.2)))
+        return summary
+    raise RuntimeError(f"log {plan.name}: no acceptable log in {MAX_TRIES} seeds: {reasons[-3:]}")
+
+
+def _log_job(args) -> tuple[str, dict, float]:
+    plan, out_db, maps_root, navsim_path = args
+    t0 = time.perf_counter()
+    summary = generate_log(plan, out_db, maps_root)
+    _write_navsim(out_db, maps_root, navsim_path)
+    return plan.name, summary, time.perf_counter() - t0
+
+
+def _write_navsim(db_path: Path, maps_root: Path, out_pkl: Path) -> None:
+    from ...map.map_api import load_map
+    from ..nuplan_db import LogDB
+    from ..openscene import db_to_openscene, write_openscene_log
+
+    with LogDB(db_path) as db:
+        frames = db_to_openscene(db, load_map(db.map_location, maps_root))
+    write_openscene_log(frames, out_pkl)
+
+
+def is_complete(out: str | Path, seed: int | None = None) -> bool:
+    m = Path(out) / "manifest.json"
+    if not m.exists():
+        return False
+    try:
+        data = json.loads(m.read_text())
+    except json.JSONDecodeError:
+        return False
+    return data.get("builder_version") == BUILDER_VERSION and (seed is None or data.get("seed") == seed)
+
+
+def build_mini(out: str | Path, seed: int = 0, *, workers: int | None = None, progress: bool = True,
+               n_logs: int = NUM_LOGS) -> Path:
+    """Build (or finish building) the mini dataset in `out`. Returns `out`."""
+    from ..scenario import ScenarioBuilder
+    from ..openscene import write_split
+
+    out = Path(out)
+    t_start = time.perf_counter()
+    maps_root = out / "maps"
+    maps_root.mkdir(parents=True, exist_ok=True)
+    say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
+    # maps
+    for name, loc in LOCATIONS.items():
+        p = maps_root / name / MAP_VERSION / "map.gpkg"
+        if not p.exists():
+            write_gpkg(build_location(name), p, loc.epsg, MAP_VERSION)
+            say(f"map {name} ({loc.recipe}) -> {p}")
+    for name, epsg in STUB_LOCATIONS.items():
+        p = maps_root / name / MAP_VERSION / "map.gpkg"
+        if not p.exists():
+            write_stub_gpkg(p, epsg, MAP_VERSION)
+    write_maps_json(maps_root, {**{n: MAP_VERSION for n in LOCATIONS}, **{n: MAP_VERSION for n in STUB_LOCATIONS}})
+    # logs
+    db_dir = out / "nuplan-v1.1" / "splits" / "mini"
+    nav_dir = out / "navsim_logs" / "mini"
+    db_dir.mkdir(parents=True, exist_ok=True)
+    nav_dir.mkdir(parents=True, exist_ok=True)
+    plans = plan_logs(seed, n_logs)
+    todo = [(p, db_dir / f"{p.name}.db", maps_root, nav_dir / f"{p.name}.pkl") for p in plans
+            if not (db_dir / f"{p.name}.db").exists() or not (nav_dir / f"{p.name}.pkl").exists()]
+    summaries: dict[str, dict] = {}
+    manifest_logs = out / "logs.partial.json"
+    if manifest_logs.exists():
+        summaries.update(json.loads(manifest_logs.read_text()))
+    workers = workers or min(len(todo), os.cpu_count() or 1) or 1
+    if todo:
+        say(f"generating {len(todo)} of {len(plans)} logs with {workers} worker(s)")
+    done = len(plans) - len(todo)
+
+    def record(name, summary, dt):
+        nonlocal done
+        done += 1
+        summaries[name] = summary
+        tmp = manifest_logs.with_suffix(".tmp")
+        tmp.write_text(json.dumps(summaries, indent=1, sort_keys=True))
+        os.replace(tmp, manifest_logs)
+        say(f"[{done}/{len(plans)}] {name}: {len(summary['tags'])} tags, {dt:.1f} s")
+
+    if workers > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as ex:
+            for name, summary, dt in ex.map(_log_job, todo):
+                record(name, summary, dt)
+    else:
+        for job in todo:
+            record(*_log_job(job))
+    # splits (NAVSIM scene_filter YAML): tokens are the tagged lidar_pcs, which are OpenScene keyframes
+    builder = ScenarioBuilder(db_dir)
+    refs = builder.all_refs()
+    test_names = {p.name for p in plans[-TEST_LOGS:]}
+    train = [r for r in refs if r.log_name not in test_names]
+    test = [r for r in refs if r.log_name in test_names]
+    hard = [r for r in test if r.scenario_type in HARD_TYPES]
+
+    def uniq(seq):
+        return list(dict.fromkeys(seq))
+
+    splits_dir = out / "splits"
+    write_split(splits_dir / "mini-navtrain.yaml", log_names=uniq(r.log_name for r in train),
+                tokens=uniq(r.token for r in train), comment="mini-navtrain: scenarios of the training logs")
+    write_split(splits_dir / "mini-navtest.yaml", log_names=uniq(r.log_name for r in test),
+                tokens=uniq(r.token for r in test), comment="mini-navtest: every scenario of the test logs")
+    write_split(splits_dir / "mini-navhard.yaml", log_names=uniq(r.log_name for r in hard),
+                tokens=uniq(r.token for r in hard), num_future_frames=8,
+                comment="mini-navhard: the test scenarios of the harder types " + ", ".join(HARD_TYPES))
+    manifest = {
+        "builder_version": BUILDER_VERSION, "seed": seed, "map_version": MAP_VERSION,
+        "locations": {n: asdict(l) for n, l in LOCATIONS.items()},
+        "logs": {p.name: {"location": p.location, **summaries.get(p.name, {})} for p in plans},
+        "splits": {"mini-navtrain": len(uniq(r.token for r in train)), "mini-navtest": len(uniq(r.token for r in test)),
+                   "mini-navhard": len(uniq(r.token for r in hard))},
+    }
+    tmp = out / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, out / "manifest.json")
+    if manifest_logs.exists():
+        manifest_logs.unlink()
+    say(f"mini dataset ready in {out} ({time.perf_counter() - t_start:.0f} s): "
+        f"{len(refs)} scenarios, splits {manifest['splits']}")
+    return out
