@@ -343,56 +343,113 @@ class LogDB:
                 np.asarray(safe_loads(rows[0][1], src + ".rotation"), dtype=np.float64))
 
     # ------------------------------------------------------------------ per-frame queries
-    def _indices_clause(self, indices) -> tuple[str, list[bytes]]:
-        toks = [self._lidar_pc["token"][int(i)] for i in np.asarray(indices, dtype=np.int64)]
-        return ",".join("?" * len(toks)), toks
+    # Per-frame tables (lidar_box, traffic_light_status) are read in blocks of BLOCK lidar_pcs and kept as numpy
+    # arrays, so that extracting many scenarios from one log reads each row once.
+    BLOCK = 400
+    MAX_BLOCKS = 64
 
-    def boxes(self, indices) -> dict[str, np.ndarray]:
+    @cached_property
+    def _tracks(self) -> dict:
+        cat_code = {n: i for i, n in enumerate(CATEGORIES)}
+        toks, cats = [], []
+        for tok, name in self.execute(
+                "SELECT t.token, c.name FROM track AS t INNER JOIN category AS c ON c.token = t.category_token"):
+            if name not in cat_code:
+                raise SchemaError(self.path, f"category name '{name}' is not one of {CATEGORIES}")
+            toks.append(bytes(tok))
+            cats.append(cat_code[name])
+        return {"index": {t: i for i, t in enumerate(toks)}, "hex": np.array([t.hex() for t in toks], dtype="<U16"),
+                "category": np.array(cats, dtype=np.int8)}
+
+    def _block(self, kind: str, b: int) -> dict:
+        cache = self.__dict__.setdefault("_blocks", {})
+        key = (kind, b)
+        if key in cache:
+            cache[key] = cache.pop(key)  # LRU order
+            return cache[key]
+        lp = self._lidar_pc
+        lo, hi = b * self.BLOCK, min(len(lp["token"]), (b + 1) * self.BLOCK)
+        toks = lp["token"][lo:hi]
+        pos = {t: lo + k for k, t in enumerate(toks)}
+        ph = ",".join("?" * len(toks))
+        if kind == "box":
+            rows = self.execute(
+                "SELECT lidar_pc_token, track_token, x, y, z, width, length, height, vx, vy, yaw, token "
+                f"FROM lidar_box WHERE lidar_pc_token IN ({ph})", toks) if toks else []
+            cols = list(zip(*rows)) if rows else [()] * 12
+            tindex = self._tracks["index"]
+            try:
+                tidx = np.fromiter((tindex[bytes(t)] for t in cols[1]), dtype=np.int64, count=len(rows))
+            except KeyError as exc:
+                raise SchemaError(self.path, f"lidar_box references a track missing from 'track': {exc}") from None
+            blk = {"lidx": np.fromiter((pos[bytes(t)] for t in cols[0]), dtype=np.int64, count=len(rows)),
+                   "tidx": tidx, "token": list(cols[11])}
+            for j, k in enumerate(("x", "y", "z", "width", "length", "height", "vx", "vy", "yaw")):
+                blk[k] = np.array(cols[2 + j], dtype=np.float64)  # NULL -> nan
+        else:
+            rows = self.execute("SELECT lidar_pc_token, lane_connector_id, status FROM traffic_light_status "
+                                f"WHERE lidar_pc_token IN ({ph})", toks) if toks else []
+            cols = list(zip(*rows)) if rows else [()] * 3
+            # unknown strings (e.g. 'GREEN') silently become unknown, as in the devkit
+            blk = {"lidx": np.fromiter((pos[bytes(t)] for t in cols[0]), dtype=np.int64, count=len(rows)),
+                   "lane_connector_id": np.array(cols[1], dtype=np.int64),
+                   "status": np.fromiter((TRAFFIC_LIGHT_STATUS.get(v, TL_UNKNOWN) for v in cols[2]), dtype=np.int8,
+                                         count=len(rows))}
+        cache[key] = blk
+        while len(cache) > self.MAX_BLOCKS:
+            cache.pop(next(iter(cache)))
+        return blk
+
+    def _rows(self, kind: str, indices) -> tuple[dict, np.ndarray]:
+        """Rows of the given frames from the block cache, and each row's position in `indices`."""
+        indices = np.asarray(indices, dtype=np.int64)
+        where = np.full(len(self._lidar_pc["token"]), -1, dtype=np.int64)
+        where[indices] = np.arange(len(indices))
+        parts = []
+        for b in np.unique(indices // self.BLOCK):
+            blk = self._block(kind, int(b))
+            sel = np.nonzero(where[blk["lidx"]] >= 0)[0]
+            parts.append((blk, sel))
+        keys = [k for k in parts[0][0] if k != "token"] if parts else []
+        out = {k: np.concatenate([blk[k][sel] for blk, sel in parts]) for k in keys}
+        if parts and "token" in parts[0][0]:
+            out["token"] = [blk["token"][i] for blk, sel in parts for i in sel]
+        return out, (where[out["lidx"]] if parts else np.zeros(0, np.int64))
+
+    def boxes(self, indices, with_tokens: bool = False) -> dict[str, np.ndarray]:
         """All lidar_box rows at lidar_pc `indices` (positions into :attr:`lidar_pc_tokens`).
 
-        Returns flat arrays: `frame` (position in `indices`), `track` (hex), `token` (the box, hex), `category` (code, see schema.CATEGORIES),
-        x, y, z (box centre, global), width, length, height, vx, vy (global frame), yaw (global heading).
+        Returns flat arrays sorted by frame then track: `frame` (position in `indices`), `track` (hex), `category`
+        (code, see schema.CATEGORIES), x, y, z (box centre, global), width, length, height, vx, vy (global frame),
+        yaw (global heading); with `with_tokens`, also `token` (the box, hex).
         """
-        indices = np.asarray(indices, dtype=np.int64)
-        ph, toks = self._indices_clause(indices)
-        rows = self.execute(
-            "SELECT lb.lidar_pc_token, lb.track_token, c.name, lb.x, lb.y, lb.z, lb.width, lb.length, lb.height, "
-            "lb.vx, lb.vy, lb.yaw, lb.token FROM lidar_box AS lb INNER JOIN track AS t ON t.token = lb.track_token "
-            f"INNER JOIN category AS c ON c.token = t.category_token WHERE lb.lidar_pc_token IN ({ph})", toks)
-        pos = {t: k for k, t in enumerate(toks)}
-        cat_code = {n: i for i, n in enumerate(CATEGORIES)}
-        n = len(rows)
-        num = np.array([[np.nan if v is None else v for v in r[3:12]] for r in rows], dtype=np.float64).reshape(n, 9)
-        cats = []
-        for r in rows:
-            if r[2] not in cat_code:
-                raise SchemaError(self.path, f"category name '{r[2]}' is not one of {CATEGORIES}")
-            cats.append(cat_code[r[2]])
-        out = {
-            "frame": np.array([pos[bytes(r[0])] for r in rows], dtype=np.int64),
-            "track": np.array([bytes(r[1]).hex() for r in rows], dtype="<U16"),
-            "token": np.array([bytes(r[12]).hex() for r in rows], dtype="<U16"),
-            "category": np.array(cats, dtype=np.int8),
-        }
-        for j, k in enumerate(("x", "y", "z", "width", "length", "height", "vx", "vy", "yaw")):
-            out[k] = num[:, j]
-        order = np.lexsort((out["track"], out["frame"]))
-        return {k: v[order] for k, v in out.items()}
+        rows, frame = self._rows("box", indices)
+        keys = ("x", "y", "z", "width", "length", "height", "vx", "vy", "yaw")
+        if not len(frame):
+            out = {"frame": np.zeros(0, np.int64), "track": np.zeros(0, "<U16"), "category": np.zeros(0, np.int8)}
+            out.update({k: np.zeros(0) for k in keys})
+            if with_tokens:
+                out["token"] = np.zeros(0, "<U16")
+            return out
+        tr = self._tracks
+        order = np.lexsort((rows["tidx"], frame))
+        out = {"frame": frame[order], "track": tr["hex"][rows["tidx"][order]],
+               "category": tr["category"][rows["tidx"][order]]}
+        for k in keys:
+            out[k] = rows[k][order]
+        if with_tokens:
+            out["token"] = np.array([bytes(rows["token"][i]).hex() for i in order], dtype="<U16")
+        return out
 
     def traffic_lights(self, indices) -> dict[str, np.ndarray]:
         """traffic_light_status rows at lidar_pc `indices`: `frame`, `lane_connector_id` (int), `status` (code)."""
-        indices = np.asarray(indices, dtype=np.int64)
-        ph, toks = self._indices_clause(indices)
-        rows = self.execute(
-            "SELECT lidar_pc_token, lane_connector_id, status FROM traffic_light_status "
-            f"WHERE lidar_pc_token IN ({ph})", toks)
-        pos = {t: k for k, t in enumerate(toks)}
-        # unknown strings (e.g. 'GREEN') silently become unknown, as in the devkit
-        status = np.array([TRAFFIC_LIGHT_STATUS.get(r[2], TL_UNKNOWN) for r in rows], dtype=np.int8)
-        frame = np.array([pos[bytes(r[0])] for r in rows], dtype=np.int64)
-        lc = np.array([int(r[1]) for r in rows], dtype=np.int64)
-        order = np.lexsort((lc, frame))
-        return {"frame": frame[order], "lane_connector_id": lc[order], "status": status[order]}
+        rows, frame = self._rows("tl", indices)
+        if not len(frame):
+            return {"frame": np.zeros(0, np.int64), "lane_connector_id": np.zeros(0, np.int64),
+                    "status": np.zeros(0, np.int8)}
+        order = np.lexsort((rows["lane_connector_id"], frame))
+        return {"frame": frame[order], "lane_connector_id": rows["lane_connector_id"][order],
+                "status": rows["status"][order]}
 
     def images(self, indices, channels=None) -> list[list[ImageRecord]]:
         """Images matched to each lidar_pc of `indices` within +-50 ms (`get_images_from_lidar_tokens`)."""

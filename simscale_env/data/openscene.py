@@ -253,7 +253,7 @@ def db_to_openscene(db, map_api=None, *, sample_interval: int = OPENSCENE_SAMPLE
     l_t = np.asarray(lidar_ext[0]) if lidar_ext else np.zeros(3)
     l_q = np.asarray(lidar_ext[1]) if lidar_ext else np.array([1.0, 0, 0, 0])
     lidar2ego = _mat(quaternion_to_matrix(l_q), l_t)
-    boxes = db.boxes(idx)
+    boxes = db.boxes(idx, with_tokens=True)
     lights = db.traffic_lights(idx)
     images = db.images(idx)
     cams = {c.channel: c for c in db.cameras}

@@ -30,7 +30,7 @@ import shapely
 from .gpkg_writer import write_gpkg, write_maps_json, write_stub_gpkg
 from .locations import LOCATIONS, MAP_VERSION, STUB_LOCATIONS, build_location
 
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 NUM_LOGS = 12
 LOG_DURATION_S = 45.0
 TEST_LOGS = 4  # the last logs form the test split

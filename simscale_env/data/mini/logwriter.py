@@ -182,7 +182,7 @@ def mine_tags(frames: list[Frame], map_api: MapAPI, tag_spec: TagSpec, crosswalk
                     continue
             elif not rule(kk, feats[kk]):
                 continue
-            if t - last < 4.0 or count >= 3:
+            if t - last < 3.0 or count >= 3:
                 continue
             last = t
             count += 1

@@ -681,8 +681,8 @@ class TrafficWorld:
         """Arc (on elems[0]'s frame) where the mover must stop for a light, a stop sign or a yield, or None."""
         lanes = self.map.lanes
         cur = m.elems[0]
-        if (cur in self.yield_conns and m.s < 4.0 and m.v < 4.0 and self.light_status(cur) == TL_GREEN
-                and m.stop_timer < 8.0 and not self._gap_ok(cur, m, movers)):
+        if (cur in self.yield_conns and cur not in self.stop_conns and m.s < 4.0 and m.v < 4.0
+                and not self._gap_ok(cur, m, movers)):
             return m.s + m.length / 2 + 0.3  # hold at the entrance of the junction until the gap reopens
         for k in range(1, min(len(m.elems), 4)):
             e = m.elems[k]
@@ -693,13 +693,6 @@ class TrafficWorld:
                 return None
             if e in self.conn_phase:
                 st = self.light_status(e)
-                if st != TL_GREEN and e in self.yield_conns and e not in m.cleared:
-                    # a left turner waiting at the line clears the junction at the end of its green
-                    k_ph, state, _ = self.signals[self.conn_node[e]].phase_state(self.t)
-                    near = arc - m.s - m.length / 2 < 3.0
-                    if (k_ph == self.conn_phase[e] and state in ("yellow", "red") and near and m.stop_timer > 1.5
-                            and self._gap_ok(e, m, movers)):
-                        m.cleared.add(e)
                 if e in m.cleared:
                     return None
                 if st == TL_RED:
@@ -714,8 +707,12 @@ class TrafficWorld:
                 if near and stopped_enough and self._gap_ok(e, m, movers):
                     m.cleared.add(e)
                     return None
-                if e in self.stop_conns or not self._gap_ok(e, m, movers):
+                if e in self.stop_conns:
                     return arc - 0.5
+                if not self._gap_ok(e, m, movers):
+                    # a permissive left turn on green pulls into the junction and waits there for a gap
+                    # (the IDM keeps s0 to the target: aim so that the centre ends 1.5 m past the line)
+                    return arc + m.length / 2 + m.s0 + 1.5 if e in self.conn_phase else arc - 0.5
             return None
         return None
 

@@ -1,0 +1,51 @@
+"""Shared fixtures: the golden devkit data (a copy of ../shared/reference/golden, committed as test fixtures) and the
+mini dataset, built once per session into the cache (SIMSCALE_MINI, else SIMSCALE_CACHE/mini)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+GOLDEN = FIXTURES / "golden"
+DEVKIT_TINY = GOLDEN / "devkit_tiny"
+TINY_LOG = DEVKIT_TINY / "nuplan-v1.1" / "splits" / "mini" / "2021.05.12.22.00.38_veh-35_01008_01518.db"
+TINY_MAPS = DEVKIT_TINY / "maps"
+TINY_TAG = "950c604d0f20a842"
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    return GOLDEN
+
+
+@pytest.fixture(scope="session")
+def tiny_log() -> Path:
+    return TINY_LOG
+
+
+@pytest.fixture(scope="session")
+def tiny_maps() -> Path:
+    return TINY_MAPS
+
+
+@pytest.fixture(scope="session")
+def mini() -> Path:
+    """The mini dataset root (built on first use; `make test` builds it beforehand)."""
+    from simscale_env.data.paths import ensure_mini
+
+    return ensure_mini(os.environ.get("SIMSCALE_MINI") or None, progress=False)
+
+
+@pytest.fixture(scope="session")
+def mini_logs(mini) -> list[Path]:
+    return sorted((mini / "nuplan-v1.1" / "splits" / "mini").glob("*.db"))
+
+
+@pytest.fixture(scope="session")
+def mini_builder(mini):
+    from simscale_env.data import ScenarioBuilder
+
+    return ScenarioBuilder(mini / "nuplan-v1.1" / "splits" / "mini")

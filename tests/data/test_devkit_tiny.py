@@ -1,0 +1,67 @@
+"""The readers on the golden tiny log + map that nuplan-devkit v1.2.2 opens (tests/fixtures/golden/devkit_tiny)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from simscale_env.data import LogDB, ScenarioBuilder, extract_scenario, iterate_log
+from simscale_env.data.schema import PEDESTRIAN, TL_GREEN, TL_RED, TRAFFIC_CONE, VEHICLE
+from tests.conftest import DEVKIT_TINY, TINY_TAG
+
+
+def test_tagged_scenario_timing_route_goal(tiny_log):
+    b = ScenarioBuilder([tiny_log])
+    refs = b.refs()
+    assert [(r.token, r.scenario_type) for r in refs] == [(TINY_TAG, "following_lane_with_lead")]
+    s = b.load(refs[0])
+    assert s.num_iterations == 151
+    it = s.iteration_timestamps_us
+    assert np.all(np.diff(it) == 100_000)
+    # iteration 0 is 3 s before the tagged lidar_pc
+    assert it[0] == s.tag_timestamp_us - 3_000_000 == 1620857245000000
+    assert s.route_roadblock_ids == ("1", "201", "2")
+    assert s.goal == pytest.approx((664244.6, 3997001.75, 0.0))
+    assert s.map_location == "us-nv-las-vegas-strip"
+    # the devkit history buffer: 2 s before iteration 0 at the same step
+    assert s.num_history == 20 and np.all(np.diff(s.timestamps_us) == 100_000)
+
+
+def test_agents_by_category_and_lights(tiny_log):
+    with LogDB(tiny_log) as db:
+        s = extract_scenario(db, TINY_TAG)
+        counts = db.category_counts()
+    assert counts == {"vehicle": 3, "pedestrian": 1, "traffic_cone": 1}
+    cats = sorted(s.agents.category.tolist())
+    assert cats == sorted([VEHICLE] * 3 + [PEDESTRIAN, TRAFFIC_CONE])
+    t0 = s.start_index
+    assert s.traffic_lights.at(t0) == {101: TL_GREEN, 102: TL_GREEN, 103: TL_RED}
+    # agents the devkit's trace holds at iteration 0 are in the log at iteration 0, at the logged positions
+    trace = json.loads((DEVKIT_TINY / "closed_loop_log_future_idm_agents.json").read_text())
+    present = s.agents.at(t0)
+    pos = {tok: (x, y) for tok, x, y in zip(present["track_token"], present["x"], present["y"])}
+    assert trace[0]["t_us"] == s.timestamps_us[t0]
+    for tok in trace[0]["agents"]:
+        assert tok in pos
+    # the ego at iteration 0 is the rear axle of the log
+    assert trace[0]["ego"][:3] == pytest.approx([s.ego.x[t0], s.ego.y[t0], s.ego.heading[t0]], abs=1e-9)
+
+
+def test_cameras_and_images(tiny_log):
+    with LogDB(tiny_log) as db:
+        cams = db.cameras
+        assert [c.channel for c in cams] == ["CAM_F0", "CAM_B0", "CAM_L0", "CAM_L1", "CAM_L2", "CAM_R0", "CAM_R1",
+                                             "CAM_R2"]
+        f0 = cams[0]
+        assert f0.intrinsic.shape == (3, 3) and f0.width == 1920 and f0.height == 1080
+        imgs = db.images([0, 2])
+        assert len(imgs) == 2 and len(imgs[0]) == 8
+        assert all(abs(im.timestamp - db.lidar_pc_timestamps[0]) <= 50_000 for im in imgs[0])
+
+
+def test_whole_log_iteration(tiny_log):
+    with LogDB(tiny_log) as db:
+        s = iterate_log(db)
+        assert s.num_iterations == 300  # 29.95 s at 10 Hz
+        assert np.all(np.diff(s.timestamps_us) == 100_000)
+        assert s.route_roadblock_ids == ("1", "201", "2")
