@@ -65,3 +65,28 @@ def test_whole_log_iteration(tiny_log):
         assert s.num_iterations == 300  # 29.95 s at 10 Hz
         assert np.all(np.diff(s.timestamps_us) == 100_000)
         assert s.route_roadblock_ids == ("1", "201", "2")
+
+
+def test_every_table_reads(tiny_log):
+    from simscale_env.data.schema import NUPLAN_SCHEMA
+
+    with LogDB(tiny_log) as db:
+        for table in NUPLAN_SCHEMA:
+            rows = db.read_table(table, limit=3)
+            assert rows and set(rows[0]) == {c for c, _ in NUPLAN_SCHEMA[table]}
+            assert all(len(v) == 16 for r in rows for k, v in r.items() if (k == "token" or k.endswith("_token"))
+                       and v is not None)
+        cam = db.read_table("camera", limit=1)[0]
+        assert isinstance(cam["intrinsic"], list) and len(cam["rotation"]) == 4
+
+
+def test_scenario_filters(mini_builder):
+    refs = mini_builder.refs()
+    typ = refs[0].scenario_type
+    by_type = mini_builder.refs(scenario_types=[typ])
+    assert by_type and all(r.scenario_type == typ for r in by_type)
+    log = refs[-1].log_name
+    assert all(r.log_name == log for r in mini_builder.refs(log_names=[log]))
+    toks = [refs[1].token, refs[2].token]
+    assert [r.token for r in mini_builder.refs(tokens=toks)] == toks
+    assert len(mini_builder.refs(limit=3)) == 3
