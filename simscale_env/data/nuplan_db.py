@@ -374,16 +374,16 @@ class LogDB:
         ph = ",".join("?" * len(toks))
         if kind == "box":
             rows = self.execute(
-                "SELECT lidar_pc_token, track_token, x, y, z, width, length, height, vx, vy, yaw, token "
+                "SELECT lidar_pc_token, track_token, x, y, z, width, length, height, vx, vy, yaw, token, rowid "
                 f"FROM lidar_box WHERE lidar_pc_token IN ({ph})", toks) if toks else []
-            cols = list(zip(*rows)) if rows else [()] * 12
+            cols = list(zip(*rows)) if rows else [()] * 13
             tindex = self._tracks["index"]
             try:
                 tidx = np.fromiter((tindex[bytes(t)] for t in cols[1]), dtype=np.int64, count=len(rows))
             except KeyError as exc:
                 raise SchemaError(self.path, f"lidar_box references a track missing from 'track': {exc}") from None
             blk = {"lidx": np.fromiter((pos[bytes(t)] for t in cols[0]), dtype=np.int64, count=len(rows)),
-                   "tidx": tidx, "token": list(cols[11])}
+                   "tidx": tidx, "token": list(cols[11]), "rowid": np.array(cols[12], dtype=np.int64)}
             for j, k in enumerate(("x", "y", "z", "width", "length", "height", "vx", "vy", "yaw")):
                 blk[k] = np.array(cols[2 + j], dtype=np.float64)  # NULL -> nan
         else:
@@ -421,12 +421,14 @@ class LogDB:
 
         Returns flat arrays sorted by frame then track: `frame` (position in `indices`), `track` (hex), `category`
         (code, see schema.CATEGORIES), x, y, z (box centre, global), width, length, height, vx, vy (global frame),
-        yaw (global heading); with `with_tokens`, also `token` (the box, hex).
+        yaw (global heading), `rowid` (the row's position in the table: the devkit iterates a frame's boxes in this
+        order); with `with_tokens`, also `token` (the box, hex).
         """
         rows, frame = self._rows("box", indices)
         keys = ("x", "y", "z", "width", "length", "height", "vx", "vy", "yaw")
         if not len(frame):
-            out = {"frame": np.zeros(0, np.int64), "track": np.zeros(0, "<U16"), "category": np.zeros(0, np.int8)}
+            out = {"frame": np.zeros(0, np.int64), "track": np.zeros(0, "<U16"), "category": np.zeros(0, np.int8),
+                   "rowid": np.zeros(0, np.int64)}
             out.update({k: np.zeros(0) for k in keys})
             if with_tokens:
                 out["token"] = np.zeros(0, "<U16")
@@ -434,7 +436,7 @@ class LogDB:
         tr = self._tracks
         order = np.lexsort((rows["tidx"], frame))
         out = {"frame": frame[order], "track": tr["hex"][rows["tidx"][order]],
-               "category": tr["category"][rows["tidx"][order]]}
+               "category": tr["category"][rows["tidx"][order]], "rowid": rows["rowid"][order]}
         for k in keys:
             out[k] = rows[k][order]
         if with_tokens:

@@ -90,6 +90,7 @@ class AgentTracks:
     length: np.ndarray
     width: np.ndarray
     height: np.ndarray
+    log_order: np.ndarray | None = None  # [T, M] the boxes' row positions in lidar_box (-1 where invalid)
 
     def __post_init__(self):
         _freeze(*(getattr(self, f) for f in self.__dataclass_fields__ if f != "track_tokens"))
@@ -111,7 +112,8 @@ class AgentTracks:
     def slice(self, sl: slice) -> "AgentTracks":
         kw = {f: getattr(self, f)[sl] for f in ("valid", "x", "y", "z", "heading", "vx", "vy", "length", "width",
                                                 "height")}
-        return AgentTracks(track_tokens=self.track_tokens, category=self.category, **kw)
+        lo = None if self.log_order is None else self.log_order[sl]
+        return AgentTracks(track_tokens=self.track_tokens, category=self.category, log_order=lo, **kw)
 
     @staticmethod
     def from_boxes(boxes: dict[str, np.ndarray], num_frames: int) -> "AgentTracks":
@@ -128,7 +130,11 @@ class AgentTracks:
             kw[f] = a
         h = np.full((num_frames, m), np.nan)
         h[boxes["frame"], col] = boxes["yaw"]
-        return AgentTracks(track_tokens=tuple(str(t) for t in tracks), category=cat, valid=valid, heading=h, **kw)
+        order = np.full((num_frames, m), -1, dtype=np.int64)
+        if "rowid" in boxes:
+            order[boxes["frame"], col] = boxes["rowid"]
+        return AgentTracks(track_tokens=tuple(str(t) for t in tracks), category=cat, valid=valid, heading=h,
+                           log_order=order, **kw)
 
 
 @dataclass(frozen=True)

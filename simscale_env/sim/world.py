@@ -1,0 +1,249 @@
+"""The closed loop: typed world state and a pure `step`.
+
+One iteration (nuplan/planning/simulation/simulation.py `propagate`): the ego command is computed at iteration i
+(the LQR tracking a reference, or a direct control), the bicycle propagates the ego to i + 1, then the agents move to
+i + 1 seeing the ego of iteration i and the log's traffic lights and replayed objects of iteration i + 1.
+
+Agent modes:
+- ``reactive``: vehicles present at iteration 0 become IDM agents (simscale_env.sim.idm); pedestrians, cyclists and
+  static objects replay the log. Vehicles that cannot be put on a lane at iteration 0 (parked, off the map) replay
+  the log too (`IDMConfig`-independent switch `replay_unspawned_vehicles`; nuPlan drops them).
+- ``non_reactive``: everything replays the log.
+- ``constant_velocity``: the agents present at iteration 0 keep their iteration-0 velocity; static objects replay.
+
+`step` never mutates its inputs: the same inputs always give the same output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..data.scenario import Scenario
+from ..data.schema import AGENT_CATEGORIES, TL_GREEN, TL_RED, VEHICLE
+from ..map.map_api import MapAPI
+from .bicycle import BicycleConfig, propagate
+from .idm import IDMAgents, IDMConfig, box_corners, spawn_agents, step_agents
+from .lqr import BatchLQRTracker, LQRConfig
+from .state import STATE_SIZE, check_states, make_state
+from .vehicle import PACIFICA, VehicleParameters
+
+AGENT_MODES = ("reactive", "non_reactive", "constant_velocity")
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    dt: float = 0.1
+    agent_mode: str = "reactive"
+    idm: IDMConfig = field(default_factory=IDMConfig)
+    lqr: LQRConfig = field(default_factory=LQRConfig)
+    bicycle: BicycleConfig = field(default_factory=BicycleConfig)
+    vehicle: VehicleParameters = PACIFICA
+    replay_unspawned_vehicles: bool = True
+    # nuPlan's IDM step is SimulationIteration.time_s differences (float seconds of 1.6e9-scale timestamps), which
+    # differ from 0.1 by ~1e-7; True reproduces the devkit to 1e-10, False uses the exact step.
+    devkit_time_step: bool = True
+
+    def __post_init__(self):
+        if self.agent_mode not in AGENT_MODES:
+            raise ValueError(f"agent_mode must be one of {AGENT_MODES}, got {self.agent_mode!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class WorldState:
+    iteration: int  # scenario iteration (0 = the scenario's first iteration)
+    time_us: int
+    ego: np.ndarray  # [11] rear-axle state (StateIndex order)
+    idm: IDMAgents | None = None
+    replay_mask: np.ndarray | None = None  # [M] tracks replayed from the log (reactive mode)
+
+
+@dataclass(frozen=True, eq=False)
+class Objects:
+    """Every object of the world at one iteration (struct of arrays). Positions are box centres."""
+
+    track: np.ndarray  # [N] column of the scenario's AgentTracks
+    category: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    heading: np.ndarray
+    vx: np.ndarray
+    vy: np.ndarray
+    length: np.ndarray
+    width: np.ndarray
+    height: np.ndarray
+    reactive: np.ndarray  # bool: simulated (IDM / constant velocity) rather than replayed
+
+    def __len__(self) -> int:
+        return len(self.track)
+
+    def corners(self) -> np.ndarray:
+        return box_corners(self.x, self.y, self.heading, self.length, self.width)
+
+
+class PlanTracker:
+    """The LQR tracking one reference pose sequence [T, 3] sampled every dt from `start_iteration`."""
+
+    def __init__(self, reference_poses, start_iteration: int, config: LQRConfig = LQRConfig()):
+        self.reference = np.asarray(reference_poses, dtype=np.float64)
+        if self.reference.ndim != 2 or self.reference.shape[1] != 3 or len(self.reference) < 4:
+            raise ValueError(f"reference_poses must have shape [T >= 4, 3], got {self.reference.shape}")
+        self.start_iteration = int(start_iteration)
+        self._tracker = BatchLQRTracker(config)
+        self._tracker.update(self.reference[None])
+
+    def command(self, world: WorldState) -> np.ndarray:
+        k = world.iteration - self.start_iteration
+        if k < 0 or k >= len(self.reference) - 1:
+            raise ValueError(f"iteration {world.iteration} is outside the reference (starts at {self.start_iteration}, "
+                             f"{len(self.reference)} poses)")
+        return self._tracker.track(k, world.ego[None])[0]
+
+
+def ego_box(state: np.ndarray, vehicle: VehicleParameters = PACIFICA) -> np.ndarray:
+    """Corners [4, 2] of the ego box of a rear-axle state."""
+    c = vehicle.rear_axle_to_center
+    return box_corners(state[0] + c * np.cos(state[2]), state[1] + c * np.sin(state[2]), state[2], vehicle.length,
+                       vehicle.width)[0]
+
+
+def ego_center(state: np.ndarray, vehicle: VehicleParameters = PACIFICA) -> np.ndarray:
+    c = vehicle.rear_axle_to_center
+    return np.array([state[0] + c * np.cos(state[2]), state[1] + c * np.sin(state[2])])
+
+
+class Simulation:
+    """Closed-loop simulation of one scenario on its map."""
+
+    def __init__(self, scenario: Scenario, map_api: MapAPI, config: SimConfig = SimConfig()):
+        self.scenario = scenario
+        self.map = map_api
+        self.config = config
+        self._t0 = scenario.start_index
+        ag = scenario.agents
+        self._open_loop = np.isin(ag.category, np.asarray(config.idm.open_loop_types, dtype=np.int8))
+        self._agent_cat = np.isin(ag.category, np.asarray(AGENT_CATEGORIES, dtype=np.int8))
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def num_iterations(self) -> int:
+        return self.scenario.num_iterations
+
+    def frame(self, iteration: int) -> int:
+        if not 0 <= iteration < self.num_iterations:
+            raise ValueError(f"iteration must be in [0, {self.num_iterations}), got {iteration}")
+        return self._t0 + iteration
+
+    def logged_ego_state(self, iteration: int = 0) -> np.ndarray:
+        e = self.scenario.ego
+        f = self.frame(iteration)
+        return make_state(e.x[f], e.y[f], e.heading[f], velocity=e.vx[f], acceleration=e.ax[f], velocity_y=e.vy[f],
+                          acceleration_y=e.ay[f])
+
+    def lights(self, iteration: int) -> tuple[np.ndarray, np.ndarray]:
+        """(green connector ids, red connector ids) at an iteration."""
+        tl = self.scenario.traffic_lights
+        st = tl.status[self.frame(iteration)]
+        return tl.connector_ids[st == TL_GREEN], tl.connector_ids[st == TL_RED]
+
+    def _log_boxes(self, iteration: int, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ag = self.scenario.agents
+        f = self.frame(iteration)
+        sel = np.nonzero(ag.valid[f] & mask)[0]
+        return box_corners(ag.x[f, sel], ag.y[f, sel], ag.heading[f, sel], ag.length[f, sel], ag.width[f, sel]), sel
+
+    # ------------------------------------------------------------------ reset / step
+    def reset(self, ego_state=None) -> WorldState:
+        """World at iteration 0; the ego at its logged state or at `ego_state` (e.g. a perturbed start)."""
+        ego = self.logged_ego_state(0) if ego_state is None else check_states(ego_state, "ego_state").copy()
+        if ego.shape != (STATE_SIZE,):
+            raise ValueError(f"ego_state must have shape [{STATE_SIZE}], got {ego.shape}")
+        idm = None
+        replay = None
+        if self.config.agent_mode == "reactive":
+            ag = self.scenario.agents
+            f = self.frame(0)
+            veh = np.nonzero(ag.valid[f] & (ag.category == VEHICLE))[0]
+            veh = veh[np.argsort(ag.log_order[f, veh], kind="stable")] if ag.log_order is not None else veh
+            boxes = {k: getattr(ag, k)[f, veh] for k in ("x", "y", "heading", "vx", "vy", "length", "width",
+                                                          "height")}
+            boxes["track"] = veh
+            ol, _ = self._log_boxes(0, self._open_loop)
+            idm = spawn_agents(self.map, boxes, ego_box(ego, self.config.vehicle)[None], ol, float(ego[3]),
+                               self.config.idm)
+            replay = self._open_loop.copy()
+            if self.config.replay_unspawned_vehicles:
+                unspawned = np.setdiff1d(veh, idm.track)
+                replay[unspawned] = True
+        return WorldState(0, int(self.scenario.timestamps_us[self.frame(0)]), ego, idm, replay)
+
+    def step(self, world: WorldState, *, tracker: PlanTracker | None = None, control=None) -> WorldState:
+        """Advance one iteration. The ego follows `tracker` (LQR) or a direct `control` (acceleration [m/s^2],
+        steering rate [rad/s])."""
+        it = world.iteration
+        if it + 1 >= self.num_iterations:
+            raise ValueError(f"the scenario ends at iteration {self.num_iterations - 1}; cannot step from {it}")
+        if (tracker is None) == (control is None):
+            raise ValueError("step needs exactly one of tracker= or control=")
+        if tracker is not None:
+            cmd = tracker.command(world)
+        else:
+            cmd = np.asarray(control, dtype=np.float64).reshape(-1)
+            if cmd.shape != (2,) or not np.all(np.isfinite(cmd)):
+                raise ValueError(f"control must be 2 finite values (acceleration, steering rate), got {control!r}")
+        t0 = int(self.scenario.timestamps_us[self.frame(it)])
+        t1 = int(self.scenario.timestamps_us[self.frame(it + 1)])
+        dt = (t1 - t0) * 1e-6
+        new_ego = propagate(world.ego[None], cmd[None], dt, self.config.bicycle)[0]
+        idm = world.idm
+        if self.config.agent_mode == "reactive" and idm is not None:
+            ol, _ = self._log_boxes(it + 1, self._open_loop)
+            green, red = self.lights(it + 1)
+            idm_dt = t1 * 1e-6 - t0 * 1e-6 if self.config.devkit_time_step else dt
+            idm = step_agents(self.map, idm, ego_corners=ego_box(world.ego, self.config.vehicle),
+                              ego_center=ego_center(world.ego, self.config.vehicle),
+                              ego_speed=float(np.hypot(world.ego[3], world.ego[4])), ego_heading=float(world.ego[2]),
+                              object_corners=ol, green_ids=green, red_ids=red, dt=idm_dt, config=self.config.idm)
+        return WorldState(it + 1, t1, new_ego, idm, world.replay_mask)
+
+    # ------------------------------------------------------------------ observation
+    def objects(self, world: WorldState) -> Objects:
+        ag = self.scenario.agents
+        f = self.frame(world.iteration)
+        mode = self.config.agent_mode
+        cols = []
+        if mode == "non_reactive":
+            sel = np.nonzero(ag.valid[f])[0]
+            return self._from_log(f, sel, np.zeros(len(sel), bool))
+        if mode == "constant_velocity":
+            f0 = self.frame(0)
+            moving = np.nonzero(ag.valid[f0] & self._agent_cat)[0]
+            static = np.nonzero(ag.valid[f] & ~self._agent_cat)[0]
+            dt = (self.scenario.timestamps_us[f] - self.scenario.timestamps_us[f0]) * 1e-6
+            log = self._from_log(f, static, np.zeros(len(static), bool))
+            cv = self._from_log(f0, moving, np.ones(len(moving), bool))
+            cv = Objects(**{**cv.__dict__, "x": cv.x + cv.vx * dt, "y": cv.y + cv.vy * dt})
+            return _concat(cv, log)
+        # reactive
+        idm = world.idm
+        alive = np.nonzero(idm.alive)[0]
+        tr = idm.track[alive]
+        v = idm.v[alive]
+        h = idm.pose[alive, 2]
+        sim = Objects(track=tr, category=ag.category[tr], x=idm.pose[alive, 0], y=idm.pose[alive, 1], heading=h,
+                      vx=v * np.cos(h), vy=v * np.sin(h), length=idm.length[alive], width=idm.width[alive],
+                      height=idm.height[alive], reactive=np.ones(len(alive), bool))
+        sel = np.nonzero(ag.valid[f] & world.replay_mask)[0]
+        del cols
+        return _concat(sim, self._from_log(f, sel, np.zeros(len(sel), bool)))
+
+    def _from_log(self, f: int, sel: np.ndarray, reactive: np.ndarray) -> Objects:
+        ag = self.scenario.agents
+        return Objects(track=sel, category=ag.category[sel], x=ag.x[f, sel], y=ag.y[f, sel],
+                       heading=ag.heading[f, sel], vx=np.nan_to_num(ag.vx[f, sel]), vy=np.nan_to_num(ag.vy[f, sel]),
+                       length=ag.length[f, sel], width=ag.width[f, sel], height=ag.height[f, sel], reactive=reactive)
+
+
+def _concat(a: Objects, b: Objects) -> Objects:
+    return Objects(**{k: np.concatenate([getattr(a, k), getattr(b, k)]) for k in a.__dataclass_fields__})
