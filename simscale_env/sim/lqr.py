@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from numba import njit
 
 from .bicycle import BicycleConfig, propagate
 from .state import CMD_ACCELERATION, CMD_STEERING_RATE, HEADING, STATE_SIZE, STEERING_ANGLE, VELOCITY_X, X, Y, \
@@ -169,27 +170,50 @@ class BatchLQRTracker:
 
     def _lateral(self, x0, vprof, curv):
         c = self.config
-        dt, L = c.discretization_time, c.vehicle.wheel_base
-        n = len(x0)
-        # propagate A (3x3), B (3), g (3) through the horizon: x_{k+1} = M_k x_k + b u + g_k
-        A = np.zeros((n, 3, 3))
-        A[:, 0, 0] = A[:, 1, 1] = A[:, 2, 2] = 1.0
-        Bv = np.zeros((n, 3))
-        g = np.zeros((n, 3))
-        for k in range(c.tracking_horizon):
-            a01 = vprof[:, k] * dt
-            a12 = vprof[:, k] * dt / L
-            aff = -vprof[:, k] * curv[:, k] * dt
-            # M = [[1, a01, 0], [0, 1, a12], [0, 0, 1]]
-            A = np.stack([A[:, 0] + a01[:, None] * A[:, 1], A[:, 1] + a12[:, None] * A[:, 2], A[:, 2]], axis=1)
-            Bv = np.stack([Bv[:, 0] + a01 * Bv[:, 1], Bv[:, 1] + a12 * Bv[:, 2], Bv[:, 2] + dt], axis=1)
-            g = np.stack([g[:, 0] + a01 * g[:, 1], g[:, 1] + a12 * g[:, 2] + aff, g[:, 2]], axis=1)
-        err = np.einsum("bij,bj->bi", A, x0) + g
-        err[:, 1:] = np.arctan2(np.sin(err[:, 1:]), np.cos(err[:, 1:]))
-        q = np.asarray(c.q_lateral)
-        BtQ = Bv * q[None]
-        inv = -1.0 / (np.einsum("bi,bi->b", BtQ, Bv) + c.r_lateral)
-        return inv * np.einsum("bi,bi->b", BtQ, err)
+        q = np.asarray(c.q_lateral, dtype=np.float64)
+        return _lateral_lqr(np.ascontiguousarray(x0, dtype=np.float64), np.ascontiguousarray(vprof, dtype=np.float64),
+                            np.ascontiguousarray(curv, dtype=np.float64), float(c.discretization_time),
+                            float(c.vehicle.wheel_base), q, float(c.r_lateral))
+
+
+@njit(cache=True)
+def _lateral_lqr(x0, vprof, curv, dt, wheel_base, q, r):
+    """Steering-rate commands of the lateral LQR: x_{k+1} = M_k x_k + b u + g_k over the horizon,
+    M_k = [[1, v dt, 0], [0, 1, v dt / L], [0, 0, 1]], b = (0, 0, dt), g_k = (0, -v kappa dt, 0); then
+    u = -(b^T Q A x0 + g wrapped) / (b^T Q b + r)."""
+    n, N = vprof.shape
+    out = np.empty(n)
+    for i in range(n):
+        A = np.eye(3)
+        B0 = 0.0
+        B1 = 0.0
+        B2 = 0.0
+        g0 = 0.0
+        g1 = 0.0
+        g2 = 0.0
+        for k in range(N):
+            a01 = vprof[i, k] * dt
+            a12 = vprof[i, k] * dt / wheel_base
+            aff = -vprof[i, k] * curv[i, k] * dt
+            for j in range(3):
+                A[0, j] = A[0, j] + a01 * A[1, j]
+                A[1, j] = A[1, j] + a12 * A[2, j]
+            B0 = B0 + a01 * B1
+            B1 = B1 + a12 * B2
+            B2 = B2 + dt
+            g0 = g0 + a01 * g1
+            g1 = g1 + a12 * g2 + aff
+        e0 = A[0, 0] * x0[i, 0] + A[0, 1] * x0[i, 1] + A[0, 2] * x0[i, 2] + g0
+        e1 = A[1, 0] * x0[i, 0] + A[1, 1] * x0[i, 1] + A[1, 2] * x0[i, 2] + g1
+        e2 = A[2, 0] * x0[i, 0] + A[2, 1] * x0[i, 1] + A[2, 2] * x0[i, 2] + g2
+        e1 = np.arctan2(np.sin(e1), np.cos(e1))
+        e2 = np.arctan2(np.sin(e2), np.cos(e2))
+        bq0 = B0 * q[0]
+        bq1 = B1 * q[1]
+        bq2 = B2 * q[2]
+        inv = -1.0 / (bq0 * B0 + bq1 * B1 + bq2 * B2 + r)
+        out[i] = inv * (bq0 * e0 + bq1 * e1 + bq2 * e2)
+    return out
 
 
 def track_references(initial_state: np.ndarray, reference_poses: np.ndarray, num_steps: int | None = None,

@@ -46,16 +46,20 @@ def interpolate_poses(times_us: np.ndarray, poses: np.ndarray, query_us: np.ndar
     t = np.asarray(times_us, dtype=np.float64)
     q = np.asarray(query_us, dtype=np.float64)
     poses = np.asarray(poses, dtype=np.float64)
+    if len(t) < 2 or np.any(np.diff(t) <= 0):
+        raise ValueError(f"times_us must be strictly increasing with at least 2 entries, got {np.asarray(times_us)}")
+    if poses.shape[-2:] != (len(t), 3):
+        raise ValueError(f"poses must have shape [..., {len(t)}, 3] to match times_us, got {poses.shape}")
+    if not np.all(np.isfinite(poses)):
+        raise ValueError("poses contains NaN or infinite values")
     idx = np.clip(np.searchsorted(t, q, side="right") - 1, 0, len(t) - 2)
     t_lo, t_hi = t[idx], t[idx + 1]
-    w = (q - t_lo) / (t_hi - t_lo)
     lin = poses[..., :2]
     ang = np.unwrap(poses[..., 2], axis=-1)
     lo, hi = lin[..., idx, :], lin[..., idx + 1, :]
     xy = (hi - lo) / (t_hi - t_lo)[:, None] * (q - t_lo)[:, None] + lo
     a_lo, a_hi = ang[..., idx], ang[..., idx + 1]
     h = (a_hi - a_lo) / (t_hi - t_lo) * (q - t_lo) + a_lo
-    del w
     return np.concatenate([xy, principal_value(h)[..., None]], axis=-1)
 
 

@@ -147,6 +147,18 @@ class Simulation:
         st = tl.status[self.frame(iteration)]
         return tl.connector_ids[st == TL_GREEN], tl.connector_ids[st == TL_RED]
 
+    def red_light_polygons(self, iteration: int, lane_ids=None) -> dict:
+        """{connector id: polygon} of the connectors whose light is red at an iteration (restricted to `lane_ids`,
+        e.g. the route's lanes, as NAVSIM's observation does)."""
+        _, red = self.lights(iteration)
+        want = None if lane_ids is None else {str(x) for x in lane_ids}
+        out = {}
+        for cid in red:
+            key = str(int(cid))
+            if key in self.map.lanes and (want is None or key in want):
+                out[key] = self.map.lanes[key].polygon
+        return out
+
     def _log_boxes(self, iteration: int, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ag = self.scenario.agents
         f = self.frame(iteration)

@@ -1,0 +1,83 @@
+"""Bicycle, LQR and bad input, on constructed cases with known answers."""
+
+import numpy as np
+import pytest
+
+from simscale_env.sim import PACIFICA, propagate, track_references
+from simscale_env.sim.plans import interpolate_poses, plan_to_reference
+from simscale_env.sim.state import make_state
+
+
+def test_constant_steering_gives_the_analytic_circle():
+    delta, v, dt = 0.2, 8.0, 0.1
+    s = make_state(0.0, 0.0, 0.0, velocity=v, steering=delta)[None]
+    R = PACIFICA.wheel_base / np.tan(delta)
+    pts = []
+    for _ in range(200):
+        s = propagate(s, np.zeros((1, 2)), dt)
+        pts.append(s[0, :3].copy())
+    pts = np.array(pts)
+    # explicit Euler with a constant yaw increment dpsi and step ds: the rear axle visits the vertices of a regular
+    # polygon inscribed in the circle of radius ds / (2 sin(dpsi / 2)) (-> R = L / tan(delta) as dt -> 0), centred at
+    # (ds / 2, R_e cos(dpsi / 2)) when starting at the origin heading +x.
+    ds, dpsi = v * dt, v * np.tan(delta) / PACIFICA.wheel_base * dt
+    R_e = ds / (2 * np.sin(dpsi / 2))
+    center = np.array([ds / 2, R_e * np.cos(dpsi / 2)])
+    r = np.hypot(*(pts[:, :2] - center).T)
+    assert np.abs(r - R_e).max() < 1e-9
+    assert R_e == pytest.approx(R, rel=1e-3)
+    yaw_rate = np.diff(np.unwrap(pts[:, 2])) / dt
+    assert np.allclose(yaw_rate, v * np.tan(delta) / PACIFICA.wheel_base, atol=1e-9)
+    assert np.allclose(s[0, 3], v) and s[0, 7] == pytest.approx(delta)
+
+
+def _lateral_rms(states, ref_xy):
+    from simscale_env.map.polyline import Polyline
+
+    pl = Polyline.from_xy(ref_xy)
+    _, lat, _ = pl.project(states[:, :2])
+    return float(np.sqrt(np.mean(lat ** 2)))
+
+
+@pytest.mark.parametrize("radius", [None, 40.0])
+def test_lqr_tracks_straight_and_curved_references(radius):
+    v, T = 10.0, 151
+    t = np.arange(T) * 0.1
+    if radius is None:
+        ref = np.stack([v * t, np.zeros(T), np.zeros(T)], -1)
+    else:
+        ang = v * t / radius
+        ref = np.stack([radius * np.sin(ang), radius * (1 - np.cos(ang)), ang], -1)
+    init = make_state(0.0, 0.0, 0.0, velocity=v)
+    states = track_references(init, ref)[0]
+    rms = _lateral_rms(states, ref[:, :2])
+    assert rms < 0.3, rms
+    assert abs(states[-1, 3] - v) < 0.3
+    assert np.isfinite(states).all()
+
+
+def test_degenerate_plans_never_give_nan():
+    init = make_state(5.0, 5.0, 1.0, velocity=0.0)
+    for plan in (np.zeros((8, 3)), np.tile([[0.0, 0.0, 3.0]], (8, 1)), np.cumsum(np.full((8, 3), 0.01), 0)):
+        ref = plan_to_reference(plan, init, 10**12)
+        st = track_references(init, ref)
+        assert np.isfinite(st).all()
+    # standing still: the ego stays put
+    st = track_references(init, plan_to_reference(np.zeros((8, 3)), init, 10**12))
+    assert np.abs(st[0, -1, :2] - init[:2]).max() < 1e-6
+
+
+def test_bad_input_names_the_argument():
+    init = make_state(velocity=5.0)
+    with pytest.raises(ValueError, match="plan contains NaN"):
+        plan_to_reference(np.full((8, 3), np.nan), init, 0)
+    with pytest.raises(ValueError, match=r"plan must have shape \[N, K, 3\]"):
+        plan_to_reference(np.zeros((8, 2)), init, 0)
+    with pytest.raises(ValueError, match="initial_state contains NaN"):
+        track_references(np.full(11, np.nan), np.zeros((1, 41, 3)))
+    with pytest.raises(ValueError, match=r"initial_state must have shape \[..., 11\]"):
+        track_references(np.zeros(5), np.zeros((1, 41, 3)))
+    with pytest.raises(ValueError, match="reference_poses contains NaN"):
+        track_references(init, np.full((1, 41, 3), np.inf))
+    with pytest.raises(ValueError, match="times_us must be strictly increasing"):
+        interpolate_poses(np.array([0, 5, 5]), np.zeros((3, 3)), np.array([1]))

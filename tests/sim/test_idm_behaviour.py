@@ -1,0 +1,87 @@
+"""IDM agents on the mini maps: queues, red lights, replayed cyclists."""
+
+import numpy as np
+import pytest
+
+from simscale_env.data.schema import BICYCLE
+from simscale_env.map import load_map
+from simscale_env.sim import SimConfig, Simulation
+from simscale_env.sim.idm import IDMConfig, box_corners, spawn_agents, step_agents
+
+
+def _boxes_on_lane(lane, arcs, speed, length=4.6, width=1.9):
+    poses = lane.baseline.interpolate(np.asarray(arcs, dtype=float))
+    n = len(arcs)
+    return {"x": poses[:, 0], "y": poses[:, 1], "heading": poses[:, 2], "vx": np.full(n, speed) * np.cos(poses[:, 2]),
+            "vy": np.full(n, speed) * np.sin(poses[:, 2]), "length": np.full(n, length), "width": np.full(n, width),
+            "height": np.full(n, 1.6), "track": np.arange(n)}
+
+
+def _run(m, agents, ego_xyh, steps, green=(), red=(), cfg=IDMConfig()):
+    ego = box_corners(*ego_xyh, 5.176, 2.297)[0]
+    hist = [agents]
+    for _ in range(steps):
+        agents = step_agents(m, agents, ego_corners=ego, ego_center=np.array(ego_xyh[:2]), ego_speed=0.0,
+                             ego_heading=ego_xyh[2], object_corners=np.zeros((0, 4, 2)), green_ids=green, red_ids=red,
+                             config=cfg)
+        hist.append(agents)
+    return hist
+
+
+def test_queue_behind_a_stopping_leader_keeps_the_gap(mini):
+    m = load_map("us-ma-boston", mini / "maps")
+    lane = m.lane("20082")  # eastbound lane ending at the map edge: the leader stops at the end of its path
+    arcs = [200.0, 175.0, 150.0, 125.0, 100.0]
+    agents = spawn_agents(m, _boxes_on_lane(lane, arcs, 12.0), np.zeros((0, 4, 2)), np.zeros((0, 4, 2)), 0.0)
+    assert agents.num_alive == 5
+    ego = tuple(lane.baseline.interpolate(60.0))
+    hist = _run(m, agents, ego, 600, cfg=IDMConfig(radius=500.0))
+    min_gap = np.inf
+    for a in hist[1:]:
+        order = np.argsort(-a.s)
+        front = a.s[order] - a.length[order] / 2
+        rear_of_next = a.s[order[1:]] + a.length[order[1:]] / 2
+        min_gap = min(min_gap, float(np.min(front[:-1] - rear_of_next)))
+    final = hist[-1]
+    assert np.all(final.v < 0.05), final.v  # everyone stopped
+    assert min_gap >= 1.0 - 1e-6, min_gap  # never closer than the IDM minimum gap, never overlapping
+    assert final.s.max() <= m.lane("20082").length
+
+
+def test_red_light_stop_then_go(mini):
+    m = load_map("us-nv-las-vegas-strip", mini / "maps")
+    lane = m.lane("10005")
+    conns = list(lane.outgoing_ids)
+    agents = spawn_agents(m, _boxes_on_lane(lane, [40.0], 10.0), np.zeros((0, 4, 2)), np.zeros((0, 4, 2)), 0.0)
+    ego = tuple(lane.baseline.interpolate(5.0))
+    hist = _run(m, agents, ego, 400, red=conns, cfg=IDMConfig(radius=500.0))
+    stopped = hist[-1]
+    assert stopped.v[0] < 0.05
+    # stopped before the stop line (which starts 1.5 m before the lane end), still on its lane
+    front = stopped.s[0] + stopped.length[0] / 2
+    assert lane.length - 1.5 - 3.0 <= front <= lane.length - 1.5
+    go = _run(m, stopped, ego, 100, green=conns, cfg=IDMConfig(radius=500.0))[-1]
+    assert go.v[0] > 3.0
+    from simscale_env.sim.lanegraph import lane_graph
+
+    g = lane_graph(m)
+    assert g.ids[go.lanes[0, 0]] != "10005"  # it went through the junction
+
+
+def test_cyclists_replay_in_reactive_mode(mini_builder, mini):
+    for ref in mini_builder.refs():
+        sc = mini_builder.load(ref)
+        f0 = sc.start_index
+        bikes = np.nonzero((sc.agents.category == BICYCLE) & sc.agents.valid[f0])[0]
+        if len(bikes) == 0:
+            continue
+        sim = Simulation(sc, load_map(sc.map_location, mini / "maps"), SimConfig(agent_mode="reactive"))
+        w = sim.reset()
+        for _ in range(20):
+            objs = sim.objects(w)
+            present = set(objs.track[objs.category == BICYCLE].tolist())
+            logged = set(np.nonzero((sc.agents.category == BICYCLE) & sc.agents.valid[sim.frame(w.iteration)])[0])
+            assert present == logged
+            w = sim.step(w, control=[0.0, 0.0])
+        return
+    pytest.fail("no mini scenario has a cyclist")
