@@ -57,6 +57,9 @@ class IDMConfig:
     minimum_path_length: float = 20.0
     radius: float = 100.0
     open_loop_types: tuple = OPEN_LOOP_TYPES
+    # NAVSIM's navsim_IDM_traffic_agents.yaml idm_snap_threshold: a vehicle further than this from the chosen
+    # baseline is not made an IDM agent. nuPlan has no threshold (None).
+    snap_threshold: float | None = 3.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -470,6 +473,8 @@ def spawn_agents(m: MapAPI, boxes: dict, ego_box_corners: np.ndarray, open_loop_
             if best is None or diff < best[0]:
                 best = (diff, lid, arc, px, py, ph)
         _, lid, arc, px, py, ph = best
+        if config.snap_threshold is not None and np.hypot(px - x, py - y) > config.snap_threshold:
+            continue
         L, W = float(boxes["length"][k]), float(boxes["width"][k])
         snapped = shapely.Polygon(box_corners(px, py, ph, L, W)[0])
         if any(snapped.intersects(o) for o in occ):

@@ -38,7 +38,8 @@ def test_reproduces_devkit_trace(tiny_log, tiny_maps):
     db = LogDB(tiny_log)
     sc = extract_scenario(db, TINY_TAG)
     m = load_map(sc.map_location, tiny_maps)
-    cfg = SimConfig(idm=IDMConfig(open_loop_types=DEVKIT_OPEN_LOOP_TYPES), lqr=LQRConfig(jerk_regularizer="nuplan"),
+    cfg = SimConfig(idm=IDMConfig(open_loop_types=DEVKIT_OPEN_LOOP_TYPES, snap_threshold=None),
+                    lqr=LQRConfig(jerk_regularizer="nuplan"),
                     replay_unspawned_vehicles=False)
     sim = Simulation(sc, m, cfg)
     world = sim.reset()
