@@ -1,0 +1,569 @@
+"""EPDMS sub-metrics of NAVSIM v2, batched over proposals.
+
+Each function mirrors a method of navsim/planning/simulation/planner/pdm_planner/scoring/pdm_scorer.py (PDMScorer,
+NAVSIM @ 0a380a9) and is cited beside it; geometry is vectorized (numba) instead of one shapely query per proposal,
+with the same predicates: point-in-polygon excludes the boundary (`shapely.vectorized.contains`), box overlap
+includes touching (`intersects`), `is_in_layer(INTERSECTION)` is `within` for the box centre.
+
+Entry point: :func:`score_states` (states [N, 41, 11] simulated from the current ego state) -> :class:`PlanScores`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+from scipy.signal import savgol_filter
+
+from ..sim.state import (ACCELERATION_X, ACCELERATION_Y, ANGULAR_ACCELERATION, ANGULAR_VELOCITY, HEADING,
+                         STATE_SIZE, VELOCITY_X, VELOCITY_Y, X, Y)
+from ..sim.vehicle import PACIFICA, VehicleParameters
+from . import constants as C
+from .geometry import PolygonSet, boxes_overlap, polyline_project, segment_hits_quad
+
+# map object types as in nuPlan's SemanticMapLayer names
+DRIVABLE_TYPES = ("ROADBLOCK", "INTERSECTION", "DRIVABLE_AREA", "CARPARK_AREA")  # PDMScorer._calculate_ego_area
+LANE_TYPES = ("LANE", "LANE_CONNECTOR")
+RED_LIGHT_TOKEN = "red_light"  # PDMObservation._red_light_token
+
+
+@dataclass(frozen=True, eq=False)
+class ScoringScene:
+    """Everything the scorer reads about one scene (the equivalent of NAVSIM's metric cache entry).
+
+    Objects are oriented boxes per step ([T, M, 4, 2] corners FL, RL, RR, FR, with a validity mask); `obj_*`
+    attributes are those of the object as first seen (NAVSIM's `unique_objects`), which drive the collision type and
+    TTC. Red lights are the polygons of the on-route connectors whose light is red, per step.
+    """
+
+    map_ids: tuple
+    map_types: tuple
+    map_polygons: tuple
+    route_lane_ids: frozenset
+    centerline: np.ndarray  # [K, 2] polyline
+    obj_tokens: tuple
+    obj_is_agent: np.ndarray  # [M] vehicle / pedestrian / bicycle (else a static object)
+    obj_heading: np.ndarray  # [M] first-seen box heading
+    obj_speed: np.ndarray  # [M] first-seen speed; static objects count as stopped
+    obj_corners: np.ndarray  # [T, M, 4, 2]
+    obj_valid: np.ndarray  # [T, M]
+    red_light_polygons: tuple = ()  # per step: tuple of (connector id, shapely polygon)
+    collided_track_ids: frozenset = frozenset()
+    human_past_states: np.ndarray | None = None  # [H, 11] rear-axle states at 0.1 s before t0 (HC)
+    name: str = ""
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def num_steps(self) -> int:
+        return self.obj_corners.shape[0]
+
+    def polygon_set(self) -> PolygonSet:
+        if "polys" not in self._cache:
+            self._cache["polys"] = PolygonSet(list(self.map_polygons))
+        return self._cache["polys"]
+
+    def type_mask(self, types) -> np.ndarray:
+        return np.array([t in types for t in self.map_types], dtype=bool)
+
+    def centerline_s(self) -> np.ndarray:
+        if "cl_s" not in self._cache:
+            d = np.hypot(*np.diff(self.centerline, axis=0).T)
+            self._cache["cl_s"] = np.concatenate([[0.0], np.cumsum(d)])
+        return self._cache["cl_s"]
+
+
+@dataclass(frozen=True, eq=False)
+class PlanScores:
+    """Sub-scores per proposal ([N] arrays), as the columns of NAVSIM's PDMResults."""
+
+    no_at_fault_collisions: np.ndarray
+    drivable_area_compliance: np.ndarray
+    driving_direction_compliance: np.ndarray
+    traffic_light_compliance: np.ndarray
+    ego_progress: np.ndarray
+    time_to_collision_within_bound: np.ndarray
+    lane_keeping: np.ndarray
+    history_comfort: np.ndarray
+    two_frame_extended_comfort: np.ndarray  # NaN where the frame has no partner 0.5 s earlier
+    progress_raw: np.ndarray
+    time_to_at_fault_collision_s: np.ndarray  # inf when none
+    time_to_ttc_infraction_s: np.ndarray
+
+    @property
+    def multiplicative_metrics_prod(self) -> np.ndarray:
+        return (self.no_at_fault_collisions * self.drivable_area_compliance * self.driving_direction_compliance
+                * self.traffic_light_compliance)
+
+    def weighted(self, config: C.ScorerConfig = C.ScorerConfig(), with_ec: bool | None = None) -> np.ndarray:
+        """Weighted sum / weight total. EC is included where it is known (with_ec None), always, or never."""
+        w = np.array(config.weights)
+        vals = np.stack([self.ego_progress, self.time_to_collision_within_bound, self.lane_keeping,
+                         self.history_comfort, np.nan_to_num(self.two_frame_extended_comfort)], axis=0)
+        has_ec = ~np.isnan(self.two_frame_extended_comfort) if with_ec is None else np.full(len(self), bool(with_ec))
+        num = (vals[:4] * w[:4, None]).sum(0) + np.where(has_ec, vals[4] * w[4], 0.0)
+        den = w[:4].sum() + np.where(has_ec, w[4], 0.0)
+        return num / den
+
+    def pdm_score(self, config: C.ScorerConfig = C.ScorerConfig()) -> np.ndarray:
+        """The per-frame score `score_proposals` returns: EC masked out (/14)."""
+        return self.multiplicative_metrics_prod * self.weighted(config, with_ec=False)
+
+    def epdms(self, config: C.ScorerConfig = C.ScorerConfig()) -> np.ndarray:
+        """The final EPDMS (compute_final_scores): EC put back where a partner frame exists (/16), else /14."""
+        return self.multiplicative_metrics_prod * self.weighted(config, with_ec=None)
+
+    def __len__(self) -> int:
+        return len(self.no_at_fault_collisions)
+
+    def row(self, i: int) -> dict:
+        d = {f.name: float(getattr(self, f.name)[i]) for f in fields(self)}
+        d["multiplicative_metrics_prod"] = float(self.multiplicative_metrics_prod[i])
+        d["pdm_score"] = float(self.pdm_score()[i])
+        d["epdms"] = float(self.epdms()[i])
+        return d
+
+    def select(self, idx) -> "PlanScores":
+        return PlanScores(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
+
+    def replace(self, **kw) -> "PlanScores":
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d.update(kw)
+        return PlanScores(**d)
+
+
+# ---------------------------------------------------------------------------------------------- ego geometry
+def ego_coords(states: np.ndarray, vehicle: VehicleParameters = PACIFICA) -> np.ndarray:
+    """[N, T, 5, 2]: FL, RL, RR, FR, centre (pdm_array_representation.state_array_to_coords_array)."""
+    h = states[..., HEADING]
+    c, s = np.cos(h), np.sin(h)
+    ctr = states[..., X:Y + 1] + np.stack([vehicle.rear_axle_to_center * c, vehicle.rear_axle_to_center * s], -1)
+    hl, hw = vehicle.length / 2.0, vehicle.width / 2.0
+    out = np.empty(states.shape[:-1] + (5, 2))
+    half_pi = np.pi / 2.0
+    for k, (lon, lat) in enumerate(((hl, hw), (-hl, hw), (-hl, -hw), (hl, -hw))):
+        # translate_lon_and_lat: lat along heading + pi/2
+        out[..., k, 0] = ctr[..., 0] + lat * np.cos(h + half_pi) + lon * c
+        out[..., k, 1] = ctr[..., 1] + lat * np.sin(h + half_pi) + lon * s
+    out[..., 4, :] = ctr
+    return out
+
+
+def ego_areas(scene: ScoringScene, coords: np.ndarray) -> dict[str, np.ndarray]:
+    """PDMScorer._calculate_ego_area: MULTIPLE_LANES, NON_DRIVABLE_AREA, ONCOMING_TRAFFIC, plus the centre's
+    INTERSECTION membership (`is_in_layer`, within). Arrays [N, T]."""
+    N, T = coords.shape[:2]
+    ps = scene.polygon_set()
+    pts = coords.reshape(-1, 2)
+    pi, gi = ps.contains(pts)
+    n_pts = N * T * 5
+    types = scene.map_types
+    drv = scene.type_mask(DRIVABLE_TYPES)
+    lane = scene.type_mask(LANE_TYPES)
+    on_route = lane & np.array([i in scene.route_lane_ids for i in scene.map_ids], dtype=bool)
+    inter = np.array([t == "INTERSECTION" for t in types], dtype=bool)
+    corner = (pi % 5) != 4
+    # corners in a drivable polygon
+    in_drv = np.zeros(n_pts, dtype=bool)
+    in_drv[pi[drv[gi]]] = True
+    in_drv = in_drv.reshape(N, T, 5)[..., :4]
+    non_drivable = in_drv.sum(-1) < 4
+    # lanes touched by corners
+    sel = lane[gi] & corner
+    pt_ntp = pi[sel] // 5  # (n, t) flat index
+    lane_ids = gi[sel]
+    multiple = np.zeros(N * T, dtype=bool)
+    not_single = np.ones(N * T, dtype=bool)
+    if len(pt_ntp):
+        key = pt_ntp * len(types) + lane_ids
+        uk, cnt = np.unique(key, return_counts=True)  # corners per (n, t, lane)
+        nt = uk // len(types)
+        lanes_touched = np.bincount(nt, minlength=N * T)
+        multiple = lanes_touched > 1
+        full = nt[cnt == 4]
+        not_single[full] = False
+    multiple_lanes = (multiple & not_single).reshape(N, T)
+    centre = (pi % 5) == 4
+    c_on_route = np.zeros(N * T, dtype=bool)
+    c_on_route[pi[centre & on_route[gi]] // 5] = True
+    c_inter = np.zeros(N * T, dtype=bool)
+    c_inter[pi[centre & inter[gi]] // 5] = True
+    return {"multiple_lanes": multiple_lanes, "non_drivable": non_drivable,
+            "oncoming": ~c_on_route.reshape(N, T), "centre_in_intersection": c_inter.reshape(N, T)}
+
+
+def _relative_angle(ex, ey, eh, ax, ay):
+    """nuplan idm utils.get_agent_relative_angle: angle between the ego heading and the direction to the agent."""
+    vx, vy = ax - ex, ay - ey
+    n = np.hypot(vx, vy)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dot = (np.cos(eh) * vx + np.sin(eh) * vy) / n
+        return np.arccos(dot)  # unclipped, as nuPlan: a rounding |dot| > 1 gives NaN, which is neither ahead nor behind
+
+
+# ---------------------------------------------------------------------------------------------- the scorer
+def score_states(scene: ScoringScene, states: np.ndarray, config: C.ScorerConfig = C.ScorerConfig(), *,
+                 progress_reference: np.ndarray | None = None, previous_states: np.ndarray | None = None,
+                 vehicle: VehicleParameters = PACIFICA) -> PlanScores:
+    """Score proposals `states` [N, T, 11] (T = scene.num_steps) against one scene.
+
+    EP normalisation: NAVSIM's `score_proposals` normalises jointly over the proposals scored together
+    (`progress_reference=None`). With `progress_reference` = (raw progress, multiplicative product) of the
+    PDM-Closed plan, each proposal is normalised against max(reference, itself) - what NAVSIM does for an agent
+    scored beside PDM-Closed - so scoring plans one at a time or in a batch gives identical results.
+    `previous_states` [N, T, 11]: the simulated plans of the frame 0.5 s earlier, for EC.
+    """
+    states = np.asarray(states, dtype=np.float64)
+    if states.ndim != 3 or states.shape[2] != STATE_SIZE:
+        raise ValueError(f"states must have shape [N, T, {STATE_SIZE}], got {states.shape}")
+    if states.shape[1] != scene.num_steps:
+        raise ValueError(f"states have {states.shape[1]} steps but the scene has {scene.num_steps}")
+    if not np.all(np.isfinite(states)):
+        raise ValueError("states contains NaN or infinite values")
+    N, T = states.shape[:2]
+    coords = ego_coords(states, vehicle)
+    areas = ego_areas(scene, coords)
+    quads = np.ascontiguousarray(coords[..., :4, :])
+    hits = boxes_overlap(quads, np.ascontiguousarray(scene.obj_corners, dtype=np.float64),
+                         np.ascontiguousarray(scene.obj_valid))
+    nc, t_coll = _no_at_fault_collision(scene, states, quads, hits, areas, config)
+    dac = np.where(areas["non_drivable"].any(1), 0.0, 1.0)
+    tlc = _traffic_light_compliance(scene, quads)
+    ddc = _driving_direction(scene, coords, areas, config)
+    progress_raw = _progress(scene, coords)
+    ttc, t_ttc = _ttc(scene, states, coords, areas, config)
+    lk = _lane_keeping(scene, coords, areas, config)
+    hc = _history_comfort(scene, states, vehicle)
+    prod = nc * dac * ddc * tlc
+    ep = _normalise_progress(progress_raw, prod, config, progress_reference)
+    ec = np.full(N, np.nan)
+    if previous_states is not None:
+        ec = two_frame_extended_comfort(states, np.asarray(previous_states, dtype=np.float64), config.dt)
+    return PlanScores(nc, dac, ddc, tlc, ep, ttc, lk, hc, ec, progress_raw, t_coll * config.dt, t_ttc * config.dt)
+
+
+def _normalise_progress(progress_raw, prod, config, reference):
+    """PDMScorer._aggregate_pdm_scores: normaliser max(raw * prod) over the proposals, 1 if below 5 m."""
+    masked = progress_raw * prod
+    if reference is None:
+        norm = np.full(len(masked), masked.max() if len(masked) else 0.0)
+    else:
+        ref_raw, ref_prod = (float(v) for v in reference)
+        norm = np.maximum(masked, ref_raw * ref_prod)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ep = np.clip(progress_raw / norm, 0.0, 1.0)
+    return np.where(norm > config.progress_distance_threshold, ep, 1.0)
+
+
+def _no_at_fault_collision(scene, states, quads, hits, areas, config):
+    """PDMScorer._calculate_no_at_fault_collision with pdm_scorer_utils.get_collision_type."""
+    N, T, M = hits.shape
+    nc = np.ones(N)
+    t_first = np.full(N, np.inf)
+    n_idx, t_idx, m_idx = np.nonzero(hits)
+    if len(n_idx) == 0:
+        return nc, t_first
+    tokens = scene.obj_tokens
+    skip = np.array([tok in scene.collided_track_ids for tok in tokens], dtype=bool)
+    keep = ~skip[m_idx]
+    n_idx, t_idx, m_idx = n_idx[keep], t_idx[keep], m_idx[keep]
+    st = states[n_idx, t_idx]
+    ego_speed = np.hypot(st[:, VELOCITY_X], st[:, VELOCITY_Y])
+    ego_stopped = ego_speed <= C.COLLISION_STOPPED_SPEED_THRESHOLD
+    track_stopped = (~scene.obj_is_agent[m_idx]) | (scene.obj_speed[m_idx] <= C.COLLISION_STOPPED_SPEED_THRESHOLD)
+    oc = scene.obj_corners[t_idx, m_idx].mean(axis=1)  # centroid of the box
+    ang = _relative_angle(st[:, X], st[:, Y], st[:, HEADING], oc[:, 0], oc[:, 1])
+    behind = ang > np.deg2rad(C.BEHIND_ANGLE_DEG)
+    front = np.zeros(len(n_idx), dtype=bool)
+    for k in range(len(n_idx)):
+        q = quads[n_idx[k], t_idx[k]]
+        front[k] = segment_hits_quad(q[0], q[3], scene.obj_corners[t_idx[k], m_idx[k]])
+    # collision type: STOPPED_EGO, STOPPED_TRACK, ACTIVE_REAR, ACTIVE_FRONT, ACTIVE_LATERAL (in that order)
+    is_stopped_track = ~ego_stopped & track_stopped
+    is_front = ~ego_stopped & ~track_stopped & ~behind & front
+    is_lateral = ~ego_stopped & ~track_stopped & ~behind & ~front
+    risky = areas["multiple_lanes"][n_idx, t_idx] | areas["non_drivable"][n_idx, t_idx]
+    at_fault = is_stopped_track | is_front | (is_lateral & risky)
+    # per (proposal, track): the first non-at-fault collision hides the track afterwards
+    order = np.lexsort((t_idx, m_idx, n_idx))
+    n_idx, t_idx, m_idx, at_fault = n_idx[order], t_idx[order], m_idx[order], at_fault[order]
+    pair = n_idx * M + m_idx
+    first_na = {}
+    for p, t, af in zip(pair, t_idx, at_fault):
+        if not af and p not in first_na:
+            first_na[p] = t
+    value = np.where(scene.obj_is_agent[m_idx], 0.0, 0.5)
+    for k in range(len(pair)):
+        if at_fault[k] and t_idx[k] < first_na.get(pair[k], np.inf):
+            n = n_idx[k]
+            nc[n] = min(nc[n], value[k])
+            t_first[n] = min(t_first[n], t_idx[k])
+    return nc, t_first
+
+
+def _traffic_light_compliance(scene, quads):
+    """PDMScorer._calculate_traffic_light_compliance: the ego box intersects a red-light polygon at any step."""
+    import shapely
+
+    N, T = quads.shape[:2]
+    tlc = np.ones(N)
+    for t, lights in enumerate(scene.red_light_polygons[:T]):
+        for _, poly in lights:
+            x0, y0, x1, y1 = poly.bounds
+            qx, qy = quads[:, t, :, 0], quads[:, t, :, 1]
+            cand = np.nonzero((qx.max(1) >= x0) & (qx.min(1) <= x1) & (qy.max(1) >= y0) & (qy.min(1) <= y1)
+                              & (tlc > 0))[0]
+            if len(cand):
+                boxes = shapely.polygons(quads[cand, t])
+                tlc[cand[shapely.intersects(boxes, poly)]] = 0.0
+    return tlc
+
+
+def _driving_direction(scene, coords, areas, config):
+    """PDMScorer._calculate_driving_direction_compliance."""
+    centre = coords[:, :, 4]
+    N, T = centre.shape[:2]
+    prog = np.zeros((N, T))
+    prog[:, 1:] = np.linalg.norm(centre[:, 1:] - centre[:, :-1], axis=-1)
+    prog[~areas["oncoming"] | areas["centre_in_intersection"]] = 0.0
+    h = int(config.driving_direction_horizon / config.dt)
+    c = np.concatenate([np.zeros((N, 1)), np.cumsum(prog, axis=1)], axis=1)
+    idx = np.arange(T)
+    window = c[:, idx + 1] - c[:, np.maximum(0, idx - h)]
+    m = window.max(axis=1)
+    return np.where(m < config.driving_direction_compliance_threshold, 1.0,
+                    np.where(m < config.driving_direction_violation_threshold, 0.5, 0.0))
+
+
+def _progress(scene, coords):
+    """PDMScorer._calculate_progress: centreline projection of the end centre minus the start centre, >= 0."""
+    pts = np.ascontiguousarray(np.stack([coords[:, 0, 4], coords[:, -1, 4]], 1).reshape(-1, 2))
+    arc, _ = polyline_project(pts, np.ascontiguousarray(scene.centerline, dtype=np.float64), scene.centerline_s())
+    arc = arc.reshape(-1, 2)
+    return np.clip(arc[:, 1] - arc[:, 0], 0.0, None)
+
+
+def _ttc(scene, states, coords, areas, config):
+    """PDMScorer._calculate_ttc: ego boxes projected 0, 0.3, 0.6, 0.9 s ahead at constant speed, t <= T-1-9."""
+    N, T = states.shape[:2]
+    future = np.arange(0, int(config.future_collision_horizon_window * 10), 3)
+    speeds = np.hypot(states[..., VELOCITY_X], states[..., VELOCITY_Y])
+    dxy = np.stack([np.cos(states[..., HEADING]) * speeds, np.sin(states[..., HEADING]) * speeds], -1)
+    n_eval = T - 1 - int(future.max())
+    ttc = np.ones(N)
+    t_first = np.full(N, np.inf)
+    M = scene.obj_corners.shape[1]
+    if M == 0:
+        return ttc, t_first
+    # hits[n, t, f, m]: ego box at t shifted by f * dt intersects the object at t + f
+    quads = coords[:, : n_eval + 1, :4, :]
+    entries = []
+    for fi, f in enumerate(future):
+        shifted = quads + dxy[:, : n_eval + 1, None, :] * (float(f) * config.dt)
+        obj = np.ascontiguousarray(scene.obj_corners[f: f + n_eval + 1], dtype=np.float64)
+        valid = np.ascontiguousarray(scene.obj_valid[f: f + n_eval + 1])
+        h = boxes_overlap(np.ascontiguousarray(shifted), obj, valid)
+        n_idx, t_idx, m_idx = np.nonzero(h)
+        entries.append((n_idx, t_idx, np.full(len(n_idx), fi), m_idx))
+    n_idx = np.concatenate([e[0] for e in entries])
+    t_idx = np.concatenate([e[1] for e in entries])
+    f_idx = np.concatenate([e[2] for e in entries])
+    m_idx = np.concatenate([e[3] for e in entries])
+    if len(n_idx) == 0:
+        return ttc, t_first
+    skip = np.array([tok in scene.collided_track_ids for tok in scene.obj_tokens], dtype=bool)
+    keep = ~skip[m_idx] & (speeds[n_idx, t_idx] >= config.stopped_speed_threshold)
+    n_idx, t_idx, f_idx, m_idx = n_idx[keep], t_idx[keep], f_idx[keep], m_idx[keep]
+    st = states[n_idx, t_idx]
+    oc = scene.obj_corners[t_idx + future[f_idx], m_idx].mean(axis=1)
+    ang = _relative_angle(st[:, X], st[:, Y], st[:, HEADING], oc[:, 0], oc[:, 1])
+    ahead = ang < np.deg2rad(C.AHEAD_ANGLE_DEG)
+    behind = ang > np.deg2rad(C.BEHIND_ANGLE_DEG)
+    # is_in_layer(rear axle, INTERSECTION)
+    ra = np.ascontiguousarray(st[:, X:Y + 1])
+    inter_mask = scene.type_mask(("INTERSECTION",))
+    in_inter = np.zeros(len(n_idx), dtype=bool)
+    if inter_mask.any() and len(ra):
+        pi, gi = scene.polygon_set().contains(ra)
+        in_inter[pi[inter_mask[gi]]] = True
+    risky = areas["multiple_lanes"][n_idx, t_idx] | areas["non_drivable"][n_idx, t_idx] | in_inter
+    violation = ahead | (risky & ~behind)
+    # per (proposal, track), in (time, offset) order: the first non-violation hides the track afterwards
+    order = np.lexsort((f_idx, t_idx, m_idx, n_idx))
+    n_idx, t_idx, m_idx, violation = n_idx[order], t_idx[order], m_idx[order], violation[order]
+    first_ok = {}
+    key = n_idx * M + m_idx
+    for k in range(len(key)):
+        if not violation[k]:
+            first_ok.setdefault(key[k], k)
+    for k in range(len(key)):
+        if violation[k]:
+            if k < first_ok.get(key[k], len(key)):
+                n = n_idx[k]
+                ttc[n] = 0.0
+                t_first[n] = min(t_first[n], t_idx[k])
+    return ttc, t_first
+
+
+def _lane_keeping(scene, coords, areas, config):
+    """PDMScorer._calculate_lane_keeping: > 0.5 m from the centreline for ceil(2.0 / 0.1) consecutive evaluated
+    steps; steps whose centre is in an intersection are skipped (neither counted nor resetting)."""
+    N, T = coords.shape[:2]
+    _, dist = polyline_project(np.ascontiguousarray(coords[:, :, 4].reshape(-1, 2)),
+                               np.ascontiguousarray(scene.centerline, dtype=np.float64), scene.centerline_s())
+    exceed = (dist.reshape(N, T) > config.lane_keeping_deviation_limit)
+    need = int(np.ceil(config.lane_keeping_horizon_window / config.dt))
+    skip = areas["centre_in_intersection"]
+    lk = np.ones(N)
+    for n in range(N):
+        e = exceed[n][~skip[n]]
+        if len(e) < need:
+            continue
+        run = 0
+        for v in e:
+            run = run + 1 if v else 0
+            if run >= need:
+                lk[n] = 0.0
+                break
+    return lk
+
+
+# ---------------------------------------------------------------------------------------------- comfort
+def _center_accelerations(states, vehicle):
+    """state_array_to_center_state_array: rear-axle accelerations shifted to the box centre."""
+    d = vehicle.rear_axle_to_center
+    w = states[..., ANGULAR_VELOCITY]
+    wd = states[..., ANGULAR_ACCELERATION]
+    ax = states[..., ACCELERATION_X] + d * w ** 2 + d * wd
+    ay = states[..., ACCELERATION_Y] + 0.0 * w ** 2 + 0.0 * wd
+    return ax, ay
+
+
+def _savgol_accel(a, window=8):
+    n = a.shape[-1]
+    return np.round(savgol_filter(a, polyorder=2, window_length=min(window, n), axis=-1), 8)
+
+
+def _derivative(y, dt, window, poly, deriv):
+    n = y.shape[-1]
+    window = min(window, n)
+    if not poly < window:
+        raise ValueError(f"{poly} < {window} does not hold!")
+    return savgol_filter(y, polyorder=poly, window_length=window, deriv=deriv, delta=dt, axis=-1)
+
+
+def _phase_unwrap(h):
+    adj = np.zeros_like(h)
+    adj[..., 1:] = np.cumsum(np.round(np.diff(h, axis=-1) / (2 * np.pi)), axis=-1)
+    return h - 2 * np.pi * adj
+
+
+def _yaw_rate(states, dt, deriv=1, poly=2):
+    # _extract_ego_yaw_rate does not forward its window_length: _approximate_derivatives uses its default 5
+    return np.round(_derivative(_phase_unwrap(states[..., HEADING]), dt, 5, poly, deriv), 8)
+
+
+def _within(metric, lo=None, hi=None):
+    lo = lo if lo else -np.inf
+    hi = hi if hi else np.inf
+    return np.all((metric > lo) & (metric < hi), axis=-1)
+
+
+def comfort_checks(states: np.ndarray, dt: float = 0.1, vehicle: VehicleParameters = PACIFICA) -> np.ndarray:
+    """pdm_comfort_metrics.ego_is_comfortable: [N, 6] booleans (lon accel, lat accel, jerk, lon jerk, yaw accel,
+    yaw rate)."""
+    ax, ay = _center_accelerations(states, vehicle)
+    lon = _savgol_accel(ax)
+    lat = _savgol_accel(ay)
+    mag = _savgol_accel(np.hypot(states[..., ACCELERATION_X], states[..., ACCELERATION_Y]))
+    jerk = np.round(_derivative(mag, dt, 15, 2, 1), 8)
+    lon_jerk = np.round(_derivative(lon, dt, 15, 2, 1), 8)
+    yaw_acc = _yaw_rate(states, dt, deriv=2, poly=3)
+    yaw_rate = _yaw_rate(states, dt)
+    return np.stack([
+        _within(lon, C.MIN_LON_ACCEL, C.MAX_LON_ACCEL), _within(lat, -C.MAX_ABS_LAT_ACCEL, C.MAX_ABS_LAT_ACCEL),
+        _within(jerk, -C.MAX_ABS_MAG_JERK, C.MAX_ABS_MAG_JERK), _within(lon_jerk, -C.MAX_ABS_LON_JERK, C.MAX_ABS_LON_JERK),
+        _within(yaw_acc, -C.MAX_ABS_YAW_ACCEL, C.MAX_ABS_YAW_ACCEL), _within(yaw_rate, -C.MAX_ABS_YAW_RATE, C.MAX_ABS_YAW_RATE),
+    ], axis=-1)
+
+
+def _history_comfort(scene, states, vehicle):
+    """PDMScorer._calculate_history_comfort: the human past is prepended; 1 when there is none."""
+    if scene.human_past_states is None or len(scene.human_past_states) == 0:
+        return np.ones(len(states))
+    hist = np.asarray(scene.human_past_states, dtype=np.float64)
+    padded = np.concatenate([np.broadcast_to(hist, (len(states),) + hist.shape), states], axis=1)
+    return comfort_checks(padded, 0.1, vehicle).all(axis=-1).astype(np.float64)
+
+
+def human_past_for_hc(past_states: np.ndarray, past_times_us: np.ndarray) -> np.ndarray:
+    """NAVSIM's sampling of the human past for HC: every 0.1 s from its start, excluding its end and the last sample
+    (`arange(start, end, 0.1 s)[:-1]`), linearly interpolated."""
+    t = np.asarray(past_times_us, dtype=np.int64)
+    q = np.arange(t[0], t[-1], 100_000, dtype=np.int64)[:-1]
+    q = np.clip(q, t[0], t[-1])
+    s = np.asarray(past_states, dtype=np.float64)
+    out = np.empty((len(q), s.shape[1]))
+    for k in range(s.shape[1]):
+        col = np.unwrap(s[:, k]) if k == HEADING else s[:, k]
+        out[:, k] = np.interp(q, t, col)
+    out[:, HEADING] = (out[:, HEADING] + np.pi) % (2 * np.pi) - np.pi
+    return out
+
+
+def _ec_features(states, dt):
+    mag = _savgol_accel(np.hypot(states[..., ACCELERATION_X], states[..., ACCELERATION_Y]))
+    return {"acceleration": mag, "jerk": np.round(_derivative(mag, dt, 15, 2, 1), 8),
+            "yaw_rate": _yaw_rate(states, dt), "yaw_accel": _yaw_rate(states, dt, deriv=2)}
+
+
+def two_frame_extended_comfort(current: np.ndarray, previous: np.ndarray, dt: float = 0.1,
+                               frame_gap_s: float = 0.5) -> np.ndarray:
+    """scene_aggregator._compute_two_frame_comfort + ego_is_two_frame_extended_comfort: the current simulated
+    states [:-k] against the previous frame's [k:] (k = gap / dt, 36 states for 41), RMS of the feature
+    differences within 0.7 m/s^2, 0.5 m/s^3, 0.1 rad/s, 0.1 rad/s^2. Returns [N] in {0, 1}."""
+    if not 0 < frame_gap_s < C.EC_MAX_FRAME_GAP_S:
+        raise ValueError(f"frame_gap_s must be in (0, {C.EC_MAX_FRAME_GAP_S}), got {frame_gap_s}")
+    k = int(round(frame_gap_s / dt))
+    cur = np.asarray(current, dtype=np.float64)[:, :-k]
+    prev = np.asarray(previous, dtype=np.float64)[:, k:]
+    f1, f2 = _ec_features(cur, dt), _ec_features(prev, dt)
+
+    def rms(x):
+        return np.sqrt(np.mean(x ** 2, axis=1))
+
+    ok = ((rms(f1["acceleration"] - f2["acceleration"]) <= C.EC_ACCELERATION_THRESHOLD)
+          & (rms(f1["jerk"] - f2["jerk"]) <= C.EC_JERK_THRESHOLD)
+          & (rms(f1["yaw_rate"] - f2["yaw_rate"]) <= C.EC_YAW_RATE_THRESHOLD)
+          & (rms(f1["yaw_accel"] - f2["yaw_accel"]) <= C.EC_YAW_ACCEL_THRESHOLD))
+    return ok.astype(np.float64)
+
+
+# ---------------------------------------------------------------------------------------------- human filter
+FILTERED_COLUMNS = ("no_at_fault_collisions", "drivable_area_compliance", "driving_direction_compliance",
+                    "traffic_light_compliance", "ego_progress", "time_to_collision_within_bound", "lane_keeping",
+                    "history_comfort")
+
+
+@dataclass(frozen=True)
+class FilteredScores:
+    scores: PlanScores  # the visible columns after the filter
+    final: np.ndarray  # the EPDMS the leaderboard counts
+
+
+def human_filter(agent: PlanScores, human: PlanScores, variant: str = "fixed",
+                 config: C.ScorerConfig = C.ScorerConfig()) -> FilteredScores:
+    """NAVSIM's human false-positive filter (navsim/evaluate/pdm_score.py): every sub-metric column where the human's
+    score is exactly 0 becomes 1 for the agent. `variant="fixed"` (default, NAVSIM since 2025-09-29, issue #151)
+    recomputes the products and the score from the filtered columns; `variant="pre_fix"` reproduces the earlier code
+    (SimScale's included): the visible columns change but the final score stays unfiltered."""
+    if variant not in ("fixed", "pre_fix"):
+        raise ValueError(f"variant must be 'fixed' or 'pre_fix', got {variant!r}")
+    if len(human) != 1 and len(human) != len(agent):
+        raise ValueError("human scores must have one row or one per agent row")
+    kw = {}
+    for col in FILTERED_COLUMNS:
+        hv = np.broadcast_to(getattr(human, col), (len(agent),))
+        kw[col] = np.where(hv == 0, 1.0, getattr(agent, col))
+    filtered = agent.replace(**kw)
+    final = filtered.epdms(config) if variant == "fixed" else agent.epdms(config)
+    return FilteredScores(filtered, final)
