@@ -3,6 +3,7 @@
     simscale data build-mini --out DIR [--seed N]     build the embedded mini dataset (nuPlan + NAVSIM format)
     simscale data info PATH                           summarize logs, scenarios, agents and map layers
     simscale bench NAME                               run a benchmark (ends with one JSON line of figures)
+    simscale check-epdms FILE.json                    score NAVSIM golden cases with the engine, list mismatches
     simscale demo                                     the main job of `make demo`
 """
 
@@ -40,6 +41,22 @@ def _cmd_bench(args) -> int:
     return run_benchmark(args.name, args.rest)
 
 
+def _cmd_check_epdms(args) -> int:
+    from .metrics.golden import check_cases
+
+    r = check_cases(args.file)
+    n = r["proposals"]
+    print(f"{r['cases']} cases, {n} proposals: {args.file}")
+    print(f"{'metric':<34} {'agree':>7} {'mismatch':>9}")
+    for metric, k in r["agree"].items():
+        print(f"{metric:<34} {k:>7} {n - k:>9}")
+    for m in r["mismatches"][:50]:
+        print(f"MISMATCH {m['scene']}[{m['proposal']}] {m['name']}: {m['metric']} engine={m['engine']!r} "
+              f"navsim={m['navsim']!r}")
+    print(json.dumps({"cases": r["cases"], "proposals": n, "mismatches": len(r["mismatches"])}))
+    return 1 if r["mismatches"] else 0
+
+
 def _cmd_demo(args) -> int:
     from .data.info import format_summary, summarize
     from .data.paths import ensure_mini
@@ -71,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("name")
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark")
     bench.set_defaults(func=_cmd_bench)
+
+    ce = sub.add_parser("check-epdms", help="score golden NAVSIM cases (epdms-navsim-golden/1) and compare")
+    ce.add_argument("file", type=Path)
+    ce.set_defaults(func=_cmd_check_epdms)
 
     demo = sub.add_parser("demo", help="the main job of `make demo`")
     demo.add_argument("--data", type=Path, default=None, help="mini dataset folder (default: the cache)")

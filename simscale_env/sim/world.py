@@ -190,15 +190,18 @@ class Simulation:
                 replay[unspawned] = True
         return WorldState(0, int(self.scenario.timestamps_us[self.frame(0)]), ego, idm, replay)
 
-    def step(self, world: WorldState, *, tracker: PlanTracker | None = None, control=None) -> WorldState:
-        """Advance one iteration. The ego follows `tracker` (LQR) or a direct `control` (acceleration [m/s^2],
-        steering rate [rad/s])."""
+    def step(self, world: WorldState, *, tracker: PlanTracker | None = None, control=None,
+             ego_state=None) -> WorldState:
+        """Advance one iteration. The ego follows `tracker` (LQR), a direct `control` (acceleration [m/s^2],
+        steering rate [rad/s]), or is placed at `ego_state` (a precomputed trajectory, e.g. for pseudo-simulation)."""
         it = world.iteration
         if it + 1 >= self.num_iterations:
             raise ValueError(f"the scenario ends at iteration {self.num_iterations - 1}; cannot step from {it}")
-        if (tracker is None) == (control is None):
-            raise ValueError("step needs exactly one of tracker= or control=")
-        if tracker is not None:
+        if sum(x is not None for x in (tracker, control, ego_state)) != 1:
+            raise ValueError("step needs exactly one of tracker=, control= or ego_state=")
+        if ego_state is not None:
+            cmd = None
+        elif tracker is not None:
             cmd = tracker.command(world)
         else:
             cmd = np.asarray(control, dtype=np.float64).reshape(-1)
@@ -207,7 +210,10 @@ class Simulation:
         t0 = int(self.scenario.timestamps_us[self.frame(it)])
         t1 = int(self.scenario.timestamps_us[self.frame(it + 1)])
         dt = (t1 - t0) * 1e-6
-        new_ego = propagate(world.ego[None], cmd[None], dt, self.config.bicycle)[0]
+        if cmd is None:
+            new_ego = check_states(ego_state, "ego_state").copy()
+        else:
+            new_ego = propagate(world.ego[None], cmd[None], dt, self.config.bicycle)[0]
         idm = world.idm
         if self.config.agent_mode == "reactive" and idm is not None:
             ol, _ = self._log_boxes(it + 1, self._open_loop)

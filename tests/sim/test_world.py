@@ -79,7 +79,7 @@ def test_bad_step_inputs(scene):
     sc, m = scene
     sim = Simulation(sc, m)
     w = sim.reset()
-    with pytest.raises(ValueError, match="exactly one of tracker= or control="):
+    with pytest.raises(ValueError, match="exactly one of tracker=, control= or ego_state="):
         sim.step(w)
     with pytest.raises(ValueError, match="control must be 2 finite values"):
         sim.step(w, control=[np.nan, 0.0])

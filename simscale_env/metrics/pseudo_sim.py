@@ -1,0 +1,277 @@
+"""Scoring in the simulator: scenes from a simulation, pseudo-simulation of plans, closed-loop episode summaries.
+
+- :func:`scoring_scene` builds NAVSIM's metric-cache equivalent at a world state: the drivable map within 100 m
+  (`PDMDrivableMap.from_simulation`: roadblocks, their lanes, the connectors of roadblock connectors,
+  intersections, car parks), the route's lanes, the route centreline, the objects over the next 4 s (log replay,
+  constant velocity, or reactive IDM agents reacting to a given ego trajectory), the red lights on the route per
+  step, the tracks already touching the ego at t0 (ignored by NC and TTC), and the human past for HC.
+- :func:`pseudo_simulate`: plans (poses in the rear-axle frame) -> 41 states by the LQR + bicycle -> scores.
+- :func:`episode_summary`: the same sub-metrics over a realised rollout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import shapely
+
+from ..sim.idm import box_corners
+from ..sim.lqr import track_references
+from ..sim.plans import plan_to_reference
+from ..sim.state import HEADING, STATE_SIZE, X, Y, make_state
+from ..sim.world import Simulation, WorldState, ego_box
+from .constants import ScorerConfig
+from .epdms import PlanScores, ScoringScene, human_past_for_hc, score_states
+from .geometry import polyline_project
+
+NUM_STEPS = 40  # 4 s at 10 Hz (proposal_sampling num_poses = 40)
+MAP_RADIUS = 100.0  # NAVSIM metric cache
+HISTORY_COMFORT_PAST_S = 1.5
+
+
+def _map_layers(m) -> dict:
+    """The drivable-map objects of a map (cached): (ids, types, polygons) as NAVSIM's PDMDrivableMap holds them."""
+    cache = m.__dict__.setdefault("_pdm_drivable", None)
+    if cache is not None:
+        return cache
+    ids, types, polys = [], [], []
+    for rb in m.roadblocks.values():
+        if not rb.is_connector:
+            ids.append(rb.id)
+            types.append("ROADBLOCK")
+            polys.append(rb.polygon)
+    for rb in m.roadblocks.values():
+        for lid in rb.lane_ids:
+            ids.append(lid)
+            types.append("LANE_CONNECTOR" if rb.is_connector else "LANE")
+            polys.append(m.lanes[lid].polygon)
+    for a in m.intersections.values():
+        ids.append(a.id), types.append("INTERSECTION"), polys.append(a.polygon)
+    for a in m.carpark_areas.values():
+        ids.append(a.id), types.append("CARPARK_AREA"), polys.append(a.polygon)
+    arr = np.array(polys, dtype=object)
+    out = {"ids": np.array(ids, dtype=object), "types": np.array(types, dtype=object), "polys": arr,
+           "tree": shapely.STRtree(arr)}
+    m.__dict__["_pdm_drivable"] = out
+    return out
+
+
+def route_centerline_xy(sim: Simulation, ego: np.ndarray) -> np.ndarray:
+    line = sim.map.route_centerline(sim.scenario.route_roadblock_ids, (ego[X], ego[Y], ego[HEADING]))
+    return np.asarray(line.xy)
+
+
+def scoring_scene(sim: Simulation, world: WorldState, *, ego_states: np.ndarray | None = None,
+                  agent_mode: str | None = None, num_steps: int = NUM_STEPS, radius: float = MAP_RADIUS,
+                  centerline: np.ndarray | None = None) -> ScoringScene:
+    """The scene seen from `world` over `num_steps` steps. `agent_mode` defaults to the simulation's; "reactive"
+    needs `ego_states` [num_steps + 1, 11] (the agents react to that ego trajectory)."""
+    mode = agent_mode or sim.config.agent_mode
+    m = sim.map
+    ego = world.ego
+    c = ego_box(ego).mean(axis=0)
+    layers = _map_layers(m)
+    near = layers["tree"].query(shapely.Point(*c), predicate="dwithin", distance=radius)
+    near = np.sort(near)
+    route_ids = frozenset(m.route_lane_ids([r for r in sim.scenario.route_roadblock_ids if r in m.roadblocks]))
+    # objects per step
+    T = num_steps + 1
+    last = sim.num_iterations - 1
+    frames: list = []
+    if mode == "reactive":
+        if ego_states is None:
+            raise ValueError("a reactive scoring scene needs ego_states (the trajectory the agents react to)")
+        rsim = sim if sim.config.agent_mode == "reactive" else Simulation(
+            sim.scenario, m, replace(sim.config, agent_mode="reactive"))
+        w = world if world.idm is not None else rsim.reset(ego)
+        for t in range(T):
+            frames.append(rsim.objects(w))
+            if w.iteration + 1 <= last and t + 1 < T:
+                w = rsim.step(w, ego_state=np.asarray(ego_states[t + 1]))
+    else:
+        osim = sim if sim.config.agent_mode == mode else Simulation(sim.scenario, m, replace(sim.config, agent_mode=mode))
+        for t in range(T):
+            it = min(world.iteration + t, last)
+            frames.append(osim.objects(WorldState(it, 0, ego, None, None)))
+    tracks = []
+    seen = {}
+    for fr in frames:
+        for k, tr in enumerate(fr.track):
+            if tr not in seen:
+                seen[tr] = (fr, k)
+                tracks.append(int(tr))
+    M = len(tracks)
+    col = {t: i for i, t in enumerate(tracks)}
+    corners = np.zeros((T, M, 4, 2))
+    valid = np.zeros((T, M), dtype=bool)
+    for t, fr in enumerate(frames):
+        if len(fr):
+            idx = np.array([col[int(x)] for x in fr.track])
+            corners[t, idx] = fr.corners()
+            valid[t, idx] = True
+    ag = sim.scenario.agents
+    from ..data.schema import AGENT_CATEGORIES
+
+    heading = np.array([seen[t][0].heading[seen[t][1]] for t in tracks])
+    speed = np.array([np.hypot(seen[t][0].vx[seen[t][1]], seen[t][0].vy[seen[t][1]]) for t in tracks])
+    is_agent = np.array([ag.category[t] in AGENT_CATEGORIES for t in tracks], dtype=bool)
+    # red lights on the route, per step
+    red = []
+    for t in range(T):
+        it = min(world.iteration + t, last)
+        polys = sim.red_light_polygons(it, route_ids)
+        red.append(tuple(sorted(polys.items())))
+    # tracks already touching the ego at t0 (PDMObservation.update) are ignored by NC and TTC
+    ego_poly = shapely.Polygon(ego_box(ego))
+    collided = set()
+    if M:
+        p0 = shapely.polygons(corners[0, valid[0]])
+        hit = shapely.intersects(p0, ego_poly)
+        collided = {ag.track_tokens[tracks[i]] for i, h in zip(np.nonzero(valid[0])[0], hit) if h}
+    for cid, poly in red[0]:
+        if ego_poly.within(poly):
+            collided.add(f"red_light_{cid}")
+    # human past (log ego before the scenario time) for HC
+    past = _human_past(sim, world.iteration)
+    cl = route_centerline_xy(sim, ego) if centerline is None else centerline
+    return ScoringScene(
+        map_ids=tuple(layers["ids"][near]), map_types=tuple(layers["types"][near]),
+        map_polygons=tuple(layers["polys"][near]), route_lane_ids=route_ids, centerline=cl,
+        obj_tokens=tuple(ag.track_tokens[t] for t in tracks), obj_is_agent=is_agent, obj_heading=heading,
+        obj_speed=speed, obj_corners=corners, obj_valid=valid, red_light_polygons=tuple(red),
+        collided_track_ids=frozenset(collided), human_past_states=past, name=sim.scenario.token)
+
+
+def _human_past(sim: Simulation, iteration: int) -> np.ndarray | None:
+    sc = sim.scenario
+    f = sc.start_index + iteration
+    n = int(round(HISTORY_COMFORT_PAST_S / sc.dt_s))
+    f0 = f - n
+    if f0 < 0:
+        return None
+    e = sc.ego
+    rows = []
+    for k in range(f0, f + 1):
+        rows.append(make_state(e.x[k], e.y[k], e.heading[k], velocity=e.vx[k], acceleration=e.ax[k],
+                               velocity_y=e.vy[k], acceleration_y=e.ay[k], angular_velocity=e.yaw_rate[k]))
+    return human_past_for_hc(np.array(rows), sc.timestamps_us[f0:f + 1])
+
+
+def plan_states(world: WorldState, plans: np.ndarray, *, plan_interval_s: float = 0.5,
+                num_steps: int = NUM_STEPS, lqr=None) -> np.ndarray:
+    """Plans [N, K, 3] in the current rear-axle frame -> simulated states [N, num_steps + 1, 11] (LQR + bicycle)."""
+    from ..sim.lqr import LQRConfig
+
+    ref = plan_to_reference(np.asarray(plans, dtype=np.float64).reshape(-1, np.shape(plans)[-2], 3), world.ego,
+                            world.time_us, plan_interval_s=plan_interval_s, horizon_s=num_steps * 0.1)
+    return track_references(world.ego, ref, num_steps, lqr or LQRConfig())
+
+
+def pseudo_simulate(sim: Simulation, world: WorldState, plans: np.ndarray, *, agent_mode: str = "non_reactive",
+                    reference_plan: np.ndarray | None = None, previous_states: np.ndarray | None = None,
+                    plan_interval_s: float = 0.5, config: ScorerConfig = ScorerConfig()) -> tuple[PlanScores, np.ndarray]:
+    """Score plans [N, K, 3] from `world`: interpolate to 4 s at 10 Hz, track with the LQR + bicycle, score against
+    the agents in `agent_mode` ("non_reactive": log replay, "reactive": IDM agents reacting to each plan's ego,
+    "constant_velocity").
+
+    EP: with `reference_plan` (e.g. PDM-Closed's), each plan is normalised against the reference and itself, as
+    NAVSIM scores an agent beside PDM-Closed (batched and one-at-a-time results are then identical); without, the
+    plans are normalised jointly as in `score_proposals`. Returns (scores, states [N, 41, 11])."""
+    plans = np.asarray(plans, dtype=np.float64)
+    if plans.ndim == 2:
+        plans = plans[None]
+    states = plan_states(world, plans, plan_interval_s=plan_interval_s, lqr=sim.config.lqr)
+    cl = route_centerline_xy(sim, world.ego)
+    reference = None
+    if reference_plan is not None:
+        ref_states = plan_states(world, np.asarray(reference_plan)[None], plan_interval_s=plan_interval_s,
+                                 lqr=sim.config.lqr)
+        rscene = scoring_scene(sim, world, ego_states=ref_states[0], agent_mode=agent_mode, centerline=cl)
+        r = score_states(rscene, ref_states, config)
+        reference = (float(r.progress_raw[0]), float(r.multiplicative_metrics_prod[0]))
+    if agent_mode == "reactive":
+        parts = []
+        for i in range(len(plans)):
+            scene = scoring_scene(sim, world, ego_states=states[i], agent_mode="reactive", centerline=cl)
+            prev = None if previous_states is None else previous_states[i:i + 1]
+            parts.append(score_states(scene, states[i:i + 1], config, progress_reference=reference,
+                                      previous_states=prev))
+        scores = PlanScores(**{f: np.concatenate([getattr(p, f) for p in parts]) for f in
+                               PlanScores.__dataclass_fields__})
+        if reference is None:  # joint normalisation over the batch, as score_proposals
+            from .epdms import _normalise_progress
+
+            scores = scores.replace(ego_progress=_normalise_progress(scores.progress_raw,
+                                                                     scores.multiplicative_metrics_prod, config, None))
+    else:
+        scene = scoring_scene(sim, world, agent_mode=agent_mode, centerline=cl)
+        scores = score_states(scene, states, config, progress_reference=reference, previous_states=previous_states)
+    return scores, states
+
+
+def episode_summary(sim: Simulation, worlds: list[WorldState], config: ScorerConfig = ScorerConfig()) -> dict:
+    """The EPDMS sub-metrics over a realised closed-loop rollout (`worlds` at consecutive iterations).
+
+    The scene holds what actually happened (the agents as simulated, the lights of the log); EP is the ego's
+    progress along the route centreline normalised by the logged human's over the same iterations (the 5 m rule
+    applies). EC compares the realised trajectory with itself and is left out. Returns sub-scores, `epdms`
+    (multiplicative product x weighted / 14), and diagnostics."""
+    if len(worlds) < 2:
+        raise ValueError("an episode summary needs at least two world states")
+    states = np.stack([w.ego for w in worlds])[None]
+    w0 = worlds[0]
+    T = len(worlds)
+    frames = [sim.objects(w) for w in worlds]
+    m = sim.map
+    tracks, seen = [], {}
+    for fr in frames:
+        for k, tr in enumerate(fr.track):
+            if tr not in seen:
+                seen[tr] = (fr, k)
+                tracks.append(int(tr))
+    col = {t: i for i, t in enumerate(tracks)}
+    corners = np.zeros((T, len(tracks), 4, 2))
+    valid = np.zeros((T, len(tracks)), dtype=bool)
+    for t, fr in enumerate(frames):
+        if len(fr):
+            idx = np.array([col[int(x)] for x in fr.track])
+            corners[t, idx] = fr.corners()
+            valid[t, idx] = True
+    base = scoring_scene(sim, w0, agent_mode="non_reactive", num_steps=1)
+    route_ids = base.route_lane_ids
+    red = tuple(tuple(sorted(sim.red_light_polygons(w.iteration, route_ids).items())) for w in worlds)
+    # the map must cover the whole episode: union of the maps around its start and end
+    end = scoring_scene(sim, worlds[-1], agent_mode="non_reactive", num_steps=1)
+    ids = list(base.map_ids)
+    types, polys = list(base.map_types), list(base.map_polygons)
+    for i, t, p in zip(end.map_ids, end.map_types, end.map_polygons):
+        if i not in ids:
+            ids.append(i), types.append(t), polys.append(p)
+    from ..data.schema import AGENT_CATEGORIES
+
+    ag = sim.scenario.agents
+    scene = ScoringScene(
+        map_ids=tuple(ids), map_types=tuple(types), map_polygons=tuple(polys), route_lane_ids=route_ids,
+        centerline=base.centerline, obj_tokens=tuple(ag.track_tokens[t] for t in tracks),
+        obj_is_agent=np.array([ag.category[t] in AGENT_CATEGORIES for t in tracks], dtype=bool),
+        obj_heading=np.array([seen[t][0].heading[seen[t][1]] for t in tracks]),
+        obj_speed=np.array([np.hypot(seen[t][0].vx[seen[t][1]], seen[t][0].vy[seen[t][1]]) for t in tracks]),
+        obj_corners=corners, obj_valid=valid, red_light_polygons=red, collided_track_ids=base.collided_track_ids,
+        human_past_states=base.human_past_states, name=sim.scenario.token)
+    # human progress over the same iterations, on the same centreline
+    sc = sim.scenario
+    f0, f1 = sc.start_index + w0.iteration, sc.start_index + worlds[-1].iteration
+    c = sim.config.vehicle.rear_axle_to_center
+    hx = sc.ego.x[[f0, f1]] + c * np.cos(sc.ego.heading[[f0, f1]])
+    hy = sc.ego.y[[f0, f1]] + c * np.sin(sc.ego.heading[[f0, f1]])
+    arc, _ = polyline_project(np.ascontiguousarray(np.stack([hx, hy], -1)),
+                              np.ascontiguousarray(scene.centerline), scene.centerline_s())
+    human_progress = max(0.0, float(arc[1] - arc[0]))
+    scores = score_states(scene, states, config, progress_reference=(human_progress, 1.0))
+    row = scores.row(0)
+    row.pop("two_frame_extended_comfort")
+    row["epdms"] = row["pdm_score"]
+    row.update(human_progress_m=human_progress, steps=T, at_fault_collision=bool(scores.no_at_fault_collisions[0] < 1),
+               off_road=bool(scores.drivable_area_compliance[0] < 1))
+    return row
