@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = {"data": "benchmarks.bench_data", "sim": "benchmarks.bench_sim"}
+BENCHMARKS = {"data": "benchmarks.bench_data", "sim": "benchmarks.bench_sim", "score": "benchmarks.bench_score"}
 
 
 def run_benchmark(name: str, argv=None) -> int:

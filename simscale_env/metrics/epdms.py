@@ -19,7 +19,7 @@ from ..sim.state import (ACCELERATION_X, ACCELERATION_Y, ANGULAR_ACCELERATION, A
                          STATE_SIZE, VELOCITY_X, VELOCITY_Y, X, Y)
 from ..sim.vehicle import PACIFICA, VehicleParameters
 from . import constants as C
-from .geometry import PolygonSet, boxes_overlap, polyline_project, segment_hits_quad
+from .geometry import AreaIndex, boxes_overlap, polyline_project, segment_hits_quad
 
 # map object types as in nuPlan's SemanticMapLayer names
 DRIVABLE_TYPES = ("ROADBLOCK", "INTERSECTION", "DRIVABLE_AREA", "CARPARK_AREA")  # PDMScorer._calculate_ego_area
@@ -57,10 +57,13 @@ class ScoringScene:
     def num_steps(self) -> int:
         return self.obj_corners.shape[0]
 
-    def polygon_set(self) -> PolygonSet:
-        if "polys" not in self._cache:
-            self._cache["polys"] = PolygonSet(list(self.map_polygons))
-        return self._cache["polys"]
+    def area_index(self) -> AreaIndex:
+        if "areas" not in self._cache:
+            lane = self.type_mask(LANE_TYPES)
+            on_route = lane & np.array([i in self.route_lane_ids for i in self.map_ids], dtype=bool)
+            self._cache["areas"] = AreaIndex(list(self.map_polygons), self.type_mask(DRIVABLE_TYPES), lane, on_route,
+                                             self.type_mask(("INTERSECTION",)))
+        return self._cache["areas"]
 
     def type_mask(self, types) -> np.ndarray:
         return np.array([t in types for t in self.map_types], dtype=bool)
@@ -151,44 +154,9 @@ def ego_coords(states: np.ndarray, vehicle: VehicleParameters = PACIFICA) -> np.
 def ego_areas(scene: ScoringScene, coords: np.ndarray) -> dict[str, np.ndarray]:
     """PDMScorer._calculate_ego_area: MULTIPLE_LANES, NON_DRIVABLE_AREA, ONCOMING_TRAFFIC, plus the centre's
     INTERSECTION membership (`is_in_layer`, within). Arrays [N, T]."""
-    N, T = coords.shape[:2]
-    ps = scene.polygon_set()
-    pts = coords.reshape(-1, 2)
-    pi, gi = ps.contains(pts)
-    n_pts = N * T * 5
-    types = scene.map_types
-    drv = scene.type_mask(DRIVABLE_TYPES)
-    lane = scene.type_mask(LANE_TYPES)
-    on_route = lane & np.array([i in scene.route_lane_ids for i in scene.map_ids], dtype=bool)
-    inter = np.array([t == "INTERSECTION" for t in types], dtype=bool)
-    corner = (pi % 5) != 4
-    # corners in a drivable polygon
-    in_drv = np.zeros(n_pts, dtype=bool)
-    in_drv[pi[drv[gi]]] = True
-    in_drv = in_drv.reshape(N, T, 5)[..., :4]
-    non_drivable = in_drv.sum(-1) < 4
-    # lanes touched by corners
-    sel = lane[gi] & corner
-    pt_ntp = pi[sel] // 5  # (n, t) flat index
-    lane_ids = gi[sel]
-    multiple = np.zeros(N * T, dtype=bool)
-    not_single = np.ones(N * T, dtype=bool)
-    if len(pt_ntp):
-        key = pt_ntp * len(types) + lane_ids
-        uk, cnt = np.unique(key, return_counts=True)  # corners per (n, t, lane)
-        nt = uk // len(types)
-        lanes_touched = np.bincount(nt, minlength=N * T)
-        multiple = lanes_touched > 1
-        full = nt[cnt == 4]
-        not_single[full] = False
-    multiple_lanes = (multiple & not_single).reshape(N, T)
-    centre = (pi % 5) == 4
-    c_on_route = np.zeros(N * T, dtype=bool)
-    c_on_route[pi[centre & on_route[gi]] // 5] = True
-    c_inter = np.zeros(N * T, dtype=bool)
-    c_inter[pi[centre & inter[gi]] // 5] = True
-    return {"multiple_lanes": multiple_lanes, "non_drivable": non_drivable,
-            "oncoming": ~c_on_route.reshape(N, T), "centre_in_intersection": c_inter.reshape(N, T)}
+    non_drivable, multiple, on_route, inter = scene.area_index().areas(coords)
+    return {"multiple_lanes": multiple, "non_drivable": non_drivable, "oncoming": ~on_route,
+            "centre_in_intersection": inter}
 
 
 def _relative_angle(ex, ey, eh, ax, ay):
@@ -223,8 +191,7 @@ def score_states(scene: ScoringScene, states: np.ndarray, config: C.ScorerConfig
     coords = ego_coords(states, vehicle)
     areas = ego_areas(scene, coords)
     quads = np.ascontiguousarray(coords[..., :4, :])
-    hits = boxes_overlap(quads, np.ascontiguousarray(scene.obj_corners, dtype=np.float64),
-                         np.ascontiguousarray(scene.obj_valid))
+    hits = boxes_overlap(quads, scene.obj_corners, scene.obj_valid)
     nc, t_coll = _no_at_fault_collision(scene, states, quads, hits, areas, config)
     dac = np.where(areas["non_drivable"].any(1), 0.0, 1.0)
     tlc = _traffic_light_compliance(scene, quads)
@@ -254,16 +221,29 @@ def _normalise_progress(progress_raw, prod, config, reference):
     return np.where(norm > config.progress_distance_threshold, ep, 1.0)
 
 
+def _first_flag_per_pair(key, flag_bad, order_pos):
+    """Entries sorted by (key, time): for each entry, is it 'bad' and earlier than the first non-bad entry of its
+    key? (NAVSIM adds a track to its ignore list at its first harmless contact.)"""
+    n = len(key)
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    starts = np.concatenate([[0], np.nonzero(key[1:] != key[:-1])[0] + 1])
+    pos = np.where(~flag_bad, order_pos, n + 1)
+    first_ok = np.minimum.reduceat(pos, starts)
+    group = np.cumsum(np.concatenate([[0], (key[1:] != key[:-1]).astype(np.int64)]))
+    return flag_bad & (order_pos < first_ok[group])
+
+
 def _no_at_fault_collision(scene, states, quads, hits, areas, config):
     """PDMScorer._calculate_no_at_fault_collision with pdm_scorer_utils.get_collision_type."""
-    N, T, M = hits.shape
+    N = states.shape[0]
+    M = len(scene.obj_tokens)
     nc = np.ones(N)
     t_first = np.full(N, np.inf)
-    n_idx, t_idx, m_idx = np.nonzero(hits)
+    n_idx, t_idx, m_idx = hits
     if len(n_idx) == 0:
         return nc, t_first
-    tokens = scene.obj_tokens
-    skip = np.array([tok in scene.collided_track_ids for tok in tokens], dtype=bool)
+    skip = np.array([tok in scene.collided_track_ids for tok in scene.obj_tokens], dtype=bool)
     keep = ~skip[m_idx]
     n_idx, t_idx, m_idx = n_idx[keep], t_idx[keep], m_idx[keep]
     st = states[n_idx, t_idx]
@@ -273,8 +253,9 @@ def _no_at_fault_collision(scene, states, quads, hits, areas, config):
     oc = scene.obj_corners[t_idx, m_idx].mean(axis=1)  # centroid of the box
     ang = _relative_angle(st[:, X], st[:, Y], st[:, HEADING], oc[:, 0], oc[:, 1])
     behind = ang > np.deg2rad(C.BEHIND_ANGLE_DEG)
+    cand = np.nonzero(~ego_stopped & ~track_stopped & ~behind)[0]
     front = np.zeros(len(n_idx), dtype=bool)
-    for k in range(len(n_idx)):
+    for k in cand:
         q = quads[n_idx[k], t_idx[k]]
         front[k] = segment_hits_quad(q[0], q[3], scene.obj_corners[t_idx[k], m_idx[k]])
     # collision type: STOPPED_EGO, STOPPED_TRACK, ACTIVE_REAR, ACTIVE_FRONT, ACTIVE_LATERAL (in that order)
@@ -283,20 +264,14 @@ def _no_at_fault_collision(scene, states, quads, hits, areas, config):
     is_lateral = ~ego_stopped & ~track_stopped & ~behind & ~front
     risky = areas["multiple_lanes"][n_idx, t_idx] | areas["non_drivable"][n_idx, t_idx]
     at_fault = is_stopped_track | is_front | (is_lateral & risky)
-    # per (proposal, track): the first non-at-fault collision hides the track afterwards
+    # entries come ordered by (n, t, m); order them by (n, m, t)
     order = np.lexsort((t_idx, m_idx, n_idx))
-    n_idx, t_idx, m_idx, at_fault = n_idx[order], t_idx[order], m_idx[order], at_fault[order]
-    pair = n_idx * M + m_idx
-    first_na = {}
-    for p, t, af in zip(pair, t_idx, at_fault):
-        if not af and p not in first_na:
-            first_na[p] = t
-    value = np.where(scene.obj_is_agent[m_idx], 0.0, 0.5)
-    for k in range(len(pair)):
-        if at_fault[k] and t_idx[k] < first_na.get(pair[k], np.inf):
-            n = n_idx[k]
-            nc[n] = min(nc[n], value[k])
-            t_first[n] = min(t_first[n], t_idx[k])
+    key = (n_idx * M + m_idx)[order]
+    counted = _first_flag_per_pair(key, at_fault[order], np.arange(len(order)))
+    sel = order[counted]
+    value = np.where(scene.obj_is_agent[m_idx[sel]], 0.0, 0.5)
+    np.minimum.at(nc, n_idx[sel], value)
+    np.minimum.at(t_first, n_idx[sel], t_idx[sel].astype(np.float64))
     return nc, t_first
 
 
@@ -359,11 +334,8 @@ def _ttc(scene, states, coords, areas, config):
     entries = []
     for fi, f in enumerate(future):
         shifted = quads + dxy[:, : n_eval + 1, None, :] * (float(f) * config.dt)
-        obj = np.ascontiguousarray(scene.obj_corners[f: f + n_eval + 1], dtype=np.float64)
-        valid = np.ascontiguousarray(scene.obj_valid[f: f + n_eval + 1])
-        h = boxes_overlap(np.ascontiguousarray(shifted), obj, valid)
-        n_idx, t_idx, m_idx = np.nonzero(h)
-        entries.append((n_idx, t_idx, np.full(len(n_idx), fi), m_idx))
+        h = boxes_overlap(shifted, scene.obj_corners[f: f + n_eval + 1], scene.obj_valid[f: f + n_eval + 1])
+        entries.append((h[0], h[1], np.full(len(h[0]), fi), h[2]))
     n_idx = np.concatenate([e[0] for e in entries])
     t_idx = np.concatenate([e[1] for e in entries])
     f_idx = np.concatenate([e[2] for e in entries])
@@ -379,28 +351,16 @@ def _ttc(scene, states, coords, areas, config):
     ahead = ang < np.deg2rad(C.AHEAD_ANGLE_DEG)
     behind = ang > np.deg2rad(C.BEHIND_ANGLE_DEG)
     # is_in_layer(rear axle, INTERSECTION)
-    ra = np.ascontiguousarray(st[:, X:Y + 1])
-    inter_mask = scene.type_mask(("INTERSECTION",))
-    in_inter = np.zeros(len(n_idx), dtype=bool)
-    if inter_mask.any() and len(ra):
-        pi, gi = scene.polygon_set().contains(ra)
-        in_inter[pi[inter_mask[gi]]] = True
+    in_inter = (scene.area_index().point_flags(st[:, X:Y + 1]) & 8) > 0
     risky = areas["multiple_lanes"][n_idx, t_idx] | areas["non_drivable"][n_idx, t_idx] | in_inter
     violation = ahead | (risky & ~behind)
     # per (proposal, track), in (time, offset) order: the first non-violation hides the track afterwards
     order = np.lexsort((f_idx, t_idx, m_idx, n_idx))
-    n_idx, t_idx, m_idx, violation = n_idx[order], t_idx[order], m_idx[order], violation[order]
-    first_ok = {}
-    key = n_idx * M + m_idx
-    for k in range(len(key)):
-        if not violation[k]:
-            first_ok.setdefault(key[k], k)
-    for k in range(len(key)):
-        if violation[k]:
-            if k < first_ok.get(key[k], len(key)):
-                n = n_idx[k]
-                ttc[n] = 0.0
-                t_first[n] = min(t_first[n], t_idx[k])
+    key = (n_idx * M + m_idx)[order]
+    counted = _first_flag_per_pair(key, violation[order], np.arange(len(order)))
+    sel = order[counted]
+    ttc[n_idx[sel]] = 0.0
+    np.minimum.at(t_first, n_idx[sel], t_idx[sel].astype(np.float64))
     return ttc, t_first
 
 
