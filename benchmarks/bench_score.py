@@ -37,7 +37,8 @@ def main(argv) -> int:
     ap.add_argument("--plans", type=int, default=16384)
     ap.add_argument("--single-sample", type=int, default=64)
     args = ap.parse_args(argv)
-    os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+    for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")  # one core, as the target says (set before numpy loads its BLAS)
     import numpy as np
 
     from simscale_env.data import ScenarioBuilder
@@ -82,5 +83,6 @@ def main(argv) -> int:
     print(f"LQR + bicycle for {args.plans} plans: {t_sim:.2f} s; batched scoring {t_batch:.2f} s; one at a time "
           f"{t_single:.1f} s (extrapolated from {k}); mean EPDMS {batch.epdms().mean():.3f}", file=sys.stderr)
     print(json.dumps({"n_plans": args.plans, "seconds": round(t_batch, 3), "speedup_vs_single": round(t_single / t_batch, 1),
-                      "simulate_seconds": round(t_sim, 3), "agents": n_obj}))
+                      "simulate_seconds": round(t_sim, 3), "agents": n_obj,
+                      "tracks": int(scene.obj_corners.shape[1])}))
     return 0

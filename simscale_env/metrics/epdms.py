@@ -13,13 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 import numpy as np
+from numba import njit
 from scipy.signal import savgol_filter
 
 from ..sim.state import (ACCELERATION_X, ACCELERATION_Y, ANGULAR_ACCELERATION, ANGULAR_VELOCITY, HEADING,
                          STATE_SIZE, VELOCITY_X, VELOCITY_Y, X, Y)
 from ..sim.vehicle import PACIFICA, VehicleParameters
 from . import constants as C
-from .geometry import AreaIndex, boxes_overlap, polyline_project, segment_hits_quad
+from .geometry import (AreaIndex, PolygonSet, _flags_at, object_index, polyline_project, query_overlaps,
+                       quads_meet_polygons, segment_hits_quad)
 
 # map object types as in nuPlan's SemanticMapLayer names
 DRIVABLE_TYPES = ("ROADBLOCK", "INTERSECTION", "DRIVABLE_AREA", "CARPARK_AREA")  # PDMScorer._calculate_ego_area
@@ -64,6 +66,23 @@ class ScoringScene:
             self._cache["areas"] = AreaIndex(list(self.map_polygons), self.type_mask(DRIVABLE_TYPES), lane, on_route,
                                              self.type_mask(("INTERSECTION",)))
         return self._cache["areas"]
+
+    def red_light_index(self):
+        """(PolygonSet of the distinct red-light polygons, step_ptr, step_poly) or None when no light is red."""
+        if "red" not in self._cache:
+            keys: dict = {}
+            polys, step_poly, step_ptr = [], [], [0]
+            for lights in self.red_light_polygons:
+                for lane_id, poly in lights:
+                    key = (lane_id, poly.wkb)
+                    if key not in keys:
+                        keys[key] = len(polys)
+                        polys.append(poly)
+                    step_poly.append(keys[key])
+                step_ptr.append(len(step_poly))
+            self._cache["red"] = None if not polys else (
+                PolygonSet(polys), np.array(step_ptr, dtype=np.int64), np.array(step_poly, dtype=np.int64))
+        return self._cache["red"]
 
     def type_mask(self, types) -> np.ndarray:
         return np.array([t in types for t in self.map_types], dtype=bool)
@@ -136,18 +155,30 @@ class PlanScores:
 
 # ---------------------------------------------------------------------------------------------- ego geometry
 def ego_coords(states: np.ndarray, vehicle: VehicleParameters = PACIFICA) -> np.ndarray:
-    """[N, T, 5, 2]: FL, RL, RR, FR, centre (pdm_array_representation.state_array_to_coords_array)."""
+    """[N, T, 5, 2]: FL, RL, RR, FR, centre (pdm_array_representation.state_array_to_coords_array). Trigonometry in
+    numpy as NAVSIM, the arithmetic in a kernel in the same order."""
     h = states[..., HEADING]
-    c, s = np.cos(h), np.sin(h)
-    ctr = states[..., X:Y + 1] + np.stack([vehicle.rear_axle_to_center * c, vehicle.rear_axle_to_center * s], -1)
-    hl, hw = vehicle.length / 2.0, vehicle.width / 2.0
-    out = np.empty(states.shape[:-1] + (5, 2))
     half_pi = np.pi / 2.0
-    for k, (lon, lat) in enumerate(((hl, hw), (-hl, hw), (-hl, -hw), (hl, -hw))):
-        # translate_lon_and_lat: lat along heading + pi/2
-        out[..., k, 0] = ctr[..., 0] + lat * np.cos(h + half_pi) + lon * c
-        out[..., k, 1] = ctr[..., 1] + lat * np.sin(h + half_pi) + lon * s
-    out[..., 4, :] = ctr
+    return _ego_coords_kernel(np.ascontiguousarray(states[..., X]), np.ascontiguousarray(states[..., Y]), np.cos(h),
+                              np.sin(h), np.cos(h + half_pi), np.sin(h + half_pi), vehicle.rear_axle_to_center,
+                              vehicle.length / 2.0, vehicle.width / 2.0)
+
+
+@njit(cache=True)
+def _ego_coords_kernel(x, y, c, s, cp, sp, d, hl, hw):
+    out = np.empty(x.shape + (5, 2))
+    lons = (hl, -hl, -hl, hl)
+    lats = (hw, hw, -hw, -hw)
+    for n in range(x.shape[0]):
+        for t in range(x.shape[1]):
+            cx = x[n, t] + d * c[n, t]
+            cy = y[n, t] + d * s[n, t]
+            for k in range(4):
+                # translate_lon_and_lat: lat along heading + pi/2
+                out[n, t, k, 0] = cx + lats[k] * cp[n, t] + lons[k] * c[n, t]
+                out[n, t, k, 1] = cy + lats[k] * sp[n, t] + lons[k] * s[n, t]
+            out[n, t, 4, 0] = cx
+            out[n, t, 4, 1] = cy
     return out
 
 
@@ -159,13 +190,15 @@ def ego_areas(scene: ScoringScene, coords: np.ndarray) -> dict[str, np.ndarray]:
             "centre_in_intersection": inter}
 
 
-def _relative_angle(ex, ey, eh, ax, ay):
-    """nuplan idm utils.get_agent_relative_angle: angle between the ego heading and the direction to the agent."""
-    vx, vy = ax - ex, ay - ey
-    n = np.hypot(vx, vy)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        dot = (np.cos(eh) * vx + np.sin(eh) * vy) / n
-        return np.arccos(dot)  # unclipped, as nuPlan: a rounding |dot| > 1 gives NaN, which is neither ahead nor behind
+@njit(cache=True, error_model="numpy")
+def _relative_angle(ex, ey, eh, box):
+    """nuplan idm utils.get_agent_relative_angle between the ego pose and the centroid of a box [4, 2]: arccos of
+    the heading vector dotted with the normalised direction, unclipped (a rounding |dot| > 1 gives NaN, which is
+    neither ahead nor behind, as in nuPlan)."""
+    vx = (((box[0, 0] + box[1, 0]) + box[2, 0]) + box[3, 0]) / 4.0 - ex
+    vy = (((box[0, 1] + box[1, 1]) + box[2, 1]) + box[3, 1]) / 4.0 - ey
+    n = np.sqrt(vx * vx + vy * vy)
+    return np.arccos(np.cos(eh) * (vx / n) + np.sin(eh) * (vy / n))
 
 
 # ---------------------------------------------------------------------------------------------- the scorer
@@ -190,9 +223,8 @@ def score_states(scene: ScoringScene, states: np.ndarray, config: C.ScorerConfig
     N, T = states.shape[:2]
     coords = ego_coords(states, vehicle)
     areas = ego_areas(scene, coords)
-    quads = np.ascontiguousarray(coords[..., :4, :])
-    hits = boxes_overlap(quads, scene.obj_corners, scene.obj_valid)
-    nc, t_coll = _no_at_fault_collision(scene, states, quads, hits, areas, config)
+    quads = coords[..., :4, :]
+    nc, t_coll = _no_at_fault_collision(scene, states, quads, areas, config)
     dac = np.where(areas["non_drivable"].any(1), 0.0, 1.0)
     tlc = _traffic_light_compliance(scene, quads)
     ddc = _driving_direction(scene, coords, areas, config)
@@ -221,76 +253,79 @@ def _normalise_progress(progress_raw, prod, config, reference):
     return np.where(norm > config.progress_distance_threshold, ep, 1.0)
 
 
-def _first_flag_per_pair(key, flag_bad, order_pos):
-    """Entries sorted by (key, time): for each entry, is it 'bad' and earlier than the first non-bad entry of its
-    key? (NAVSIM adds a track to its ignore list at its first harmless contact.)"""
-    n = len(key)
-    if n == 0:
-        return np.zeros(0, dtype=bool)
-    starts = np.concatenate([[0], np.nonzero(key[1:] != key[:-1])[0] + 1])
-    pos = np.where(~flag_bad, order_pos, n + 1)
-    first_ok = np.minimum.reduceat(pos, starts)
-    group = np.cumsum(np.concatenate([[0], (key[1:] != key[:-1]).astype(np.int64)]))
-    return flag_bad & (order_pos < first_ok[group])
-
-
-def _no_at_fault_collision(scene, states, quads, hits, areas, config):
+def _no_at_fault_collision(scene, states, quads, areas, config):
     """PDMScorer._calculate_no_at_fault_collision with pdm_scorer_utils.get_collision_type."""
     N = states.shape[0]
-    M = len(scene.obj_tokens)
+    if scene.obj_corners.shape[1] == 0:
+        return np.ones(N), np.full(N, np.inf)
+    skip = np.array([tok in scene.collided_track_ids for tok in scene.obj_tokens], dtype=bool)
+    track_stopped = (~scene.obj_is_agent) | (scene.obj_speed <= C.COLLISION_STOPPED_SPEED_THRESHOLD)
+    speeds = np.hypot(states[..., VELOCITY_X], states[..., VELOCITY_Y])
+    risky = areas["multiple_lanes"] | areas["non_drivable"]
+    return _nc_kernel(quads, speeds, states[..., X:HEADING + 1], scene.obj_corners, scene.obj_valid, skip,
+                      np.asarray(scene.obj_is_agent, dtype=bool), track_stopped, risky,
+                      float(C.COLLISION_STOPPED_SPEED_THRESHOLD), np.deg2rad(C.BEHIND_ANGLE_DEG))
+
+
+@njit(cache=True, error_model="numpy")
+def _nc_kernel(quads, speeds, rear, obj, obj_valid, skip, is_agent, track_stopped, risky, stopped, behind_rad):
+    """Per proposal in NAVSIM's order (time, then track): collision types STOPPED_EGO, STOPPED_TRACK, ACTIVE_REAR,
+    ACTIVE_FRONT (the FL-FR segment meets the track), ACTIVE_LATERAL; at fault: stopped track, active front, or
+    lateral while in multiple lanes / off the drivable area -> 0 for agents, 0.5 for static objects. A harmless
+    contact adds the track to the proposal's ignore list."""
+    N, T = quads.shape[0], quads.shape[1]
+    M = obj.shape[1]
+    index = object_index(obj, obj_valid)
     nc = np.ones(N)
     t_first = np.full(N, np.inf)
-    n_idx, t_idx, m_idx = hits
-    if len(n_idx) == 0:
-        return nc, t_first
-    skip = np.array([tok in scene.collided_track_ids for tok in scene.obj_tokens], dtype=bool)
-    keep = ~skip[m_idx]
-    n_idx, t_idx, m_idx = n_idx[keep], t_idx[keep], m_idx[keep]
-    st = states[n_idx, t_idx]
-    ego_speed = np.hypot(st[:, VELOCITY_X], st[:, VELOCITY_Y])
-    ego_stopped = ego_speed <= C.COLLISION_STOPPED_SPEED_THRESHOLD
-    track_stopped = (~scene.obj_is_agent[m_idx]) | (scene.obj_speed[m_idx] <= C.COLLISION_STOPPED_SPEED_THRESHOLD)
-    oc = scene.obj_corners[t_idx, m_idx].mean(axis=1)  # centroid of the box
-    ang = _relative_angle(st[:, X], st[:, Y], st[:, HEADING], oc[:, 0], oc[:, 1])
-    behind = ang > np.deg2rad(C.BEHIND_ANGLE_DEG)
-    cand = np.nonzero(~ego_stopped & ~track_stopped & ~behind)[0]
-    front = np.zeros(len(n_idx), dtype=bool)
-    for k in cand:
-        q = quads[n_idx[k], t_idx[k]]
-        front[k] = segment_hits_quad(q[0], q[3], scene.obj_corners[t_idx[k], m_idx[k]])
-    # collision type: STOPPED_EGO, STOPPED_TRACK, ACTIVE_REAR, ACTIVE_FRONT, ACTIVE_LATERAL (in that order)
-    is_stopped_track = ~ego_stopped & track_stopped
-    is_front = ~ego_stopped & ~track_stopped & ~behind & front
-    is_lateral = ~ego_stopped & ~track_stopped & ~behind & ~front
-    risky = areas["multiple_lanes"][n_idx, t_idx] | areas["non_drivable"][n_idx, t_idx]
-    at_fault = is_stopped_track | is_front | (is_lateral & risky)
-    # entries come ordered by (n, t, m); order them by (n, m, t)
-    order = np.lexsort((t_idx, m_idx, n_idx))
-    key = (n_idx * M + m_idx)[order]
-    counted = _first_flag_per_pair(key, at_fault[order], np.arange(len(order)))
-    sel = order[counted]
-    value = np.where(scene.obj_is_agent[m_idx[sel]], 0.0, 0.5)
-    np.minimum.at(nc, n_idx[sel], value)
-    np.minimum.at(t_first, n_idx[sel], t_idx[sel].astype(np.float64))
+    ignored = np.zeros(M, dtype=np.bool_)
+    found = np.empty(M, dtype=np.int64)
+    for n in range(N):
+        for m in range(M):
+            ignored[m] = skip[m]
+        for t in range(T):
+            nf = query_overlaps(quads[n, t], obj, t, index, found)
+            if nf == 0:
+                continue
+            ego_stopped = speeds[n, t] <= stopped
+            for r in range(nf):
+                m = found[r]
+                if ignored[m]:
+                    continue
+                if ego_stopped:
+                    at_fault = False
+                elif track_stopped[m]:
+                    at_fault = True
+                else:
+                    ob = obj[t, m]
+                    if _relative_angle(rear[n, t, 0], rear[n, t, 1], rear[n, t, 2], ob) > behind_rad:
+                        at_fault = False  # active rear
+                    elif segment_hits_quad(quads[n, t, 0], quads[n, t, 3], ob):
+                        at_fault = True  # active front
+                    else:
+                        at_fault = risky[n, t]  # active lateral
+                if at_fault:
+                    v = 0.0 if is_agent[m] else 0.5
+                    if v < nc[n]:
+                        nc[n] = v
+                    if t < t_first[n]:
+                        t_first[n] = float(t)
+                else:
+                    ignored[m] = True
+            if nc[n] == 0.0:
+                break
     return nc, t_first
 
 
 def _traffic_light_compliance(scene, quads):
     """PDMScorer._calculate_traffic_light_compliance: the ego box intersects a red-light polygon at any step."""
-    import shapely
-
     N, T = quads.shape[:2]
-    tlc = np.ones(N)
-    for t, lights in enumerate(scene.red_light_polygons[:T]):
-        for _, poly in lights:
-            x0, y0, x1, y1 = poly.bounds
-            qx, qy = quads[:, t, :, 0], quads[:, t, :, 1]
-            cand = np.nonzero((qx.max(1) >= x0) & (qx.min(1) <= x1) & (qy.max(1) >= y0) & (qy.min(1) <= y1)
-                              & (tlc > 0))[0]
-            if len(cand):
-                boxes = shapely.polygons(quads[cand, t])
-                tlc[cand[shapely.intersects(boxes, poly)]] = 0.0
-    return tlc
+    lights = scene.red_light_index()
+    if lights is None:
+        return np.ones(N)
+    polys, step_ptr, step_poly = lights
+    hit = quads_meet_polygons(quads, polys.xy, polys.ptr, polys.bounds, step_ptr, step_poly)
+    return np.where(hit, 0.0, 1.0)
 
 
 def _driving_direction(scene, coords, areas, config):
@@ -320,47 +355,76 @@ def _progress(scene, coords):
 def _ttc(scene, states, coords, areas, config):
     """PDMScorer._calculate_ttc: ego boxes projected 0, 0.3, 0.6, 0.9 s ahead at constant speed, t <= T-1-9."""
     N, T = states.shape[:2]
-    future = np.arange(0, int(config.future_collision_horizon_window * 10), 3)
+    future = np.arange(0, int(config.future_collision_horizon_window * 10), 3).astype(np.int64)
     speeds = np.hypot(states[..., VELOCITY_X], states[..., VELOCITY_Y])
     dxy = np.stack([np.cos(states[..., HEADING]) * speeds, np.sin(states[..., HEADING]) * speeds], -1)
     n_eval = T - 1 - int(future.max())
+    if scene.obj_corners.shape[1] == 0:
+        return np.ones(N), np.full(N, np.inf)
+    skip = np.array([tok in scene.collided_track_ids for tok in scene.obj_tokens], dtype=bool)
+    risky = areas["multiple_lanes"] | areas["non_drivable"]
+    return _ttc_kernel(coords[:, :, :4, :], dxy, speeds, states[..., X:HEADING + 1], scene.obj_corners,
+                       scene.obj_valid, skip, risky, future, n_eval, float(config.dt),
+                       float(config.stopped_speed_threshold), np.deg2rad(C.AHEAD_ANGLE_DEG),
+                       np.deg2rad(C.BEHIND_ANGLE_DEG), scene.area_index()._kernel_args())
+
+
+@njit(cache=True, error_model="numpy")
+def _ttc_kernel(quads, dxy, speeds, rear, obj, obj_valid, skip, risky, future, n_eval, dt, stopped, ahead_rad,
+                behind_rad, area_args):
+    """The loop of _calculate_ttc per proposal in NAVSIM's order (time, then projection offset): a track hit
+    harmlessly joins the proposal's ignore list; the first violation sets TTC to 0 (and its time)."""
+    xy, ptr, origin, cell, nx, ny, fine_ptr, fine_idx, fine_full, flags, slabs = area_args
+    N = quads.shape[0]
+    M = obj.shape[1]
+    index = object_index(obj, obj_valid)
     ttc = np.ones(N)
     t_first = np.full(N, np.inf)
-    M = scene.obj_corners.shape[1]
-    if M == 0:
-        return ttc, t_first
-    # hits[n, t, f, m]: ego box at t shifted by f * dt intersects the object at t + f
-    quads = coords[:, : n_eval + 1, :4, :]
-    entries = []
-    for fi, f in enumerate(future):
-        shifted = quads + dxy[:, : n_eval + 1, None, :] * (float(f) * config.dt)
-        h = boxes_overlap(shifted, scene.obj_corners[f: f + n_eval + 1], scene.obj_valid[f: f + n_eval + 1])
-        entries.append((h[0], h[1], np.full(len(h[0]), fi), h[2]))
-    n_idx = np.concatenate([e[0] for e in entries])
-    t_idx = np.concatenate([e[1] for e in entries])
-    f_idx = np.concatenate([e[2] for e in entries])
-    m_idx = np.concatenate([e[3] for e in entries])
-    if len(n_idx) == 0:
-        return ttc, t_first
-    skip = np.array([tok in scene.collided_track_ids for tok in scene.obj_tokens], dtype=bool)
-    keep = ~skip[m_idx] & (speeds[n_idx, t_idx] >= config.stopped_speed_threshold)
-    n_idx, t_idx, f_idx, m_idx = n_idx[keep], t_idx[keep], f_idx[keep], m_idx[keep]
-    st = states[n_idx, t_idx]
-    oc = scene.obj_corners[t_idx + future[f_idx], m_idx].mean(axis=1)
-    ang = _relative_angle(st[:, X], st[:, Y], st[:, HEADING], oc[:, 0], oc[:, 1])
-    ahead = ang < np.deg2rad(C.AHEAD_ANGLE_DEG)
-    behind = ang > np.deg2rad(C.BEHIND_ANGLE_DEG)
-    # is_in_layer(rear axle, INTERSECTION)
-    in_inter = (scene.area_index().point_flags(st[:, X:Y + 1]) & 8) > 0
-    risky = areas["multiple_lanes"][n_idx, t_idx] | areas["non_drivable"][n_idx, t_idx] | in_inter
-    violation = ahead | (risky & ~behind)
-    # per (proposal, track), in (time, offset) order: the first non-violation hides the track afterwards
-    order = np.lexsort((f_idx, t_idx, m_idx, n_idx))
-    key = (n_idx * M + m_idx)[order]
-    counted = _first_flag_per_pair(key, violation[order], np.arange(len(order)))
-    sel = order[counted]
-    ttc[n_idx[sel]] = 0.0
-    np.minimum.at(t_first, n_idx[sel], t_idx[sel].astype(np.float64))
+    ignored = np.zeros(M, dtype=np.bool_)
+    found = np.empty(M, dtype=np.int64)
+    q = np.empty((4, 2))
+    for n in range(N):
+        for m in range(M):
+            ignored[m] = skip[m]
+        done = False
+        for t in range(n_eval + 1):
+            if speeds[n, t] < stopped:
+                continue
+            inter = -1
+            ex = rear[n, t, 0]
+            ey = rear[n, t, 1]
+            eh = rear[n, t, 2]
+            for fi in range(len(future)):
+                f = future[fi]
+                d = float(f) * dt
+                for c in range(4):
+                    q[c, 0] = quads[n, t, c, 0] + dxy[n, t, 0] * d
+                    q[c, 1] = quads[n, t, c, 1] + dxy[n, t, 1] * d
+                nf = query_overlaps(q, obj, t + f, index, found)
+                for r in range(nf):
+                    m = found[r]
+                    if ignored[m]:
+                        continue
+                    ang = _relative_angle(ex, ey, eh, obj[t + f, m])
+                    violation = ang < ahead_rad
+                    if not violation and not ang > behind_rad:
+                        if risky[n, t]:
+                            violation = True
+                        else:
+                            if inter < 0:
+                                inter = 1 if _flags_at(ex, ey, xy, ptr, origin, cell, nx, ny, fine_ptr, fine_idx,
+                                                       fine_full, flags, slabs, 8) else 0
+                            violation = inter == 1
+                    if violation:
+                        ttc[n] = 0.0
+                        t_first[n] = float(t)
+                        done = True
+                        break
+                    ignored[m] = True
+                if done:
+                    break
+            if done:
+                break
     return ttc, t_first
 
 
@@ -451,7 +515,11 @@ def _history_comfort(scene, states, vehicle):
     if scene.human_past_states is None or len(scene.human_past_states) == 0:
         return np.ones(len(states))
     hist = np.asarray(scene.human_past_states, dtype=np.float64)
-    padded = np.concatenate([np.broadcast_to(hist, (len(states),) + hist.shape), states], axis=1)
+    cols = [ACCELERATION_X, ACCELERATION_Y, ANGULAR_VELOCITY, ANGULAR_ACCELERATION, HEADING]
+    padded = np.zeros((len(states), len(hist) + states.shape[1], STATE_SIZE))  # only the columns comfort reads
+    for c in cols:
+        padded[:, :len(hist), c] = hist[:, c]
+        padded[:, len(hist):, c] = states[:, :, c]
     return comfort_checks(padded, 0.1, vehicle).all(axis=-1).astype(np.float64)
 
 

@@ -70,24 +70,121 @@ class PolygonSet:
         return out
 
 
+# ---------------------------------------------------------------------------------------------- exact predicates
+# GEOS (behind shapely) decides orientation with a filtered double-double determinant; we use Shewchuk's filter
+# with an exact expansion fallback, so points on or within rounding of an edge are classified as shapely does.
+_EPS = 2.0 ** -53
+_CCW_ERRBOUND_A = (3.0 + 16.0 * _EPS) * _EPS
+_SPLITTER = 134217729.0  # 2^27 + 1
+
+
+@njit(cache=True)
+def _two_sum(a, b):
+    x = a + b
+    bv = x - a
+    av = x - bv
+    return x, (a - av) + (b - bv)
+
+
+@njit(cache=True)
+def _two_diff(a, b):
+    x = a - b
+    bv = a - x
+    av = x + bv
+    return x, (a - av) + (bv - b)
+
+
+@njit(cache=True)
+def _two_prod(a, b):
+    p = a * b
+    c = _SPLITTER * a
+    ah = c - (c - a)
+    al = a - ah
+    c = _SPLITTER * b
+    bh = c - (c - b)
+    bl = b - bh
+    return p, al * bl - (((p - ah * bh) - al * bh) - ah * bl)
+
+
+@njit(cache=True)
+def _orient_exact(ax, ay, bx, by, cx, cy):
+    d1, d1l = _two_diff(bx, ax)
+    d2, d2l = _two_diff(cy, ay)
+    d3, d3l = _two_diff(by, ay)
+    d4, d4l = _two_diff(cx, ax)
+    terms = np.empty(16)
+    k = 0
+    for u, v, sg in ((d1, d2, 1.0), (d1, d2l, 1.0), (d1l, d2, 1.0), (d1l, d2l, 1.0),
+                     (d3, d4, -1.0), (d3, d4l, -1.0), (d3l, d4, -1.0), (d3l, d4l, -1.0)):
+        p, e = _two_prod(u, v)
+        terms[k] = sg * p
+        terms[k + 1] = sg * e
+        k += 2
+    # grow an expansion (non-overlapping, increasing magnitude); its sign is that of its last non-zero component
+    exp_ = np.zeros(17)
+    n = 0
+    for i in range(16):
+        q = terms[i]
+        for j in range(n):
+            q, h = _two_sum(q, exp_[j])
+            exp_[j] = h
+        exp_[n] = q
+        n += 1
+    for j in range(n - 1, -1, -1):
+        if exp_[j] > 0.0:
+            return 1
+        if exp_[j] < 0.0:
+            return -1
+    return 0
+
+
+@njit(cache=True)
+def orient2d(ax, ay, bx, by, cx, cy):
+    """Exact sign of (b - a) x (c - a): 1 if c is left of a->b, -1 right, 0 collinear."""
+    detl = (bx - ax) * (cy - ay)
+    detr = (by - ay) * (cx - ax)
+    det = detl - detr
+    bound = _CCW_ERRBOUND_A * (abs(detl) + abs(detr))
+    if det > bound:
+        return 1
+    if -det > bound:
+        return -1
+    return _orient_exact(ax, ay, bx, by, cx, cy)
+
+
+@njit(cache=True)
+def _ray_count(pu, pv, u1, v1, u2, v2):
+    """GEOS RayCrossingCounter::countSegment for the edge (u1, v1)->(u2, v2) and a ray from (pu, pv) along +u:
+    returns 2 if the point is on the edge, 1 if the edge crosses the ray, else 0."""
+    if u1 < pu and u2 < pu:
+        return 0
+    if pu == u2 and pv == v2:
+        return 2
+    if v1 == pv and v2 == pv:
+        lo = min(u1, u2)
+        hi = max(u1, u2)
+        return 2 if lo <= pu <= hi else 0
+    if (v1 > pv and v2 <= pv) or (v2 > pv and v1 <= pv):
+        sg = orient2d(u1, v1, u2, v2, pu, pv)
+        if sg == 0:
+            return 2
+        if v2 < v1:
+            sg = -sg
+        return 1 if sg > 0 else 0
+    return 0
+
+
 @njit(cache=True)
 def _point_in_ring(px, py, xy, a, b):
-    """Strictly inside the ring xy[a:b] (implicitly closed); on an edge -> False."""
+    """Strictly inside the ring xy[a:b] (implicitly closed); on an edge -> False (shapely `contains`)."""
     inside = False
     j = b - 1
     for i in range(a, b):
-        xi = xy[i, 0]
-        yi = xy[i, 1]
-        xj = xy[j, 0]
-        yj = xy[j, 1]
-        # on the edge (collinear and within the segment's box)
-        cross = (xj - xi) * (py - yi) - (yj - yi) * (px - xi)
-        if cross == 0.0 and min(xi, xj) <= px <= max(xi, xj) and min(yi, yj) <= py <= max(yi, yj):
+        c = _ray_count(px, py, xy[j, 0], xy[j, 1], xy[i, 0], xy[i, 1])
+        if c == 2:
             return False
-        if (yi > py) != (yj > py):
-            xint = xi + (py - yi) * (xj - xi) / (yj - yi)
-            if px < xint:
-                inside = not inside
+        if c == 1:
+            inside = not inside
         j = i
     return inside
 
@@ -132,7 +229,12 @@ def _fill_hits(p, xy, ptr, bounds, origin, cell, nx, ny, cell_ptr, cell_idx, off
 
 @njit(cache=True)
 def _sat_overlap(a, b):
-    """Do convex quads a [4, 2] and b [4, 2] intersect (touching counts)?"""
+    """Do convex quads a [4, 2] and b [4, 2] intersect (touching counts)? Separating axes decide clear cases; gaps
+    within rounding reach of zero go to the exact test."""
+    scale = 1.0
+    for k in range(4):
+        scale = max(scale, abs(a[k, 0]), abs(a[k, 1]), abs(b[k, 0]), abs(b[k, 1]))
+    unsure = False
     for poly in range(2):
         P = a if poly == 0 else b
         for e in range(4):
@@ -153,9 +255,39 @@ def _sat_overlap(a, b):
                 amax = max(amax, pa)
                 bmin = min(bmin, pb)
                 bmax = max(bmax, pb)
-            if amax < bmin or bmax < amin:
+            gap = max(bmin - amax, amin - bmax)
+            tol = 1e-10 * (abs(nx_) + abs(ny_)) * scale
+            if gap > tol:
+                return False
+            if gap >= -tol:
+                unsure = True
+    if not unsure:
+        return True
+    return _quads_intersect_exact(a, b)
+
+
+@njit(cache=True)
+def _in_convex(px, py, quad):
+    """Inside or on the boundary of the convex quad (either orientation)?"""
+    sgn = 0
+    for e in range(4):
+        o = orient2d(quad[e, 0], quad[e, 1], quad[(e + 1) % 4, 0], quad[(e + 1) % 4, 1], px, py)
+        if o != 0:
+            if sgn == 0:
+                sgn = o
+            elif o != sgn:
                 return False
     return True
+
+
+@njit(cache=True)
+def _quads_intersect_exact(a, b):
+    for i in range(4):
+        for j in range(4):
+            if _seg_seg(a[i, 0], a[i, 1], a[(i + 1) % 4, 0], a[(i + 1) % 4, 1], b[j, 0], b[j, 1], b[(j + 1) % 4, 0],
+                        b[(j + 1) % 4, 1]):
+                return True
+    return _in_convex(a[0, 0], a[0, 1], b) or _in_convex(b[0, 0], b[0, 1], a)
 
 
 def boxes_overlap(ego, obj, obj_valid):
@@ -176,11 +308,10 @@ def boxes_overlap(ego, obj, obj_valid):
 
 
 @njit(cache=True)
-def _boxes_overlap_kernel(ego, obj, obj_valid, n_out, t_out, m_out):
-    N, T = ego.shape[0], ego.shape[1]
-    M = obj.shape[1]
-    cap = len(n_out)
-    # per step: valid objects sorted by centre x, with their bounding radius
+def object_index(obj, obj_valid):
+    """Per step: the valid objects sorted by centre x, with centres and bounding radii, for pruned overlap queries.
+    Returns (ox, oy, orad, order, nvalid, sx, maxr)."""
+    T, M = obj.shape[0], obj.shape[1]
     ox = np.zeros((T, M))
     oy = np.zeros((T, M))
     orad = np.zeros((T, M))
@@ -208,66 +339,68 @@ def _boxes_overlap_kernel(ego, obj, obj_valid, n_out, t_out, m_out):
         xs = np.empty(cnt)
         for q in range(cnt):
             xs[q] = ox[t, order[t, q]]
-        perm = np.argsort(xs)
+        perm = np.argsort(xs, kind="mergesort")
         tmp = order[t, :cnt].copy()
         for q in range(cnt):
             order[t, q] = tmp[perm[q]]
             sx[t, q] = xs[perm[q]]
+    return ox, oy, orad, order, nvalid, sx, maxr
+
+
+@njit(cache=True)
+def query_overlaps(quad, obj, t, index, found):
+    """Objects at step t whose box intersects (touches) the quad [4, 2]; writes their indices, ascending, into
+    `found` and returns how many."""
+    ox, oy, orad, order, nvalid, sx, maxr = index
+    cnt = nvalid[t]
+    if cnt == 0:
+        return 0
+    cx = 0.25 * (quad[0, 0] + quad[1, 0] + quad[2, 0] + quad[3, 0])
+    cy = 0.25 * (quad[0, 1] + quad[1, 1] + quad[2, 1] + quad[3, 1])
+    er = 0.0
+    for c in range(4):
+        er = max(er, np.hypot(quad[c, 0] - cx, quad[c, 1] - cy))
+    reach = er + maxr[t] + 1e-9
+    lo = np.searchsorted(sx[t, :cnt], cx - reach)
+    hi = np.searchsorted(sx[t, :cnt], cx + reach, side="right")
+    nf = 0
+    for q in range(lo, hi):
+        m = order[t, q]
+        if np.hypot(ox[t, m] - cx, oy[t, m] - cy) > er + orad[t, m] + 1e-9:
+            continue
+        if _sat_overlap(quad, obj[t, m]):
+            found[nf] = m
+            nf += 1
+    if nf > 1:
+        found[:nf] = np.sort(found[:nf])
+    return nf
+
+
+@njit(cache=True)
+def _boxes_overlap_kernel(ego, obj, obj_valid, n_out, t_out, m_out):
+    N, T = ego.shape[0], ego.shape[1]
+    M = obj.shape[1]
+    cap = len(n_out)
+    index = object_index(obj, obj_valid)
     k = 0
     found = np.empty(M, dtype=np.int64)
     for n in range(N):
         for t in range(T):
-            cnt = nvalid[t]
-            if cnt == 0:
-                continue
-            cx = 0.25 * (ego[n, t, 0, 0] + ego[n, t, 1, 0] + ego[n, t, 2, 0] + ego[n, t, 3, 0])
-            cy = 0.25 * (ego[n, t, 0, 1] + ego[n, t, 1, 1] + ego[n, t, 2, 1] + ego[n, t, 3, 1])
-            er = 0.0
-            for c in range(4):
-                er = max(er, np.hypot(ego[n, t, c, 0] - cx, ego[n, t, c, 1] - cy))
-            reach = er + maxr[t] + 1e-9
-            lo = np.searchsorted(sx[t, :cnt], cx - reach)
-            hi = np.searchsorted(sx[t, :cnt], cx + reach, side="right")
-            nf = 0
-            for q in range(lo, hi):
-                m = order[t, q]
-                if np.hypot(ox[t, m] - cx, oy[t, m] - cy) > er + orad[t, m] + 1e-9:
-                    continue
-                if _sat_overlap(ego[n, t], obj[t, m]):
-                    found[nf] = m
-                    nf += 1
-            if nf:
-                srt = np.sort(found[:nf])
-                for q in range(nf):
-                    if k < cap:
-                        n_out[k] = n
-                        t_out[k] = t
-                        m_out[k] = srt[q]
-                    k += 1
+            nf = query_overlaps(ego[n, t], obj, t, index, found)
+            for q in range(nf):
+                if k < cap:
+                    n_out[k] = n
+                    t_out[k] = t
+                    m_out[k] = found[q]
+                k += 1
     return k
 
 
 @njit(cache=True)
 def segment_hits_quad(p0, p1, quad):
     """Does segment p0-p1 intersect (touch) the convex quad [4, 2]?"""
-    # inside test for an endpoint
-    for p in (p0, p1):
-        inside = True
-        sgn = 0.0
-        for e in range(4):
-            x0 = quad[e, 0]
-            y0 = quad[e, 1]
-            x1 = quad[(e + 1) % 4, 0]
-            y1 = quad[(e + 1) % 4, 1]
-            c = (x1 - x0) * (p[1] - y0) - (y1 - y0) * (p[0] - x0)
-            if c != 0.0:
-                if sgn == 0.0:
-                    sgn = c
-                elif c * sgn < 0:
-                    inside = False
-                    break
-        if inside:
-            return True
+    if _in_convex(p0[0], p0[1], quad) or _in_convex(p1[0], p1[1], quad):
+        return True
     for e in range(4):
         if _seg_seg(p0[0], p0[1], p1[0], p1[1], quad[e, 0], quad[e, 1], quad[(e + 1) % 4, 0], quad[(e + 1) % 4, 1]):
             return True
@@ -275,13 +408,43 @@ def segment_hits_quad(p0, p1, quad):
 
 
 @njit(cache=True)
-def _orient(ax, ay, bx, by, cx, cy):
-    v = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
-    if v > 0:
-        return 1
-    if v < 0:
-        return -1
-    return 0
+def quad_meets_ring(quad, xy, a, b):
+    """Do the convex quad [4, 2] and the polygon with exterior ring xy[a:b] (implicitly closed) intersect, touching
+    included (shapely `intersects`)?"""
+    for e in range(a, b):
+        f = e - 1 if e > a else b - 1
+        for c in range(4):
+            d = (c + 1) % 4
+            if _seg_seg(xy[f, 0], xy[f, 1], xy[e, 0], xy[e, 1], quad[c, 0], quad[c, 1], quad[d, 0], quad[d, 1]):
+                return True
+    # no boundaries meet: one contains the other, or they are disjoint
+    if _point_in_ring(quad[0, 0], quad[0, 1], xy, a, b):
+        return True
+    return segment_hits_quad(xy[a], xy[a], quad)
+
+
+@njit(cache=True)
+def quads_meet_polygons(quads, xy, ptr, bounds, step_ptr, step_poly):
+    """[N] bool: does quads[n, t] meet any polygon listed for step t (step_poly[step_ptr[t]:step_ptr[t + 1]])?"""
+    N, T = quads.shape[0], quads.shape[1]
+    out = np.zeros(N, dtype=np.bool_)
+    for n in range(N):
+        for t in range(min(T, len(step_ptr) - 1)):
+            q = quads[n, t]
+            qx0 = min(min(q[0, 0], q[1, 0]), min(q[2, 0], q[3, 0]))
+            qx1 = max(max(q[0, 0], q[1, 0]), max(q[2, 0], q[3, 0]))
+            qy0 = min(min(q[0, 1], q[1, 1]), min(q[2, 1], q[3, 1]))
+            qy1 = max(max(q[0, 1], q[1, 1]), max(q[2, 1], q[3, 1]))
+            for r in range(step_ptr[t], step_ptr[t + 1]):
+                k = step_poly[r]
+                if qx1 < bounds[k, 0] or qx0 > bounds[k, 2] or qy1 < bounds[k, 1] or qy0 > bounds[k, 3]:
+                    continue
+                if quad_meets_ring(q, xy, ptr[k], ptr[k + 1]):
+                    out[n] = True
+                    break
+            if out[n]:
+                break
+    return out
 
 
 @njit(cache=True)
@@ -291,10 +454,10 @@ def _on_seg(ax, ay, bx, by, cx, cy):
 
 @njit(cache=True)
 def _seg_seg(ax, ay, bx, by, cx, cy, dx, dy):
-    o1 = _orient(ax, ay, bx, by, cx, cy)
-    o2 = _orient(ax, ay, bx, by, dx, dy)
-    o3 = _orient(cx, cy, dx, dy, ax, ay)
-    o4 = _orient(cx, cy, dx, dy, bx, by)
+    o1 = orient2d(ax, ay, bx, by, cx, cy)
+    o2 = orient2d(ax, ay, bx, by, dx, dy)
+    o3 = orient2d(cx, cy, dx, dy, ax, ay)
+    o4 = orient2d(cx, cy, dx, dy, bx, by)
     if o1 != o2 and o3 != o4:
         return True
     if o1 == 0 and _on_seg(ax, ay, bx, by, cx, cy):
@@ -312,6 +475,8 @@ def polyline_project(points, xy, s):
     """Arc length of the nearest point and distance of each point [P, 2] to a polyline (shapely project /
     distance; ties go to the first segment)."""
     xy = np.ascontiguousarray(xy, dtype=np.float64)
+    if xy.ndim != 2 or len(xy) < 2:
+        raise ValueError(f"polyline needs at least 2 points [K, 2], got shape {xy.shape}")
     chunk = 16
     nseg = len(xy) - 1
     nch = (nseg + chunk - 1) // chunk
@@ -342,27 +507,25 @@ def _seg_d2(px, py, xy, j):
 
 @njit(cache=True)
 def _project_chunked(points, xy, s, bb, chunk):
+    """Nearest segment per point (min distance, ties to the first segment). The previous point's segment seeds the
+    bound (consecutive points are near), so most chunks are pruned by their bounding box."""
     P = len(points)
     nseg = len(xy) - 1
     nch = len(bb)
     arc = np.empty(P)
     dist = np.empty(P)
-    lb = np.empty(nch)
+    prev = 0
     for q in range(P):
         px = points[q, 0]
         py = points[q, 1]
+        best, off = _seg_d2(px, py, xy, prev)
+        bj = prev
+        ba = s[prev] + off
         for c in range(nch):
             dx = max(bb[c, 0] - px, 0.0, px - bb[c, 2])
             dy = max(bb[c, 1] - py, 0.0, py - bb[c, 3])
-            lb[c] = dx * dx + dy * dy
-        ordc = np.argsort(lb)
-        best = 1e300
-        bj = nseg
-        ba = 0.0
-        for r in range(nch):
-            c = ordc[r]
-            if lb[c] > best:
-                break
+            if dx * dx + dy * dy > best:
+                continue
             for j in range(c * chunk, min(nseg, (c + 1) * chunk)):
                 d2, off = _seg_d2(px, py, xy, j)
                 if d2 < best or (d2 == best and j < bj):
@@ -371,71 +534,232 @@ def _project_chunked(points, xy, s, bb, chunk):
                     ba = s[j] + off
         arc[q] = ba
         dist[q] = np.sqrt(best)
+        prev = bj
     return arc, dist
 
 
-class AreaIndex(PolygonSet):
-    """PolygonSet with per-polygon y-slabs of edges (exact point-in-polygon touching only the few edges that can
-    cross the point's horizontal ray) and category flags, for the ego-area kernel."""
+def _slab_buckets(vs, v0, v1):
+    """Edges (i from vertex i-1 to i) of a ring bucketed by the slabs of [v0, v1] their v-range touches."""
+    ne = len(vs)
+    ns = int(min(1024, max(1, ne // 2)))
+    h = max((v1 - v0) / ns, 1e-9)
+    vs2 = np.roll(vs, 1)
+    s0 = np.clip(((np.minimum(vs, vs2) - v0) / h).astype(np.int64), 0, ns - 1)
+    s1 = np.clip(((np.maximum(vs, vs2) - v0) / h).astype(np.int64), 0, ns - 1)
+    buckets = [[] for _ in range(ns)]
+    for e in range(ne):
+        for sl in range(s0[e], s1[e] + 1):
+            buckets[sl].append(e)
+    return buckets, v0, h
 
-    def __init__(self, polygons, drivable, lane, on_route, intersection, cell: float = 4.0):
+
+class AreaIndex(PolygonSet):
+    """PolygonSet with per-polygon slabs of edges (exact point-in-polygon touching only the few edges that can
+    cross the point's ray), a fine grid of (cell, polygon) entries marking cells strictly inside, and category
+    flags, for the ego-area kernel."""
+
+    def __init__(self, polygons, drivable, lane, on_route, intersection, cell: float = 4.0,
+                 fine_cell: float = 0.5, max_fine_cells: int = 4_000_000):
         super().__init__(polygons, cell)
         self.flags = np.zeros(self.n, dtype=np.int64)
         for k in range(self.n):
             self.flags[k] = (1 if drivable[k] else 0) | (2 if lane[k] else 0) | (4 if on_route[k] else 0) | (
                 8 if intersection[k] else 0)
+        # per polygon, slabs of edges across the axis with the lighter heaviest slabs (sum of squared slab sizes):
+        # axis 0 = y-slabs, horizontal ray; axis 1 = x-slabs, vertical ray
         slab_ptr = [0]
         slab_edges: list[int] = []
         poly_slab = np.zeros((self.n + 1,), dtype=np.int64)
         slab_y0 = np.zeros(self.n)
         slab_h = np.ones(self.n)
+        self.slab_axis = np.zeros(self.n, dtype=np.int64)
         for k in range(self.n):
             a, b = self.ptr[k], self.ptr[k + 1]
-            ne = b - a
-            ns = int(min(256, max(1, ne // 4)))
-            y0, y1 = self.bounds[k, 1], self.bounds[k, 3]
-            h = max((y1 - y0) / ns, 1e-9)
-            slab_y0[k], slab_h[k] = y0, h
-            ys = self.xy[a:b, 1]
-            ys2 = np.roll(ys, 1)  # edge i goes from vertex i-1 to i
-            lo = np.minimum(ys, ys2)
-            hi = np.maximum(ys, ys2)
-            s0 = np.clip(((lo - y0) / h).astype(np.int64), 0, ns - 1)
-            s1 = np.clip(((hi - y0) / h).astype(np.int64), 0, ns - 1)
-            buckets = [[] for _ in range(ns)]
-            for e in range(ne):
-                for sl in range(s0[e], s1[e] + 1):
-                    buckets[sl].append(a + e)
+            best = None
+            for axis in (0, 1):
+                v = 1 - axis  # the coordinate the slabs cut
+                buckets, v0, h = _slab_buckets(self.xy[a:b, v], self.bounds[k, v], self.bounds[k, v + 2])
+                cost = sum(len(bk) ** 2 for bk in buckets)
+                if best is None or cost < best[0]:
+                    best = (cost, axis, buckets, v0, h)
+            _, axis, buckets, slab_y0[k], slab_h[k] = best
+            self.slab_axis[k] = axis
             for bk in buckets:
-                slab_edges.extend(bk)
+                slab_edges.extend(int(a + e) for e in bk)
                 slab_ptr.append(len(slab_edges))
-            poly_slab[k + 1] = poly_slab[k] + ns
+            poly_slab[k + 1] = poly_slab[k] + len(buckets)
         self.slab_ptr = np.array(slab_ptr, dtype=np.int64)
         self.slab_edges = np.array(slab_edges, dtype=np.int64)
         self.poly_slab = poly_slab
         self.slab_y0 = slab_y0
         self.slab_h = slab_h
+        self.slabs = (self.poly_slab, self.slab_ptr, self.slab_edges, self.slab_y0, self.slab_h, self.slab_axis)
+        # a finer grid whose (cell, polygon) entries are classified: cells strictly inside a polygon need no
+        # point-in-polygon test, cells outside it are dropped
+        extent = (self.shape[0] * cell) * (self.shape[1] * cell)
+        self.fine_cell = float(max(fine_cell, np.sqrt(extent / max_fine_cells)))
+        fx0, fy0 = self.origin
+        fnx = int(np.ceil((self.shape[0] * cell) / self.fine_cell)) + 1
+        fny = int(np.ceil((self.shape[1] * cell) / self.fine_cell)) + 1
+        self.fine_shape = (fnx, fny)
+        counts = _classify_cells(self.xy, self.ptr, self.bounds, self.origin, self.fine_cell, fnx, fny,
+                                 np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int8),
+                                 self.slabs, False)
+        self.fine_ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.fine_idx = np.empty(self.fine_ptr[-1], dtype=np.int64)
+        self.fine_full = np.empty(self.fine_ptr[-1], dtype=np.int8)
+        _classify_cells(self.xy, self.ptr, self.bounds, self.origin, self.fine_cell, fnx, fny, self.fine_ptr,
+                        self.fine_idx, self.fine_full, self.slabs, True)
+
+    def _kernel_args(self):
+        return (self.xy, self.ptr, self.origin, self.fine_cell, self.fine_shape[0], self.fine_shape[1], self.fine_ptr,
+                self.fine_idx, self.fine_full, self.flags, self.slabs)
 
     def areas(self, coords: np.ndarray) -> tuple[np.ndarray, ...]:
         """coords [N, T, 5, 2] (FL, RL, RR, FR, centre) -> non_drivable, multiple_lanes, centre_on_route,
         centre_in_intersection, each [N, T]."""
         c = np.ascontiguousarray(coords, dtype=np.float64)
-        return _ego_area_kernel(c, self.xy, self.ptr, self.bounds, self.origin, self.cell, self.shape[0],
-                                self.shape[1], self.cell_ptr, self.cell_idx, self.flags, self.slab_ptr,
-                                self.slab_edges, self.poly_slab, self.slab_y0, self.slab_h)
+        return _ego_area_kernel(c, *self._kernel_args())
 
     def point_flags(self, points: np.ndarray) -> np.ndarray:
         """OR of the category flags of the polygons containing each point [P, 2]."""
         p = np.ascontiguousarray(np.asarray(points, dtype=np.float64).reshape(-1, 2))
-        return _point_flags_kernel(p, self.xy, self.ptr, self.bounds, self.origin, self.cell, self.shape[0],
-                                   self.shape[1], self.cell_ptr, self.cell_idx, self.flags, self.slab_ptr,
-                                   self.slab_edges, self.poly_slab, self.slab_y0, self.slab_h)
+        return _point_flags_kernel(p, *self._kernel_args())
 
 
 @njit(cache=True)
-def _pip_slab(px, py, xy, k, poly_slab, slab_ptr, slab_edges, slab_y0, slab_h, ptr):
+def _seg_meets_rect(ax, ay, bx, by, x0, y0, x1, y1):
+    """Does segment a-b meet the closed rectangle [x0, x1] x [y0, y1]? (Liang-Barsky clipping, conservative by a
+    relative epsilon so rounding never hides a crossing.)"""
+    eps = 1e-9 * (1.0 + abs(x0) + abs(y0) + abs(x1) + abs(y1))
+    x0 -= eps
+    y0 -= eps
+    x1 += eps
+    y1 += eps
+    dx = bx - ax
+    dy = by - ay
+    t0 = 0.0
+    t1 = 1.0
+    for k in range(4):
+        if k == 0:
+            p, q = -dx, ax - x0
+        elif k == 1:
+            p, q = dx, x1 - ax
+        elif k == 2:
+            p, q = -dy, ay - y0
+        else:
+            p, q = dy, y1 - ay
+        if p == 0.0:
+            if q < 0.0:
+                return False
+        else:
+            r = q / p
+            if p < 0.0:
+                if r > t1:
+                    return False
+                if r > t0:
+                    t0 = r
+            else:
+                if r < t0:
+                    return False
+                if r < t1:
+                    t1 = r
+    return True
+
+
+@njit(cache=True)
+def _classify_cells(xy, ptr, bounds, origin, cell, nx, ny, out_ptr, out_idx, out_full, slabs, fill):
+    """Per fine cell, the polygons that touch it: 1 = cell strictly inside (no edge meets it), 0 = an edge crosses
+    it (test each point). Cells outside a polygon are left out. Two passes: counts, then fill."""
+    counts = np.zeros(nx * ny, dtype=np.int64)
+    w = out_ptr[:-1].copy() if fill else np.zeros(0, dtype=np.int64)
+    for k in range(len(ptr) - 1):
+        a = ptr[k]
+        b = ptr[k + 1]
+        if b - a < 3:
+            continue
+        i0 = max(0, int((bounds[k, 0] - origin[0]) // cell))
+        i1 = min(nx - 1, int((bounds[k, 2] - origin[0]) // cell))
+        j0 = max(0, int((bounds[k, 1] - origin[1]) // cell))
+        j1 = min(ny - 1, int((bounds[k, 3] - origin[1]) // cell))
+        wi = i1 - i0 + 1
+        wj = j1 - j0 + 1
+        mixed = np.zeros((wi, wj), dtype=np.bool_)
+        for e in range(a, b):
+            f = e - 1 if e > a else b - 1
+            ax, ay, bx, by = xy[f, 0], xy[f, 1], xy[e, 0], xy[e, 1]
+            ci0 = max(i0, int((min(ax, bx) - origin[0]) // cell) - 1)
+            ci1 = min(i1, int((max(ax, bx) - origin[0]) // cell) + 1)
+            cj0 = max(j0, int((min(ay, by) - origin[1]) // cell) - 1)
+            cj1 = min(j1, int((max(ay, by) - origin[1]) // cell) + 1)
+            for i in range(ci0, ci1 + 1):
+                for j in range(cj0, cj1 + 1):
+                    if mixed[i - i0, j - j0]:
+                        continue
+                    rx0 = origin[0] + i * cell
+                    ry0 = origin[1] + j * cell
+                    if _seg_meets_rect(ax, ay, bx, by, rx0, ry0, rx0 + cell, ry0 + cell):
+                        mixed[i - i0, j - j0] = True
+        for j in range(j0, j1 + 1):
+            status = -1  # inside-ness of the current run of cells no edge meets (constant along the run)
+            for i in range(i0, i1 + 1):
+                full = 0
+                if mixed[i - i0, j - j0]:
+                    status = -1
+                else:
+                    if status < 0:
+                        cx = origin[0] + (i + 0.5) * cell
+                        cy = origin[1] + (j + 0.5) * cell
+                        status = 1 if _pip_slab(cx, cy, xy, ptr, k, slabs) else 0
+                    if status == 0:
+                        continue
+                    full = 1
+                c = i * ny + j
+                if fill:
+                    out_idx[w[c]] = k
+                    out_full[w[c]] = full
+                    w[c] += 1
+                else:
+                    counts[c] += 1
+    return counts
+
+
+@njit(cache=True)
+def _cell_of(px, py, origin, cell, nx, ny):
+    i = int((px - origin[0]) // cell)
+    j = int((py - origin[1]) // cell)
+    if i < 0 or j < 0 or i >= nx or j >= ny:
+        return -1
+    return i * ny + j
+
+
+@njit(cache=True)
+def _flags_at(px, py, xy, ptr, origin, cell, nx, ny, fine_ptr, fine_idx, fine_full, flags, slabs, mask):
+    """OR of the flags (restricted to `mask`) of the polygons strictly containing the point."""
+    c = _cell_of(px, py, origin, cell, nx, ny)
+    out = 0
+    if c < 0:
+        return out
+    for r in range(fine_ptr[c], fine_ptr[c + 1]):
+        k = fine_idx[r]
+        f = flags[k] & mask
+        if f == 0 or (out | f) == out:
+            continue
+        if fine_full[r] or _pip_slab(px, py, xy, ptr, k, slabs):
+            out |= f
+    return out
+
+
+@njit(cache=True)
+def _pip_slab(px, py, xy, ptr, k, slabs):
+    """Strictly inside polygon k (on an edge -> False), by the crossings of a ray across the point's slab."""
+    poly_slab, slab_ptr, slab_edges, slab_y0, slab_h, slab_axis = slabs
+    u_ax = slab_axis[k]  # 0: ray along +x, slabs cut y; 1: ray along +y, slabs cut x
+    v_ax = 1 - u_ax
+    pu = px if u_ax == 0 else py
+    pv = py if u_ax == 0 else px
     ns = poly_slab[k + 1] - poly_slab[k]
-    s = int((py - slab_y0[k]) / slab_h[k])
+    s = int((pv - slab_y0[k]) / slab_h[k])
     if s < 0:
         s = 0
     if s >= ns:
@@ -447,44 +771,28 @@ def _pip_slab(px, py, xy, k, poly_slab, slab_ptr, slab_edges, slab_y0, slab_h, p
     for r in range(slab_ptr[sl], slab_ptr[sl + 1]):
         i = slab_edges[r]
         j = i - 1 if i > a else b - 1
-        xi = xy[i, 0]
-        yi = xy[i, 1]
-        xj = xy[j, 0]
-        yj = xy[j, 1]
-        cross = (xj - xi) * (py - yi) - (yj - yi) * (px - xi)
-        if cross == 0.0 and min(xi, xj) <= px <= max(xi, xj) and min(yi, yj) <= py <= max(yi, yj):
+        c = _ray_count(pu, pv, xy[j, u_ax], xy[j, v_ax], xy[i, u_ax], xy[i, v_ax])
+        if c == 2:
             return False
-        if (yi > py) != (yj > py):
-            xint = xi + (py - yi) * (xj - xi) / (yj - yi)
-            if px < xint:
-                inside = not inside
+        if c == 1:
+            inside = not inside
     return inside
 
 
 @njit(cache=True)
-def _point_flags_kernel(p, xy, ptr, bounds, origin, cell, nx, ny, cell_ptr, cell_idx, flags, slab_ptr, slab_edges,
-                        poly_slab, slab_y0, slab_h):
+def _point_flags_kernel(p, xy, ptr, origin, cell, nx, ny, fine_ptr, fine_idx, fine_full, flags, slabs):
     out = np.zeros(len(p), dtype=np.int64)
     for q in range(len(p)):
-        px = p[q, 0]
-        py = p[q, 1]
-        i = int((px - origin[0]) // cell)
-        j = int((py - origin[1]) // cell)
-        if i < 0 or j < 0 or i >= nx or j >= ny:
-            continue
-        c = i * ny + j
-        for r in range(cell_ptr[c], cell_ptr[c + 1]):
-            k = cell_idx[r]
-            if px <= bounds[k, 0] or px >= bounds[k, 2] or py <= bounds[k, 1] or py >= bounds[k, 3]:
-                continue
-            if _pip_slab(px, py, xy, k, poly_slab, slab_ptr, slab_edges, slab_y0, slab_h, ptr):
-                out[q] |= flags[k]
+        out[q] = _flags_at(p[q, 0], p[q, 1], xy, ptr, origin, cell, nx, ny, fine_ptr, fine_idx, fine_full, flags,
+                           slabs, 15)
     return out
 
 
 @njit(cache=True)
-def _ego_area_kernel(coords, xy, ptr, bounds, origin, cell, nx, ny, cell_ptr, cell_idx, flags, slab_ptr,
-                     slab_edges, poly_slab, slab_y0, slab_h):
+def _ego_area_kernel(coords, xy, ptr, origin, cell, nx, ny, fine_ptr, fine_idx, fine_full, flags, slabs):
+    """PDMScorer._calculate_ego_area per (proposal, step): a corner outside every drivable polygon -> non-drivable;
+    corners in more than one lane with no lane holding all four -> multiple lanes; the centre's on-route lane and
+    intersection membership."""
     N, T = coords.shape[0], coords.shape[1]
     non_drivable = np.zeros((N, T), dtype=np.bool_)
     multiple = np.zeros((N, T), dtype=np.bool_)
@@ -496,50 +804,40 @@ def _ego_area_kernel(coords, xy, ptr, bounds, origin, cell, nx, ny, cell_ptr, ce
         for t in range(T):
             n_lanes = 0
             drv_corners = 0
-            for pt in range(5):
+            for pt in range(4):
                 px = coords[n, t, pt, 0]
                 py = coords[n, t, pt, 1]
-                i = int((px - origin[0]) // cell)
-                j = int((py - origin[1]) // cell)
+                c = _cell_of(px, py, origin, cell, nx, ny)
                 in_drv = False
-                if 0 <= i < nx and 0 <= j < ny:
-                    c = i * ny + j
-                    for r in range(cell_ptr[c], cell_ptr[c + 1]):
-                        k = cell_idx[r]
+                if c >= 0:
+                    for r in range(fine_ptr[c], fine_ptr[c + 1]):
+                        k = fine_idx[r]
                         f = flags[k]
-                        if pt < 4:
-                            if (f & 3) == 0:
-                                continue
-                            if (f & 2) == 0 and in_drv:
-                                continue
-                        else:
-                            if (f & 12) == 0:
-                                continue
-                        if px <= bounds[k, 0] or px >= bounds[k, 2] or py <= bounds[k, 1] or py >= bounds[k, 3]:
+                        if (f & 3) == 0:
                             continue
-                        if not _pip_slab(px, py, xy, k, poly_slab, slab_ptr, slab_edges, slab_y0, slab_h, ptr):
+                        if (f & 2) == 0 and in_drv:
                             continue
-                        if pt < 4:
-                            if f & 1:
-                                in_drv = True
-                            if f & 2:
-                                found = -1
-                                for q in range(n_lanes):
-                                    if lane_ids[q] == k:
-                                        found = q
-                                if found < 0 and n_lanes < 64:
-                                    lane_ids[n_lanes] = k
-                                    lane_cnt[n_lanes] = 1
-                                    n_lanes += 1
-                                elif found >= 0:
-                                    lane_cnt[found] += 1
-                        else:
-                            if f & 4:
-                                on_route[n, t] = True
-                            if f & 8:
-                                inter[n, t] = True
-                if pt < 4 and in_drv:
+                        if not (fine_full[r] or _pip_slab(px, py, xy, ptr, k, slabs)):
+                            continue
+                        if f & 1:
+                            in_drv = True
+                        if f & 2:
+                            found = -1
+                            for q in range(n_lanes):
+                                if lane_ids[q] == k:
+                                    found = q
+                            if found < 0 and n_lanes < 64:
+                                lane_ids[n_lanes] = k
+                                lane_cnt[n_lanes] = 1
+                                n_lanes += 1
+                            elif found >= 0:
+                                lane_cnt[found] += 1
+                if in_drv:
                     drv_corners += 1
+            fc = _flags_at(coords[n, t, 4, 0], coords[n, t, 4, 1], xy, ptr, origin, cell, nx, ny, fine_ptr, fine_idx,
+                           fine_full, flags, slabs, 12)
+            on_route[n, t] = (fc & 4) != 0
+            inter[n, t] = (fc & 8) != 0
             non_drivable[n, t] = drv_corners < 4
             if n_lanes > 1:
                 single = False
