@@ -4,6 +4,8 @@
     simscale data info PATH                           summarize logs, scenarios, agents and map layers
     simscale bench NAME                               run a benchmark (ends with one JSON line of figures)
     simscale check-epdms FILE.json                    score NAVSIM golden cases with the engine, list mismatches
+    simscale vocab build --split S --k K --out V.npy  k-means trajectory vocabulary from the human plans of a split
+    simscale vocab label --split S --vocab V.npy --out DIR   EPDMS sub-score labels (float16) of V in every scene
     simscale demo                                     the main job of `make demo`
 """
 
@@ -57,6 +59,53 @@ def _cmd_check_epdms(args) -> int:
     return 1 if r["mismatches"] else 0
 
 
+def _split_logs(args):
+    from .data.openscene import load_split
+    from .data.paths import DataConfig
+    from .data.scenario import find_log_files
+
+    cfg = DataConfig.resolve(args.data, args.maps) if args.data else DataConfig.resolve()
+    spec = load_split(cfg.split_file(args.split))
+    logs = find_log_files(cfg.nuplan_data_root, cfg.split)
+    if spec.log_names is not None:
+        wanted = set(spec.log_names)
+        logs = [p for p in logs if p.stem in wanted]
+    if not logs:
+        from .errors import MissingFileError
+
+        raise MissingFileError(cfg.log_dir, f"none of the logs of split '{spec.name}' is there")
+    return cfg, spec, logs
+
+
+def _cmd_vocab_build(args) -> int:
+    from .metrics.vocabulary import human_plans, kmeans_vocabulary, save_vocabulary
+
+    _, spec, logs = _split_logs(args)
+    plans = human_plans(logs, num_poses=args.poses, interval_s=args.interval, stride_s=args.stride,
+                        progress=not args.quiet)
+    vocab = kmeans_vocabulary(plans, args.k, iterations=args.iterations, seed=args.seed, progress=not args.quiet)
+    save_vocabulary(args.out, vocab)
+    print(json.dumps({"split": spec.name, "logs": len(logs), "human_plans": len(plans),
+                      "vocabulary": list(vocab.shape), "out": str(args.out)}))
+    return 0
+
+
+def _cmd_vocab_label(args) -> int:
+    from .data import ScenarioBuilder
+    from .metrics.vocabulary import label_scenes, load_vocabulary
+
+    cfg, spec, logs = _split_logs(args)
+    vocab = load_vocabulary(args.vocab)
+    builder = ScenarioBuilder(logs)
+    tokens = spec.tokens if spec.tokens is not None else [r.token for r in builder.refs()]
+    if args.limit is not None:
+        tokens = tokens[:args.limit]
+    r = label_scenes(builder, tokens, cfg.nuplan_maps_root, vocab, args.out, interval_s=args.interval,
+                     agent_mode=args.agents, progress=not args.quiet)
+    print(json.dumps(r))
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from .data.info import format_summary, summarize
     from .data.paths import ensure_mini
@@ -92,6 +141,32 @@ def build_parser() -> argparse.ArgumentParser:
     ce = sub.add_parser("check-epdms", help="score golden NAVSIM cases (epdms-navsim-golden/1) and compare")
     ce.add_argument("file", type=Path)
     ce.set_defaults(func=_cmd_check_epdms)
+
+    vocab = sub.add_parser("vocab", help="trajectory vocabularies and per-scene EPDMS labels (GTRS-style)")
+    vsub = vocab.add_subparsers(dest="vocab_command", required=True)
+    for name, helptext in (("build", "k-means over the human plans of a split -> .npy [K, poses, 3]"),
+                           ("label", "score a vocabulary in every scene of a split -> DIR/<token>.npz (float16)")):
+        v = vsub.add_parser(name, help=helptext)
+        v.add_argument("--split", required=True, help="split name (navtrain, navtest, ...) or a scene_filter YAML")
+        v.add_argument("--data", type=Path, default=None, help="nuPlan data root (default: env vars or the mini "
+                                                                 "dataset)")
+        v.add_argument("--maps", type=Path, default=None, help="nuPlan maps root (with --data)")
+        v.add_argument("--out", required=True, type=Path)
+        v.add_argument("--interval", type=float, default=0.1, help="seconds between vocabulary poses")
+        v.add_argument("--quiet", action="store_true")
+        if name == "build":
+            v.add_argument("--k", type=int, default=8192, help="vocabulary size")
+            v.add_argument("--poses", type=int, default=40)
+            v.add_argument("--stride", type=float, default=0.5, help="seconds between human plans along a log")
+            v.add_argument("--iterations", type=int, default=30)
+            v.add_argument("--seed", type=int, default=0)
+            v.set_defaults(func=_cmd_vocab_build)
+        else:
+            v.add_argument("--vocab", required=True, type=Path)
+            v.add_argument("--agents", default="non_reactive", choices=("non_reactive", "reactive",
+                                                                        "constant_velocity"))
+            v.add_argument("--limit", type=int, default=None, help="label only the first N scenes")
+            v.set_defaults(func=_cmd_vocab_label)
 
     demo = sub.add_parser("demo", help="the main job of `make demo`")
     demo.add_argument("--data", type=Path, default=None, help="mini dataset folder (default: the cache)")

@@ -51,6 +51,23 @@ class DataConfig:
     def splits_dir(self) -> Path | None:
         return self.nuplan_data_root / "splits" if self.is_mini else None
 
+    def split_file(self, name: str | Path) -> Path:
+        """A NAVSIM split YAML by path, or by name (``navtrain``, ``mini-navtrain``) in the dataset's ``splits/``."""
+        from ..errors import MissingFileError
+
+        p = Path(name)
+        if p.suffix in (".yaml", ".yml") or p.exists():
+            if not p.exists():
+                raise MissingFileError(p, "split file not found")
+            return p
+        folder = self.nuplan_data_root / "splits"
+        for cand in (folder / f"{name}.yaml", folder / f"mini-{name}.yaml"):
+            if cand.exists():
+                return cand
+        known = sorted(f.stem for f in folder.glob("*.yaml")) if folder.is_dir() else []
+        raise MissingFileError(folder, f"no split named '{name}' (known: {', '.join(known) or 'none'}; or pass the "
+                                       f"path of a NAVSIM scene_filter YAML)")
+
     @staticmethod
     def resolve(nuplan_data_root=None, nuplan_maps_root=None, openscene_root=None, split: str = "mini",
                 build_mini_if_missing: bool = True) -> "DataConfig":

@@ -1,0 +1,114 @@
+"""Pseudo-simulation of plans (reactive vs non-reactive agents) and closed-loop episode summaries on the mini data."""
+
+import numpy as np
+import pytest
+
+from simscale_env.map import load_map
+from simscale_env.metrics.epdms import ego_coords
+from simscale_env.metrics.geometry import boxes_overlap
+from simscale_env.metrics.pseudo_sim import episode_summary, plan_states, pseudo_simulate, scoring_scene
+from simscale_env.sim import SimConfig, Simulation
+
+# ego stopped, a vehicle 13 m behind in the same lane at 3.8 m/s
+FOLLOWER_SCENE = "801e633ee636c444"
+
+
+@pytest.fixture(scope="module")
+def follower_sim(mini, mini_builder):
+    sc = mini_builder.load(FOLLOWER_SCENE)
+    return Simulation(sc, load_map(sc.map_location, mini / "maps"), SimConfig(agent_mode="reactive"))
+
+
+def _straight(speed, n=8, dt=0.5):
+    s = speed * dt * np.arange(1, n + 1)
+    return np.stack([s, 0 * s, 0 * s], -1)
+
+
+def _follower_token(scene, sim):
+    ag = sim.scenario.agents
+    ego = sim.reset().ego
+    for m, tok in enumerate(scene.obj_tokens):
+        c = scene.obj_corners[0, m].mean(0)
+        dx, dy = c[0] - ego[0], c[1] - ego[1]
+        lon = np.cos(ego[2]) * dx + np.sin(ego[2]) * dy
+        lat = -np.sin(ego[2]) * dx + np.cos(ego[2]) * dy
+        if -25 < lon < -4 and abs(lat) < 1 and ag.category[list(ag.track_tokens).index(tok)] == 0:
+            return tok
+    raise AssertionError("no follower")
+
+
+def test_reactive_agents_react_to_the_plan_and_replayed_ones_do_not(follower_sim):
+    sim = follower_sim
+    w = sim.reset()
+    stop = plan_states(w, np.zeros((1, 8, 3)))[0]
+    go = plan_states(w, _straight(6.0)[None])[0]
+    scenes = {(mode, name): scoring_scene(sim, w, ego_states=st, agent_mode=mode)
+              for mode in ("reactive", "non_reactive") for name, st in (("stop", stop), ("go", go))}
+    tok = _follower_token(scenes["non_reactive", "stop"], sim)
+    col = {k: sc.obj_tokens.index(tok) for k, sc in scenes.items()}
+    # replayed traffic ignores the ego plan
+    a, b = scenes["non_reactive", "stop"], scenes["non_reactive", "go"]
+    assert np.array_equal(a.obj_corners, b.obj_corners)
+    # the IDM follower behind a stopped ego brakes and keeps a gap; behind a departing ego it travels further
+    travel = {}
+    for k in ("stop", "go"):
+        sc, m = scenes["reactive", k], col["reactive", k]
+        assert sc.obj_valid[:, m].all()
+        travel[k] = np.linalg.norm(sc.obj_corners[-1, m].mean(0) - sc.obj_corners[0, m].mean(0))
+    assert travel["stop"] < travel["go"] - 3.0
+    ego_q = np.ascontiguousarray(ego_coords(stop[None])[..., :4, :])
+    rs, m = scenes["reactive", "stop"], col["reactive", "stop"]
+    hits = boxes_overlap(ego_q, rs.obj_corners[:, m:m + 1], rs.obj_valid[:, m:m + 1])
+    assert len(hits[0]) == 0
+    gap = np.min(np.linalg.norm(rs.obj_corners[-1, m][:, None] - ego_q[0, -1][None], axis=-1))
+    assert gap > 1.0
+
+
+def test_pseudo_simulate_scores_both_modes_and_checks_input(follower_sim):
+    sim = follower_sim
+    w = sim.reset()
+    plans = np.stack([np.zeros((8, 3)), _straight(6.0)])
+    for mode in ("non_reactive", "reactive"):
+        scores, states = pseudo_simulate(sim, w, plans, agent_mode=mode)
+        assert states.shape == (2, 41, 11) and len(scores) == 2
+        assert scores.no_at_fault_collisions[0] == 1.0  # stopped ego is never at fault
+        assert scores.progress_raw[1] > scores.progress_raw[0] + 10
+        # the ego waits at a red light: going runs it (TLC 0), so no compliant plan progresses 5 m and EP is 1
+        # for both (NAVSIM's normalisation rule)
+        assert scores.traffic_light_compliance.tolist() == [1.0, 0.0]
+        assert scores.ego_progress.tolist() == [1.0, 1.0]
+        assert scores.pdm_score()[1] == 0.0
+    with pytest.raises(ValueError, match="NaN"):
+        pseudo_simulate(sim, w, np.full((8, 3), np.nan))
+    with pytest.raises(ValueError, match="shape"):
+        pseudo_simulate(sim, w, np.zeros((8, 2)))
+
+
+def _rollout(sim, ego_states):
+    w = sim.reset(ego_states[0])
+    worlds = [w]
+    for st in ego_states[1:]:
+        w = sim.step(w, ego_state=st)
+        worlds.append(w)
+    return worlds
+
+
+def test_episode_summary_of_the_logged_drive_and_of_leaving_the_road(mini, mini_builder):
+    sc = mini_builder.load("55de40def0f04b05")  # ego driving at 4.4 m/s along its lane
+    sim = Simulation(sc, load_map(sc.map_location, mini / "maps"), SimConfig(agent_mode="non_reactive"))
+    n = 41
+    logged = np.stack([sim.logged_ego_state(i) for i in range(n)])
+    s = episode_summary(sim, _rollout(sim, logged))
+    assert s["steps"] == n
+    assert s["no_at_fault_collisions"] == 1.0 and s["drivable_area_compliance"] == 1.0
+    assert s["ego_progress"] == pytest.approx(1.0, abs=1e-6) and s["human_progress_m"] > 6.0
+    assert s["epdms"] > 0.8
+    # the same drive sliding 12 m sideways off the road
+    off = logged.copy()
+    lat = np.linspace(0.0, 12.0, n)
+    off[:, 0] += -np.sin(logged[:, 2]) * lat
+    off[:, 1] += np.cos(logged[:, 2]) * lat
+    s2 = episode_summary(sim, _rollout(sim, off))
+    assert s2["drivable_area_compliance"] == 0.0 and s2["off_road"] and s2["epdms"] == 0.0
+    with pytest.raises(ValueError, match="at least two"):
+        episode_summary(sim, [sim.reset()])
