@@ -389,12 +389,14 @@ class MapAPI:
                 out.extend(self.roadblocks[rb].lane_ids)
         return out
 
-    def route_lanes(self, roadblock_ids, start: tuple[float, float, float] | None = None) -> list[str]:
+    def route_lanes(self, roadblock_ids, start: tuple[float, float, float] | None = None, *,
+                    start_lane: str | None = None, search_depth: int | None = None) -> list[str]:
         """The lane sequence along a route, from a start pose (x, y, heading) or from the first roadblock.
 
         Starting lane: the on-route lane containing the start point with the closest heading (else the nearest
         on-route baseline). Then a Dijkstra over on-route lanes and connectors (edge cost = baseline length) to the
-        furthest reachable roadblock of the route, as PDM-Closed does.
+        furthest reachable roadblock of the route, as PDM-Closed does. `start_lane` overrides the starting lane;
+        `search_depth` limits the search to that many roadblocks from the starting lane's (PDM-Closed: 30).
         """
         route = [str(r) for r in roadblock_ids]
         unknown = [r for r in route if r not in self.roadblocks]
@@ -404,13 +406,20 @@ class MapAPI:
         on_route = [lid for lid in self.route_lane_ids(route)]
         if not on_route:
             raise MapError(self.path, "route has no lanes")
-        if start is not None:
+        if start_lane is not None:
+            if start_lane not in set(on_route):
+                raise MapError(self.path, f"start lane {start_lane} is not on the route")
+            lane0 = start_lane
+        elif start is not None:
             inside = [lid for lid in self.lanes_at(start[0], start[1]) if lid in set(on_route)]
             lane0 = self.nearest_baseline(start[0], start[1], start[2], lane_ids=inside or on_route)[0] if (
                 inside) else self.nearest_baseline(start[0], start[1], lane_ids=on_route)[0]
         else:
             lane0 = self.roadblocks[route[0]].lane_ids[0]
         on_set = set(on_route)
+        if search_depth is not None:
+            k0 = order[self.lanes[lane0].roadblock_id]
+            on_set = {lid for lid in on_set if order[self.lanes[lid].roadblock_id] < k0 + search_depth}
         # Dijkstra: maximise route depth, then minimise length
         dist = {lane0: 0.0}
         prev: dict[str, str | None] = {lane0: None}

@@ -10,6 +10,7 @@ Entry point: :func:`score_states` (states [N, 41, 11] simulated from the current
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -27,6 +28,28 @@ from .geometry import (AreaIndex, PolygonSet, _flags_at, object_index, polyline_
 DRIVABLE_TYPES = ("ROADBLOCK", "INTERSECTION", "DRIVABLE_AREA", "CARPARK_AREA")  # PDMScorer._calculate_ego_area
 LANE_TYPES = ("LANE", "LANE_CONNECTOR")
 RED_LIGHT_TOKEN = "red_light"  # PDMObservation._red_light_token
+
+
+_AREA_CACHE: "OrderedDict[tuple, tuple]" = OrderedDict()
+_AREA_CACHE_SIZE = 8
+
+
+def _cached_area_index(ids, types, polygons, on_route) -> AreaIndex:
+    """Area indices of recent scenes (consecutive simulation steps see the same map polygons): keyed by the ids, the
+    on-route flags and the polygon objects themselves."""
+    key = (tuple(ids), tuple(types), on_route.tobytes())
+    hit = _AREA_CACHE.get(key)
+    if hit is not None and len(hit[0]) == len(polygons) and all(a is b for a, b in zip(hit[0], polygons)):
+        _AREA_CACHE.move_to_end(key)
+        return hit[1]
+    tmask = np.array([t in DRIVABLE_TYPES for t in types], dtype=bool)
+    lane = np.array([t in LANE_TYPES for t in types], dtype=bool)
+    inter = np.array([t == "INTERSECTION" for t in types], dtype=bool)
+    index = AreaIndex(list(polygons), tmask, lane, on_route, inter)
+    _AREA_CACHE[key] = (tuple(polygons), index)
+    while len(_AREA_CACHE) > _AREA_CACHE_SIZE:
+        _AREA_CACHE.popitem(last=False)
+    return index
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,8 +86,7 @@ class ScoringScene:
         if "areas" not in self._cache:
             lane = self.type_mask(LANE_TYPES)
             on_route = lane & np.array([i in self.route_lane_ids for i in self.map_ids], dtype=bool)
-            self._cache["areas"] = AreaIndex(list(self.map_polygons), self.type_mask(DRIVABLE_TYPES), lane, on_route,
-                                             self.type_mask(("INTERSECTION",)))
+            self._cache["areas"] = _cached_area_index(self.map_ids, self.map_types, self.map_polygons, on_route)
         return self._cache["areas"]
 
     def red_light_index(self):
@@ -74,7 +96,7 @@ class ScoringScene:
             polys, step_poly, step_ptr = [], [], [0]
             for lights in self.red_light_polygons:
                 for lane_id, poly in lights:
-                    key = (lane_id, poly.wkb)
+                    key = (lane_id, id(poly))  # the map's polygon objects (kept alive by `polys`)
                     if key not in keys:
                         keys[key] = len(polys)
                         polys.append(poly)

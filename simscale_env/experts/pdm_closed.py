@@ -1,0 +1,405 @@
+"""PDM-Closed (Dauner et al., tuplan_garage), as NAVSIM runs it to build its metric cache.
+
+Mirrors navsim/planning/simulation/planner/pdm_planner (NAVSIM @ 0a380a9):
+
+- centreline (`abstract_pdm_planner.py`): starting lane = the on-route lane under the rear axle with the smallest
+  heading error (else the closest on-route lane), Dijkstra over on-route lanes; kept from the first call, as the
+  planner does from its first iteration;
+- proposals (`abstract_pdm_closed_planner.py`, `pdm_proposal.py`): the centreline and its parallels at -1 m / +1 m,
+  times 5 IDM policies with target speeds 0.2 ... 1.0 x the starting lane's speed limit (15 m/s without one);
+- forecast (`observation/pdm_observation.py`, `pdm_object_manager.py`): the nearest 50 vehicles, 25 pedestrians,
+  10 bicycles and 50 static objects, agents at constant velocity along their heading (flipped when reversing),
+  sampled every 0.2 s; red-light polygons of on-route connectors; objects touching the ego are ignored from then on;
+- unrolling (`proposal/pdm_generator.py`, `batch_idm_policy.py`): IDM (min gap 1 m, headway 1.5 s, a_max 1.5,
+  b 3.0, exponent 10) along each path; the leader is the nearest object (box distance from the ego box) ahead in
+  progress among those meeting the path corridor (half the ego width, square caps, max target speed x 5 s long),
+  refreshed every second step, velocity projected on the ego heading (0 for static objects and red lights); the
+  quirks are kept: at the first step the leader array is still zero (the IDM brakes), and the leader array is
+  shared across a path's proposals (a free proposal keeps the previous one's leader velocity);
+- selection: the 15 proposals are tracked by the LQR + bicycle and scored by the EPDMS engine against the forecast
+  (EP jointly, HC = 1 without human history); the argmax is chosen. tuplan's emergency brake is an option.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import shapely
+
+from ..data.schema import AGENT_CATEGORIES, BICYCLE, PEDESTRIAN, VEHICLE
+from ..geometry import global_to_local, wrap_angle
+from ..map.polyline import Polyline, concatenate
+from ..metrics.constants import ScorerConfig
+from ..metrics.epdms import PlanScores, ScoringScene, score_states
+from ..metrics.pseudo_sim import MAP_RADIUS, _map_layers
+from ..sim.idm import box_corners
+from ..sim.lqr import LQRConfig, track_references
+from ..sim.state import ACCELERATION_X, HEADING, VELOCITY_X, VELOCITY_Y, X, Y
+from ..sim.vehicle import PACIFICA, VehicleParameters
+from ..sim.world import Simulation, WorldState, ego_box
+
+RED_LIGHT = "red_light"
+
+
+@dataclass(frozen=True)
+class PDMClosedConfig:
+    lateral_offsets: tuple[float, ...] = (-1.0, 1.0)
+    speed_limit_fractions: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0)
+    fallback_target_velocity: float = 15.0  # [m/s] when the lane has no speed limit
+    min_gap_to_lead_agent: float = 1.0
+    headway_time: float = 1.5
+    accel_max: float = 1.5
+    decel_max: float = 3.0
+    acceleration_exponent: float = 10.0
+    proposal_poses: int = 40  # 4 s at 0.1 s
+    trajectory_poses: int = 50  # NAVSIM metric cache: 40 + 1 s for TTC (sets the corridor length)
+    interval_s: float = 0.1
+    leading_agent_update_rate: int = 2
+    observation_sample_res: int = 2
+    map_radius: float = MAP_RADIUS
+    search_depth: int = 30  # roadblocks ahead for the centreline's Dijkstra
+    max_vehicles: int = 50
+    max_pedestrians: int = 25
+    max_bicycles: int = 10
+    max_static: int = 50
+    emergency_brake: bool = False  # tuplan's PDMEmergencyBrake (NAVSIM does not call it)
+    brake_time_to_infraction_s: float = 2.0
+    brake_max_ego_speed: float = 5.0
+    brake_accel_range: tuple[float, float] = (-4.05, 2.40)
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    lqr: LQRConfig = field(default_factory=LQRConfig)
+
+
+@dataclass(frozen=True, eq=False)
+class ExpertPlan:
+    """A pseudo-expert's output: `poses` [8, 3] in the current rear-axle frame every 0.5 s (the env's action format),
+    `trajectory` [41, 3] global rear-axle poses every 0.1 s (t = 0 the current pose), `states` [41, 11] that
+    trajectory tracked by the LQR + bicycle, and what produced it."""
+
+    poses: np.ndarray
+    trajectory: np.ndarray
+    states: np.ndarray
+    source: str
+    scores: PlanScores | None = None
+    index: int = -1
+    info: dict = field(default_factory=dict)
+
+
+def plan_from_trajectory(trajectory: np.ndarray, origin: np.ndarray, step: int = 5) -> np.ndarray:
+    """Poses every `step` samples (t > 0) of a global trajectory [T, 3], in the frame of `origin` (x, y, heading)."""
+    return global_to_local(trajectory[step::step], origin[:3])
+
+
+@dataclass(frozen=True, eq=False)
+class _Path:
+    """PDMPath: a discrete path (x, y, unwrapped heading) interpolated linearly in progress."""
+
+    line: Polyline
+    geom: shapely.LineString
+
+    @staticmethod
+    def of(xy: np.ndarray, heading: np.ndarray) -> "_Path":
+        line = Polyline.from_xy(xy, heading)
+        return _Path(line, shapely.LineString(line.xy))
+
+    @property
+    def length(self) -> float:
+        return self.line.length
+
+    def interpolate(self, progress) -> np.ndarray:
+        return self.line.interpolate(np.clip(progress, 1e-5, self.length))
+
+    def project(self, points) -> np.ndarray:
+        return shapely.line_locate_point(self.geom, shapely.points(np.asarray(points).reshape(-1, 2)))
+
+    def substring(self, a: float, b: float) -> shapely.LineString:
+        a, b = float(np.clip(a, 0.0, self.length)), float(np.clip(b, 0.0, self.length))
+        s = self.line.s
+        inside = (a <= s) & (s <= b)
+        if inside.sum() > 1:
+            return shapely.LineString(self.line.xy[inside])
+        return shapely.ops.substring(self.geom, a, b)
+
+
+@dataclass(frozen=True, eq=False)
+class Forecast:
+    """The constant-velocity observation: objects (tokens, first-seen attributes) and their boxes per occupancy
+    sample [S, M, 4, 2], plus the red-light polygons (constant)."""
+
+    tokens: tuple
+    is_agent: np.ndarray
+    heading: np.ndarray
+    speed: np.ndarray
+    corners: np.ndarray  # [S, M, 4, 2]
+    red_ids: tuple
+    red_polygons: tuple
+    sample_res: int
+
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def sample(self, time_idx: int) -> int:
+        return min(time_idx // self.sample_res, self.corners.shape[0] - 1)
+
+    def restrict(self, bounds) -> None:
+        """Build polygons only for objects whose boxes come within `bounds` (x0, y0, x1, y1) over the horizon; the
+        others are None (they cannot meet a corridor inside those bounds)."""
+        if len(self.tokens):
+            lo = self.corners.min(axis=(0, 2))
+            hi = self.corners.max(axis=(0, 2))
+            self._cache["relevant"] = ((hi[:, 0] >= bounds[0]) & (lo[:, 0] <= bounds[2]) & (hi[:, 1] >= bounds[1])
+                                       & (lo[:, 1] <= bounds[3]))
+
+    def occupancy(self, s: int) -> tuple[np.ndarray, list, np.ndarray]:
+        """(polygons incl. red lights, tokens, centroids) of occupancy sample s (cached)."""
+        if s not in self._cache:
+            objs = np.full(len(self.tokens), None, dtype=object)
+            rel = self._cache.get("relevant", np.ones(len(self.tokens), dtype=bool))
+            if rel.any():
+                objs[rel] = shapely.polygons(self.corners[s][rel])
+            polys = list(objs) + list(self.red_polygons)
+            arr = np.array(polys, dtype=object)
+            tokens = list(self.tokens) + [f"{RED_LIGHT}_{r}" for r in self.red_ids]
+            self._cache[s] = (arr, tokens, shapely.centroid(arr) if len(arr) else arr)
+        return self._cache[s]
+
+
+def forecast_objects(sim: Simulation, world: WorldState, route_lane_ids, config: PDMClosedConfig) -> Forecast:
+    """PDMObservation.update from the current detections."""
+    o = sim.objects(world)
+    ag = sim.scenario.agents
+    ego_c = ego_box(world.ego).mean(axis=0)
+    keep = []
+    dxy = np.zeros((len(o), 2))
+    limits = {VEHICLE: config.max_vehicles, PEDESTRIAN: config.max_pedestrians, BICYCLE: config.max_bicycles}
+    dist = np.hypot(o.x - ego_c[0], o.y - ego_c[1])
+    is_agent = np.isin(o.category, np.asarray(AGENT_CATEGORIES))
+    for cat, k in limits.items():
+        idx = np.nonzero(o.category == cat)[0]
+        keep.extend(idx[np.argsort(dist[idx], kind="stable")][:k].tolist())
+    static = np.nonzero(~is_agent)[0]
+    keep_static = static[np.argsort(dist[static], kind="stable")][:config.max_static]
+    speed = np.hypot(o.vx, o.vy)
+    vel_angle = np.arctan2(o.vy, o.vx)
+    forward = np.abs(wrap_angle(o.heading - vel_angle)) < np.pi / 2
+    th = np.where(forward, o.heading, wrap_angle(o.heading + np.pi))
+    dxy[:, 0] = np.cos(th) * speed
+    dxy[:, 1] = np.sin(th) * speed
+    order = np.concatenate([keep_static, np.asarray(keep, dtype=np.int64)]).astype(np.int64)
+    c0 = box_corners(o.x[order], o.y[order], o.heading[order], o.length[order], o.width[order])
+    moving = is_agent[order]
+    S = len(range(0, config.trajectory_poses + config.observation_sample_res, config.observation_sample_res))
+    corners = np.empty((S, len(order), 4, 2))
+    for k in range(S):
+        dt = float(k * config.observation_sample_res) * config.interval_s
+        corners[k] = c0 + np.where(moving[:, None, None], dt * dxy[order][:, None, :], 0.0)
+    red = sim.red_light_polygons(world.iteration, route_lane_ids)
+    red_ids = tuple(sorted(red))
+    return Forecast(tuple(ag.track_tokens[t] for t in o.track[order]), moving, o.heading[order].copy(),
+                    np.where(moving, speed[order], 0.0), corners, red_ids, tuple(red[i] for i in red_ids),
+                    config.observation_sample_res)
+
+
+class PDMClosedPlanner:
+    """PDM-Closed for one scenario (its map and route). Keeps, as the planner does, the centreline of its first call
+    and the tracks ever found touching the ego. `plan(sim, world)` returns an :class:`ExpertPlan`."""
+
+    def __init__(self, config: PDMClosedConfig = PDMClosedConfig(), vehicle: VehicleParameters = PACIFICA):
+        self.config = config
+        self.vehicle = vehicle
+        self.reset()
+
+    def reset(self) -> None:
+        self._centerline: _Path | None = None
+        self._collided: set[str] = set()
+
+    # ------------------------------------------------------------------ route
+    def _starting_lane(self, sim: Simulation, ego: np.ndarray, route_lanes: list[str]) -> str:
+        m = sim.map
+        on_route = set(route_lanes)
+        inside = [lid for lid in m.lanes_at(ego[X], ego[Y]) if lid in on_route]
+        if inside:
+            errs = []
+            for lid in inside:
+                bl = m.lanes[lid].baseline
+                k = int(np.argmin(np.hypot(bl.xy[:, 0] - ego[X], bl.xy[:, 1] - ego[Y])))
+                errs.append(abs(float(wrap_angle(bl.heading[k] - ego[HEADING]))))
+            return inside[int(np.argmin(errs))]
+        poly = shapely.Polygon(ego_box(ego, self.vehicle))
+        centre = shapely.Point(*poly.centroid.coords[0])
+        best, best_d = None, np.inf
+        for lid in route_lanes:
+            lp = m.lanes[lid].polygon
+            if lp.contains(centre):
+                return lid
+            d = lp.distance(poly)
+            if d < best_d:
+                best, best_d = lid, d
+        return best
+
+    def _paths(self, sim: Simulation, ego: np.ndarray, start_lane: str, route_rbs) -> list[_Path]:
+        if self._centerline is None:
+            lanes = sim.map.route_lanes(route_rbs, start_lane=start_lane, search_depth=self.config.search_depth)
+            cl = concatenate([sim.map.lanes[lid].baseline for lid in lanes])
+            self._centerline = _Path.of(cl.xy, cl.heading)
+        cl = self._centerline
+        paths = [cl]
+        h = cl.line.heading
+        for off in self.config.lateral_offsets:
+            th = h + np.pi / 2
+            xy = np.stack([cl.line.xy[:, 0] + np.cos(th) * off, cl.line.xy[:, 1] + np.sin(th) * off], -1)
+            paths.append(_Path.of(xy, h))
+        return paths
+
+    # ------------------------------------------------------------------ plan
+    def plan(self, sim: Simulation, world: WorldState) -> ExpertPlan:
+        cfg = self.config
+        ego = np.asarray(world.ego, dtype=np.float64)
+        m = sim.map
+        route_rbs = [r for r in sim.scenario.route_roadblock_ids if r in m.roadblocks]
+        route_lanes = m.route_lane_ids(route_rbs)
+        start_lane = self._starting_lane(sim, ego, route_lanes)
+        paths = self._paths(sim, ego, start_lane, route_rbs)
+        limit = m.speed_limit(start_lane)
+        fractions = np.asarray(cfg.speed_limit_fractions, dtype=np.float64)
+        targets = fractions * (limit if limit is not None else cfg.fallback_target_velocity)
+        fc = forecast_objects(sim, world, route_lanes, cfg)
+        ego_poly = shapely.Polygon(ego_box(ego, self.vehicle))
+        # tracks touching the ego now are ignored from now on (red lights only when the ego is inside them)
+        if len(fc.tokens):
+            hit = shapely.intersects(shapely.polygons(fc.corners[0]), ego_poly)
+            self._collided.update(t for t, h in zip(fc.tokens, hit) if h)
+        for rid, poly in zip(fc.red_ids, fc.red_polygons):
+            if ego_poly.intersects(poly) and ego_poly.within(poly):
+                self._collided.add(f"{RED_LIGHT}_{rid}")
+        P, L = len(paths), len(targets)
+        T = cfg.proposal_poses
+        starts = [float(path.project(ego[None, :2])[0]) for path in paths]
+        reach = abs(targets.max()) * cfg.trajectory_poses * cfg.interval_s
+        corridors = [shapely.buffer(path.substring(p0, p0 + reach), self.vehicle.width / 2, cap_style="square")
+                     for path, p0 in zip(paths, starts)]
+        fc.restrict(shapely.total_bounds(np.array(corridors, dtype=object)))
+        proposals = np.zeros((P * L, T + 1, 3))
+        for p, path in enumerate(paths):
+            proposals[p * L:(p + 1) * L] = self._unroll(path, ego, targets, fc, starts[p], corridors[p])
+        states = track_references(ego, proposals, T, cfg.lqr)
+        scene = self._scene(sim, world, ego, fc, route_lanes, T)
+        scores = score_states(scene, states, cfg.scorer)
+        pdm = scores.pdm_score(cfg.scorer)
+        best = int(np.argmax(pdm))
+        info = {"speed_limit": limit, "target_speeds": targets.tolist(), "starting_lane": start_lane,
+                "pdm_score": float(pdm[best])}
+        if cfg.emergency_brake:
+            speed = float(np.hypot(ego[VELOCITY_X], ego[VELOCITY_Y]))
+            if scores.time_to_at_fault_collision_s[best] <= cfg.brake_time_to_infraction_s and \
+                    speed <= cfg.brake_max_ego_speed:
+                traj = self._brake(ego)
+                st = track_references(ego, traj[None], T, cfg.lqr)[0]
+                return ExpertPlan(plan_from_trajectory(traj, ego), traj, st, "emergency_brake", scores, best, info)
+        traj = proposals[best]
+        return ExpertPlan(plan_from_trajectory(traj, ego), traj, states[best], "pdm_closed", scores, best, info)
+
+    def _unroll(self, path: _Path, ego: np.ndarray, targets: np.ndarray, fc: Forecast, p0: float,
+                corridor) -> np.ndarray:
+        """PDMGenerator.generate_proposals for one path and its IDM policies -> poses [L, T + 1, 3]."""
+        cfg = self.config
+        L, T = len(targets), cfg.proposal_poses
+        progress = np.zeros((L, T + 1))
+        vel = np.zeros((L, T + 1))
+        lead = np.zeros((L, T + 1, 3))  # progress, velocity, rear length
+        out = np.zeros((L, T + 1, 3))
+        progress[:, 0] = p0
+        vel[:, 0] = ego[VELOCITY_X]
+        out[:, 0] = path.interpolate(p0)
+        shapely.prepare(corridor)
+        sqrt_ab = np.sqrt(cfg.accel_max * cfg.decel_max)
+        d_rc = self.vehicle.rear_axle_to_center
+        for t in range(1, T + 1):
+            if t % cfg.leading_agent_update_rate != 0:
+                lead[:, t] = lead[:, t - 1]
+            else:
+                polys_arr, tokens, centroids = fc.occupancy(fc.sample(t))
+                cand = np.nonzero(shapely.intersects(corridor, polys_arr))[0] if len(polys_arr) else np.zeros(0, int)
+                if self._collided:
+                    cand = np.array([i for i in cand if tokens[i] not in self._collided], dtype=np.int64)
+                obj_prog = shapely.line_locate_point(path.geom, centroids[cand]) if len(cand) else np.zeros(0)
+                cur_all = progress[:, t - 1]
+                dists = None
+                if len(cand) and (obj_prog[None, :] > cur_all[:, None]).any():
+                    pose = path.interpolate(cur_all)  # the proposals' poses at t - 1
+                    h = pose[:, 2]
+                    eb = box_corners(pose[:, 0] + d_rc * np.cos(h), pose[:, 1] + d_rc * np.sin(h), h,
+                                     np.full(L, self.vehicle.length), np.full(L, self.vehicle.width))
+                    dists = shapely.distance(shapely.polygons(eb)[:, None], polys_arr[cand][None, :])  # [L, K]
+                shared = np.zeros(3)  # NAVSIM reuses one array across the path's proposals
+                for i in range(L):
+                    cur = cur_all[i]
+                    ahead = np.nonzero(obj_prog > cur)[0]
+                    if len(ahead):
+                        d = dists[i, ahead]
+                        k = int(np.argmin(d))
+                        j = int(cand[ahead[k]])
+                        shared[0] = cur + d[k]
+                        if j < len(fc.tokens):
+                            if fc.is_agent[j]:
+                                rel = wrap_angle(fc.heading[j] - pose[i, 2])
+                                shared[1] = fc.speed[j] * np.cos(rel)
+                            else:
+                                shared[1] = 0.0
+                    else:
+                        shared[0] = path.length
+                        shared[2] = self.vehicle.length / 2
+                    lead[i, t] = shared
+            # BatchIDMPolicy.propagate
+            x, v = progress[:, t - 1], vel[:, t - 1]
+            x_lead, v_lead, l_r = lead[:, t, 0], lead[:, t, 1], lead[:, t, 2]
+            s_star = cfg.min_gap_to_lead_agent + v * cfg.headway_time + v * (v - v_lead) / (2 * sqrt_ab)
+            s_alpha = np.maximum(x_lead - x - l_r, cfg.min_gap_to_lead_agent)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                acc = cfg.accel_max * (1 - (v / targets) ** cfg.acceleration_exponent - (s_star / s_alpha) ** 2)
+            acc = np.clip(np.where(np.isnan(acc), -cfg.decel_max, acc), -cfg.decel_max, cfg.accel_max)
+            progress[:, t] = x + cfg.interval_s * v
+            vel[:, t] = v + cfg.interval_s * acc
+        out[:, 1:] = path.interpolate(progress[:, 1:])
+        return out
+
+    def _scene(self, sim, world, ego, fc: Forecast, route_lanes, T) -> ScoringScene:
+        """The scene PDM-Closed scores against: the forecast objects (occupancy sample t // 2), constant red lights,
+        the drivable map within the radius, its own centreline."""
+        layers = _map_layers(sim.map)
+        c = ego_box(ego, self.vehicle).mean(axis=0)
+        near = np.sort(layers["tree"].query(shapely.Point(*c), predicate="dwithin", distance=self.config.map_radius))
+        idx = [fc.sample(t) for t in range(T + 1)]
+        corners = fc.corners[idx] if len(fc.tokens) else np.zeros((T + 1, 0, 4, 2))
+        red = tuple(zip(fc.red_ids, fc.red_polygons))
+        return ScoringScene(
+            map_ids=tuple(layers["ids"][near]), map_types=tuple(layers["types"][near]),
+            map_polygons=tuple(layers["polys"][near]), route_lane_ids=frozenset(route_lanes),
+            centerline=self._centerline.line.xy, obj_tokens=fc.tokens, obj_is_agent=fc.is_agent,
+            obj_heading=fc.heading, obj_speed=fc.speed, obj_corners=corners,
+            obj_valid=np.ones(corners.shape[:2], dtype=bool), red_light_polygons=(red,) * (T + 1),
+            collided_track_ids=frozenset(t for t in self._collided if not t.startswith(RED_LIGHT)),
+            human_past_states=None, name=f"pdm_closed:{sim.scenario.token}")
+
+    def _brake(self, ego: np.ndarray) -> np.ndarray:
+        """PDMEmergencyBrake._generate_trajectory: straight ahead at a P-controlled constant velocity."""
+        lo, hi = self.config.brake_accel_range
+        d = self.vehicle.rear_axle_to_center
+        v = float(ego[VELOCITY_X])  # centre and rear axle share the longitudinal velocity
+        a = float(ego[ACCELERATION_X])
+        if v > 0.2:
+            u = max(min(10.0 * -v, hi), lo)
+            vc = 11 / 10 * (v + u)
+        else:
+            vc = max(min(4.0 * -v + 1.0 * -a, hi), lo)
+        t = np.arange(self.config.proposal_poses + 1) * self.config.interval_s
+        h = ego[HEADING]
+        cx, cy = ego[X] + d * np.cos(h), ego[Y] + d * np.sin(h)
+        px = cx + np.cos(h) * vc * t - d * np.cos(h)
+        py = cy + np.sin(h) * vc * t - d * np.sin(h)
+        return np.stack([px, py, np.full_like(t, h)], -1)
+
+
+def pdm_closed_plan(sim: Simulation, world: WorldState, config: PDMClosedConfig = PDMClosedConfig()) -> ExpertPlan:
+    """One PDM-Closed plan from a fresh planner (centreline from this state), as NAVSIM's metric cache computes it."""
+    return PDMClosedPlanner(config).plan(sim, world)
