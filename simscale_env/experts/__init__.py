@@ -3,3 +3,6 @@
 from .pdm_closed import ExpertPlan, PDMClosedConfig, PDMClosedPlanner, pdm_closed_plan
 
 __all__ = ["ExpertPlan", "PDMClosedConfig", "PDMClosedPlanner", "pdm_closed_plan"]
+from .recovery import RecoveryConfig, logged_reference, recovery_plan  # noqa: E402
+
+__all__ += ["RecoveryConfig", "logged_reference", "recovery_plan"]

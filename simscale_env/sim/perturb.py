@@ -105,8 +105,10 @@ def apply_perturbation(state: np.ndarray, p: Perturbation, m: MapAPI) -> np.ndar
 
 
 def check_start(state: np.ndarray, m: MapAPI, object_corners: np.ndarray, config: PerturbationConfig,
-                vehicle: VehicleParameters = PACIFICA) -> str | None:
-    """Why a start state is invalid ('off_road', 'collision', 'reversed'), or None if it is valid."""
+                vehicle: VehicleParameters = PACIFICA, red_polygons=()) -> str | None:
+    """Why a start state is invalid ('off_road', 'collision', 'red_light', 'reversed'), or None if it is valid.
+    `red_polygons`: connectors whose light is red; a box touching one without being inside it starts with a
+    traffic-light infraction (EPDMS TLC) no plan can avoid."""
     from .world import ego_box
 
     box = ego_box(state, vehicle)
@@ -118,6 +120,9 @@ def check_start(state: np.ndarray, m: MapAPI, object_corners: np.ndarray, config
         objs = shapely.polygons(np.asarray(object_corners))
         if np.any(shapely.dwithin(objs, poly, config.clearance_m)):
             return "collision"
+    for rp in red_polygons:
+        if poly.intersects(rp) and not poly.within(rp):
+            return "red_light"
     c = vehicle.rear_axle_to_center
     cx, cy = state[X] + c * np.cos(state[HEADING]), state[Y] + c * np.sin(state[HEADING])
     lanes = m.lanes_at(cx, cy)
@@ -134,14 +139,14 @@ def check_start(state: np.ndarray, m: MapAPI, object_corners: np.ndarray, config
 
 def sample_perturbation(state: np.ndarray, m: MapAPI, object_corners: np.ndarray, rng: np.random.Generator,
                         config: PerturbationConfig = PerturbationConfig(), *, scene: str = "scene",
-                        vehicle: VehicleParameters = PACIFICA) -> tuple[Perturbation, np.ndarray]:
+                        vehicle: VehicleParameters = PACIFICA, red_polygons=()) -> tuple[Perturbation, np.ndarray]:
     """Draw a valid perturbation of the rear-axle `state` (rejection sampling). Returns it and the new state."""
     reasons: dict[str, int] = {}
     for _ in range(config.max_tries):
         p = Perturbation(float(rng.uniform(*config.lateral_m)), float(rng.uniform(*config.longitudinal_m)),
                          float(np.radians(rng.uniform(*config.heading_deg))), float(rng.uniform(*config.speed_scale)))
         new = apply_perturbation(state, p, m)
-        why = check_start(new, m, object_corners, config, vehicle)
+        why = check_start(new, m, object_corners, config, vehicle, red_polygons)
         if why is None:
             return p, new
         reasons[why] = reasons.get(why, 0) + 1

@@ -1,0 +1,204 @@
+"""The recovery-based pseudo-expert: from a perturbed ego state back onto the logged human trajectory.
+
+SimScale's recovery expert (paper; not released) drives from the deviated state back to the logged trajectory, as
+DAgger-style corrections. Construction here:
+
+1. The logged ego poses around the current iteration form a path (arc length `s`, lateral offset `d`); the logged
+   speed and arc position are known per time.
+2. The ego's rear axle is projected on that path: (s0, d0), heading error psi0, speed v0, acceleration a0.
+3. Candidates, for each rejoin time T_j (2, 2.5, 3, 3.5, 4 s by default):
+   - lateral: the quintic d(t) from (d0, v0 sin psi0, 0) to (0, 0, 0) at T_j (minimum jerk);
+   - longitudinal, "exact": the quintic s(t) from (s0, v0 cos psi0, a0) to the logged (s, v, a) at T_j, so
+     position, heading and speed equal the log's from T_j on;
+   - longitudinal, "time-shifted": the quartic s(t) reaching the logged speed and acceleration at T_j with a free end
+     position (velocity keeping), for starts too far ahead or behind to catch up comfortably; afterwards the ego
+     follows the logged path and speed profile shifted in arc length.
+   After T_j the plan is the log itself (or its shifted copy). Poses: path(s) + d * normal(s), heading = path heading
+   + atan2(d', s').
+4. Every candidate is tracked by the LQR + bicycle (as any plan the env executes) and checked: the six comfort bounds
+   of EPDMS (`comfort_checks` on the tracked states) and safety by the EPDMS engine against the scene (NC, DAC, DDC,
+   TLC all 1 against log-replay agents by default).
+5. The first acceptable candidate in the order (earliest T_j; exact before time-shifted) is returned with source
+   "recovery". If none is acceptable, PDM-Closed's plan is returned with source "recovery->pdm_closed" and the
+   reason in `info`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..geometry import wrap_angle
+from ..map.polyline import Polyline
+from ..metrics.epdms import comfort_checks, score_states
+from ..metrics.pseudo_sim import scoring_scene
+from ..sim.lqr import LQRConfig, track_references
+from ..sim.state import ACCELERATION_X, HEADING, VELOCITY_X, VELOCITY_Y, X, Y
+from ..sim.world import Simulation, WorldState
+from .pdm_closed import ExpertPlan, PDMClosedPlanner, plan_from_trajectory
+
+
+@dataclass(frozen=True)
+class RecoveryConfig:
+    rejoin_times_s: tuple[float, ...] = (2.0, 2.5, 3.0, 3.5, 4.0)
+    time_shifted: bool = True  # also try velocity-keeping candidates (free along-track position)
+    horizon_s: float = 4.0
+    dt: float = 0.1
+    min_rejoin_length_m: float = 1.0  # a lateral or heading offset cannot be removed over less travel
+    safety_agent_mode: str = "non_reactive"  # agents the safety check scores against
+    require_comfort: bool = True
+    lqr: LQRConfig = field(default_factory=LQRConfig)
+
+
+def _quintic(x0, v0, a0, x1, v1, a1, T):
+    """Coefficients c[0..5] of x(t) = sum c_k t^k matching position, velocity, acceleration at 0 and T."""
+    c0, c1, c2 = x0, v0, a0 / 2.0
+    A = np.array([[T ** 3, T ** 4, T ** 5], [3 * T ** 2, 4 * T ** 3, 5 * T ** 4], [6 * T, 12 * T ** 2, 20 * T ** 3]])
+    b = np.array([x1 - (c0 + c1 * T + c2 * T ** 2), v1 - (c1 + 2 * c2 * T), a1 - 2 * c2])
+    c3, c4, c5 = np.linalg.solve(A, b)
+    return np.array([c0, c1, c2, c3, c4, c5])
+
+
+def _quartic(x0, v0, a0, v1, a1, T):
+    """Coefficients of x(t) (degree 4) matching x0, v0, a0 at 0 and velocity, acceleration at T (end free)."""
+    c0, c1, c2 = x0, v0, a0 / 2.0
+    A = np.array([[3 * T ** 2, 4 * T ** 3], [6 * T, 12 * T ** 2]])
+    b = np.array([v1 - (c1 + 2 * c2 * T), a1 - 2 * c2])
+    c3, c4 = np.linalg.solve(A, b)
+    return np.array([c0, c1, c2, c3, c4, 0.0])
+
+
+def _poly(c, t, deriv=0):
+    c = np.asarray(c, dtype=np.float64)
+    for _ in range(deriv):
+        c = c[1:] * np.arange(1, len(c))
+    return np.polynomial.polynomial.polyval(t, c)
+
+
+@dataclass(frozen=True, eq=False)
+class LoggedReference:
+    """The logged ego around an iteration: its path and, per time from now, arc position, speed, acceleration."""
+
+    path: Polyline
+    times: np.ndarray  # [K] seconds from now (negative: history)
+    s: np.ndarray
+    v: np.ndarray
+    a: np.ndarray
+
+    def at(self, t):
+        return (np.interp(t, self.times, self.s), np.interp(t, self.times, self.v), np.interp(t, self.times, self.a))
+
+
+def logged_reference(sim: Simulation, iteration: int, horizon_s: float = 4.0, margin_s: float = 4.0) -> LoggedReference:
+    """The logged ego poses from `margin_s` before to `horizon_s + margin_s` after `iteration`, extended straight at
+    the last logged speed where the log ends."""
+    sc = sim.scenario
+    e = sc.ego
+    f = sim.frame(iteration)
+    dt = sc.dt_s
+    k0 = max(0, f - int(round(margin_s / dt)))
+    k1 = min(len(e.x) - 1, f + int(round((horizon_s + margin_s) / dt)))
+    times = (np.arange(k0, k1 + 1) - f) * dt
+    poses = np.stack([e.x[k0:k1 + 1], e.y[k0:k1 + 1], np.unwrap(e.heading[k0:k1 + 1])], -1)
+    speed = np.asarray(e.vx[k0:k1 + 1], dtype=np.float64)
+    need = horizon_s + margin_s
+    if times[-1] < need:  # extend straight
+        extra = np.arange(1, int(np.ceil((need - times[-1]) / dt)) + 1) * dt
+        v_end = max(float(speed[-1]), 0.0)
+        h = poses[-1, 2]
+        ext = np.stack([poses[-1, 0] + np.cos(h) * v_end * extra, poses[-1, 1] + np.sin(h) * v_end * extra,
+                        np.full_like(extra, h)], -1)
+        poses = np.concatenate([poses, ext])
+        times = np.concatenate([times, times[-1] + extra])
+        speed = np.concatenate([speed, np.full_like(extra, v_end)])
+    seg = np.hypot(*np.diff(poses[:, :2], axis=0).T)
+    s = np.concatenate([[0.0], np.cumsum(seg)])
+    if s[-1] > 1e-6:
+        # vertices closer than 1e-9 m are dropped, so the path's arc length equals the log's cumulative distance
+        path = Polyline.from_xy(poses[:, :2], wrap_angle(poses[:, 2]))
+    else:  # a log standing still: a straight line along its heading
+        h = poses[0, 2]
+        path = Polyline.from_xy(np.stack([poses[0, :2], poses[0, :2] + 50.0 * np.array([np.cos(h), np.sin(h)])]))
+    acc = np.gradient(speed, dt) if len(speed) > 1 else np.zeros_like(speed)
+    return LoggedReference(path, times, s, speed, acc)
+
+
+def _candidate_trajectories(ref: LoggedReference, ego: np.ndarray, cfg: RecoveryConfig):
+    """Global pose trajectories [C, T + 1, 3] and their labels (rejoin time, mode, along-track shift). Candidates
+    that cannot rejoin (moving less than `min_rejoin_length_m` with a lateral offset to remove) are left out."""
+    s_arr, lat, _ = ref.path.project(ego[None, :2])
+    s0, d0 = float(s_arr[0]), float(lat[0])
+    psi0 = float(wrap_angle(ego[HEADING] - ref.path.interpolate(s0)[2]))
+    v0 = float(ego[VELOCITY_X])
+    a0 = float(ego[ACCELERATION_X])
+    t = np.arange(int(round(cfg.horizon_s / cfg.dt)) + 1) * cfg.dt
+    out, labels = [], []
+    for T in cfg.rejoin_times_s:
+        sT, vT, aT = ref.at(T)
+        modes = [("exact", _quintic(s0, v0 * np.cos(psi0), a0 * np.cos(psi0), sT, vT, aT, T))]
+        if cfg.time_shifted:
+            modes.append(("time_shifted", _quartic(s0, v0 * np.cos(psi0), a0 * np.cos(psi0), vT, aT, T)))
+        for mode, cs in modes:
+            before = t <= T
+            s_end = float(_poly(cs, T))
+            shift = s_end - sT
+            L = s_end - s0
+            if L < cfg.min_rejoin_length_m and (abs(d0) > 0.05 or abs(psi0) > 0.02):
+                continue
+            s_t = np.where(before, _poly(cs, t), np.interp(t, ref.times, ref.s) + shift)
+            # lateral offset as a quintic in the distance travelled: d(0) = d0, d' = tan(psi0), d'' = 0 -> 0, 0, 0
+            cd = _quintic(d0, np.tan(np.clip(psi0, -1.2, 1.2)), 0.0, 0.0, 0.0, 0.0, max(L, 1e-6))
+            sigma = np.clip(s_t - s0, 0.0, max(L, 1e-6))
+            d_t = np.where(before, _poly(cd, sigma), 0.0)
+            dd = np.where(before, _poly(cd, sigma, 1), 0.0)
+            pose = ref.path.interpolate(s_t)
+            nrm = pose[:, 2] + np.pi / 2
+            xy = pose[:, :2] + d_t[:, None] * np.stack([np.cos(nrm), np.sin(nrm)], -1)
+            h = pose[:, 2] + np.arctan(dd)
+            traj = np.concatenate([xy, wrap_angle(h)[:, None]], -1)
+            traj[0] = ego[[X, Y, HEADING]]
+            out.append(traj)
+            labels.append((float(T), mode, shift))
+    if not out:
+        return np.zeros((0, len(t), 3)), labels
+    return np.stack(out), labels
+
+
+def recovery_plan(sim: Simulation, world: WorldState, config: RecoveryConfig = RecoveryConfig(), *,
+                  fallback: PDMClosedPlanner | None = None) -> ExpertPlan:
+    """The recovery expert's plan from `world` (see the module docstring). `fallback` is the PDM-Closed planner
+    used when no candidate is comfortable and safe (a fresh one if None)."""
+    ego = np.asarray(world.ego, dtype=np.float64)
+    ref = logged_reference(sim, world.iteration, config.horizon_s)
+    trajs, labels = _candidate_trajectories(ref, ego, config)
+    if len(trajs) == 0:
+        pdm = (fallback or PDMClosedPlanner()).plan(sim, world)
+        info = dict(pdm.info, candidates=[], fallback_reason="the logged ego does not move far enough to rejoin")
+        return ExpertPlan(pdm.poses, pdm.trajectory, pdm.states, "recovery->pdm_closed", pdm.scores, pdm.index, info)
+    steps = trajs.shape[1] - 1
+    states = track_references(ego, trajs, steps, config.lqr)
+    comfy = np.ones(len(trajs), dtype=bool)
+    if config.require_comfort:  # over the recovery itself: what follows is the human's own driving
+        rejoin = np.array([lab[0] for lab in labels])
+        for T in np.unique(rejoin):
+            sel = rejoin == T
+            n = int(round(T / config.dt)) + 1
+            comfy[sel] = comfort_checks(states[sel, :n], config.dt).all(axis=-1)
+    scene = scoring_scene(sim, world, agent_mode=config.safety_agent_mode
+                          if config.safety_agent_mode != "reactive" else "non_reactive")
+    scores = score_states(scene, states)
+    safe = scores.multiplicative_metrics_prod == 1.0
+    ok = np.nonzero(comfy & safe)[0]
+    info = {"candidates": [{"rejoin_s": T, "mode": m, "shift_m": sh, "comfortable": bool(c), "safe": bool(s)}
+                           for (T, m, sh), c, s in zip(labels, comfy, safe)]}
+    if len(ok):
+        k = int(ok[0])
+        T, mode, shift = labels[k]
+        info.update(rejoin_s=T, mode=mode, shift_m=shift)
+        return ExpertPlan(plan_from_trajectory(trajs[k], ego), trajs[k], states[k], "recovery", scores, k, info)
+    reason = "no comfortable candidate" if not comfy.any() else (
+        "no safe candidate" if not safe.any() else "no candidate both comfortable and safe")
+    pdm = (fallback or PDMClosedPlanner()).plan(sim, world)
+    info.update(pdm.info, fallback_reason=reason)
+    return ExpertPlan(pdm.poses, pdm.trajectory, pdm.states, "recovery->pdm_closed", pdm.scores, pdm.index, info)
