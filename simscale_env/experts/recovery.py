@@ -3,24 +3,29 @@
 SimScale's recovery expert (paper; not released) drives from the deviated state back to the logged trajectory, as
 DAgger-style corrections. Construction here:
 
-1. The logged ego poses around the current iteration form a path (arc length `s`, lateral offset `d`); the logged
-   speed and arc position are known per time.
+1. The logged ego poses around the current iteration form a path (arc length `s`, signed lateral offset `d`); the
+   logged arc position, speed and acceleration are known per time.
 2. The ego's rear axle is projected on that path: (s0, d0), heading error psi0, speed v0, acceleration a0.
 3. Candidates, for each rejoin time T_j (2, 2.5, 3, 3.5, 4 s by default):
-   - lateral: the quintic d(t) from (d0, v0 sin psi0, 0) to (0, 0, 0) at T_j (minimum jerk);
-   - longitudinal, "exact": the quintic s(t) from (s0, v0 cos psi0, a0) to the logged (s, v, a) at T_j, so
-     position, heading and speed equal the log's from T_j on;
-   - longitudinal, "time-shifted": the quartic s(t) reaching the logged speed and acceleration at T_j with a free end
-     position (velocity keeping), for starts too far ahead or behind to catch up comfortably; afterwards the ego
-     follows the logged path and speed profile shifted in arc length.
-   After T_j the plan is the log itself (or its shifted copy). Poses: path(s) + d * normal(s), heading = path heading
-   + atan2(d', s').
-4. Every candidate is tracked by the LQR + bicycle (as any plan the env executes) and checked: the six comfort bounds
-   of EPDMS (`comfort_checks` on the tracked states) and safety by the EPDMS engine against the scene (NC, DAC, DDC,
-   TLC all 1 against log-replay agents by default).
-5. The first acceptable candidate in the order (earliest T_j; exact before time-shifted) is returned with source
-   "recovery". If none is acceptable, PDM-Closed's plan is returned with source "recovery->pdm_closed" and the
-   reason in `info`.
+   - longitudinal, "exact": the quintic s(t) from (s0, v0 cos psi0, a0 cos psi0) to the logged (s, v, a) at T_j,
+     so position, heading and speed equal the log's from T_j on;
+   - longitudinal, "time-shifted": the quartic s(t) reaching the logged speed and acceleration at T_j with a free
+     end position (velocity keeping), for starts too far ahead or behind to catch up comfortably; afterwards the
+     plan follows the logged path and speed profile shifted in arc length;
+   - lateral: a quintic d(sigma) in the distance travelled sigma = s - s0, from (d0, tan psi0, 0) to (0, 0, 0) where
+     the longitudinal profile reaches T_j (a heading or lateral offset cannot be removed without moving: candidates
+     travelling less than 1 m are dropped);
+   after T_j the plan is the (shifted) log. Poses: path(s) + d * normal(s), heading = path heading + atan(d').
+4. Every candidate is tracked by the LQR + bicycle, as any plan the env executes. The LQR tracks a velocity profile,
+   so a speed change leaves an along-track lag it never makes up: exact candidates are re-aimed ahead by their
+   tracked lag at the horizon and tracked again (twice).
+5. Checks on the tracked states: the six EPDMS comfort bounds over the recovery (0..T_j; the log after it is the
+   human's own driving), safety by the EPDMS engine (NC, DAC, DDC and TLC all 1 against log-replay agents), and the
+   rejoin itself: within 0.5 m, 3 deg and 0.5 m/s of the (shifted) log from some time up to the horizon
+   (`measured_rejoin`).
+6. Of the candidates passing all checks, an exact one is preferred, then the earliest measured rejoin (ties: the
+   earlier T_j); it is returned with source "recovery". If none passes, PDM-Closed's plan is returned with source
+   "recovery->pdm_closed" and the reason in `info["fallback_reason"]`.
 """
 
 from __future__ import annotations
@@ -46,6 +51,11 @@ class RecoveryConfig:
     horizon_s: float = 4.0
     dt: float = 0.1
     min_rejoin_length_m: float = 1.0  # a lateral or heading offset cannot be removed over less travel
+    # "rejoined" (measured on the tracked states): within these of the (shifted) log from then to the horizon
+    rejoin_position_m: float = 0.5
+    rejoin_heading_rad: float = 0.0524  # 3 deg
+    rejoin_speed_mps: float = 0.5
+    aim_iterations: int = 2  # shooting corrections of the exact candidates for the tracking lag
     safety_agent_mode: str = "non_reactive"  # agents the safety check scores against
     require_comfort: bool = True
     lqr: LQRConfig = field(default_factory=LQRConfig)
@@ -124,29 +134,34 @@ def logged_reference(sim: Simulation, iteration: int, horizon_s: float = 4.0, ma
     return LoggedReference(path, times, s, speed, acc)
 
 
-def _candidate_trajectories(ref: LoggedReference, ego: np.ndarray, cfg: RecoveryConfig):
-    """Global pose trajectories [C, T + 1, 3] and their labels (rejoin time, mode, along-track shift). Candidates
-    that cannot rejoin (moving less than `min_rejoin_length_m` with a lateral offset to remove) are left out."""
+def _candidate_trajectories(ref: LoggedReference, ego: np.ndarray, cfg: RecoveryConfig, aims: dict | None = None):
+    """Global pose trajectories [C, T + 1, 3], the (shifted) log they rejoin as poses + speed [C, T + 1, 4], and
+    their labels (rejoin time, mode, along-track shift of the target). Candidates that cannot rejoin (moving less
+    than `min_rejoin_length_m` with a lateral offset to remove) are left out. `aims`: along-track leads per
+    (T, "exact") that compensate the tracking lag (the reference runs ahead of the target by that much)."""
     s_arr, lat, _ = ref.path.project(ego[None, :2])
     s0, d0 = float(s_arr[0]), float(lat[0])
     psi0 = float(wrap_angle(ego[HEADING] - ref.path.interpolate(s0)[2]))
     v0 = float(ego[VELOCITY_X])
     a0 = float(ego[ACCELERATION_X])
     t = np.arange(int(round(cfg.horizon_s / cfg.dt)) + 1) * cfg.dt
-    out, labels = [], []
+    s_log = np.interp(t, ref.times, ref.s)
+    v_log = np.interp(t, ref.times, ref.v)
+    out, targets, labels = [], [], []
     for T in cfg.rejoin_times_s:
         sT, vT, aT = ref.at(T)
-        modes = [("exact", _quintic(s0, v0 * np.cos(psi0), a0 * np.cos(psi0), sT, vT, aT, T))]
+        aim = (aims or {}).get((float(T), "exact"), 0.0)
+        modes = [("exact", _quintic(s0, v0 * np.cos(psi0), a0 * np.cos(psi0), sT + aim, vT, aT, T))]
         if cfg.time_shifted:
             modes.append(("time_shifted", _quartic(s0, v0 * np.cos(psi0), a0 * np.cos(psi0), vT, aT, T)))
         for mode, cs in modes:
             before = t <= T
             s_end = float(_poly(cs, T))
-            shift = s_end - sT
+            ref_shift = s_end - sT  # the reference after T: the log shifted by this
             L = s_end - s0
             if L < cfg.min_rejoin_length_m and (abs(d0) > 0.05 or abs(psi0) > 0.02):
                 continue
-            s_t = np.where(before, _poly(cs, t), np.interp(t, ref.times, ref.s) + shift)
+            s_t = np.where(before, _poly(cs, t), s_log + ref_shift)
             # lateral offset as a quintic in the distance travelled: d(0) = d0, d' = tan(psi0), d'' = 0 -> 0, 0, 0
             cd = _quintic(d0, np.tan(np.clip(psi0, -1.2, 1.2)), 0.0, 0.0, 0.0, 0.0, max(L, 1e-6))
             sigma = np.clip(s_t - s0, 0.0, max(L, 1e-6))
@@ -159,10 +174,26 @@ def _candidate_trajectories(ref: LoggedReference, ego: np.ndarray, cfg: Recovery
             traj = np.concatenate([xy, wrap_angle(h)[:, None]], -1)
             traj[0] = ego[[X, Y, HEADING]]
             out.append(traj)
-            labels.append((float(T), mode, shift))
+            target_shift = 0.0 if mode == "exact" else ref_shift
+            target = ref.path.interpolate(s_log + target_shift)
+            targets.append(np.concatenate([target, v_log[:, None]], -1))
+            labels.append((float(T), mode, target_shift))
     if not out:
-        return np.zeros((0, len(t), 3)), labels
-    return np.stack(out), labels
+        return np.zeros((0, len(t), 3)), np.zeros((0, len(t), 4)), labels
+    return np.stack(out), np.stack(targets), labels
+
+
+def measured_rejoin(states: np.ndarray, targets: np.ndarray, config: RecoveryConfig = RecoveryConfig()) -> np.ndarray:
+    """[C] the first time (s) from which the tracked states stay within the rejoin tolerances of their targets up
+    to the horizon (position, heading, speed); inf if never."""
+    pos = np.hypot(states[..., X] - targets[..., 0], states[..., Y] - targets[..., 1]) <= config.rejoin_position_m
+    hd = np.abs(wrap_angle(states[..., HEADING] - targets[..., 2])) <= config.rejoin_heading_rad
+    sp = np.abs(np.hypot(states[..., VELOCITY_X], states[..., VELOCITY_Y]) - targets[..., 3]) <= config.rejoin_speed_mps
+    ok = pos & hd & sp
+    # within from k on: reversed cumulative AND
+    tail = np.flip(np.logical_and.accumulate(np.flip(ok, axis=1), axis=1), axis=1)
+    first = np.where(tail.any(axis=1), tail.argmax(axis=1), -1)
+    return np.where(first >= 0, first * config.dt, np.inf)
 
 
 def recovery_plan(sim: Simulation, world: WorldState, config: RecoveryConfig = RecoveryConfig(), *,
@@ -171,13 +202,32 @@ def recovery_plan(sim: Simulation, world: WorldState, config: RecoveryConfig = R
     used when no candidate is comfortable and safe (a fresh one if None)."""
     ego = np.asarray(world.ego, dtype=np.float64)
     ref = logged_reference(sim, world.iteration, config.horizon_s)
-    trajs, labels = _candidate_trajectories(ref, ego, config)
+    trajs, targets, labels = _candidate_trajectories(ref, ego, config)
     if len(trajs) == 0:
         pdm = (fallback or PDMClosedPlanner()).plan(sim, world)
         info = dict(pdm.info, candidates=[], fallback_reason="the logged ego does not move far enough to rejoin")
         return ExpertPlan(pdm.poses, pdm.trajectory, pdm.states, "recovery->pdm_closed", pdm.scores, pdm.index, info)
     steps = trajs.shape[1] - 1
     states = track_references(ego, trajs, steps, config.lqr)
+    # the LQR tracks a velocity profile, so a speed change leaves an along-track lag it never recovers: aim the exact
+    # candidates ahead by their tracked lag at the horizon and track again (shooting, `aim_iterations` times); the
+    # time-shifted candidates rejoin the log shifted to where their tracked plan ends
+    s_log_end = float(np.interp(config.horizon_s, ref.times, ref.s))
+    aims: dict = {}
+    for _ in range(config.aim_iterations):
+        s_end, _, _ = ref.path.project(states[:, -1, :2])
+        for k, (T, mode, _) in enumerate(labels):
+            if mode == "exact":
+                aims[(T, mode)] = aims.get((T, mode), 0.0) + (s_log_end - float(s_end[k]))
+        trajs, targets, labels = _candidate_trajectories(ref, ego, config, aims)
+        states = track_references(ego, trajs, steps, config.lqr)
+    s_end, _, _ = ref.path.project(states[:, -1, :2])
+    t = np.arange(steps + 1) * config.dt
+    for k, (T, mode, _) in enumerate(labels):
+        if mode == "time_shifted":
+            shift = float(s_end[k]) - s_log_end
+            targets[k, :, :3] = ref.path.interpolate(np.interp(t, ref.times, ref.s) + shift)
+            labels[k] = (T, mode, shift)
     comfy = np.ones(len(trajs), dtype=bool)
     if config.require_comfort:  # over the recovery itself: what follows is the human's own driving
         rejoin = np.array([lab[0] for lab in labels])
@@ -189,16 +239,22 @@ def recovery_plan(sim: Simulation, world: WorldState, config: RecoveryConfig = R
                           if config.safety_agent_mode != "reactive" else "non_reactive")
     scores = score_states(scene, states)
     safe = scores.multiplicative_metrics_prod == 1.0
-    ok = np.nonzero(comfy & safe)[0]
-    info = {"candidates": [{"rejoin_s": T, "mode": m, "shift_m": sh, "comfortable": bool(c), "safe": bool(s)}
-                           for (T, m, sh), c, s in zip(labels, comfy, safe)]}
+    rejoin = measured_rejoin(states, targets, config)
+    ok = np.nonzero(comfy & safe & np.isfinite(rejoin))[0]
+    info = {"candidates": [{"rejoin_s": T, "mode": m, "shift_m": sh, "comfortable": bool(c), "safe": bool(s),
+                            "rejoined_s": float(r)}
+                           for (T, m, sh), c, s, r in zip(labels, comfy, safe, rejoin)]}
     if len(ok):
-        k = int(ok[0])
+        exact = np.array([labels[i][1] == "exact" for i in ok])
+        pool = ok[exact] if exact.any() else ok  # the log itself when possible, else its shifted copy
+        k = int(pool[np.argmin(rejoin[pool])])  # the earliest measured rejoin (argmin: the first on ties)
         T, mode, shift = labels[k]
-        info.update(rejoin_s=T, mode=mode, shift_m=shift)
+        info.update(rejoin_s=T, rejoined_s=float(rejoin[k]), mode=mode, shift_m=shift)
         return ExpertPlan(plan_from_trajectory(trajs[k], ego), trajs[k], states[k], "recovery", scores, k, info)
     reason = "no comfortable candidate" if not comfy.any() else (
-        "no safe candidate" if not safe.any() else "no candidate both comfortable and safe")
+        "no safe candidate" if not safe.any() else (
+            "no candidate both comfortable and safe" if not (comfy & safe).any() else "no candidate rejoins within "
+                                                                                     f"{config.horizon_s:g} s"))
     pdm = (fallback or PDMClosedPlanner()).plan(sim, world)
     info.update(pdm.info, fallback_reason=reason)
     return ExpertPlan(pdm.poses, pdm.trajectory, pdm.states, "recovery->pdm_closed", pdm.scores, pdm.index, info)

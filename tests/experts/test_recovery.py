@@ -1,0 +1,74 @@
+"""The recovery expert rejoins the logged trajectory, and falls back to PDM-Closed when it cannot."""
+
+import numpy as np
+import pytest
+import shapely
+
+from simscale_env.data.synthetic import ObjectSpec, synthetic_scenario
+from simscale_env.experts import RecoveryConfig, recovery_plan
+from simscale_env.metrics.epdms import comfort_checks
+from simscale_env.sim import SimConfig, Simulation
+from simscale_env.sim.state import make_state
+
+from .conftest import LANE, ROUTE
+
+
+def _logged_sim(m, speed=10.0, objects=()):
+    pose = m.lanes[LANE].baseline.interpolate(40.0)
+    sc = synthetic_scenario("us-ma-boston", ROUTE, ego_pose=pose, ego_speed=speed, objects=objects)
+    return Simulation(sc, m, SimConfig(agent_mode="non_reactive")), pose
+
+
+def _offset_start(pose, lateral, speed, heading=0.0):
+    h = pose[2]
+    return make_state(pose[0] - np.sin(h) * lateral, pose[1] + np.cos(h) * lateral, h + heading, velocity=speed)
+
+
+@pytest.mark.parametrize("lateral", [2.0, -2.0])
+def test_recovery_from_a_2m_lateral_offset_rejoins_the_log_within_4s_on_the_road(arterial, lateral):
+    sim, pose = _logged_sim(arterial)
+    w = sim.reset(_offset_start(pose, lateral, 10.0))
+    plan = recovery_plan(sim, w)
+    assert plan.source == "recovery" and plan.info["rejoined_s"] <= 4.0
+    k = int(round(plan.info["rejoined_s"] / 0.1))
+    # the tracked states at the rejoin time are on the logged trajectory: position, heading, speed
+    log = np.stack([sim.logged_ego_state(i) for i in range(41)])
+    st = plan.states
+    assert np.hypot(st[k, 0] - log[k, 0], st[k, 1] - log[k, 1]) < 0.5
+    assert abs(st[k, 2] - log[k, 2]) <= np.radians(3)
+    assert abs(st[k, 3] - log[k, 3]) <= 0.5
+    assert np.all(np.hypot(st[k:, 0] - log[k:, 0], st[k:, 1] - log[k:, 1]) < 0.5)
+    # never off the road, comfortable, and safe by the engine
+    assert all(arterial.drivable_area.covers(shapely.Polygon(c)) for c in
+               __import__("simscale_env.sim.world", fromlist=["ego_box"]).ego_box(st[0])[None])
+    assert plan.scores.drivable_area_compliance[plan.index] == 1.0
+    assert comfort_checks(st[None, :k + 1]).all()
+
+
+def test_recovery_catches_up_or_shifts_when_the_start_is_ahead(arterial):
+    sim, pose = _logged_sim(arterial)
+    ahead = _offset_start(pose, 0.0, 15.0)
+    ahead[0] += np.cos(pose[2]) * 3.0
+    ahead[1] += np.sin(pose[2]) * 3.0
+    plan = recovery_plan(sim, sim.reset(ahead))
+    assert plan.source == "recovery"
+    cands = {(c["rejoin_s"], c["mode"]): c for c in plan.info["candidates"]}
+    assert plan.info["mode"] in ("exact", "time_shifted")
+    assert not cands[(2.0, "exact")]["comfortable"]  # 15 -> 10 m/s while dropping back 3 m in 2 s is harsh
+
+
+def test_falls_back_to_pdm_closed_when_every_rejoin_collides(arterial):
+    lane = arterial.lanes[LANE]
+    # the log drives through a parked car (a replayed log may do anything); rejoining it means hitting it
+    sim, pose = _logged_sim(arterial, objects=[ObjectSpec(*lane.baseline.interpolate(75.0))])
+    w = sim.reset(_offset_start(pose, 2.0, 10.0))
+    plan = recovery_plan(sim, w)
+    assert plan.source == "recovery->pdm_closed"
+    assert plan.info["fallback_reason"] in ("no safe candidate", "no candidate both comfortable and safe")
+    assert all(not c["safe"] for c in plan.info["candidates"])
+    assert plan.poses.shape == (8, 3)
+
+
+def test_recovery_config_is_validated_by_construction():
+    cfg = RecoveryConfig(rejoin_times_s=(3.0,), time_shifted=False)
+    assert cfg.rejoin_times_s == (3.0,)
