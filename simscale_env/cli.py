@@ -101,7 +101,7 @@ def _cmd_vocab_label(args) -> int:
     if args.limit is not None:
         tokens = tokens[:args.limit]
     r = label_scenes(builder, tokens, cfg.nuplan_maps_root, vocab, args.out, interval_s=args.interval,
-                     agent_mode=args.agents, progress=not args.quiet)
+                     agent_mode=args.agents, reference=args.ep_reference, progress=not args.quiet)
     print(json.dumps(r))
     return 0
 
@@ -166,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
             v.add_argument("--agents", default="non_reactive", choices=("non_reactive", "reactive",
                                                                         "constant_velocity"))
             v.add_argument("--limit", type=int, default=None, help="label only the first N scenes")
+            v.add_argument("--ep-reference", default="pdm_closed", choices=("pdm_closed", "joint"),
+                           help="EP normalisation: pairwise vs PDM-Closed (SimScale/GTRS) or joint over the vocabulary")
             v.set_defaults(func=_cmd_vocab_label)
 
     demo = sub.add_parser("demo", help="the main job of `make demo`")

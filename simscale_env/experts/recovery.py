@@ -24,7 +24,9 @@ DAgger-style corrections. Construction here:
    rejoin itself: within 0.5 m, 3 deg and 0.5 m/s of the (shifted) log from some time up to the horizon
    (`measured_rejoin`).
 6. Of the candidates passing all checks, an exact one is preferred, then the earliest measured rejoin (ties: the
-   earlier T_j); it is returned with source "recovery". If none passes, PDM-Closed's plan is returned with source
+   earlier T_j); it is returned with source "recovery". When the comfortable, safe candidates all fall short of the
+   log at the horizon, the one ending closest to it is returned (`info["rejoins_within_horizon"]` False; the next
+   replan carries on). If no candidate is comfortable and safe, PDM-Closed's plan is returned with source
    "recovery->pdm_closed" and the reason in `info["fallback_reason"]`.
 """
 
@@ -47,6 +49,9 @@ from .pdm_closed import ExpertPlan, PDMClosedPlanner, plan_from_trajectory
 @dataclass(frozen=True)
 class RecoveryConfig:
     rejoin_times_s: tuple[float, ...] = (2.0, 2.5, 3.0, 3.5, 4.0)
+    # the lateral offset is removed over these fractions of the travel to T_j (steeper references make up for the
+    # LQR's lateral lag; the comfort check rejects the harsh ones)
+    lateral_fractions: tuple[float, ...] = (0.5, 0.75, 1.0)
     time_shifted: bool = True  # also try velocity-keeping candidates (free along-track position)
     horizon_s: float = 4.0
     dt: float = 0.1
@@ -154,7 +159,7 @@ def _candidate_trajectories(ref: LoggedReference, ego: np.ndarray, cfg: Recovery
         modes = [("exact", _quintic(s0, v0 * np.cos(psi0), a0 * np.cos(psi0), sT + aim, vT, aT, T))]
         if cfg.time_shifted:
             modes.append(("time_shifted", _quartic(s0, v0 * np.cos(psi0), a0 * np.cos(psi0), vT, aT, T)))
-        for mode, cs in modes:
+        for (mode, cs), frac in ((mc, f) for mc in modes for f in cfg.lateral_fractions):
             before = t <= T
             s_end = float(_poly(cs, T))
             ref_shift = s_end - sT  # the reference after T: the log shifted by this
@@ -163,8 +168,9 @@ def _candidate_trajectories(ref: LoggedReference, ego: np.ndarray, cfg: Recovery
                 continue
             s_t = np.where(before, _poly(cs, t), s_log + ref_shift)
             # lateral offset as a quintic in the distance travelled: d(0) = d0, d' = tan(psi0), d'' = 0 -> 0, 0, 0
-            cd = _quintic(d0, np.tan(np.clip(psi0, -1.2, 1.2)), 0.0, 0.0, 0.0, 0.0, max(L, 1e-6))
-            sigma = np.clip(s_t - s0, 0.0, max(L, 1e-6))
+            Ld = max(L * frac, 1e-6)
+            cd = _quintic(d0, np.tan(np.clip(psi0, -1.2, 1.2)), 0.0, 0.0, 0.0, 0.0, Ld)
+            sigma = np.clip(s_t - s0, 0.0, Ld)
             d_t = np.where(before, _poly(cd, sigma), 0.0)
             dd = np.where(before, _poly(cd, sigma, 1), 0.0)
             pose = ref.path.interpolate(s_t)
@@ -177,7 +183,7 @@ def _candidate_trajectories(ref: LoggedReference, ego: np.ndarray, cfg: Recovery
             target_shift = 0.0 if mode == "exact" else ref_shift
             target = ref.path.interpolate(s_log + target_shift)
             targets.append(np.concatenate([target, v_log[:, None]], -1))
-            labels.append((float(T), mode, target_shift))
+            labels.append((float(T), mode, target_shift, float(frac)))
     if not out:
         return np.zeros((0, len(t), 3)), np.zeros((0, len(t), 4)), labels
     return np.stack(out), np.stack(targets), labels
@@ -216,18 +222,21 @@ def recovery_plan(sim: Simulation, world: WorldState, config: RecoveryConfig = R
     aims: dict = {}
     for _ in range(config.aim_iterations):
         s_end, _, _ = ref.path.project(states[:, -1, :2])
-        for k, (T, mode, _) in enumerate(labels):
-            if mode == "exact":
-                aims[(T, mode)] = aims.get((T, mode), 0.0) + (s_log_end - float(s_end[k]))
+        lag: dict = {}
+        for k, (T, mode, _, _) in enumerate(labels):
+            if mode == "exact":  # one aim per rejoin time: the mean lag over its lateral variants
+                lag.setdefault((T, mode), []).append(s_log_end - float(s_end[k]))
+        for key, v in lag.items():
+            aims[key] = aims.get(key, 0.0) + float(np.mean(v))
         trajs, targets, labels = _candidate_trajectories(ref, ego, config, aims)
         states = track_references(ego, trajs, steps, config.lqr)
     s_end, _, _ = ref.path.project(states[:, -1, :2])
     t = np.arange(steps + 1) * config.dt
-    for k, (T, mode, _) in enumerate(labels):
+    for k, (T, mode, _, frac) in enumerate(labels):
         if mode == "time_shifted":
             shift = float(s_end[k]) - s_log_end
             targets[k, :, :3] = ref.path.interpolate(np.interp(t, ref.times, ref.s) + shift)
-            labels[k] = (T, mode, shift)
+            labels[k] = (T, mode, shift, frac)
     comfy = np.ones(len(trajs), dtype=bool)
     if config.require_comfort:  # over the recovery itself: what follows is the human's own driving
         rejoin = np.array([lab[0] for lab in labels])
@@ -241,20 +250,30 @@ def recovery_plan(sim: Simulation, world: WorldState, config: RecoveryConfig = R
     safe = scores.multiplicative_metrics_prod == 1.0
     rejoin = measured_rejoin(states, targets, config)
     ok = np.nonzero(comfy & safe & np.isfinite(rejoin))[0]
-    info = {"candidates": [{"rejoin_s": T, "mode": m, "shift_m": sh, "comfortable": bool(c), "safe": bool(s),
-                            "rejoined_s": float(r)}
-                           for (T, m, sh), c, s, r in zip(labels, comfy, safe, rejoin)]}
-    if len(ok):
-        exact = np.array([labels[i][1] == "exact" for i in ok])
-        pool = ok[exact] if exact.any() else ok  # the log itself when possible, else its shifted copy
-        k = int(pool[np.argmin(rejoin[pool])])  # the earliest measured rejoin (argmin: the first on ties)
-        T, mode, shift = labels[k]
-        info.update(rejoin_s=T, rejoined_s=float(rejoin[k]), mode=mode, shift_m=shift)
+    info = {"candidates": [{"rejoin_s": T, "mode": m, "shift_m": sh, "lateral_fraction": fr, "comfortable": bool(c),
+                            "safe": bool(s), "rejoined_s": float(r)}
+                           for (T, m, sh, fr), c, s, r in zip(labels, comfy, safe, rejoin)]}
+    partial = np.nonzero(comfy & safe)[0]
+    if len(ok) or len(partial):
+        if len(ok):
+            exact = np.array([labels[i][1] == "exact" for i in ok])
+            pool = ok[exact] if exact.any() else ok  # the log itself when possible, else its shifted copy
+            k = int(pool[np.argmin(rejoin[pool])])  # the earliest measured rejoin (argmin: the first on ties)
+        else:
+            # safe and comfortable but still short of the log at the horizon: the one ending closest to it (the
+            # next replan continues the recovery)
+            end = states[partial, -1]
+            tgt = targets[partial, -1]
+            dev = (np.hypot(end[:, X] - tgt[:, 0], end[:, Y] - tgt[:, 1]) / config.rejoin_position_m
+                   + np.abs(wrap_angle(end[:, HEADING] - tgt[:, 2])) / config.rejoin_heading_rad
+                   + np.abs(np.hypot(end[:, VELOCITY_X], end[:, VELOCITY_Y]) - tgt[:, 3]) / config.rejoin_speed_mps)
+            k = int(partial[np.argmin(dev)])
+        T, mode, shift, frac = labels[k]
+        info.update(rejoin_s=T, rejoined_s=float(rejoin[k]), mode=mode, shift_m=shift, lateral_fraction=frac,
+                    rejoins_within_horizon=bool(np.isfinite(rejoin[k])))
         return ExpertPlan(plan_from_trajectory(trajs[k], ego), trajs[k], states[k], "recovery", scores, k, info)
     reason = "no comfortable candidate" if not comfy.any() else (
-        "no safe candidate" if not safe.any() else (
-            "no candidate both comfortable and safe" if not (comfy & safe).any() else "no candidate rejoins within "
-                                                                                     f"{config.horizon_s:g} s"))
+        "no safe candidate" if not safe.any() else "no candidate both comfortable and safe")
     pdm = (fallback or PDMClosedPlanner()).plan(sim, world)
     info.update(pdm.info, fallback_reason=reason)
     return ExpertPlan(pdm.poses, pdm.trajectory, pdm.states, "recovery->pdm_closed", pdm.scores, pdm.index, info)

@@ -210,12 +210,16 @@ def pseudo_simulate(sim: Simulation, world: WorldState, plans: np.ndarray, *, ag
     return scores, states
 
 
-def episode_summary(sim: Simulation, worlds: list[WorldState], config: ScorerConfig = ScorerConfig()) -> dict:
+def episode_summary(sim: Simulation, worlds: list[WorldState], config: ScorerConfig = ScorerConfig(),
+                    human: "PlanScores | None" = None, filter_variant: str = "fixed") -> dict:
     """The EPDMS sub-metrics over a realised closed-loop rollout (`worlds` at consecutive iterations).
 
     The scene holds what actually happened (the agents as simulated, the lights of the log); EP is the ego's
     progress along the route centreline normalised by the logged human's over the same iterations (the 5 m rule
-    applies). EC compares the realised trajectory with itself and is left out. Returns sub-scores, `epdms`
+    applies). HC is the comfort of the realised trajectory itself (a perturbed start is not continuous with the
+    logged past). EC compares the realised trajectory with itself and is left out. With `human` (the `scores` of
+    the logged drive's own summary) NAVSIM's human false-positive filter is applied (`filter_variant`), and
+    `epdms` is the filtered score. Returns sub-scores, `epdms`
     (multiplicative product x weighted / 14), and diagnostics."""
     if len(worlds) < 2:
         raise ValueError("an episode summary needs at least two world states")
@@ -258,7 +262,7 @@ def episode_summary(sim: Simulation, worlds: list[WorldState], config: ScorerCon
         obj_heading=np.array([seen[t][0].heading[seen[t][1]] for t in tracks]),
         obj_speed=np.array([np.hypot(seen[t][0].vx[seen[t][1]], seen[t][0].vy[seen[t][1]]) for t in tracks]),
         obj_corners=corners, obj_valid=valid, red_light_polygons=red, collided_track_ids=base.collided_track_ids,
-        human_past_states=base.human_past_states, name=sim.scenario.token)
+        human_past_states=None, name=sim.scenario.token)
     # human progress over the same iterations, on the same centreline
     sc = sim.scenario
     f0, f1 = sc.start_index + w0.iteration, sc.start_index + worlds[-1].iteration
@@ -272,6 +276,12 @@ def episode_summary(sim: Simulation, worlds: list[WorldState], config: ScorerCon
     row = scores.row(0)
     row.pop("two_frame_extended_comfort")
     row["epdms"] = row["pdm_score"]
+    if human is not None:
+        from .epdms import human_filter
+
+        f = human_filter(scores.replace(two_frame_extended_comfort=np.full(1, np.nan)), human, filter_variant, config)
+        row["epdms_unfiltered"] = row["epdms"]
+        row["epdms"] = float(f.final[0])
     row.update(human_progress_m=human_progress, steps=T, at_fault_collision=bool(scores.no_at_fault_collisions[0] < 1),
-               off_road=bool(scores.drivable_area_compliance[0] < 1))
+               off_road=bool(scores.drivable_area_compliance[0] < 1), scores=scores)
     return row

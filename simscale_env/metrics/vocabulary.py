@@ -5,7 +5,8 @@
 - :func:`kmeans_vocabulary` clusters them (k-means++ seeding, Lloyd iterations, deterministic for a seed) into a
   [K, 40, 3] vocabulary; :func:`save_vocabulary` writes it as `.npy` atomically.
 - :func:`label_scenes` scores the whole vocabulary in every scene of a split with the batched EPDMS engine (one call
-  per scene) and writes `<token>.npz` files of float16 arrays per sub-score (GTRS's label format), resumable.
+  per scene, EP pairwise against PDM-Closed as SimScale's GTRS labels) and writes `<token>.npz` files of float16
+  arrays per sub-score (GTRS's label format), resumable.
 
     simscale vocab build --split navtrain --k 8192 --out vocab.npy
     simscale vocab label --split navtrain --vocab vocab.npy --out labels/
@@ -193,20 +194,33 @@ def load_vocabulary(path: str | Path) -> np.ndarray:
 
 
 def label_scene(sim, world, vocab: np.ndarray, *, interval_s: float = 0.1, agent_mode: str = "non_reactive",
-                reference_plan: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Sub-scores of every vocabulary plan from `world`: {key: float16 [K]} for LABEL_KEYS. EP is normalised
-    jointly over the vocabulary (NAVSIM's score_proposals), or against `reference_plan` (e.g. PDM-Closed's)."""
+                reference: str = "pdm_closed") -> dict[str, np.ndarray]:
+    """Sub-scores of every vocabulary plan from `world`: {key: float16 [K]} for LABEL_KEYS.
+
+    EP: `reference="pdm_closed"` (default) normalises each plan pairwise against PDM-Closed's plan, as SimScale's
+    GTRS labels (`PROGRESS_MODE=gen_gt`); `"joint"` normalises over the vocabulary (NAVSIM's score_proposals)."""
     from .pseudo_sim import pseudo_simulate
 
+    if reference not in ("pdm_closed", "joint"):
+        raise ValueError(f"reference must be 'pdm_closed' or 'joint', got {reference!r}")
+    ref_plan = None
+    if reference == "pdm_closed":
+        from ..experts import pdm_closed_plan
+        from ..geometry import global_to_local
+
+        pdm = pdm_closed_plan(sim, world)
+        step = max(1, int(round(interval_s / 0.1)))
+        ref_plan = global_to_local(pdm.trajectory[step::step], world.ego[:3])[: vocab.shape[1]]
     scores, _ = pseudo_simulate(sim, world, vocab, agent_mode=agent_mode, plan_interval_s=interval_s,
-                                reference_plan=reference_plan)
+                                reference_plan=ref_plan)
     out = {k: getattr(scores, k) for k in LABEL_KEYS if k != "pdm_score"}
     out["pdm_score"] = scores.pdm_score()
     return {k: np.asarray(v, dtype=np.float16) for k, v in out.items()}
 
 
 def label_scenes(builder, tokens: Iterable[str], maps_root: str | Path, vocab: np.ndarray, out_dir: str | Path, *,
-                 interval_s: float = 0.1, agent_mode: str = "non_reactive", progress: bool = True) -> dict:
+                 interval_s: float = 0.1, agent_mode: str = "non_reactive", reference: str = "pdm_closed",
+                 progress: bool = True) -> dict:
     """Write `<out_dir>/<token>.npz` (float16 per sub-score, LABEL_KEYS) for each scenario token; tokens whose file
     exists are skipped (resume). Also writes `<out_dir>/labels.json` (vocabulary shape, keys, agent mode)."""
     from ..map import load_map
@@ -216,7 +230,7 @@ def label_scenes(builder, tokens: Iterable[str], maps_root: str | Path, vocab: n
     out_dir.mkdir(parents=True, exist_ok=True)
     tokens = list(tokens)
     meta = {"format": "simscale-vocab-labels/1", "vocabulary_shape": list(vocab.shape), "keys": list(LABEL_KEYS),
-            "agent_mode": agent_mode, "interval_s": interval_s, "dtype": "float16"}
+            "agent_mode": agent_mode, "interval_s": interval_s, "ep_reference": reference, "dtype": "float16"}
     _atomic_write(out_dir / "labels.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
     done = skipped = 0
     it = tokens
@@ -234,7 +248,8 @@ def label_scenes(builder, tokens: Iterable[str], maps_root: str | Path, vocab: n
         if sc.map_location not in maps:
             maps[sc.map_location] = load_map(sc.map_location, maps_root)
         sim = Simulation(sc, maps[sc.map_location], SimConfig(agent_mode=agent_mode))
-        labels = label_scene(sim, sim.reset(), vocab, interval_s=interval_s, agent_mode=agent_mode)
+        labels = label_scene(sim, sim.reset(), vocab, interval_s=interval_s, agent_mode=agent_mode,
+                             reference=reference)
 
         def write(tmp, labels=labels):
             with open(tmp, "wb") as f:

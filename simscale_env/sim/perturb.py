@@ -36,6 +36,9 @@ class PerturbationConfig:
     speed_scale: tuple[float, float] = (0.7, 1.3)
     clearance_m: float = 0.3
     max_heading_to_lane_deg: float = 90.0
+    # a start whose box, driven straight at its speed for this long (a driver's reaction time), leaves the road is
+    # doomed, not merely perturbed: rejected as "leaves_road"
+    reaction_s: float = 0.3
     max_tries: int = 100
 
     def __post_init__(self):
@@ -106,7 +109,8 @@ def apply_perturbation(state: np.ndarray, p: Perturbation, m: MapAPI) -> np.ndar
 
 def check_start(state: np.ndarray, m: MapAPI, object_corners: np.ndarray, config: PerturbationConfig,
                 vehicle: VehicleParameters = PACIFICA, red_polygons=()) -> str | None:
-    """Why a start state is invalid ('off_road', 'collision', 'red_light', 'reversed'), or None if it is valid.
+    """Why a start state is invalid ('off_road', 'collision', 'red_light', 'leaves_road', 'reversed'), or None if it
+    is valid.
     `red_polygons`: connectors whose light is red; a box touching one without being inside it starts with a
     traffic-light infraction (EPDMS TLC) no plan can avoid."""
     from .world import ego_box
@@ -123,6 +127,13 @@ def check_start(state: np.ndarray, m: MapAPI, object_corners: np.ndarray, config
     for rp in red_polygons:
         if poly.intersects(rp) and not poly.within(rp):
             return "red_light"
+    v = float(np.hypot(state[VELOCITY_X], state[VELOCITY_X + 1]))
+    if config.reaction_s > 0 and v > 0:
+        d = v * np.arange(1, int(np.ceil(config.reaction_s / 0.1)) + 1) * 0.1
+        shift = np.stack([np.cos(state[HEADING]) * d, np.sin(state[HEADING]) * d], -1)  # [K, 2]
+        ahead = (box[None] + shift[:, None]).reshape(-1, 2)
+        if not m.is_in_drivable_area(ahead).all():
+            return "leaves_road"
     c = vehicle.rear_axle_to_center
     cx, cy = state[X] + c * np.cos(state[HEADING]), state[Y] + c * np.sin(state[HEADING])
     lanes = m.lanes_at(cx, cy)

@@ -66,7 +66,7 @@ def test_labels_are_the_engine_scores_in_float16(mini, mini_builder, tmp_path):
     t = np.arange(1, 41)[:, None] * 0.1
     vocab = np.stack([np.concatenate([v * t, 0 * t, 0 * t], 1) for v in (0.0, 2.0, 4.4, 8.0, 30.0)])
     vocab[4, :, 1] = 0.5 * vocab[4, :, 0]  # fast and off to the left: leaves the road
-    labels = label_scene(sim, sim.reset(), vocab)
+    labels = label_scene(sim, sim.reset(), vocab, reference="joint")
     assert set(labels) == set(LABEL_KEYS) and all(v.dtype == np.float16 and v.shape == (5,) for v in labels.values())
     scores, _ = pseudo_simulate(sim, sim.reset(), vocab, plan_interval_s=0.1)
     for k in LABEL_KEYS:
@@ -74,13 +74,22 @@ def test_labels_are_the_engine_scores_in_float16(mini, mini_builder, tmp_path):
         assert np.array_equal(labels[k], want.astype(np.float16))
     assert labels["drivable_area_compliance"][4] == 0 and labels["pdm_score"][4] == 0
     assert labels["drivable_area_compliance"][2] == 1
+    # EP pairwise against PDM-Closed (SimScale's GTRS labels) instead of the vocabulary's best: a braking plan
+    # still progresses while the LQR brakes, less than PDM-Closed's plan
+    gen = label_scene(sim, sim.reset(), vocab)
+    assert 0.2 < gen["ego_progress"][0] < 0.9 and gen["ego_progress"][0] != labels["ego_progress"][0]
+    assert gen["ego_progress"][1] == 1.0
+    with pytest.raises(ValueError, match="reference"):
+        label_scene(sim, sim.reset(), vocab, reference="best")
     # files: one per scene, resumable
-    r = label_scenes(mini_builder, [tok], mini / "maps", vocab, tmp_path / "labels", progress=False)
+    r = label_scenes(mini_builder, [tok], mini / "maps", vocab, tmp_path / "labels", progress=False,
+                     reference="joint")
     assert r["written"] == 1
     z = np.load(tmp_path / "labels" / f"{tok}.npz")
     assert np.array_equal(z["pdm_score"], labels["pdm_score"])
     assert json.loads((tmp_path / "labels" / "labels.json").read_text())["vocabulary_shape"] == [5, 40, 3]
-    r = label_scenes(mini_builder, [tok], mini / "maps", vocab, tmp_path / "labels", progress=False)
+    r = label_scenes(mini_builder, [tok], mini / "maps", vocab, tmp_path / "labels", progress=False,
+                     reference="joint")
     assert r["written"] == 0 and r["skipped"] == 1
 
 
