@@ -22,7 +22,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .sh import eval_sh_colors
+from .sh import sh_colors_into
 
 TILE = 16
 ALPHA_THRESHOLD = np.float32(1.0 / 255.0)
@@ -62,176 +62,230 @@ def covariances(quats, scales):
 
 
 @njit(cache=True, parallel=True)
-def project(means, cov6, opacities, viewmat, K, width, height, near, far, eps2d, radius_clip, antialiased):
-    """One camera: radii [N, 2] (0 = culled), means2d [N, 2], depths [N], conics [N, 3], opacities [N] (with the
-    antialiasing compensation applied)."""
+def project_into(means, cov6, opacities, viewmats, Ks, width, height, near, far, eps2d, radius_clip, antialiased,
+                 radii, m2d, depth, conic, opac):
+    """Every camera into preallocated arrays: radii [C, N, 2] (0 = culled), means2d [C, N, 2], depths [C, N],
+    conics [C, N, 3], opacities [C, N] (with the antialiasing compensation applied); only culled entries' radii
+    are written for culled Gaussians."""
     n = len(means)
-    radii = np.zeros((n, 2), dtype=np.int32)
-    m2d = np.zeros((n, 2), dtype=np.float32)
-    depth = np.zeros(n, dtype=np.float32)
-    conic = np.zeros((n, 3), dtype=np.float32)
-    opac = np.zeros(n, dtype=np.float32)
-    R = viewmat[:3, :3]
-    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    C = len(viewmats)
     wf = F32(width)
     hf = F32(height)
-    tan_fovx = F32(0.5) * wf / fx
-    tan_fovy = F32(0.5) * hf / fy
-    lim_x_pos = (wf - cx) / fx + F32(0.3) * tan_fovx
-    lim_x_neg = cx / fx + F32(0.3) * tan_fovx
-    lim_y_pos = (hf - cy) / fy + F32(0.3) * tan_fovy
-    lim_y_neg = cy / fy + F32(0.3) * tan_fovy
-    for i in prange(n):
-        px, py, pz = means[i, 0], means[i, 1], means[i, 2]
-        x = R[0, 0] * px + R[0, 1] * py + R[0, 2] * pz + viewmat[0, 3]
-        y = R[1, 0] * px + R[1, 1] * py + R[1, 2] * pz + viewmat[1, 3]
-        z = R[2, 0] * px + R[2, 1] * py + R[2, 2] * pz + viewmat[2, 3]
-        if z < near or z > far:
-            continue
-        c = cov6[i]
-        # covar_c = R Sigma R^T
-        s00, s01, s02, s11, s12, s22 = c[0], c[1], c[2], c[3], c[4], c[5]
-        a0 = R[0, 0] * s00 + R[0, 1] * s01 + R[0, 2] * s02
-        a1 = R[0, 0] * s01 + R[0, 1] * s11 + R[0, 2] * s12
-        a2 = R[0, 0] * s02 + R[0, 1] * s12 + R[0, 2] * s22
-        b0 = R[1, 0] * s00 + R[1, 1] * s01 + R[1, 2] * s02
-        b1 = R[1, 0] * s01 + R[1, 1] * s11 + R[1, 2] * s12
-        b2 = R[1, 0] * s02 + R[1, 1] * s12 + R[1, 2] * s22
-        d0 = R[2, 0] * s00 + R[2, 1] * s01 + R[2, 2] * s02
-        d1 = R[2, 0] * s01 + R[2, 1] * s11 + R[2, 2] * s12
-        d2 = R[2, 0] * s02 + R[2, 1] * s12 + R[2, 2] * s22
-        c00 = a0 * R[0, 0] + a1 * R[0, 1] + a2 * R[0, 2]
-        c01 = a0 * R[1, 0] + a1 * R[1, 1] + a2 * R[1, 2]
-        c02 = a0 * R[2, 0] + a1 * R[2, 1] + a2 * R[2, 2]
-        c11 = b0 * R[1, 0] + b1 * R[1, 1] + b2 * R[1, 2]
-        c12 = b0 * R[2, 0] + b1 * R[2, 1] + b2 * R[2, 2]
-        c22 = d0 * R[2, 0] + d1 * R[2, 1] + d2 * R[2, 2]
-        rz = F32(1.0) / z
-        rz2 = rz * rz
-        tx = z * min(lim_x_pos, max(-lim_x_neg, x * rz))
-        ty = z * min(lim_y_pos, max(-lim_y_neg, y * rz))
-        j00 = fx * rz
-        j02 = -fx * tx * rz2
-        j11 = fy * rz
-        j12 = -fy * ty * rz2
-        # cov2d = J C J^T with J = [[j00, 0, j02], [0, j11, j12]]
-        v00 = j00 * (j00 * c00 + j02 * c02) + j02 * (j00 * c02 + j02 * c22)
-        v01 = j00 * (j11 * c01 + j12 * c02) + j02 * (j11 * c12 + j12 * c22)
-        v11 = j11 * (j11 * c11 + j12 * c12) + j12 * (j11 * c12 + j12 * c22)
-        mx = fx * x * rz + cx
-        my = fy * y * rz + cy
-        det_orig = v00 * v11 - v01 * v01
-        v00 += eps2d
-        v11 += eps2d
-        det = v00 * v11 - v01 * v01
-        if det <= F32(0.0):
-            continue
-        comp = math.sqrt(max(F32(0.0), det_orig / det))
-        o = opacities[i]
-        if antialiased:
-            o = o * comp
-        if o < ALPHA_THRESHOLD:
-            continue
-        extend = min(F32(3.33), math.sqrt(F32(2.0) * math.log(o / ALPHA_THRESHOLD)))
-        rx = math.ceil(extend * math.sqrt(v00))
-        ry = math.ceil(extend * math.sqrt(v11))
-        if rx <= radius_clip and ry <= radius_clip:
-            continue
-        if mx + rx <= 0 or mx - rx >= wf or my + ry <= 0 or my - ry >= hf:
-            continue
-        radii[i, 0] = np.int32(rx)
-        radii[i, 1] = np.int32(ry)
-        m2d[i, 0] = mx
-        m2d[i, 1] = my
-        depth[i] = z
-        inv = F32(1.0) / det
-        conic[i, 0] = v11 * inv
-        conic[i, 1] = -v01 * inv
-        conic[i, 2] = v00 * inv
-        opac[i] = o
+    lims = np.empty((C, 4), dtype=np.float32)
+    for c in range(C):
+        fx, fy, cx, cy = Ks[c, 0, 0], Ks[c, 1, 1], Ks[c, 0, 2], Ks[c, 1, 2]
+        tan_fovx = F32(0.5) * wf / fx
+        tan_fovy = F32(0.5) * hf / fy
+        lims[c, 0] = (wf - cx) / fx + F32(0.3) * tan_fovx
+        lims[c, 1] = cx / fx + F32(0.3) * tan_fovx
+        lims[c, 2] = (hf - cy) / fy + F32(0.3) * tan_fovy
+        lims[c, 3] = cy / fy + F32(0.3) * tan_fovy
+    for c in range(C):
+        R = viewmats[c]
+        fx, fy, cx, cy = Ks[c, 0, 0], Ks[c, 1, 1], Ks[c, 0, 2], Ks[c, 1, 2]
+        lim_x_pos, lim_x_neg, lim_y_pos, lim_y_neg = lims[c, 0], lims[c, 1], lims[c, 2], lims[c, 3]
+        for i in prange(n):
+            radii[c, i, 0] = 0
+            radii[c, i, 1] = 0
+            px = means[i, 0]
+            py = means[i, 1]
+            pz = means[i, 2]
+            x = R[0, 0] * px + R[0, 1] * py + R[0, 2] * pz + R[0, 3]
+            y = R[1, 0] * px + R[1, 1] * py + R[1, 2] * pz + R[1, 3]
+            z = R[2, 0] * px + R[2, 1] * py + R[2, 2] * pz + R[2, 3]
+            if z < near or z > far:
+                continue
+            # covar_c = R Sigma R^T
+            s00, s01, s02, s11, s12, s22 = cov6[i, 0], cov6[i, 1], cov6[i, 2], cov6[i, 3], cov6[i, 4], cov6[i, 5]
+            a0 = R[0, 0] * s00 + R[0, 1] * s01 + R[0, 2] * s02
+            a1 = R[0, 0] * s01 + R[0, 1] * s11 + R[0, 2] * s12
+            a2 = R[0, 0] * s02 + R[0, 1] * s12 + R[0, 2] * s22
+            b0 = R[1, 0] * s00 + R[1, 1] * s01 + R[1, 2] * s02
+            b1 = R[1, 0] * s01 + R[1, 1] * s11 + R[1, 2] * s12
+            b2 = R[1, 0] * s02 + R[1, 1] * s12 + R[1, 2] * s22
+            d0 = R[2, 0] * s00 + R[2, 1] * s01 + R[2, 2] * s02
+            d1 = R[2, 0] * s01 + R[2, 1] * s11 + R[2, 2] * s12
+            d2 = R[2, 0] * s02 + R[2, 1] * s12 + R[2, 2] * s22
+            c00 = a0 * R[0, 0] + a1 * R[0, 1] + a2 * R[0, 2]
+            c01 = a0 * R[1, 0] + a1 * R[1, 1] + a2 * R[1, 2]
+            c02 = a0 * R[2, 0] + a1 * R[2, 1] + a2 * R[2, 2]
+            c11 = b0 * R[1, 0] + b1 * R[1, 1] + b2 * R[1, 2]
+            c12 = b0 * R[2, 0] + b1 * R[2, 1] + b2 * R[2, 2]
+            c22 = d0 * R[2, 0] + d1 * R[2, 1] + d2 * R[2, 2]
+            rz = F32(1.0) / z
+            rz2 = rz * rz
+            tx = z * min(lim_x_pos, max(-lim_x_neg, x * rz))
+            ty = z * min(lim_y_pos, max(-lim_y_neg, y * rz))
+            j00 = fx * rz
+            j02 = -fx * tx * rz2
+            j11 = fy * rz
+            j12 = -fy * ty * rz2
+            # cov2d = J C J^T with J = [[j00, 0, j02], [0, j11, j12]]
+            v00 = j00 * (j00 * c00 + j02 * c02) + j02 * (j00 * c02 + j02 * c22)
+            v01 = j00 * (j11 * c01 + j12 * c02) + j02 * (j11 * c12 + j12 * c22)
+            v11 = j11 * (j11 * c11 + j12 * c12) + j12 * (j11 * c12 + j12 * c22)
+            mx = fx * x * rz + cx
+            my = fy * y * rz + cy
+            det_orig = v00 * v11 - v01 * v01
+            v00 += eps2d
+            v11 += eps2d
+            det = v00 * v11 - v01 * v01
+            if det <= F32(0.0):
+                continue
+            comp = math.sqrt(max(F32(0.0), det_orig / det))
+            oi = opacities[i] * comp if antialiased else opacities[i]
+            if oi < ALPHA_THRESHOLD:
+                continue
+            extend = min(F32(3.33), math.sqrt(F32(2.0) * math.log(oi / ALPHA_THRESHOLD)))
+            rx = math.ceil(extend * math.sqrt(v00))
+            ry = math.ceil(extend * math.sqrt(v11))
+            if rx <= radius_clip and ry <= radius_clip:
+                continue
+            if mx + rx <= 0 or mx - rx >= wf or my + ry <= 0 or my - ry >= hf:
+                continue
+            radii[c, i, 0] = np.int32(rx)
+            radii[c, i, 1] = np.int32(ry)
+            m2d[c, i, 0] = mx
+            m2d[c, i, 1] = my
+            depth[c, i] = z
+            inv = F32(1.0) / det
+            conic[c, i, 0] = v11 * inv
+            conic[c, i, 1] = -v01 * inv
+            conic[c, i, 2] = v00 * inv
+            opac[c, i] = oi
+
+
+def project_all(means, cov6, opacities, viewmats, Ks, width, height, near, far, eps2d, radius_clip, antialiased,
+                workspace=None):
+    """Every camera: (radii [C, N, 2] (0 = culled), means2d [C, N, 2], depths [C, N], conics [C, N, 3],
+    opacities [C, N]); values of culled entries other than radii are undefined."""
+    ws = workspace if workspace is not None else Workspace()
+    radii, m2d, depth, conic, opac = ws.arrays(len(viewmats), len(means))
+    project_into(means, cov6, opacities, viewmats, Ks, width, height, near, far, eps2d, radius_clip, antialiased,
+                 radii, m2d, depth, conic, opac)
     return radii, m2d, depth, conic, opac
 
 
-@njit(cache=True)
-def bin_tiles(radii, m2d, depth, width, height):
-    """Tile lists of one camera: (offsets [n_tiles + 1], ids) with each tile's Gaussians ordered by depth, then index."""
-    tw = (width + TILE - 1) // TILE
-    th = (height + TILE - 1) // TILE
-    nt = tw * th
-    n = len(radii)
-    counts = np.zeros(nt + 1, dtype=np.int64)
-    bounds = np.zeros((n, 4), dtype=np.int32)
-    for i in range(n):
-        if radii[i, 0] == 0 and radii[i, 1] == 0:
-            continue
-        tx = m2d[i, 0] / F32(TILE)
-        ty = m2d[i, 1] / F32(TILE)
-        rx = F32(radii[i, 0]) / F32(TILE)
-        ry = F32(radii[i, 1]) / F32(TILE)
-        x0 = min(max(0, int(math.floor(tx - rx))), tw)
-        y0 = min(max(0, int(math.floor(ty - ry))), th)
-        x1 = min(max(0, int(math.ceil(tx + rx))), tw)
-        y1 = min(max(0, int(math.ceil(ty + ry))), th)
-        bounds[i, 0], bounds[i, 1], bounds[i, 2], bounds[i, 3] = x0, y0, x1, y1
-        for ty_ in range(y0, y1):
-            for tx_ in range(x0, x1):
-                counts[ty_ * tw + tx_ + 1] += 1
-    for t in range(nt):
-        counts[t + 1] += counts[t]
-    ids = np.empty(counts[nt], dtype=np.int32)
-    fill = counts[:nt].copy()
-    for i in range(n):
-        x0, y0, x1, y1 = bounds[i, 0], bounds[i, 1], bounds[i, 2], bounds[i, 3]
-        for ty_ in range(y0, y1):
-            for tx_ in range(x0, x1):
-                t = ty_ * tw + tx_
-                ids[fill[t]] = i
-                fill[t] += 1
-    return counts, ids
+class Workspace:
+    """Per-camera projection buffers reused across frames (no allocation or page faults per frame)."""
+
+    def __init__(self):
+        self._shape = (0, 0)
+        self._bufs = None
+        self._cols = None
+
+    def colors(self, C: int, N: int):
+        if self._cols is None or self._cols.shape[0] < C or self._cols.shape[1] < N:
+            self._cols = np.empty((max(C, 1), max(N, 1), 3), np.float32)
+        return self._cols[:C, :N]
+
+    def arrays(self, C: int, N: int):
+        if self._bufs is None or self._shape[0] < C or self._shape[1] < N:
+            cap = (max(C, self._shape[0]), max(N, self._shape[1]))
+            self._bufs = (np.empty((cap[0], cap[1], 2), np.int32), np.empty((cap[0], cap[1], 2), np.float32),
+                          np.empty((cap[0], cap[1]), np.float32), np.empty((cap[0], cap[1], 3), np.float32),
+                          np.empty((cap[0], cap[1]), np.float32))
+            self._shape = cap
+        r, m, d, c, o = self._bufs
+        return r[:C, :N], m[:C, :N], d[:C, :N], c[:C, :N], o[:C, :N]
 
 
-@njit(cache=True)
-def _sort_tile(ids, depth, a, b):
-    seg = ids[a:b]
-    d = np.empty(b - a, dtype=np.float32)
-    for k in range(b - a):
-        d[k] = depth[seg[k]]
-    order = np.argsort(d, kind="mergesort")  # stable: equal depths keep index order
-    out = np.empty(b - a, dtype=np.int32)
-    for k in range(b - a):
-        out[k] = seg[order[k]]
-    ids[a:b] = out
+def project(means, cov6, opacities, viewmat, K, width, height, near, far, eps2d, radius_clip, antialiased):
+    """One camera (see `project_all`)."""
+    r, m, d, c, o = project_all(means, cov6, opacities, np.ascontiguousarray(np.asarray(viewmat)[None], dtype=np.float32),
+                                np.ascontiguousarray(np.asarray(K)[None], dtype=np.float32), width, height, near, far,
+                                eps2d, radius_clip, antialiased)
+    return r[0].copy(), m[0].copy(), d[0].copy(), c[0].copy(), o[0].copy()
 
 
 @njit(cache=True, parallel=True)
-def composite(offsets_all, ids_all, m2d, conic, opac, colors, depth, radii, width, height, bg,
-              out_rgb, out_alpha, out_depth):
-    """All tiles of all cameras in parallel. Per camera c: offsets_all[c] [n_tiles + 1] into ids_all[c]; colours
-    [C, N, 3]; bg [C, 3]."""
+def bin_tiles(vis, vis_start, radii, m2d, depth, width, height):
+    """Tile lists of every camera from its visible Gaussians (vis[vis_start[c]:vis_start[c + 1]], ascending):
+    offsets [C, n_tiles + 1] (relative to base[c]), base [C + 1], ids (flat). Gaussians are appended in (depth,
+    index) order, so each tile's list comes out sorted (gsplat's radix sort on (tile, depth), stable in the index)."""
     tw = (width + TILE - 1) // TILE
     th = (height + TILE - 1) // TILE
     nt = tw * th
-    C = len(offsets_all)
-    for job in prange(C * nt):
+    C = radii.shape[0]
+    counts = np.zeros((C, nt + 1), dtype=np.int64)
+    bounds = np.empty((len(vis), 4), dtype=np.int32)
+    for c in prange(C):
+        for r in range(vis_start[c], vis_start[c + 1]):
+            i = vis[r]
+            tx = m2d[c, i, 0] / F32(TILE)
+            ty = m2d[c, i, 1] / F32(TILE)
+            rx = F32(radii[c, i, 0]) / F32(TILE)
+            ry = F32(radii[c, i, 1]) / F32(TILE)
+            x0 = min(max(0, int(math.floor(tx - rx))), tw)
+            y0 = min(max(0, int(math.floor(ty - ry))), th)
+            x1 = min(max(0, int(math.ceil(tx + rx))), tw)
+            y1 = min(max(0, int(math.ceil(ty + ry))), th)
+            bounds[r, 0], bounds[r, 1], bounds[r, 2], bounds[r, 3] = x0, y0, x1, y1
+            for ty_ in range(y0, y1):
+                for tx_ in range(x0, x1):
+                    counts[c, ty_ * tw + tx_ + 1] += 1
+        for t in range(nt):
+            counts[c, t + 1] += counts[c, t]
+    base = np.zeros(C + 1, dtype=np.int64)
+    for c in range(C):
+        base[c + 1] = base[c] + counts[c, nt]
+    ids = np.empty(base[C], dtype=np.int32)
+    for c in prange(C):
+        a = vis_start[c]
+        nv = vis_start[c + 1] - a
+        d = np.empty(nv, dtype=np.float32)
+        for k in range(nv):
+            d[k] = depth[c, vis[a + k]]
+        order = np.argsort(d, kind="mergesort")  # stable: equal depths keep index order
+        fill = counts[c, :nt].copy()
+        b0 = base[c]
+        for q in range(nv):
+            r = a + order[q]
+            i = vis[r]
+            x0, y0, x1, y1 = bounds[r, 0], bounds[r, 1], bounds[r, 2], bounds[r, 3]
+            for ty_ in range(y0, y1):
+                for tx_ in range(x0, x1):
+                    t = ty_ * tw + tx_
+                    ids[b0 + fill[t]] = i
+                    fill[t] += 1
+    return counts, base, ids
+
+
+@njit(cache=True, parallel=True)
+def composite(offsets, base, ids, m2d, conic, opac, colors, depth, radii, width, height, bg, out_rgb, out_alpha,
+              out_depth):
+    """All tiles of all cameras in parallel (see `bin_tiles` for the lists); colours [C, N, 3]; bg [C, 3].
+    Each Gaussian visits, row by row, only the pixels where sigma <= ln(255 o) (alpha >= 1/255), one pixel wider
+    on each side against rounding; the others would be skipped by the alpha rule anyway."""
+    tw = (width + TILE - 1) // TILE
+    th = (height + TILE - 1) // TILE
+    nt = tw * th
+    C = offsets.shape[0]
+    # tiles in a fixed scrambled order so heavy regions (the ground ahead) spread over the threads
+    njobs = C * nt
+    order = np.empty(njobs, dtype=np.int64)
+    step = 7919 if njobs % 7919 != 0 else 1
+    for jj in range(njobs):
+        order[jj] = (jj * step) % njobs
+    for jj in prange(njobs):
+        job = order[jj]
         c = job // nt
         t = job % nt
-        offs = offsets_all[c]
-        ids = ids_all[c]
-        a = offs[t]
-        b = offs[t + 1]
-        _sort_tile(ids, depth[c], a, b)
+        a = base[c] + offsets[c, t]
+        b = base[c] + offsets[c, t + 1]
         ox = (t % tw) * TILE
         oy = (t // tw) * TILE
         T = np.ones((TILE, TILE), dtype=np.float32)
         acc = np.zeros((TILE, TILE, 3), dtype=np.float32)
         dacc = np.zeros((TILE, TILE), dtype=np.float32)
         done = np.zeros((TILE, TILE), dtype=np.bool_)
+        row_done = np.zeros(TILE, dtype=np.int32)
         n_done = 0
-        # pixels outside the image count as done
         for yy in range(TILE):
             for xx in range(TILE):
                 if oy + yy >= height or ox + xx >= width:
                     done[yy, xx] = True
+                    row_done[yy] += 1
                     n_done += 1
         for k in range(a, b):
             if n_done >= TILE * TILE:
@@ -239,23 +293,39 @@ def composite(offsets_all, ids_all, m2d, conic, opac, colors, depth, radii, widt
             g = ids[k]
             gx = m2d[c, g, 0]
             gy = m2d[c, g, 1]
-            rx = radii[c, g, 0]
-            ry = radii[c, g, 1]
             ca = conic[c, g, 0]
             cb = conic[c, g, 1]
             cc = conic[c, g, 2]
             o = opac[c, g]
-            x_lo = max(0, int(math.floor(gx - rx - F32(1.0))) - ox)
-            x_hi = min(TILE, int(math.ceil(gx + rx + F32(1.0))) - ox)
+            smax = math.log(o * F32(255.0))  # alpha >= 1/255 needs sigma <= ln(255 o)
+            ry = radii[c, g, 1]
             y_lo = max(0, int(math.floor(gy - ry - F32(1.0))) - oy)
             y_hi = min(TILE, int(math.ceil(gy + ry + F32(1.0))) - oy)
             col0 = colors[c, g, 0]
             col1 = colors[c, g, 1]
             col2 = colors[c, g, 2]
             z = depth[c, g]
+            inv_a = F32(1.0) / ca if ca > F32(0.0) else F32(0.0)
             for yy in range(y_lo, y_hi):
+                if row_done[yy] == TILE:
+                    continue
                 py = F32(oy + yy) + F32(0.5)
                 dy = gy - py
+                # x-range of the ellipse 0.5 (a dx^2 + c dy^2) + b dx dy <= smax on this row (dx = gx - px)
+                disc = (cb * dy) * (cb * dy) - ca * (cc * dy * dy - F32(2.0) * smax)
+                if disc < F32(0.0) or inv_a == F32(0.0):
+                    if inv_a == F32(0.0):
+                        x_lo = 0
+                        x_hi = TILE
+                    else:
+                        continue
+                else:
+                    sq = math.sqrt(disc)
+                    dxa = (-cb * dy - sq) * inv_a
+                    dxb = (-cb * dy + sq) * inv_a
+                    # px = gx - dx
+                    x_lo = max(0, int(math.floor(gx - dxb - F32(1.5))) - ox)
+                    x_hi = min(TILE, int(math.ceil(gx - dxa + F32(1.5))) - ox)
                 for xx in range(x_lo, x_hi):
                     if done[yy, xx]:
                         continue
@@ -269,6 +339,7 @@ def composite(offsets_all, ids_all, m2d, conic, opac, colors, depth, radii, widt
                     next_T = Tp * (F32(1.0) - alpha)
                     if next_T <= T_MIN:
                         done[yy, xx] = True
+                        row_done[yy] += 1
                         n_done += 1
                         continue
                     vis = alpha * Tp
@@ -294,7 +365,8 @@ def composite(offsets_all, ids_all, m2d, conic, opac, colors, depth, radii, widt
 
 
 def rasterize_cpu(means, cov6, opacities, sh, viewmats, Ks, width, height, *, near=0.01, far=1e10, eps2d=0.3,
-                  radius_clip=0.0, antialiased=False, backgrounds=None, sh_degree=None, colors=None):
+                  radius_clip=0.0, antialiased=False, backgrounds=None, sh_degree=None, colors=None,
+                  workspace: "Workspace | None" = None):
     """Render C cameras. means [N, 3], cov6 [N, 6] (see `covariances`), opacities [N], sh [N, K, 3] (or `colors`
     [N, 3] / [C, N, 3] already evaluated), viewmats [C, 4, 4] world-to-camera, Ks [C, 3, 3].
     Returns rgb [C, H, W, 3], alpha [C, H, W], expected depth [C, H, W] (float32) and the projection `meta`."""
@@ -310,33 +382,28 @@ def rasterize_cpu(means, cov6, opacities, sh, viewmats, Ks, width, height, *, ne
         bg = np.zeros((C, 3), np.float32)
     else:
         bg = np.ascontiguousarray(np.broadcast_to(np.asarray(backgrounds, np.float32), (C, 3)))
-    radii = np.zeros((C, N, 2), np.int32)
-    m2d = np.zeros((C, N, 2), np.float32)
-    depth = np.zeros((C, N), np.float32)
-    conic = np.zeros((C, N, 3), np.float32)
-    opac = np.zeros((C, N), np.float32)
-    cols = np.zeros((C, N, 3), np.float32)
-    offsets, idss = [], []
+    radii, m2d, depth, conic, opac = project_all(means, cov6, opacities, viewmats, Ks, W, H, F32(near), F32(far),
+                                                 F32(eps2d), F32(radius_clip), bool(antialiased), workspace)
+    cols = np.empty((C, N, 3), np.float32) if workspace is None else workspace.colors(C, N)
+    sh = None if sh is None else np.ascontiguousarray(sh, dtype=np.float32)
+    vis_list = []
     for c in range(C):
-        r, m, d, cn, o = project(means, cov6, opacities, viewmats[c], Ks[c], W, H, F32(near), F32(far), F32(eps2d),
-                                 F32(radius_clip), bool(antialiased))
-        radii[c], m2d[c], depth[c], conic[c], opac[c] = r, m, d, cn, o
-        vis = np.nonzero(r[:, 0] | r[:, 1])[0]
+        r = radii[c]
+        vis = np.flatnonzero(r[:, 0] | r[:, 1])
+        vis_list.append(vis)
         if colors is not None:
             col = np.asarray(colors, np.float32)
             cols[c, vis] = (col[c] if col.ndim == 3 else col)[vis]
         elif len(vis):
             campos = np.linalg.inv(viewmats[c].astype(np.float64))[:3, 3].astype(np.float32)
-            cols[c, vis] = eval_sh_colors(sh[vis], means[vis] - campos, sh_degree)
-        off, ids = bin_tiles(r, m, d, W, H)
-        offsets.append(off)
-        idss.append(ids)
+            sh_colors_into(sh, means, campos, vis, sh_degree, cols[c])
+    vis_start = np.concatenate([[0], np.cumsum([len(v) for v in vis_list])]).astype(np.int64)
+    vis_all = np.concatenate(vis_list).astype(np.int64) if vis_list else np.zeros(0, np.int64)
+    offsets, base, ids = bin_tiles(vis_all, vis_start, radii, m2d, depth, W, H)
     rgb = np.zeros((C, H, W, 3), np.float32)
     alpha = np.zeros((C, H, W), np.float32)
     dep = np.zeros((C, H, W), np.float32)
-    from numba.typed import List
-
-    composite(List(offsets), List(idss), m2d, conic, opac, cols, depth, radii, W, H, bg, rgb, alpha, dep)
+    composite(offsets, base, ids, m2d, conic, opac, cols, depth, radii, W, H, bg, rgb, alpha, dep)
     meta = {"radii": radii, "means2d": m2d, "depths": depth, "conics": conic, "opacities": opac, "colors": cols,
-            "tile_offsets": offsets, "tile_ids": idss}
+            "tile_offsets": offsets, "tile_base": base, "tile_ids": ids}
     return rgb, alpha, dep, meta
