@@ -6,6 +6,7 @@
     simscale check-epdms FILE.json                    score NAVSIM golden cases with the engine, list mismatches
     simscale vocab build --split S --k K --out V.npy  k-means trajectory vocabulary from the human plans of a split
     simscale vocab label --split S --vocab V.npy --out DIR   EPDMS sub-score labels (float16) of V in every scene
+    simscale render --log LOG --token TOKEN --out DIR   camera images, a bird's-eye view and a mosaic (PNG)
     simscale demo                                     the main job of `make demo`
 """
 
@@ -106,6 +107,49 @@ def _cmd_vocab_label(args) -> int:
     return 0
 
 
+def _cmd_render(args) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from .data.nuplan_db import LogDB
+    from .data.scenario import extract_scenario
+    from .map import load_map
+    from .render.bev import BEVRenderer, mosaic
+    from .render.renderer import CameraRenderer, load_reconstruction
+    from .sim import SimConfig, Simulation
+    from .sim.world import ego_box
+
+    with LogDB(args.log) as db:
+        sc = extract_scenario(db, args.token)
+    maps = args.maps
+    if maps is None:
+        cand = Path(args.log).resolve().parents[3] / "maps" if len(Path(args.log).resolve().parents) > 3 else None
+        maps = cand if cand is not None and cand.is_dir() else None
+    m = load_map(sc.map_location, maps)
+    sim = Simulation(sc, m, SimConfig(agent_mode="non_reactive"))
+    if not 0 <= args.iteration < sim.num_iterations:
+        raise SystemExit(f"simscale render: --iteration must be in [0, {sim.num_iterations})")
+    w = sim.reset()
+    if args.iteration:
+        w = type(w)(args.iteration, int(sc.iteration_timestamps_us[args.iteration]),
+                    sim.logged_ego_state(args.iteration), None, None)
+    recon = load_reconstruction(args.reconstructions, [sc.log_name, sc.map_location]) if args.reconstructions else None
+    r = CameraRenderer(m, sc.cameras, tuple(args.channels.split(",")), args.width, args.height, seed=args.seed,
+                       backend=args.backend, reconstruction=recon)
+    objs = sim.objects(w)
+    out = r.render(w.ego, objs)
+    route = m.route_lane_ids([x for x in sc.route_roadblock_ids if x in m.roadblocks])
+    bev = BEVRenderer(m, route).rgb(w.ego, objs, ego_box=ego_box(w.ego))
+    args.out.mkdir(parents=True, exist_ok=True)
+    for ch, img in zip(out.channels, out.rgb):
+        Image.fromarray(img).save(args.out / f"{ch}.png")
+    Image.fromarray(bev).save(args.out / "bev.png")
+    Image.fromarray(mosaic(out.rgb, bev)).save(args.out / "mosaic.png")
+    print(json.dumps({"token": args.token, "iteration": args.iteration, "cameras": list(out.channels),
+                      "gaussians": out.num_gaussians, "backend": r.backend, "out": str(args.out)}))
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from .data.info import format_summary, summarize
     from .data.paths import ensure_mini
@@ -169,6 +213,23 @@ def build_parser() -> argparse.ArgumentParser:
             v.add_argument("--ep-reference", default="pdm_closed", choices=("pdm_closed", "joint"),
                            help="EP normalisation: pairwise vs PDM-Closed (SimScale/GTRS) or joint over the vocabulary")
             v.set_defaults(func=_cmd_vocab_label)
+
+    rd = sub.add_parser("render", help="render a scenario's cameras (Gaussian splatting), a BEV and a mosaic")
+    rd.add_argument("--log", required=True, type=Path, help="nuPlan .db log")
+    rd.add_argument("--token", required=True, help="lidar_pc token the scenario is anchored at")
+    rd.add_argument("--out", required=True, type=Path)
+    rd.add_argument("--maps", type=Path, default=None, help="nuPlan maps root (default: beside the log's dataset, "
+                                                            "or NUPLAN_MAPS_ROOT)")
+    rd.add_argument("--iteration", type=int, default=0)
+    rd.add_argument("--channels", default="CAM_L0,CAM_F0,CAM_R0,CAM_L1,CAM_B0,CAM_R1",
+                    help="comma-separated camera channels")
+    rd.add_argument("--width", type=int, default=480)
+    rd.add_argument("--height", type=int, default=224)
+    rd.add_argument("--seed", type=int, default=0, help="seed of the synthesised scene")
+    rd.add_argument("--backend", default="auto", choices=("auto", "cpu", "gsplat"))
+    rd.add_argument("--reconstructions", type=Path, default=None,
+                    help="folder of 3DGS PLYs named <log_name>.ply or <map location>.ply (map coordinates)")
+    rd.set_defaults(func=_cmd_render)
 
     demo = sub.add_parser("demo", help="the main job of `make demo`")
     demo.add_argument("--data", type=Path, default=None, help="mini dataset folder (default: the cache)")
