@@ -7,7 +7,7 @@ import importlib
 import sys
 
 BENCHMARKS = {"data": "benchmarks.bench_data", "sim": "benchmarks.bench_sim", "score": "benchmarks.bench_score",
-              "experts": "benchmarks.bench_experts", "render": "benchmarks.bench_render"}
+              "experts": "benchmarks.bench_experts", "render": "benchmarks.bench_render", "env": "benchmarks.bench_env"}
 
 
 def run_benchmark(name: str, argv=None) -> int:

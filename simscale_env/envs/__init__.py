@@ -1,0 +1,25 @@
+"""The Gymnasium API: `SimScale-navhard-v0`, `SimScale-navtest-v0`, `SimScale-navtrain-v0` (registered on import of
+`simscale_env`)."""
+
+from gymnasium.envs.registration import register, registry
+
+ENV_IDS = {"SimScale-navhard-v0": "navhard", "SimScale-navtest-v0": "navtest", "SimScale-navtrain-v0": "navtrain"}
+
+for _id, _split in ENV_IDS.items():
+    if _id not in registry:
+        register(id=_id, entry_point="simscale_env.envs.simscale_env:SimScaleEnv", kwargs={"split": _split})
+
+
+def __getattr__(name):  # lazy: importing simscale_env stays light
+    if name in ("SimScaleEnv", "EnvConfig", "save_video"):
+        from . import simscale_env
+
+        return getattr(simscale_env, name)
+    if name == "SB3ObservationWrapper":
+        from .wrappers import SB3ObservationWrapper
+
+        return SB3ObservationWrapper
+    raise AttributeError(name)
+
+
+__all__ = ["ENV_IDS", "EnvConfig", "SB3ObservationWrapper", "SimScaleEnv", "save_video"]

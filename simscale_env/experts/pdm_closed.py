@@ -32,7 +32,7 @@ from ..geometry import global_to_local, wrap_angle
 from ..map.polyline import Polyline, concatenate
 from ..metrics.constants import ScorerConfig
 from ..metrics.epdms import PlanScores, ScoringScene, score_states
-from ..metrics.pseudo_sim import MAP_RADIUS, _map_layers
+from ..metrics.pseudo_sim import MAP_RADIUS, _map_layers, near_map_indices
 from ..sim.idm import box_corners
 from ..sim.lqr import LQRConfig, track_references
 from ..sim.state import ACCELERATION_X, HEADING, VELOCITY_X, VELOCITY_Y, X, Y
@@ -367,8 +367,7 @@ class PDMClosedPlanner:
         """The scene PDM-Closed scores against: the forecast objects (occupancy sample t // 2), constant red lights,
         the drivable map within the radius, its own centreline."""
         layers = _map_layers(sim.map)
-        c = ego_box(ego, self.vehicle).mean(axis=0)
-        near = np.sort(layers["tree"].query(shapely.Point(*c), predicate="dwithin", distance=self.config.map_radius))
+        near = near_map_indices(sim.map, ego_box(ego, self.vehicle).mean(axis=0), self.config.map_radius)
         idx = [fc.sample(t) for t in range(T + 1)]
         corners = fc.corners[idx] if len(fc.tokens) else np.zeros((T + 1, 0, 4, 2))
         red = tuple(zip(fc.red_ids, fc.red_polygons))

@@ -203,14 +203,15 @@ def measured_rejoin(states: np.ndarray, targets: np.ndarray, config: RecoveryCon
 
 
 def recovery_plan(sim: Simulation, world: WorldState, config: RecoveryConfig = RecoveryConfig(), *,
-                  fallback: PDMClosedPlanner | None = None) -> ExpertPlan:
-    """The recovery expert's plan from `world` (see the module docstring). `fallback` is the PDM-Closed planner
-    used when no candidate is comfortable and safe (a fresh one if None)."""
+                  fallback: PDMClosedPlanner | None = None, fallback_plan: ExpertPlan | None = None) -> ExpertPlan:
+    """The recovery expert's plan from `world` (see the module docstring). When no candidate is comfortable and
+    safe: `fallback_plan` (PDM-Closed's plan for this state, if already computed), else `fallback.plan(...)` (a
+    fresh PDM-Closed planner if None)."""
     ego = np.asarray(world.ego, dtype=np.float64)
     ref = logged_reference(sim, world.iteration, config.horizon_s)
     trajs, targets, labels = _candidate_trajectories(ref, ego, config)
     if len(trajs) == 0:
-        pdm = (fallback or PDMClosedPlanner()).plan(sim, world)
+        pdm = fallback_plan or (fallback or PDMClosedPlanner()).plan(sim, world)
         info = dict(pdm.info, candidates=[], fallback_reason="the logged ego does not move far enough to rejoin")
         return ExpertPlan(pdm.poses, pdm.trajectory, pdm.states, "recovery->pdm_closed", pdm.scores, pdm.index, info)
     steps = trajs.shape[1] - 1
@@ -274,6 +275,6 @@ def recovery_plan(sim: Simulation, world: WorldState, config: RecoveryConfig = R
         return ExpertPlan(plan_from_trajectory(trajs[k], ego), trajs[k], states[k], "recovery", scores, k, info)
     reason = "no comfortable candidate" if not comfy.any() else (
         "no safe candidate" if not safe.any() else "no candidate both comfortable and safe")
-    pdm = (fallback or PDMClosedPlanner()).plan(sim, world)
+    pdm = fallback_plan or (fallback or PDMClosedPlanner()).plan(sim, world)
     info.update(pdm.info, fallback_reason=reason)
     return ExpertPlan(pdm.poses, pdm.trajectory, pdm.states, "recovery->pdm_closed", pdm.scores, pdm.index, info)

@@ -103,7 +103,7 @@ class ScoringScene:
                     step_poly.append(keys[key])
                 step_ptr.append(len(step_poly))
             self._cache["red"] = None if not polys else (
-                PolygonSet(polys), np.array(step_ptr, dtype=np.int64), np.array(step_poly, dtype=np.int64))
+                PolygonSet(polys, grid=False), np.array(step_ptr, dtype=np.int64), np.array(step_poly, dtype=np.int64))
         return self._cache["red"]
 
     def type_mask(self, types) -> np.ndarray:
@@ -484,17 +484,35 @@ def _center_accelerations(states, vehicle):
     return ax, ay
 
 
-def _savgol_accel(a, window=8):
-    n = a.shape[-1]
-    return np.round(savgol_filter(a, polyorder=2, window_length=min(window, n), axis=-1), 8)
+_SAVGOL_CACHE: dict = {}
 
 
-def _derivative(y, dt, window, poly, deriv):
+def _savgol_matrix(n: int, window: int, poly: int, deriv: int, delta: float) -> np.ndarray:
+    """scipy's savgol_filter(mode="interp") along a length-n axis as an [n, n] linear map (the filter is linear in
+    its input: interior convolution, polynomial fits at the edges), built once per shape by filtering the identity.
+    Applying it equals scipy's result up to floating-point summation order."""
+    key = (n, window, poly, deriv, float(delta))
+    m = _SAVGOL_CACHE.get(key)
+    if m is None:
+        m = savgol_filter(np.eye(n), polyorder=poly, window_length=window, deriv=deriv, delta=delta, axis=0)
+        _SAVGOL_CACHE[key] = m
+    return m
+
+
+def _savgol(y, window, poly, deriv=0, delta=1.0):
     n = y.shape[-1]
     window = min(window, n)
     if not poly < window:
         raise ValueError(f"{poly} < {window} does not hold!")
-    return savgol_filter(y, polyorder=poly, window_length=window, deriv=deriv, delta=dt, axis=-1)
+    return y @ _savgol_matrix(n, window, poly, deriv, delta).T
+
+
+def _savgol_accel(a, window=8):
+    return np.round(_savgol(a, window, 2), 8)
+
+
+def _derivative(y, dt, window, poly, deriv):
+    return _savgol(y, window, poly, deriv, dt)
 
 
 def _phase_unwrap(h):

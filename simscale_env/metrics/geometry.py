@@ -13,17 +13,26 @@ from numba import njit, prange
 class PolygonSet:
     """Polygon exteriors flattened for the kernels, with a uniform grid of candidate polygons per cell."""
 
-    def __init__(self, polygons, cell: float = 4.0):
+    def __init__(self, polygons, cell: float = 4.0, grid: bool = True):
         import shapely
 
         self.n = len(polygons)
-        rings = [np.asarray(p.exterior.coords)[:-1] if not p.is_empty else np.zeros((0, 2)) for p in polygons]
-        self.ptr = np.zeros(self.n + 1, dtype=np.int64)
-        for k, r in enumerate(rings):
-            self.ptr[k + 1] = self.ptr[k] + len(r)
-        self.xy = np.concatenate(rings) if rings else np.zeros((0, 2))
-        self.xy = np.ascontiguousarray(self.xy, dtype=np.float64)
-        b = shapely.bounds(np.asarray(polygons, dtype=object)) if self.n else np.zeros((0, 4))
+        arr = np.asarray(polygons, dtype=object) if self.n else np.zeros(0, dtype=object)
+        if self.n:
+            rings = shapely.get_exterior_ring(arr)
+            counts = shapely.get_num_coordinates(rings)
+            coords = shapely.get_coordinates(rings)
+            # drop each ring's closing vertex
+            keep = np.ones(len(coords), dtype=bool)
+            ends = np.cumsum(counts) - 1
+            keep[ends[counts > 0]] = False
+            self.xy = np.ascontiguousarray(coords[keep], dtype=np.float64)
+            self.ptr = np.concatenate([[0], np.cumsum(np.maximum(counts - 1, 0))]).astype(np.int64)
+            b = shapely.bounds(arr)
+        else:
+            self.xy = np.zeros((0, 2))
+            self.ptr = np.zeros(1, dtype=np.int64)
+            b = np.zeros((0, 4))
         self.bounds = np.ascontiguousarray(b, dtype=np.float64)
         if self.n:
             x0, y0 = b[:, 0].min() - cell, b[:, 1].min() - cell
@@ -36,19 +45,11 @@ class PolygonSet:
         nx = int(np.ceil((x1 - x0) / cell)) + 1
         ny = int(np.ceil((y1 - y0) / cell)) + 1
         self.shape = (nx, ny)
-        lists = [[] for _ in range(nx * ny)]
-        for k in range(self.n):
-            i0 = int((b[k, 0] - x0) // cell)
-            i1 = int((b[k, 2] - x0) // cell)
-            j0 = int((b[k, 1] - y0) // cell)
-            j1 = int((b[k, 3] - y0) // cell)
-            for i in range(i0, i1 + 1):
-                for j in range(j0, j1 + 1):
-                    lists[i * ny + j].append(k)
-        self.cell_ptr = np.zeros(nx * ny + 1, dtype=np.int64)
-        for c, lst in enumerate(lists):
-            self.cell_ptr[c + 1] = self.cell_ptr[c] + len(lst)
-        self.cell_idx = np.array([k for lst in lists for k in lst], dtype=np.int64)
+        if grid:
+            self.cell_ptr, self.cell_idx = _bbox_grid(self.bounds, self.origin, self.cell, nx, ny)
+        else:
+            self.cell_ptr = np.zeros(nx * ny + 1, dtype=np.int64)
+            self.cell_idx = np.zeros(0, dtype=np.int64)
 
     def contains(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Pairs (point index, polygon index) with the point strictly inside the polygon."""
@@ -172,6 +173,120 @@ def _ray_count(pu, pv, u1, v1, u2, v2):
             sg = -sg
         return 1 if sg > 0 else 0
     return 0
+
+
+@njit(cache=True)
+def _bbox_grid(bounds, origin, cell, nx, ny):
+    """Per grid cell, the polygons whose bounding box touches it (CSR)."""
+    n = len(bounds)
+    counts = np.zeros(nx * ny + 1, dtype=np.int64)
+    for k in range(n):
+        i0 = int((bounds[k, 0] - origin[0]) // cell)
+        i1 = int((bounds[k, 2] - origin[0]) // cell)
+        j0 = int((bounds[k, 1] - origin[1]) // cell)
+        j1 = int((bounds[k, 3] - origin[1]) // cell)
+        for i in range(i0, i1 + 1):
+            for j in range(j0, j1 + 1):
+                counts[i * ny + j + 1] += 1
+    for c in range(nx * ny):
+        counts[c + 1] += counts[c]
+    idx = np.empty(counts[nx * ny], dtype=np.int64)
+    fill = counts[:nx * ny].copy()
+    for k in range(n):
+        i0 = int((bounds[k, 0] - origin[0]) // cell)
+        i1 = int((bounds[k, 2] - origin[0]) // cell)
+        j0 = int((bounds[k, 1] - origin[1]) // cell)
+        j1 = int((bounds[k, 3] - origin[1]) // cell)
+        for i in range(i0, i1 + 1):
+            for j in range(j0, j1 + 1):
+                c = i * ny + j
+                idx[fill[c]] = k
+                fill[c] += 1
+    return counts, idx
+
+
+@njit(cache=True)
+def _build_slabs(xy, ptr, bounds):
+    """Per polygon, slabs of its edges along the axis whose heaviest slabs are lighter (sum of squared slab sizes);
+    axis 0: y-slabs (horizontal ray), 1: x-slabs (vertical ray). Edge i runs from vertex i-1 to i."""
+    n = len(ptr) - 1
+    poly_slab = np.zeros(n + 1, dtype=np.int64)
+    v0s = np.zeros(n)
+    hs = np.ones(n)
+    axes = np.zeros(n, dtype=np.int64)
+    nss = np.zeros(n, dtype=np.int64)
+    total = 0
+    for k in range(n):
+        a = ptr[k]
+        b = ptr[k + 1]
+        ne = b - a
+        ns = max(1, min(1024, ne // 2))
+        best = -1.0
+        for axis in range(2):
+            v = 1 - axis
+            v0 = bounds[k, v]
+            h = max((bounds[k, v + 2] - v0) / ns, 1e-9)
+            cnt = np.zeros(ns, dtype=np.int64)
+            for e in range(ne):
+                i = a + e
+                j = a + e - 1 if e > 0 else b - 1
+                lo = min(xy[i, v], xy[j, v])
+                hi = max(xy[i, v], xy[j, v])
+                s0 = min(max(int((lo - v0) / h), 0), ns - 1)
+                s1 = min(max(int((hi - v0) / h), 0), ns - 1)
+                for sl in range(s0, s1 + 1):
+                    cnt[sl] += 1
+            cost = 0.0
+            tot = 0
+            for sl in range(ns):
+                cost += float(cnt[sl]) * float(cnt[sl])
+                tot += cnt[sl]
+            if best < 0 or cost < best:
+                best = cost
+                axes[k] = axis
+                v0s[k] = v0
+                hs[k] = h
+                nss[k] = tot
+        poly_slab[k + 1] = poly_slab[k] + ns
+        total += nss[k]
+    slab_ptr = np.zeros(poly_slab[n] + 1, dtype=np.int64)
+    for k in range(n):
+        a = ptr[k]
+        b = ptr[k + 1]
+        ne = b - a
+        ns = poly_slab[k + 1] - poly_slab[k]
+        v = 1 - axes[k]
+        for e in range(ne):
+            i = a + e
+            j = a + e - 1 if e > 0 else b - 1
+            lo = min(xy[i, v], xy[j, v])
+            hi = max(xy[i, v], xy[j, v])
+            s0 = min(max(int((lo - v0s[k]) / hs[k]), 0), ns - 1)
+            s1 = min(max(int((hi - v0s[k]) / hs[k]), 0), ns - 1)
+            for sl in range(s0, s1 + 1):
+                slab_ptr[poly_slab[k] + sl + 1] += 1
+    for q in range(poly_slab[n]):
+        slab_ptr[q + 1] += slab_ptr[q]
+    edges = np.empty(slab_ptr[poly_slab[n]], dtype=np.int64)
+    fill = slab_ptr[:poly_slab[n]].copy()
+    for k in range(n):
+        a = ptr[k]
+        b = ptr[k + 1]
+        ne = b - a
+        ns = poly_slab[k + 1] - poly_slab[k]
+        v = 1 - axes[k]
+        for e in range(ne):
+            i = a + e
+            j = a + e - 1 if e > 0 else b - 1
+            lo = min(xy[i, v], xy[j, v])
+            hi = max(xy[i, v], xy[j, v])
+            s0 = min(max(int((lo - v0s[k]) / hs[k]), 0), ns - 1)
+            s1 = min(max(int((hi - v0s[k]) / hs[k]), 0), ns - 1)
+            for sl in range(s0, s1 + 1):
+                q = poly_slab[k] + sl
+                edges[fill[q]] = i
+                fill[q] += 1
+    return poly_slab, slab_ptr, edges, v0s, hs, axes
 
 
 @njit(cache=True)
@@ -538,21 +653,6 @@ def _project_chunked(points, xy, s, bb, chunk):
     return arc, dist
 
 
-def _slab_buckets(vs, v0, v1):
-    """Edges (i from vertex i-1 to i) of a ring bucketed by the slabs of [v0, v1] their v-range touches."""
-    ne = len(vs)
-    ns = int(min(1024, max(1, ne // 2)))
-    h = max((v1 - v0) / ns, 1e-9)
-    vs2 = np.roll(vs, 1)
-    s0 = np.clip(((np.minimum(vs, vs2) - v0) / h).astype(np.int64), 0, ns - 1)
-    s1 = np.clip(((np.maximum(vs, vs2) - v0) / h).astype(np.int64), 0, ns - 1)
-    buckets = [[] for _ in range(ns)]
-    for e in range(ne):
-        for sl in range(s0[e], s1[e] + 1):
-            buckets[sl].append(e)
-    return buckets, v0, h
-
-
 class AreaIndex(PolygonSet):
     """PolygonSet with per-polygon slabs of edges (exact point-in-polygon touching only the few edges that can
     cross the point's ray), a fine grid of (cell, polygon) entries marking cells strictly inside, and category
@@ -560,39 +660,12 @@ class AreaIndex(PolygonSet):
 
     def __init__(self, polygons, drivable, lane, on_route, intersection, cell: float = 4.0,
                  fine_cell: float = 0.5, max_fine_cells: int = 4_000_000):
-        super().__init__(polygons, cell)
-        self.flags = np.zeros(self.n, dtype=np.int64)
-        for k in range(self.n):
-            self.flags[k] = (1 if drivable[k] else 0) | (2 if lane[k] else 0) | (4 if on_route[k] else 0) | (
-                8 if intersection[k] else 0)
-        # per polygon, slabs of edges across the axis with the lighter heaviest slabs (sum of squared slab sizes):
-        # axis 0 = y-slabs, horizontal ray; axis 1 = x-slabs, vertical ray
-        slab_ptr = [0]
-        slab_edges: list[int] = []
-        poly_slab = np.zeros((self.n + 1,), dtype=np.int64)
-        slab_y0 = np.zeros(self.n)
-        slab_h = np.ones(self.n)
-        self.slab_axis = np.zeros(self.n, dtype=np.int64)
-        for k in range(self.n):
-            a, b = self.ptr[k], self.ptr[k + 1]
-            best = None
-            for axis in (0, 1):
-                v = 1 - axis  # the coordinate the slabs cut
-                buckets, v0, h = _slab_buckets(self.xy[a:b, v], self.bounds[k, v], self.bounds[k, v + 2])
-                cost = sum(len(bk) ** 2 for bk in buckets)
-                if best is None or cost < best[0]:
-                    best = (cost, axis, buckets, v0, h)
-            _, axis, buckets, slab_y0[k], slab_h[k] = best
-            self.slab_axis[k] = axis
-            for bk in buckets:
-                slab_edges.extend(int(a + e) for e in bk)
-                slab_ptr.append(len(slab_edges))
-            poly_slab[k + 1] = poly_slab[k] + len(buckets)
-        self.slab_ptr = np.array(slab_ptr, dtype=np.int64)
-        self.slab_edges = np.array(slab_edges, dtype=np.int64)
-        self.poly_slab = poly_slab
-        self.slab_y0 = slab_y0
-        self.slab_h = slab_h
+        super().__init__(polygons, cell, grid=False)
+        self.flags = (np.asarray(drivable, bool).astype(np.int64) | (np.asarray(lane, bool).astype(np.int64) << 1)
+                      | (np.asarray(on_route, bool).astype(np.int64) << 2)
+                      | (np.asarray(intersection, bool).astype(np.int64) << 3)) if self.n else np.zeros(0, np.int64)
+        (self.poly_slab, self.slab_ptr, self.slab_edges, self.slab_y0, self.slab_h,
+         self.slab_axis) = _build_slabs(self.xy, self.ptr, self.bounds)
         self.slabs = (self.poly_slab, self.slab_ptr, self.slab_edges, self.slab_y0, self.slab_h, self.slab_axis)
         # a finer grid whose (cell, polygon) entries are classified: cells strictly inside a polygon need no
         # point-in-polygon test, cells outside it are dropped

@@ -57,6 +57,27 @@ def _map_layers(m) -> dict:
     return out
 
 
+NEAR_SNAP = 50.0
+
+
+def near_map_indices(m, point, radius: float = MAP_RADIUS) -> np.ndarray:
+    """Sorted indices (into `_map_layers(m)`) of the drivable-map objects within `radius` of `point` - a superset:
+    the query is centred on `point` snapped to a 50 m grid with the radius grown by the snap distance, so consecutive
+    steps share one set (and one cached area index). Extra far polygons change no sub-score: every point the scorer
+    tests lies within `radius` of `point`."""
+    layers = _map_layers(m)
+    key = (int(np.floor(point[0] / NEAR_SNAP)), int(np.floor(point[1] / NEAR_SNAP)), float(radius))
+    cache = layers.setdefault("near_cache", {})
+    if key not in cache:
+        cx, cy = (key[0] + 0.5) * NEAR_SNAP, (key[1] + 0.5) * NEAR_SNAP
+        idx = layers["tree"].query(shapely.Point(cx, cy), predicate="dwithin",
+                                   distance=radius + NEAR_SNAP * np.sqrt(0.5))
+        if len(cache) > 256:
+            cache.clear()
+        cache[key] = np.sort(idx)
+    return cache[key]
+
+
 def route_centerline_xy(sim: Simulation, ego: np.ndarray) -> np.ndarray:
     line = sim.map.route_centerline(sim.scenario.route_roadblock_ids, (ego[X], ego[Y], ego[HEADING]))
     return np.asarray(line.xy)
@@ -64,16 +85,17 @@ def route_centerline_xy(sim: Simulation, ego: np.ndarray) -> np.ndarray:
 
 def scoring_scene(sim: Simulation, world: WorldState, *, ego_states: np.ndarray | None = None,
                   agent_mode: str | None = None, num_steps: int = NUM_STEPS, radius: float = MAP_RADIUS,
-                  centerline: np.ndarray | None = None) -> ScoringScene:
+                  centerline: np.ndarray | None = None, past_states: np.ndarray | None = None) -> ScoringScene:
     """The scene seen from `world` over `num_steps` steps. `agent_mode` defaults to the simulation's; "reactive"
-    needs `ego_states` [num_steps + 1, 11] (the agents react to that ego trajectory)."""
+    needs `ego_states` [num_steps + 1, 11] (the agents react to that ego trajectory). `past_states` [H, 11] (0.1 s
+    apart, ending before the current state) replace the logged human past for HC, e.g. the realised past of a
+    closed-loop ego."""
     mode = agent_mode or sim.config.agent_mode
     m = sim.map
     ego = world.ego
     c = ego_box(ego).mean(axis=0)
     layers = _map_layers(m)
-    near = layers["tree"].query(shapely.Point(*c), predicate="dwithin", distance=radius)
-    near = np.sort(near)
+    near = near_map_indices(m, c, radius)
     route_ids = frozenset(m.route_lane_ids([r for r in sim.scenario.route_roadblock_ids if r in m.roadblocks]))
     # objects per step
     T = num_steps + 1
@@ -89,6 +111,8 @@ def scoring_scene(sim: Simulation, world: WorldState, *, ego_states: np.ndarray 
             frames.append(rsim.objects(w))
             if w.iteration + 1 <= last and t + 1 < T:
                 w = rsim.step(w, ego_state=np.asarray(ego_states[t + 1]))
+    elif mode == "non_reactive":
+        return _log_replay_scene(sim, world, T, near, route_ids, radius, centerline, past_states)
     else:
         osim = sim if sim.config.agent_mode == mode else Simulation(sim.scenario, m, replace(sim.config, agent_mode=mode))
         for t in range(T):
@@ -133,13 +157,68 @@ def scoring_scene(sim: Simulation, world: WorldState, *, ego_states: np.ndarray 
         if ego_poly.within(poly):
             collided.add(f"red_light_{cid}")
     # human past (log ego before the scenario time) for HC
-    past = _human_past(sim, world.iteration)
+    past = _human_past(sim, world.iteration) if past_states is None else np.asarray(past_states, dtype=np.float64)
+    if past is not None and len(past) == 0:
+        past = None
     cl = route_centerline_xy(sim, ego) if centerline is None else centerline
     return ScoringScene(
         map_ids=tuple(layers["ids"][near]), map_types=tuple(layers["types"][near]),
         map_polygons=tuple(layers["polys"][near]), route_lane_ids=route_ids, centerline=cl,
         obj_tokens=tuple(ag.track_tokens[t] for t in tracks), obj_is_agent=is_agent, obj_heading=heading,
         obj_speed=speed, obj_corners=corners, obj_valid=valid, red_light_polygons=tuple(red),
+        collided_track_ids=frozenset(collided), human_past_states=past, name=sim.scenario.token)
+
+
+def _log_replay_scene(sim, world, T, near, route_ids, radius, centerline, past_states) -> ScoringScene:
+    """`scoring_scene` for log replay, vectorized over the window's frames (same tracks, order and values as the
+    per-frame construction: tracks by first appearance, then column)."""
+    from ..data.schema import AGENT_CATEGORIES
+
+    ag = sim.scenario.agents
+    last = sim.num_iterations - 1
+    frames = sim.frame(0) + np.minimum(world.iteration + np.arange(T), last)
+    valid = ag.valid[frames]  # [T, Mtot]
+    any_v = valid.any(axis=0)
+    cols = np.nonzero(any_v)[0]
+    first = np.argmax(valid[:, cols], axis=0)
+    order = np.lexsort((cols, first))
+    tracks = cols[order]
+    first = first[order]
+    v = valid[:, tracks]
+    M = len(tracks)
+    corners = np.zeros((T, M, 4, 2))
+    if M:
+        ti, mi = np.nonzero(v)
+        fr, tr = frames[ti], tracks[mi]
+        corners[ti, mi] = box_corners(ag.x[fr, tr], ag.y[fr, tr], ag.heading[fr, tr], ag.length[fr, tr],
+                                      ag.width[fr, tr])
+    f_first = frames[first]
+    heading = ag.heading[f_first, tracks].astype(np.float64)
+    speed = np.hypot(np.nan_to_num(ag.vx[f_first, tracks]), np.nan_to_num(ag.vy[f_first, tracks]))
+    is_agent = np.isin(ag.category[tracks], np.asarray(AGENT_CATEGORIES))
+    red = []
+    for t in range(T):
+        it = min(world.iteration + t, last)
+        red.append(tuple(sorted(sim.red_light_polygons(it, route_ids).items())))
+    ego_poly = shapely.Polygon(ego_box(world.ego))
+    collided = set()
+    if M and v[0].any():
+        p0 = shapely.polygons(corners[0, v[0]])
+        hit = shapely.intersects(p0, ego_poly)
+        collided = {ag.track_tokens[tracks[i]] for i, h in zip(np.nonzero(v[0])[0], hit) if h}
+    for cid, poly in red[0]:
+        if ego_poly.within(poly):
+            collided.add(f"red_light_{cid}")
+    past = _human_past(sim, world.iteration) if past_states is None else np.asarray(past_states, dtype=np.float64)
+    if past is not None and len(past) == 0:
+        past = None
+    layers = _map_layers(sim.map)
+    cl = route_centerline_xy(sim, world.ego) if centerline is None else centerline
+    return ScoringScene(
+        map_ids=tuple(layers["ids"][near]), map_types=tuple(layers["types"][near]),
+        map_polygons=tuple(layers["polys"][near]), route_lane_ids=route_ids, centerline=cl,
+        obj_tokens=tuple(ag.track_tokens[t] for t in tracks), obj_is_agent=is_agent, obj_heading=heading,
+        obj_speed=speed, obj_corners=corners, obj_valid=v, red_light_polygons=tuple(red),
         collided_track_ids=frozenset(collided), human_past_states=past, name=sim.scenario.token)
 
 
@@ -170,7 +249,8 @@ def plan_states(world: WorldState, plans: np.ndarray, *, plan_interval_s: float 
 
 def pseudo_simulate(sim: Simulation, world: WorldState, plans: np.ndarray, *, agent_mode: str = "non_reactive",
                     reference_plan: np.ndarray | None = None, previous_states: np.ndarray | None = None,
-                    plan_interval_s: float = 0.5, config: ScorerConfig = ScorerConfig()) -> tuple[PlanScores, np.ndarray]:
+                    plan_interval_s: float = 0.5, config: ScorerConfig = ScorerConfig(),
+                    past_states: np.ndarray | None = None) -> tuple[PlanScores, np.ndarray]:
     """Score plans [N, K, 3] from `world`: interpolate to 4 s at 10 Hz, track with the LQR + bicycle, score against
     the agents in `agent_mode` ("non_reactive": log replay, "reactive": IDM agents reacting to each plan's ego,
     "constant_velocity").
@@ -187,13 +267,15 @@ def pseudo_simulate(sim: Simulation, world: WorldState, plans: np.ndarray, *, ag
     if reference_plan is not None:
         ref_states = plan_states(world, np.asarray(reference_plan)[None], plan_interval_s=plan_interval_s,
                                  lqr=sim.config.lqr)
-        rscene = scoring_scene(sim, world, ego_states=ref_states[0], agent_mode=agent_mode, centerline=cl)
+        rscene = scoring_scene(sim, world, ego_states=ref_states[0], agent_mode=agent_mode, centerline=cl,
+                               past_states=past_states)
         r = score_states(rscene, ref_states, config)
         reference = (float(r.progress_raw[0]), float(r.multiplicative_metrics_prod[0]))
     if agent_mode == "reactive":
         parts = []
         for i in range(len(plans)):
-            scene = scoring_scene(sim, world, ego_states=states[i], agent_mode="reactive", centerline=cl)
+            scene = scoring_scene(sim, world, ego_states=states[i], agent_mode="reactive", centerline=cl,
+                                  past_states=past_states)
             prev = None if previous_states is None else previous_states[i:i + 1]
             parts.append(score_states(scene, states[i:i + 1], config, progress_reference=reference,
                                       previous_states=prev))
@@ -205,7 +287,7 @@ def pseudo_simulate(sim: Simulation, world: WorldState, plans: np.ndarray, *, ag
             scores = scores.replace(ego_progress=_normalise_progress(scores.progress_raw,
                                                                      scores.multiplicative_metrics_prod, config, None))
     else:
-        scene = scoring_scene(sim, world, agent_mode=agent_mode, centerline=cl)
+        scene = scoring_scene(sim, world, agent_mode=agent_mode, centerline=cl, past_states=past_states)
         scores = score_states(scene, states, config, progress_reference=reference, previous_states=previous_states)
     return scores, states
 

@@ -22,6 +22,7 @@ from .raster import covariances, rasterize_cpu
 from .synth import StaticScene, actor_gaussians, sky_background
 
 BACKENDS = ("auto", "cpu", "gsplat")
+_STATIC_SCENES: dict = {}
 
 
 def gsplat_available() -> bool:
@@ -72,7 +73,12 @@ class CameraRenderer:
         self.backend = ("gsplat" if gsplat_available() else "cpu") if backend == "auto" else backend
         if self.backend == "gsplat" and not gsplat_available():
             raise RuntimeError("backend 'gsplat' needs CUDA (torch.cuda.is_available()) and the gsplat package")
-        self.static = StaticScene(map_api, seed)
+        key = (id(map_api), str(map_api.path), int(seed))
+        if key not in _STATIC_SCENES:
+            if len(_STATIC_SCENES) >= 4:
+                _STATIC_SCENES.pop(next(iter(_STATIC_SCENES)))
+            _STATIC_SCENES[key] = StaticScene(map_api, seed)
+        self.static = _STATIC_SCENES[key]  # shared by renderers of the same map (chunks are generated once)
         self.origin = self.static.origin
         self.radius = radius
         self.near, self.far = near, far
@@ -83,6 +89,9 @@ class CameraRenderer:
             g = Gaussians(means, g.quats, g.scales, g.opacities, g.sh)
             self._recon = (g, covariances(g.quats, g.scales))
         self._sky_cache: dict = {}
+        from .raster import Workspace
+
+        self._workspace = Workspace()
 
     def scene(self, ego_state, objects) -> tuple[Gaussians, np.ndarray]:
         """The Gaussians of one frame (local coordinates) and their covariances: static + actors."""
@@ -108,7 +117,7 @@ class CameraRenderer:
         else:
             rgb, alpha, depth, _ = rasterize_cpu(g.means, cov, g.opacities, g.sh, views.astype(np.float32),
                                                  Ks.astype(np.float32), self.width, self.height, near=self.near,
-                                                 far=self.far)
+                                                 far=self.far, workspace=self._workspace)
         rgb = rgb + (1.0 - alpha)[..., None] * sky
         img = (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
         return RenderOutput(img, np.where(alpha > 0.5, depth, 0.0).astype(np.float32) if with_depth else None,

@@ -261,7 +261,8 @@ def track_references(initial_state: np.ndarray, reference_poses: np.ndarray, num
     """Simulate the LQR + bicycle tracking each reference [B, T, 3] from the same initial state [11] (or [B, 11]).
 
     Returns states [B, num_steps + 1, 11] at the discretization time; state 0 is the initial state
-    (navsim PDMSimulator.simulate_proposals).
+    (navsim PDMSimulator.simulate_proposals). The whole rollout runs in one kernel (`_rollout`), step for step the
+    same operations as `BatchLQRTracker.track` + `bicycle.propagate`.
     """
     ref = np.asarray(reference_poses, dtype=np.float64)
     if ref.ndim == 2:
@@ -271,10 +272,79 @@ def track_references(initial_state: np.ndarray, reference_poses: np.ndarray, num
     steps = T - 1 if num_steps is None else int(num_steps)
     tracker = BatchLQRTracker(lqr)
     tracker.update(ref)
-    out = np.zeros((B, steps + 1, STATE_SIZE))
-    out[:, 0] = init if init.ndim == 1 else init
-    dt = lqr.discretization_time
-    for t in range(1, steps + 1):
-        cmd = tracker.track(t - 1, out[:, t - 1])
-        out[:, t] = propagate(out[:, t - 1], cmd, dt, bicycle)
+    init_b = np.ascontiguousarray(np.broadcast_to(init, (B, init.shape[-1])), dtype=np.float64)
+    return _rollout(init_b, np.ascontiguousarray(tracker._poses), np.ascontiguousarray(tracker._velocity),
+                    np.ascontiguousarray(tracker._curvature), steps, float(lqr.discretization_time),
+                    int(lqr.tracking_horizon), float(lqr.q_longitudinal), float(lqr.r_longitudinal),
+                    np.asarray(lqr.q_lateral, dtype=np.float64), float(lqr.r_lateral), float(lqr.stopping_velocity),
+                    float(lqr.stopping_proportional_gain), float(lqr.vehicle.wheel_base),
+                    float(bicycle.vehicle.wheel_base), float(bicycle.max_steering_angle),
+                    float(bicycle.accel_time_constant), float(bicycle.steering_angle_time_constant))
+
+
+@njit(cache=True)
+def _rollout(init, poses, velocity, curvature, steps, dt, N, q_lon, r_lon, q_lat, r_lat, stop_v, stop_k, lqr_wb,
+             bike_wb, max_steer, tau_a, tau_s):
+    B = init.shape[0]
+    S = init.shape[1]
+    out = np.zeros((B, steps + 1, S))
+    n_prof = velocity.shape[1]
+    vprof = np.empty((1, N))
+    curv = np.empty((1, N))
+    x0 = np.empty((1, 3))
+    for b in range(B):
+        s = init[b].copy()
+        out[b, 0] = s
+        for t in range(steps):
+            # BatchLQRTracker.track
+            r0 = poses[b, t, 0]
+            r1 = poses[b, t, 1]
+            r2 = poses[b, t, 2]
+            dx = s[0] - r0
+            dy = s[1] - r1
+            lat = -dx * np.sin(r2) + dy * np.cos(r2)
+            d = s[2] - r2
+            herr = np.arctan2(np.sin(d), np.cos(d))
+            v0 = s[3]
+            ridx = min(t + N, n_prof - 1)
+            v_ref = velocity[b, ridx]
+            L = ridx - t
+            for k in range(N):
+                curv[0, k] = curvature[b, t + k] if k < L else curvature[b, ridx]
+            if v_ref <= stop_v and v0 <= stop_v:
+                acc_cmd = -stop_k * (v0 - v_ref)
+                steer_cmd = 0.0
+            else:
+                Bl = N * dt
+                acc_cmd = -1.0 / (Bl * q_lon * Bl + r_lon) * Bl * q_lon * (v0 - v_ref)
+                run = 0.0
+                for k in range(N):
+                    vprof[0, k] = v0 + run
+                    run = run + acc_cmd * dt
+                x0[0, 0] = lat
+                x0[0, 1] = herr
+                x0[0, 2] = s[7]
+                steer_cmd = _lateral_lqr(x0, vprof, curv, dt, lqr_wb, q_lat, r_lat)[0]
+            # bicycle.propagate
+            accel = s[5]
+            steer = s[7]
+            ideal_steer = dt * steer_cmd + steer
+            new_accel = dt / (dt + tau_a) * (acc_cmd - accel) + accel
+            new_steer = dt / (dt + tau_s) * (ideal_steer - steer) + steer
+            steer_rate = (new_steer - steer) / dt
+            v = s[3]
+            n = s.copy()
+            n[0] = s[0] + v * np.cos(s[2]) * dt
+            n[1] = s[1] + v * np.sin(s[2]) * dt
+            n[2] = (s[2] + v * np.tan(steer) / bike_wb * dt - (-np.pi)) % (2 * np.pi) + (-np.pi)
+            n[3] = v + new_accel * dt
+            n[4] = 0.0
+            n[7] = min(max(steer + steer_rate * dt, -max_steer), max_steer)
+            n[9] = n[3] * np.tan(n[7]) / bike_wb
+            n[5] = new_accel
+            n[6] = 0.0
+            n[10] = (n[9] - s[9]) / dt
+            n[8] = steer_rate
+            s = n
+            out[b, t + 1] = s
     return out

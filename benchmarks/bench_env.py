@@ -1,0 +1,82 @@
+"""`simscale bench env`: decision steps (0.5 s of simulated time each) per second of `SimScale-navhard-v0` on 2 cores.
+
+(a) no cameras, no pseudo-experts, no plan scoring (the kwargs turn them off): the policy replays the logged future
+    as its plan; (b) with both pseudo-experts in `info` (and the submitted plan scored), driven by
+    `info["pseudo_expert"]["pdm_closed"]`; (c) as (b) with the three front cameras at 480x224.
+Each mode runs whole episodes (resets and episode summaries included) in steady state: the same seeded episodes
+are run once before timing, so scenario loading from the .db, map loading, scene-chunk synthesis and the human
+reference replay (cached per scenario) are not timed.
+Targets (issue 7): >= 200, >= 30, >= 10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def _log_plan(env):
+    """The logged ego's next 4 s as a plan from the current (realised) pose."""
+    import numpy as np
+
+    from simscale_env.geometry import global_to_local
+
+    u = env.unwrapped
+    sc = u.sim.scenario
+    f = sc.start_index + u.world.iteration
+    idx = np.minimum(f + 5 * np.arange(1, 9), len(sc.ego.x) - 1)
+    poses = np.stack([sc.ego.x[idx], sc.ego.y[idx], sc.ego.heading[idx]], -1)
+    return global_to_local(poses, u.world.ego[:3]).astype(np.float32)
+
+
+def main(argv) -> int:
+    ap = argparse.ArgumentParser(prog="simscale bench env")
+    ap.add_argument("--data", default=None, help="mini dataset root (default: the cache)")
+    ap.add_argument("--episodes", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
+    if args.data:
+        os.environ["SIMSCALE_MINI"] = args.data
+    import gymnasium as gym
+    import numpy as np
+    from numba import set_num_threads
+
+    import simscale_env  # noqa: F401  (registration)
+
+    set_num_threads(args.threads)
+    modes = {
+        "steps_per_s_no_cameras": dict(observation_keys=("ego_status",), pseudo_experts=False, plan_scoring=None),
+        "steps_per_s_experts": dict(observation_keys=("ego_status",), pseudo_experts=True),
+        "steps_per_s_cameras": dict(observation_keys=("cameras", "ego_status"), pseudo_experts=True),
+    }
+    out = {}
+    for key, kw in modes.items():
+        env = gym.make("SimScale-navhard-v0", **kw)
+        expert = kw["pseudo_experts"]
+
+        def run(seed):
+            obs, info = env.reset(seed=seed)
+            n = 0
+            while True:
+                a = info["pseudo_expert"]["pdm_closed"] if expert else _log_plan(env)
+                obs, r, term, trunc, info = env.step(np.clip(a, env.action_space.low, env.action_space.high))
+                n += 1
+                if term or trunc:
+                    return n
+
+        for s_ in range(args.episodes):  # warm-up: the same episodes once (scenario loads, scene chunks, caches)
+            run(s_)
+        t = time.perf_counter()
+        steps = sum(run(s) for s in range(args.episodes))
+        dt = time.perf_counter() - t
+        out[key] = round(steps / dt, 1)
+        print(f"{key}: {steps} steps in {dt:.1f} s over {args.episodes} episodes", file=sys.stderr)
+        env.close()
+    out["cameras"] = 3
+    out["resolution"] = "480x224"
+    print(json.dumps(out))
+    return 0

@@ -1,0 +1,594 @@
+"""`SimScaleEnv`: the Gymnasium environment.
+
+One decision step = `replan_interval` seconds (default 0.5 s, 5 simulation steps at 10 Hz). The default action is a
+NAVSIM plan: 8 poses (x, y, heading) 0.5 s apart in the current rear-axle frame, tracked by the LQR + bicycle for one
+decision step; `action_type="control"` takes (acceleration [m/s^2], steering rate [rad/s]) held for the step.
+
+Reward of a decision step t (documented, EPDMS-derived):
+
+    r_t = (ds_t / L) * NC_t * DAC_t * DDC_t * TLC_t
+          - (1 / N) * [1.0 * (1 - TTC_t) + 0.4 * (1 - LK_t) + 0.4 * (1 - HC_t)]
+          - terminal_penalty * [terminated at t]
+
+- ds_t: the ego's progress along the route centreline during the step; L = max(5 m, the logged ego's progress over
+  the episode's horizon), so the progress terms sum to about EPDMS's EP;
+- NC, DAC, DDC, TLC: the EPDMS sub-metrics of the realised step (the executed 0.5 s against the simulated agents;
+  tracks already touching the ego at the step's start are ignored, as NAVSIM does at t0);
+- TTC, LK, HC: the EPDMS sub-metrics of the submitted plan by pseudo-simulation (`info["epdms"]`; for control
+  actions, the control held for 4 s), weighted as EPDMS weighs them against EP (5 : 2 : 2 over 5), spread over the N
+  decision steps of the episode; 0 when plan scoring is off;
+- termination on an at-fault collision (NC_t < 1) or leaving the drivable area (DAC_t = 0); truncation at the episode
+  length or the scenario's end. `info["episode"]` then holds the closed-loop episode summary (`episode_summary`,
+  with NAVSIM's human filter against the logged drive).
+
+`info["pseudo_expert"] = {"pdm_closed": poses [8, 3], "recovery": poses [8, 3]}` for the state just observed (the
+same action format), unless `pseudo_experts=False`.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import deque
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from ..data.openscene import load_split
+from ..data.paths import DataConfig
+from ..data.scenario import ScenarioBuilder, find_log_files
+from ..errors import UnknownTokenError
+from ..geometry import global_to_local, wrap_angle
+from ..map import load_map
+from ..map.commands import driving_command
+from ..metrics import ScorerConfig, episode_summary, pseudo_simulate
+from ..metrics.epdms import ScoringScene, score_states
+from ..metrics.geometry import polyline_project
+from ..metrics.pseudo_sim import MAP_RADIUS, _map_layers, near_map_indices, route_centerline_xy
+from ..render.camera import DEFAULT_CHANNELS, DEFAULT_SIZE
+from ..sim import SimConfig, Simulation
+from ..sim.bicycle import propagate
+from ..sim.perturb import (PERTURBATION_DEFAULTS, Perturbation, PerturbationConfig, PerturbationError,
+                           apply_perturbation, check_start, sample_perturbation)
+from ..sim.plans import plan_to_reference
+from ..sim.state import ACCELERATION_X, ACCELERATION_Y, HEADING, VELOCITY_X, VELOCITY_Y, X, Y
+from ..sim.world import PlanTracker, WorldState, ego_box
+
+OBSERVATION_KEYS = ("cameras", "ego_status", "bev", "agents", "route")
+MAX_AGENTS = 64
+ROUTE_POINTS = 32
+EGO_STATUS_SIZE = 20  # vx, vy, ax, ay, command one-hot (4), past poses 4 x (x, y, heading)
+PLAN_LOW = np.array([-20.0, -80.0, -np.pi], np.float32)
+PLAN_HIGH = np.array([160.0, 80.0, np.pi], np.float32)
+CONTROL_LOW = np.array([-8.0, -1.0], np.float32)  # m/s^2, rad/s
+CONTROL_HIGH = np.array([4.0, 1.0], np.float32)
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    split: str = "navhard"
+    split_file: str | None = None  # a NAVSIM scene_filter YAML (required for your own data)
+    data_root: str | None = None  # NUPLAN_DATA_ROOT (default: env var, else the mini dataset)
+    maps_root: str | None = None
+    cameras: tuple[str, ...] = DEFAULT_CHANNELS
+    width: int = DEFAULT_SIZE[0]
+    height: int = DEFAULT_SIZE[1]
+    render_backend: str = "auto"
+    observation_keys: tuple[str, ...] = ("cameras", "ego_status")
+    agent_mode: str = "reactive"
+    action_type: str = "plan"  # or "control"
+    invalid_action: str = "raise"  # or "clip" (NaN always raises)
+    replan_interval: float = 0.5
+    episode_steps: int | None = None  # decision steps (default: to the scenario's end)
+    pseudo_experts: bool = True
+    plan_scoring: str | None = "non_reactive"  # pseudo-simulation of the submitted plan; None turns it off
+    perturbation: PerturbationConfig | None = None  # default: the split's (PERTURBATION_DEFAULTS)
+    perturb: bool = True
+    valid_start: bool = True  # redraw starts where PDM-Closed finds no safe proposal (SimScale keeps valid ones)
+    max_start_draws: int = 10
+    terminal_penalty: float = 1.0
+    terminate_on_collision: bool = True
+    terminate_off_road: bool = True
+    scene_seed: int = 0  # the synthesised Gaussian scene
+    bev_size: int = 256
+
+    def __post_init__(self):
+        if self.action_type not in ("plan", "control"):
+            raise ValueError(f"action_type must be 'plan' or 'control', got {self.action_type!r}")
+        if self.invalid_action not in ("raise", "clip"):
+            raise ValueError(f"invalid_action must be 'raise' or 'clip', got {self.invalid_action!r}")
+        unknown = [k for k in self.observation_keys if k not in OBSERVATION_KEYS]
+        if unknown:
+            raise ValueError(f"unknown observation keys {unknown}; known: {OBSERVATION_KEYS}")
+        if self.plan_scoring not in (None, "non_reactive", "reactive", "constant_velocity"):
+            raise ValueError(f"plan_scoring must be None, 'non_reactive', 'reactive' or 'constant_velocity'")
+        steps = self.replan_interval / 0.1
+        if abs(steps - round(steps)) > 1e-9 or round(steps) < 1:
+            raise ValueError(f"replan_interval must be a positive multiple of 0.1 s, got {self.replan_interval}")
+
+
+class SimScaleEnv(gym.Env):
+    """Closed-loop driving on nuPlan/NAVSIM scenarios from perturbed starts (see the module docstring)."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 2}
+
+    def __init__(self, split: str = "navhard", render_mode: str | None = None, **kwargs):
+        cfg_fields = set(EnvConfig.__dataclass_fields__)
+        unknown = sorted(set(kwargs) - cfg_fields)
+        if unknown:
+            raise TypeError(f"unknown SimScaleEnv arguments: {unknown}")
+        if "cameras" in kwargs:
+            kwargs["cameras"] = tuple(kwargs["cameras"])
+        if "observation_keys" in kwargs:
+            kwargs["observation_keys"] = tuple(kwargs["observation_keys"])
+        self.config = EnvConfig(split=split, **kwargs)
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        self.render_mode = render_mode
+        cfg = self.config
+        self._data = DataConfig.resolve(cfg.data_root, cfg.maps_root)
+        split_file = Path(cfg.split_file) if cfg.split_file else self._data.split_file(cfg.split)
+        self.split = load_split(split_file)
+        logs = find_log_files(self._data.nuplan_data_root, self._data.split)
+        if self.split.log_names is not None:
+            wanted = set(self.split.log_names)
+            logs = [p for p in logs if p.stem in wanted]
+        self._builder = ScenarioBuilder(logs)
+        self.tokens = list(self.split.tokens) if self.split.tokens is not None else [r.token for r in
+                                                                                     self._builder.refs()]
+        if not self.tokens:
+            raise UnknownTokenError(split_file, "the split lists no scenario tokens")
+        self._pert_cfg = cfg.perturbation or PERTURBATION_DEFAULTS.get(cfg.split, PerturbationConfig())
+        self._k = int(round(cfg.replan_interval / 0.1))
+        n_cam = len(cfg.cameras)
+        obs = {}
+        if "cameras" in cfg.observation_keys:
+            obs["cameras"] = spaces.Box(0, 255, (n_cam, cfg.height, cfg.width, 3), np.uint8)
+        if "ego_status" in cfg.observation_keys:
+            # velocity (2) [m/s], acceleration (2) [m/s^2], driving command one-hot (4), 4 past poses (x, y, heading)
+            lo = np.array([-50, -50, -30, -30] + [0] * 4 + [-200, -200, -np.pi] * 4, np.float32)
+            hi = np.array([50, 50, 30, 30] + [1] * 4 + [200, 200, np.pi] * 4, np.float32)
+            obs["ego_status"] = spaces.Box(lo, hi, (EGO_STATUS_SIZE,), np.float32)
+        if "bev" in cfg.observation_keys:
+            obs["bev"] = spaces.Box(0, 255, (cfg.bev_size, cfg.bev_size, 5), np.uint8)
+        if "agents" in cfg.observation_keys:
+            lo = np.tile(np.array([-200, -200, -np.pi, -50, -50, 0, 0, 0], np.float32), (MAX_AGENTS, 1))
+            hi = np.tile(np.array([200, 200, np.pi, 50, 50, 30, 10, 7], np.float32), (MAX_AGENTS, 1))
+            obs["agents"] = spaces.Box(lo, hi, (MAX_AGENTS, 8), np.float32)
+        if "route" in cfg.observation_keys:
+            obs["route"] = spaces.Box(-500.0, 500.0, (ROUTE_POINTS, 2), np.float32)
+        self.observation_space = spaces.Dict(obs)
+        if cfg.action_type == "plan":
+            self.action_space = spaces.Box(np.tile(PLAN_LOW, (8, 1)), np.tile(PLAN_HIGH, (8, 1)), (8, 3), np.float32)
+        else:
+            self.action_space = spaces.Box(CONTROL_LOW, CONTROL_HIGH, (2,), np.float32)
+        self._maps: dict = {}
+        self._human_cache: dict = {}
+        self._renderers: dict = {}
+        self._scenarios: dict = {}
+        self.sim = None
+        self.world = None
+
+    # ------------------------------------------------------------------ helpers
+    def _map(self, location):
+        if location not in self._maps:
+            self._maps[location] = load_map(location, self._data.nuplan_maps_root)
+        return self._maps[location]
+
+    def _scenario(self, token):
+        if token not in self._scenarios:
+            self._scenarios[token] = self._builder.load(token)
+        return self._scenarios[token]
+
+    def _renderer(self):
+        from ..render.renderer import CameraRenderer
+
+        key = (self.sim.scenario.map_location, self.sim.scenario.log_name)
+        if key not in self._renderers:
+            self._renderers[key] = CameraRenderer(self.sim.map, self.sim.scenario.cameras, self.config.cameras,
+                                                  self.config.width, self.config.height, seed=self.config.scene_seed,
+                                                  backend=self.config.render_backend)
+        return self._renderers[key]
+
+    # ------------------------------------------------------------------ reset
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        options = dict(options or {})
+        unknown = sorted(set(options) - {"scenario_token", "perturbation"})
+        if unknown:
+            raise ValueError(f"unknown reset options {unknown}; known: scenario_token, perturbation")
+        cfg = self.config
+        token = options.get("scenario_token")
+        if token is None:
+            token = self.tokens[int(self.np_random.integers(len(self.tokens)))]
+        elif token not in self.tokens:
+            raise UnknownTokenError(None, f"scenario token '{token}' is not in split '{self.split.name}' "
+                                          f"({len(self.tokens)} tokens)")
+        sc = self._scenario(token)
+        m = self._map(sc.map_location)
+        self.sim = Simulation(sc, m, SimConfig(agent_mode=cfg.agent_mode))
+        w0 = self.sim.reset()
+        self._route_lanes = m.route_lane_ids([r for r in sc.route_roadblock_ids if r in m.roadblocks])
+        pert, start = self._start(w0, options.get("perturbation", "sample"))
+        self.world = self.sim.reset(start)
+        self.perturbation = pert
+        self._steps = 0
+        left = (self.sim.num_iterations - 1) // self._k
+        self._n_steps = min(cfg.episode_steps or left, left)
+        self._worlds = [self.world]
+        self._history = deque([self.sim.logged_ego_state(0)], maxlen=16)
+        # logged ego history before iteration 0 (the perturbed start keeps the log's past)
+        e = sc.ego
+        f0 = sc.start_index
+        self._past = [np.array([e.x[f], e.y[f], e.heading[f]]) for f in range(max(0, f0 - 15), f0)]
+        self._centerline = route_centerline_xy(self.sim, self.world.ego)
+        self._cl_s = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(self._centerline, axis=0).T))])
+        self._progress_norm = self._human_progress()
+        self._pdm = None
+        self._last_plan = None
+        obs = self._observe()
+        info = self._info()
+        return obs, info
+
+    def _start(self, w0, spec):
+        cfg = self.config
+        if spec is None or spec is False or not cfg.perturb and spec == "sample":
+            return None, w0.ego.copy()
+        red = list(self.sim.red_light_polygons(0, self._route_lanes).values())
+        objs = self.sim.objects(w0).corners()
+        if isinstance(spec, dict):
+            unknown = sorted(set(spec) - {"lateral", "longitudinal", "heading", "speed_scale"})
+            if unknown:
+                raise ValueError(f"unknown perturbation fields {unknown}; known: lateral [m], longitudinal [m], "
+                                 f"heading [rad], speed_scale")
+            p = Perturbation(float(spec.get("lateral", 0.0)), float(spec.get("longitudinal", 0.0)),
+                             float(spec.get("heading", 0.0)), float(spec.get("speed_scale", 1.0)))
+            new = apply_perturbation(w0.ego, p, self.sim.map)
+            why = check_start(new, self.sim.map, objs, self._pert_cfg, red_polygons=red)
+            if why is not None:
+                raise PerturbationError(f"{self.sim.scenario.token}: the requested perturbation {asdict(p)} gives an "
+                                        f"invalid start ({why})")
+            return p, new
+        if spec != "sample":
+            raise ValueError(f"perturbation must be a dict, None or 'sample', got {spec!r}")
+        last = None
+        for _ in range(cfg.max_start_draws if cfg.valid_start else 1):
+            try:
+                p, new = sample_perturbation(w0.ego, self.sim.map, objs, self.np_random, self._pert_cfg,
+                                             scene=self.sim.scenario.token, red_polygons=red)
+            except PerturbationError:
+                break
+            last = (p, new)
+            if not cfg.valid_start:
+                return last
+            from ..experts import pdm_closed_plan
+
+            plan = pdm_closed_plan(self.sim, self.sim.reset(new))
+            if plan.scores.multiplicative_metrics_prod.max() == 1.0:
+                return last
+        if last is None:
+            return None, w0.ego.copy()  # no valid perturbation: the logged start (reported in info)
+        return last
+
+    def _human_progress(self) -> float:
+        sc = self.sim.scenario
+        c = self.sim.config.vehicle.rear_axle_to_center
+        f0 = sc.start_index
+        f1 = min(sc.start_index + self._n_steps * self._k, len(sc.ego.x) - 1)
+        pts = np.array([[sc.ego.x[f] + c * np.cos(sc.ego.heading[f]), sc.ego.y[f] + c * np.sin(sc.ego.heading[f])]
+                        for f in (f0, f1)])
+        arc, _ = polyline_project(pts, np.ascontiguousarray(self._centerline), self._cl_s)
+        return max(5.0, float(arc[1] - arc[0]))
+
+    # ------------------------------------------------------------------ step
+    def step(self, action):
+        if self.sim is None:
+            raise RuntimeError("call reset() before step()")
+        if self._steps >= self._n_steps:
+            raise RuntimeError("the episode is over; call reset()")
+        cfg = self.config
+        a = self._check_action(action)
+        w = self.world
+        k = min(self._k, self.sim.num_iterations - 1 - w.iteration)
+        plan_scores = None
+        if cfg.action_type == "plan":
+            ref = plan_to_reference(a.astype(np.float64), w.ego, w.time_us)
+            tracker = PlanTracker(ref, w.iteration, self.sim.config.lqr)
+            if cfg.plan_scoring:
+                plan_scores = self._score_plan(a.astype(np.float64))
+            steps = [tracker] * k
+        else:
+            if cfg.plan_scoring:
+                plan_scores = self._score_control(a.astype(np.float64))
+            steps = [None] * k
+        frames = [self.sim.objects(w)]
+        seg = [w.ego.copy()]
+        for i in range(k):
+            w = self.sim.step(w, tracker=steps[i]) if steps[i] is not None else self.sim.step(w, control=a)
+            self._worlds.append(w)
+            frames.append(self.sim.objects(w))
+            seg.append(w.ego.copy())
+            self._past.append(self._worlds[-2].ego[[X, Y, HEADING]])
+        self.world = w
+        self._steps += 1
+        step_scores = self._score_segment(np.stack(seg), frames)
+        ds = self._progress(np.stack(seg))
+        mult = (step_scores.no_at_fault_collisions[0] * step_scores.drivable_area_compliance[0]
+                * step_scores.driving_direction_compliance[0] * step_scores.traffic_light_compliance[0])
+        terms = {"progress": ds / self._progress_norm * mult, "ttc": 0.0, "lane_keeping": 0.0, "comfort": 0.0,
+                 "terminal": 0.0}
+        if plan_scores is not None:
+            n = max(self._n_steps, 1)
+            terms["ttc"] = -1.0 * (1 - plan_scores.time_to_collision_within_bound[0]) / n
+            terms["lane_keeping"] = -0.4 * (1 - plan_scores.lane_keeping[0]) / n
+            terms["comfort"] = -0.4 * (1 - plan_scores.history_comfort[0]) / n
+        collided = step_scores.no_at_fault_collisions[0] < 1.0
+        off_road = step_scores.drivable_area_compliance[0] == 0.0
+        terminated = bool((cfg.terminate_on_collision and collided) or (cfg.terminate_off_road and off_road))
+        if terminated:
+            terms["terminal"] = -cfg.terminal_penalty
+        truncated = bool(not terminated and (self._steps >= self._n_steps
+                                              or w.iteration + 1 >= self.sim.num_iterations))
+        reward = float(sum(terms.values()))
+        obs = self._observe()
+        info = self._info()
+        info["reward_terms"] = terms
+        info["step_metrics"] = {"no_at_fault_collisions": float(step_scores.no_at_fault_collisions[0]),
+                                "drivable_area_compliance": float(step_scores.drivable_area_compliance[0]),
+                                "driving_direction_compliance": float(step_scores.driving_direction_compliance[0]),
+                                "traffic_light_compliance": float(step_scores.traffic_light_compliance[0]),
+                                "progress_m": float(ds)}
+        if plan_scores is not None:
+            info["epdms"] = {k: v for k, v in plan_scores.row(0).items()}
+        if terminated or truncated:
+            info["episode"] = self.episode_summary()
+        return obs, reward, terminated, truncated, info
+
+    def _check_action(self, action) -> np.ndarray:
+        a = np.asarray(action, dtype=np.float64)
+        sp = self.action_space
+        if a.shape != sp.shape:
+            raise ValueError(f"action must have shape {sp.shape} ({'8 poses (x, y, heading)' if self.config.action_type == 'plan' else '(acceleration, steering rate)'}), got {a.shape}")
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"action contains NaN or infinite values: {a.tolist()}")
+        if np.any(a < sp.low) or np.any(a > sp.high):
+            if self.config.invalid_action == "raise":
+                bad = np.argwhere((a < sp.low) | (a > sp.high))[:3].tolist()
+                raise ValueError(f"action out of bounds at {bad} (low {sp.low.min(0).tolist() if a.ndim > 1 else sp.low.tolist()}, "
+                                 f"high {sp.high.max(0).tolist() if a.ndim > 1 else sp.high.tolist()}); "
+                                 f"pass invalid_action='clip' to clip instead")
+            a = np.clip(a, sp.low, sp.high)
+        return a.astype(np.float32)
+
+    # ------------------------------------------------------------------ scoring
+    def _realised_past(self):
+        """The ego's realised states over the last 1.5 s (HC's history), 0.1 s apart, before the current one."""
+        past = [w.ego for w in self._worlds[-16:-1]]
+        # right after a (perturbed) reset there is no realised past: HC then judges the plan alone (the log's past
+        # is not continuous with a perturbed start)
+        return np.stack(past) if past else np.zeros((0, 11))
+
+    def _score_plan(self, plan):
+        scores, _ = pseudo_simulate(self.sim, self.world, plan[None], agent_mode=self.config.plan_scoring,
+                                    reference_plan=self._pdm.poses if self._pdm is not None else None,
+                                    past_states=self._realised_past())
+        return scores
+
+    def _score_control(self, control):
+        from ..metrics.pseudo_sim import scoring_scene
+
+        st = [self.world.ego.copy()]
+        for _ in range(40):
+            st.append(propagate(st[-1][None], control[None], 0.1, self.sim.config.bicycle)[0])
+        states = np.stack(st)[None]
+        mode = self.config.plan_scoring
+        scene = scoring_scene(self.sim, self.world, ego_states=states[0], agent_mode=mode,
+                              past_states=self._realised_past())
+        return score_states(scene, states)
+
+    def _score_segment(self, states, frames):
+        """EPDMS sub-metrics of the executed step against the simulated objects."""
+        import shapely
+
+        sim = self.sim
+        m = sim.map
+        layers = _map_layers(m)
+        near = near_map_indices(m, ego_box(states[0]).mean(axis=0), MAP_RADIUS)
+        tracks, col = [], {}
+        for fr in frames:
+            for t in fr.track:
+                if int(t) not in col:
+                    col[int(t)] = len(tracks)
+                    tracks.append(int(t))
+        T, M = len(frames), len(tracks)
+        corners = np.zeros((T, M, 4, 2))
+        valid = np.zeros((T, M), dtype=bool)
+        first = {}
+        for t, fr in enumerate(frames):
+            if len(fr):
+                idx = np.array([col[int(x)] for x in fr.track])
+                corners[t, idx] = fr.corners()
+                valid[t, idx] = True
+                for j, x in enumerate(fr.track):
+                    first.setdefault(int(x), (fr, j))
+        ag = sim.scenario.agents
+        from ..data.schema import AGENT_CATEGORIES
+
+        heading = np.array([first[t][0].heading[first[t][1]] for t in tracks])
+        speed = np.array([np.hypot(first[t][0].vx[first[t][1]], first[t][0].vy[first[t][1]]) for t in tracks])
+        is_agent = np.array([ag.category[t] in AGENT_CATEGORIES for t in tracks], dtype=bool)
+        it0 = self._worlds[-T].iteration
+        red = tuple(tuple(sorted(sim.red_light_polygons(min(it0 + t, sim.num_iterations - 1),
+                                                        self._route_lanes).items())) for t in range(T))
+        ego_poly = shapely.Polygon(ego_box(states[0]))
+        collided = set()
+        if M:
+            hit = shapely.intersects(shapely.polygons(corners[0, valid[0]]), ego_poly)
+            collided = {ag.track_tokens[tracks[i]] for i, h in zip(np.nonzero(valid[0])[0], hit) if h}
+        scene = ScoringScene(
+            map_ids=tuple(layers["ids"][near]), map_types=tuple(layers["types"][near]),
+            map_polygons=tuple(layers["polys"][near]), route_lane_ids=frozenset(self._route_lanes),
+            centerline=self._centerline, obj_tokens=tuple(ag.track_tokens[t] for t in tracks), obj_is_agent=is_agent,
+            obj_heading=heading, obj_speed=speed, obj_corners=corners, obj_valid=valid, red_light_polygons=red,
+            collided_track_ids=frozenset(collided), human_past_states=None, name="step")
+        return score_states(scene, states[None], ScorerConfig(), progress_reference=(1.0, 1.0))
+
+    def _progress(self, states) -> float:
+        c = self.sim.config.vehicle.rear_axle_to_center
+        pts = np.stack([states[[0, -1], X] + c * np.cos(states[[0, -1], HEADING]),
+                        states[[0, -1], Y] + c * np.sin(states[[0, -1], HEADING])], -1)
+        arc, _ = polyline_project(np.ascontiguousarray(pts), np.ascontiguousarray(self._centerline), self._cl_s)
+        return float(arc[1] - arc[0])
+
+    def episode_summary(self) -> dict:
+        """Closed-loop EPDMS of the episode so far (NAVSIM's human filter against the logged drive)."""
+        key = (self.sim.scenario.token, self._worlds[-1].iteration, self.config.agent_mode)
+        if key not in self._human_cache:  # the logged drive in the same world (independent of the perturbation)
+            wh = [self.sim.reset()]
+            for i in range(1, self._worlds[-1].iteration + 1):
+                wh.append(self.sim.step(wh[-1], ego_state=self.sim.logged_ego_state(i)))
+            if len(self._human_cache) > 64:
+                self._human_cache.clear()
+            self._human_cache[key] = episode_summary(self.sim, wh)["scores"]
+        s = episode_summary(self.sim, self._worlds, human=self._human_cache[key])
+        s.pop("scores")
+        return s
+
+    # ------------------------------------------------------------------ observation / info
+    def _observe(self):
+        cfg = self.config
+        w = self.world
+        obs = {}
+        objs = None
+        if "cameras" in cfg.observation_keys or "bev" in cfg.observation_keys or "agents" in cfg.observation_keys:
+            objs = self.sim.objects(w)
+        self._last_objects = objs
+        if "cameras" in cfg.observation_keys:
+            self._last_render = self._renderer().render(w.ego, objs, with_depth=False)
+            obs["cameras"] = self._last_render.rgb
+        if "ego_status" in cfg.observation_keys:
+            obs["ego_status"] = self._ego_status()
+        if "bev" in cfg.observation_keys:
+            obs["bev"] = self._bev().raster(w.ego, objs)
+        if "agents" in cfg.observation_keys:
+            obs["agents"] = self._agents(objs)
+        if "route" in cfg.observation_keys:
+            obs["route"] = self._route()
+        return obs
+
+    def _ego_status(self) -> np.ndarray:
+        w = self.world
+        e = w.ego
+        cmd = driving_command(self.sim.map, self.sim.scenario.route_roadblock_ids, e[[X, Y, HEADING]])
+        # the poses 1.5, 1.0, 0.5 s ago and now, in the current frame (NAVSIM's 4 history frames at 2 Hz)
+        hist = list(self._past) + [e[[X, Y, HEADING]]]
+        picks = [hist[max(0, len(hist) - 1 - 5 * j)] for j in (3, 2, 1, 0)]
+        local = global_to_local(np.stack(picks), e[[X, Y, HEADING]])
+        local = np.clip(local, [-200, -200, -np.pi], [200, 200, np.pi])
+        out = np.concatenate([[e[VELOCITY_X], e[VELOCITY_Y], e[ACCELERATION_X], e[ACCELERATION_Y]], cmd,
+                              local.ravel()]).astype(np.float32)
+        lo, hi = self.observation_space["ego_status"].low, self.observation_space["ego_status"].high
+        return np.clip(out, lo, hi)
+
+    def _bev(self):
+        from ..render.bev import BEVRenderer
+
+        if getattr(self, "_bev_r", None) is None or self._bev_r[0] is not self.sim:
+            self._bev_r = (self.sim, BEVRenderer(self.sim.map, self._route_lanes, size=self.config.bev_size))
+        return self._bev_r[1]
+
+    def _agents(self, objs) -> np.ndarray:
+        out = np.zeros((MAX_AGENTS, 8), np.float32)
+        if objs is None or not len(objs):
+            return out
+        e = self.world.ego
+        loc = global_to_local(np.stack([objs.x, objs.y, objs.heading], -1), e[[X, Y, HEADING]])
+        d = np.hypot(loc[:, 0], loc[:, 1])
+        order = np.argsort(d, kind="stable")[:MAX_AGENTS]
+        c, s = np.cos(-e[HEADING]), np.sin(-e[HEADING])
+        vx = c * objs.vx - s * objs.vy
+        vy = s * objs.vx + c * objs.vy
+        rows = np.stack([loc[:, 0], loc[:, 1], loc[:, 2], vx, vy, objs.length, objs.width,
+                         objs.category.astype(np.float32)], -1)[order]
+        space = self.observation_space["agents"]
+        out[:len(rows)] = np.clip(rows, space.low[0], space.high[0])
+        return out
+
+    def _route(self) -> np.ndarray:
+        e = self.world.ego
+        s, _ = polyline_project(np.ascontiguousarray(e[None, :2] + 0.0), np.ascontiguousarray(self._centerline),
+                                self._cl_s)
+        q = s[0] + np.linspace(0.0, 62.0, ROUTE_POINTS)
+        xy = np.stack([np.interp(q, self._cl_s, self._centerline[:, 0]), np.interp(q, self._cl_s,
+                                                                                   self._centerline[:, 1])], -1)
+        loc = global_to_local(np.c_[xy, np.zeros(len(xy))], e[[X, Y, HEADING]])[:, :2]
+        return np.clip(loc, -500, 500).astype(np.float32)
+
+    def _info(self) -> dict:
+        w = self.world
+        sc = self.sim.scenario
+        info = {"scenario_token": sc.token, "log_name": sc.log_name, "map_location": sc.map_location,
+                "iteration": int(w.iteration), "time_us": int(w.time_us), "step": self._steps,
+                "episode_steps": self._n_steps,
+                "perturbation": asdict(self.perturbation) if self.perturbation is not None else None}
+        if self.config.pseudo_experts:
+            from ..experts import PDMClosedPlanner, recovery_plan
+
+            planner = PDMClosedPlanner()
+            self._pdm = planner.plan(self.sim, w)
+            rec = recovery_plan(self.sim, w, fallback_plan=self._pdm)
+            info["pseudo_expert"] = {"pdm_closed": self._pdm.poses.astype(np.float32),
+                                     "recovery": rec.poses.astype(np.float32)}
+            info["pseudo_expert_source"] = {"pdm_closed": self._pdm.source, "recovery": rec.source}
+            self._last_plans = {"pdm_closed": self._pdm.trajectory, "recovery": rec.trajectory}
+        else:
+            self._pdm = None
+            self._last_plans = {}
+        return info
+
+    # ------------------------------------------------------------------ render
+    def render(self):
+        if self.render_mode != "rgb_array":
+            return None
+        if self.sim is None:
+            raise RuntimeError("call reset() before render()")
+        from ..render.bev import BEVRenderer, mosaic
+
+        w = self.world
+        objs = self._last_objects if self._last_objects is not None else self.sim.objects(w)
+        if "cameras" in self.config.observation_keys:
+            cams = self._last_render.rgb
+        else:
+            cams = self._renderer().render(w.ego, objs, with_depth=False).rgb
+        bev = BEVRenderer(self.sim.map, self._route_lanes, size=max(256, self.config.height * 2)).rgb(
+            w.ego, objs, ego_box=ego_box(w.ego), plans=self._last_plans)
+        return mosaic(cams, bev)
+
+
+def save_video(frames, path: str | Path, fps: int = 2) -> Path:
+    """Write RGB frames [T, H, W, 3] as mp4 (imageio-ffmpeg) or, for a .gif path or without ffmpeg, a GIF."""
+    path = Path(path)
+    frames = [np.asarray(f, np.uint8) for f in frames]
+    if not frames:
+        raise ValueError("no frames to write")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() != ".gif":
+        try:
+            import imageio.v2 as imageio
+
+            with imageio.get_writer(path, fps=fps, codec="libx264", macro_block_size=16) as wr:
+                for f in frames:
+                    h, w = f.shape[:2]
+                    pad = np.zeros(((h + 15) // 16 * 16, (w + 15) // 16 * 16, 3), np.uint8)
+                    pad[:h, :w] = f
+                    wr.append_data(pad)
+            return path
+        except Exception:  # no ffmpeg: fall back to a GIF beside it
+            path = path.with_suffix(".gif")
+    from PIL import Image
+
+    ims = [Image.fromarray(f) for f in frames]
+    ims[0].save(path, save_all=True, append_images=ims[1:], duration=int(1000 / fps), loop=0)
+    return path
