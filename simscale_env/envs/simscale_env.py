@@ -223,7 +223,10 @@ class SimScaleEnv(gym.Env):
         e = sc.ego
         f0 = sc.start_index
         self._past = [np.array([e.x[f], e.y[f], e.heading[f]]) for f in range(max(0, f0 - 15), f0)]
-        self._centerline = route_centerline_xy(self.sim, self.world.ego)
+        line = self.sim.map.route_centerline(self.sim.scenario.route_roadblock_ids,
+                                             tuple(self.world.ego[[X, Y, HEADING]]))
+        self._cl_poly = line
+        self._centerline = np.asarray(line.xy)
         self._cl_s = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(self._centerline, axis=0).T))])
         self._progress_norm = self._human_progress()
         self._pdm = None
@@ -341,7 +344,9 @@ class SimScaleEnv(gym.Env):
                                 "traffic_light_compliance": float(step_scores.traffic_light_compliance[0]),
                                 "progress_m": float(ds)}
         if plan_scores is not None:
-            info["epdms"] = {k: v for k, v in plan_scores.row(0).items()}
+            # EC needs the previous frame's plan: absent (None) rather than NaN, which compares unequal to itself
+            info["epdms"] = {k: (None if isinstance(v, float) and np.isnan(v) else v)
+                             for k, v in plan_scores.row(0).items()}
         if terminated or truncated:
             info["episode"] = self.episode_summary()
         return obs, reward, terminated, truncated, info
@@ -481,7 +486,7 @@ class SimScaleEnv(gym.Env):
     def _ego_status(self) -> np.ndarray:
         w = self.world
         e = w.ego
-        cmd = driving_command(self.sim.map, self.sim.scenario.route_roadblock_ids, e[[X, Y, HEADING]])
+        cmd = self._driving_command(e)
         # the poses 1.5, 1.0, 0.5 s ago and now, in the current frame (NAVSIM's 4 history frames at 2 Hz)
         hist = list(self._past) + [e[[X, Y, HEADING]]]
         picks = [hist[max(0, len(hist) - 1 - 5 * j)] for j in (3, 2, 1, 0)]
@@ -491,6 +496,19 @@ class SimScaleEnv(gym.Env):
                               local.ravel()]).astype(np.float32)
         lo, hi = self.observation_space["ego_status"].low, self.observation_space["ego_status"].high
         return np.clip(out, lo, hi)
+
+    def _driving_command(self, e) -> np.ndarray:
+        """NAVSIM's driving command (map/commands.py) on the episode's route centreline: the lateral offset of the
+        point 20 m ahead along the route, in the frame of the projected pose."""
+        from ..map.commands import DRIVING_COMMAND_DISTANCE, DRIVING_COMMAND_LATERAL, FORWARD, LEFT, RIGHT
+
+        out = np.zeros(4, dtype=np.float32)
+        s, _ = polyline_project(np.ascontiguousarray(e[None, :2]), np.ascontiguousarray(self._centerline), self._cl_s)
+        q = np.array([s[0], s[0] + DRIVING_COMMAND_DISTANCE])
+        pts = self._cl_poly.interpolate(q)
+        y = global_to_local(pts[1:2], pts[0])[0, 1]
+        out[LEFT if y >= DRIVING_COMMAND_LATERAL else RIGHT if y <= -DRIVING_COMMAND_LATERAL else FORWARD] = 1
+        return out
 
     def _bev(self):
         from ..render.bev import BEVRenderer

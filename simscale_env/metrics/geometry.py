@@ -593,14 +593,31 @@ def polyline_project(points, xy, s):
     if xy.ndim != 2 or len(xy) < 2:
         raise ValueError(f"polyline needs at least 2 points [K, 2], got shape {xy.shape}")
     chunk = 16
+    bb = _chunk_bounds(xy, chunk)
+    return _project_chunked(np.ascontiguousarray(points, dtype=np.float64), xy, np.asarray(s, dtype=np.float64),
+                            bb, chunk)
+
+
+@njit(cache=True)
+def _chunk_bounds(xy, chunk):
+    """Bounding boxes of the polyline's segments in chunks of `chunk` segments."""
     nseg = len(xy) - 1
     nch = (nseg + chunk - 1) // chunk
     bb = np.empty((nch, 4))
     for c in range(nch):
-        a, b = c * chunk, min(nseg, (c + 1) * chunk) + 1
-        bb[c] = (xy[a:b, 0].min(), xy[a:b, 1].min(), xy[a:b, 0].max(), xy[a:b, 1].max())
-    return _project_chunked(np.ascontiguousarray(points, dtype=np.float64), xy, np.asarray(s, dtype=np.float64),
-                            bb, chunk)
+        a = c * chunk
+        b = min(nseg, (c + 1) * chunk) + 1
+        x0 = xy[a, 0]
+        y0 = xy[a, 1]
+        x1 = x0
+        y1 = y0
+        for k in range(a, b):
+            x0 = min(x0, xy[k, 0])
+            x1 = max(x1, xy[k, 0])
+            y0 = min(y0, xy[k, 1])
+            y1 = max(y1, xy[k, 1])
+        bb[c, 0], bb[c, 1], bb[c, 2], bb[c, 3] = x0, y0, x1, y1
+    return bb
 
 
 @njit(cache=True)

@@ -22,7 +22,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .sh import sh_colors_into
+from .sh import sh_colors_all
 
 TILE = 16
 ALPHA_THRESHOLD = np.float32(1.0 / 255.0)
@@ -80,11 +80,13 @@ def project_into(means, cov6, opacities, viewmats, Ks, width, height, near, far,
         lims[c, 1] = cx / fx + F32(0.3) * tan_fovx
         lims[c, 2] = (hf - cy) / fy + F32(0.3) * tan_fovy
         lims[c, 3] = cy / fy + F32(0.3) * tan_fovy
-    for c in range(C):
+    for j in prange(C * n):  # one parallel region for every (camera, Gaussian) pair
+        c = j // n
+        i = j - c * n
         R = viewmats[c]
         fx, fy, cx, cy = Ks[c, 0, 0], Ks[c, 1, 1], Ks[c, 0, 2], Ks[c, 1, 2]
         lim_x_pos, lim_x_neg, lim_y_pos, lim_y_neg = lims[c, 0], lims[c, 1], lims[c, 2], lims[c, 3]
-        for i in prange(n):
+        if True:
             radii[c, i, 0] = 0
             radii[c, i, 1] = 0
             px = means[i, 0]
@@ -386,19 +388,16 @@ def rasterize_cpu(means, cov6, opacities, sh, viewmats, Ks, width, height, *, ne
                                                  F32(eps2d), F32(radius_clip), bool(antialiased), workspace)
     cols = np.empty((C, N, 3), np.float32) if workspace is None else workspace.colors(C, N)
     sh = None if sh is None else np.ascontiguousarray(sh, dtype=np.float32)
-    vis_list = []
-    for c in range(C):
-        r = radii[c]
-        vis = np.flatnonzero(r[:, 0] | r[:, 1])
-        vis_list.append(vis)
-        if colors is not None:
-            col = np.asarray(colors, np.float32)
-            cols[c, vis] = (col[c] if col.ndim == 3 else col)[vis]
-        elif len(vis):
-            campos = np.linalg.inv(viewmats[c].astype(np.float64))[:3, 3].astype(np.float32)
-            sh_colors_into(sh, means, campos, vis, sh_degree, cols[c])
+    vis_list = [np.flatnonzero(radii[c, :, 0] | radii[c, :, 1]) for c in range(C)]
     vis_start = np.concatenate([[0], np.cumsum([len(v) for v in vis_list])]).astype(np.int64)
     vis_all = np.concatenate(vis_list).astype(np.int64) if vis_list else np.zeros(0, np.int64)
+    if colors is not None:
+        col = np.asarray(colors, np.float32)
+        for c in range(C):
+            cols[c, vis_list[c]] = (col[c] if col.ndim == 3 else col)[vis_list[c]]
+    elif len(vis_all):
+        campos = np.stack([np.linalg.inv(viewmats[c].astype(np.float64))[:3, 3] for c in range(C)]).astype(np.float32)
+        sh_colors_all(sh, means, campos, vis_all, vis_start, sh_degree, cols)
     offsets, base, ids = bin_tiles(vis_all, vis_start, radii, m2d, depth, W, H)
     rgb = np.zeros((C, H, W, 3), np.float32)
     alpha = np.zeros((C, H, W), np.float32)

@@ -132,3 +132,48 @@ def sh_colors_into(coeffs, means, campos, ids, degree, out) -> None:
         out[ids] = np.maximum(np.float32(0.2820947917738781) * coeffs[ids, 0] + np.float32(0.5), np.float32(0.0))
         return
     _sh_indexed(coeffs, means, np.asarray(campos, np.float32), np.asarray(ids, np.int64), d, out)
+
+
+@njit(cache=True, parallel=True)
+def _sh_all(coeffs, means, campos, ids, starts, degree, out):
+    nb = (degree + 1) * (degree + 1)
+    C = len(starts) - 1
+    for r in prange(len(ids)):
+        c = 0
+        while c + 1 < C and starts[c + 1] <= r:
+            c += 1
+        i = ids[r]
+        x = np.float64(means[i, 0] - campos[c, 0])
+        y = np.float64(means[i, 1] - campos[c, 1])
+        z = np.float64(means[i, 2] - campos[c, 2])
+        norm = math.sqrt(x * x + y * y + z * z)
+        if norm > 0:
+            x, y, z = x / norm, y / norm, z / norm
+        b = np.empty(25)
+        _bases(x, y, z, nb, b)
+        for ch in range(3):
+            s = 0.0
+            for k in range(nb):
+                s += b[k] * coeffs[i, k, ch]
+            out[c, i, ch] = max(s + 0.5, 0.0)
+
+
+@njit(cache=True, parallel=True)
+def _dc_all(coeffs, ids, starts, out):
+    C = len(starts) - 1
+    for r in prange(len(ids)):
+        c = 0
+        while c + 1 < C and starts[c + 1] <= r:
+            c += 1
+        i = ids[r]
+        for ch in range(3):
+            out[c, i, ch] = max(np.float32(0.2820947917738781) * coeffs[i, 0, ch] + np.float32(0.5), np.float32(0.0))
+
+
+def sh_colors_all(coeffs, means, campos, ids, starts, degree, out) -> None:
+    """out[c, ids[starts[c]:starts[c + 1]]] = colours seen from camera c (one parallel pass for all cameras)."""
+    d = int(round(np.sqrt(coeffs.shape[1]))) - 1 if degree is None else int(degree)
+    if d == 0:
+        _dc_all(coeffs, ids, starts, out)
+        return
+    _sh_all(coeffs, means, np.asarray(campos, np.float32), ids, starts, d, out)

@@ -1,0 +1,163 @@
+"""The Gymnasium environment: API checks, determinism, actions, rewards, info, vectorization."""
+
+import numpy as np
+import pytest
+
+import gymnasium as gym
+
+import simscale_env  # noqa: F401
+from simscale_env.envs import ENV_IDS, SB3ObservationWrapper, save_video
+from simscale_env.errors import UnknownTokenError
+
+SMALL = dict(cameras=("CAM_F0",), width=64, height=32)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _mini(mini):
+    import os
+
+    os.environ.setdefault("SIMSCALE_MINI", str(mini))
+
+
+@pytest.mark.parametrize("env_id", sorted(ENV_IDS))
+def test_gymnasium_check_env(env_id):
+    from gymnasium.utils.env_checker import check_env
+
+    env = gym.make(env_id, observation_keys=("cameras", "ego_status", "bev", "agents", "route"), bev_size=64,
+                   **SMALL)
+    check_env(env.unwrapped, skip_render_check=True)
+    env.close()
+
+
+@pytest.mark.parametrize("env_id", sorted(ENV_IDS))
+def test_sb3_check_env_with_the_wrapper(env_id):
+    from stable_baselines3.common.env_checker import check_env
+
+    env = SB3ObservationWrapper(gym.make(env_id, pseudo_experts=False, **SMALL).unwrapped)
+    check_env(env, warn=True)
+    assert env.observation_space["cameras"].shape == (3, 32, 64)
+
+
+def _episode(seed, **kw):
+    env = gym.make("SimScale-navhard-v0", **SMALL, **kw)
+    obs, info = env.reset(seed=seed)
+    trace = [(obs, info)]
+    while True:
+        obs, r, term, trunc, info = env.step(info["pseudo_expert"]["pdm_closed"])
+        trace.append((obs, r, term, trunc, info))
+        if term or trunc:
+            return trace
+
+
+def _same(a, b):
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, np.ndarray):
+        return np.array_equal(a, b)
+    if isinstance(a, float) and np.isnan(a):
+        return isinstance(b, float) and np.isnan(b)
+    return a == b
+
+
+def test_same_seed_same_episode_different_seed_different_start():
+    a, b = _episode(3), _episode(3)
+    assert len(a) == len(b) > 5
+    assert _same(a, b)  # observations, rewards, flags and infos, bit for bit
+    env = gym.make("SimScale-navhard-v0", pseudo_experts=False, **SMALL)
+    starts = {tuple(sorted((env.reset(seed=s, options={"scenario_token": env.unwrapped.tokens[0]})[1]
+                            ["perturbation"] or {}).items())) for s in range(4)}
+    assert len(starts) == 4
+    ep = a[-1][4]["episode"]
+    assert 0.0 <= ep["epdms"] <= 1.0 and ep["steps"] == a[-1][4]["iteration"] + 1
+
+
+def test_info_holds_experts_scores_and_context():
+    env = gym.make("SimScale-navhard-v0", **SMALL)
+    obs, info = env.reset(seed=0)
+    assert set(info["pseudo_expert"]) == {"pdm_closed", "recovery"}
+    for plan in info["pseudo_expert"].values():
+        assert plan.shape == (8, 3) and env.action_space.contains(plan)
+    for key in ("scenario_token", "log_name", "time_us", "perturbation"):
+        assert key in info
+    obs, r, term, trunc, info = env.step(info["pseudo_expert"]["pdm_closed"])
+    assert {"no_at_fault_collisions", "ego_progress", "epdms", "pdm_score"} <= set(info["epdms"])
+    terms = info["reward_terms"]
+    assert r == pytest.approx(sum(terms.values()))
+    assert terms["progress"] > 0  # the expert moves along the route
+
+
+def test_actions_are_checked():
+    env = gym.make("SimScale-navhard-v0", pseudo_experts=False, **SMALL)
+    env.reset(seed=0)
+    bad = np.zeros((8, 3), np.float32)
+    bad[2, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        env.step(bad)
+    far = np.zeros((8, 3), np.float32)
+    far[:, 0] = 500.0
+    with pytest.raises(ValueError, match="out of bounds"):
+        env.step(far)
+    with pytest.raises(ValueError, match="shape"):
+        env.step(np.zeros((8, 2), np.float32))
+    clip = gym.make("SimScale-navhard-v0", pseudo_experts=False, invalid_action="clip", **SMALL)
+    clip.reset(seed=0)
+    clip.step(far)  # clipped to the box
+    ctrl = gym.make("SimScale-navhard-v0", pseudo_experts=False, action_type="control", **SMALL)
+    ctrl.reset(seed=0)
+    obs, r, term, trunc, info = ctrl.step(np.array([1.0, 0.0], np.float32))
+    assert ctrl.action_space.shape == (2,) and "epdms" in info
+
+
+def test_reset_options_and_errors():
+    env = gym.make("SimScale-navhard-v0", pseudo_experts=False, **SMALL)
+    tok = env.unwrapped.tokens[-1]
+    obs, info = env.reset(seed=1, options={"scenario_token": tok, "perturbation": {"lateral": 0.5,
+                                                                                    "speed_scale": 0.9}})
+    assert info["scenario_token"] == tok and info["perturbation"]["lateral"] == 0.5
+    obs, info = env.reset(seed=1, options={"scenario_token": tok, "perturbation": None})
+    assert info["perturbation"] is None
+    with pytest.raises(UnknownTokenError, match="ffffffffffffffff"):
+        env.reset(options={"scenario_token": "ffffffffffffffff"})
+    with pytest.raises(ValueError, match="unknown reset options"):
+        env.reset(options={"token": tok})
+    with pytest.raises(TypeError, match="unknown SimScaleEnv arguments"):
+        gym.make("SimScale-navhard-v0", camera=("CAM_F0",))
+
+
+def test_expert_beats_standing_still():
+    env = gym.make("SimScale-navhard-v0", **SMALL)
+
+    def run(policy):
+        obs, info = env.reset(seed=5, options={"scenario_token": "e43314dd932dc329"})
+        total = 0.0
+        while True:
+            obs, r, term, trunc, info = env.step(policy(info))
+            total += r
+            if term or trunc:
+                return total, info["episode"]["epdms"]
+
+    expert = run(lambda info: info["pseudo_expert"]["pdm_closed"])
+    still = run(lambda info: np.zeros((8, 3), np.float32))
+    assert expert[0] > still[0] + 0.3 and expert[1] > still[1]
+
+
+def test_render_and_video(tmp_path):
+    env = gym.make("SimScale-navhard-v0", render_mode="rgb_array", pseudo_experts=False, **SMALL)
+    env.reset(seed=0)
+    frame = env.render()
+    assert frame.ndim == 3 and frame.shape[2] == 3 and frame.dtype == np.uint8
+    p = save_video([frame, frame], tmp_path / "ep.mp4")
+    assert p.exists() and p.stat().st_size > 100
+
+
+def test_async_vector_env():
+    envs = gym.vector.AsyncVectorEnv([lambda: gym.make("SimScale-navhard-v0", pseudo_experts=False, **SMALL)] * 2)
+    obs, info = envs.reset(seed=[0, 1])
+    assert obs["cameras"].shape == (2, 1, 32, 64, 3)
+    act = np.zeros((2, 8, 3), np.float32)
+    act[:, :, 0] = np.arange(1, 9) * 2.0
+    obs, r, term, trunc, info = envs.step(act)
+    assert r.shape == (2,)
+    envs.close()
