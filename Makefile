@@ -24,7 +24,7 @@ mini: install
 	$(VENV)/bin/simscale data build-mini --out $(MINI) --if-missing
 
 demo: mini
-	$(VENV)/bin/simscale demo --data $(MINI)
+	$(VENV)/bin/simscale demo --data $(MINI) --out $(SIMSCALE_CACHE)/demo
 
 test: mini
 	SIMSCALE_MINI=$(MINI) $(PY) -m pytest -x -q

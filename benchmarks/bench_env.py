@@ -1,7 +1,7 @@
 """`simscale bench env`: decision steps (0.5 s of simulated time each) per second of `SimScale-navhard-v0` on 2 cores.
 
-(a) no cameras, no pseudo-experts, no plan scoring (the kwargs turn them off): the policy replays the logged future
-    as its plan; (b) with both pseudo-experts in `info` (and the submitted plan scored), driven by
+(a) no cameras, no pseudo-experts, no plan scoring and no expert check of the start (the kwargs turn them off): the
+    policy replays the logged future as its plan; (b) with both pseudo-experts in `info` (and the submitted plan scored), driven by
     `info["pseudo_expert"]["pdm_closed"]`; (c) as (b) with the three front cameras at 480x224.
 Each mode runs whole episodes (resets and episode summaries included) in steady state: the same seeded episodes
 are run once before timing, so scenario loading from the .db, map loading, scene-chunk synthesis and the human
@@ -49,7 +49,8 @@ def main(argv) -> int:
 
     set_num_threads(args.threads)
     modes = {
-        "steps_per_s_no_cameras": dict(observation_keys=("ego_status",), pseudo_experts=False, plan_scoring=None),
+        "steps_per_s_no_cameras": dict(observation_keys=("ego_status",), pseudo_experts=False, plan_scoring=None,
+                                       valid_start=False),
         "steps_per_s_experts": dict(observation_keys=("ego_status",), pseudo_experts=True),
         "steps_per_s_cameras": dict(observation_keys=("cameras", "ego_status"), pseudo_experts=True),
     }

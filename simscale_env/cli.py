@@ -7,6 +7,7 @@
     simscale vocab build --split S --k K --out V.npy  k-means trajectory vocabulary from the human plans of a split
     simscale vocab label --split S --vocab V.npy --out DIR   EPDMS sub-score labels (float16) of V in every scene
     simscale render --log LOG --token TOKEN --out DIR   camera images, a bird's-eye view and a mosaic (PNG)
+    simscale evaluate [--agents A ...] [--split S]   closed-loop EPDMS of agents on every scenario of a split
     simscale demo                                     the main job of `make demo`
 """
 
@@ -16,6 +17,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from .errors import SimScaleError
 
@@ -150,12 +153,63 @@ def _cmd_render(args) -> int:
     return 0
 
 
+def _cmd_evaluate(args) -> int:
+    import os
+
+    from agents import make_agent
+    from evaluation import evaluate, format_table
+
+    if args.data:
+        os.environ["SIMSCALE_MINI"] = str(args.data)
+    results = [evaluate(make_agent(name), f"SimScale-{args.split}-v0", seed=args.seed, progress=not args.quiet)
+               for name in args.agents]
+    print(format_table(results))
+    print(json.dumps({r["agent"]: {"epdms": round(r["epdms"], 4), "collision_rate": round(r["collision_rate"], 4),
+                                   "offroad_rate": round(r["offroad_rate"], 4)} for r in results}))
+    return 0
+
+
 def _cmd_demo(args) -> int:
-    from .data.info import format_summary, summarize
+    """`make demo`: one perturbed SimScale-navhard-v0 episode driven by the PDM-Closed pseudo-expert, its EPDMS
+    table, and a video of the cameras and the bird's-eye view."""
+    import os
+
     from .data.paths import ensure_mini
 
     root = ensure_mini(args.data)
-    print(format_summary(summarize(root)))
+    os.environ["SIMSCALE_MINI"] = str(root)
+    import gymnasium as gym
+
+    from .envs import save_video
+
+    env = gym.make("SimScale-navhard-v0", render_mode="rgb_array")
+    obs, info = env.reset(seed=args.seed)
+    p = info["perturbation"]
+    print(f"scenario {info['scenario_token']} ({env.unwrapped.sim.scenario.scenario_type}, log {info['log_name']})")
+    if p:
+        print(f"perturbed start: lateral {p['lateral']:+.2f} m, longitudinal {p['longitudinal']:+.2f} m, heading "
+              f"{np.degrees(p['heading']):+.1f} deg, speed x{p['speed_scale']:.2f}")
+    frames = [env.render()]
+    ret = 0.0
+    while True:
+        obs, r, term, trunc, info = env.step(info["pseudo_expert"]["pdm_closed"])
+        ret += r
+        frames.append(env.render())
+        if term or trunc:
+            break
+    ep = info["episode"]
+    names = [("no_at_fault_collisions", "NC"), ("drivable_area_compliance", "DAC"),
+             ("driving_direction_compliance", "DDC"), ("traffic_light_compliance", "TLC"),
+             ("ego_progress", "EP"), ("time_to_collision_within_bound", "TTC"), ("lane_keeping", "LK"),
+             ("history_comfort", "HC")]
+    print(f"{'metric':<6} {'score':>6}")
+    for key, short in names:
+        print(f"{short:<6} {ep[key]:>6.3f}")
+    print(f"{'EPDMS':<6} {ep['epdms']:>6.3f}   (return {ret:.3f}, {len(frames) - 1} decision steps)")
+    path = save_video(frames, Path(args.out) / "episode.mp4", fps=2)
+    print(f"video: {path}")
+    print(json.dumps({"token": info["scenario_token"], "epdms": round(ep["epdms"], 4), "return": round(ret, 4),
+                      "video": str(path)}))
     return 0
 
 
@@ -231,8 +285,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="folder of 3DGS PLYs named <log_name>.ply or <map location>.ply (map coordinates)")
     rd.set_defaults(func=_cmd_render)
 
+    ev = sub.add_parser("evaluate", help="closed-loop evaluation of agents on every scenario of a split")
+    ev.add_argument("--agents", nargs="+", default=["pdm_closed", "constant_velocity", "stand_still"])
+    ev.add_argument("--split", default="navhard", choices=("navhard", "navtest", "navtrain"))
+    ev.add_argument("--data", type=Path, default=None, help="mini dataset folder (default: the cache or env vars)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--quiet", action="store_true")
+    ev.set_defaults(func=_cmd_evaluate)
+
     demo = sub.add_parser("demo", help="the main job of `make demo`")
     demo.add_argument("--data", type=Path, default=None, help="mini dataset folder (default: the cache)")
+    demo.add_argument("--out", type=Path, default=Path(".cache") / "demo", help="where the video goes")
+    demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_cmd_demo)
     return p
 

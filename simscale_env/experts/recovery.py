@@ -85,10 +85,15 @@ def _quartic(x0, v0, a0, v1, a1, T):
 
 
 def _poly(c, t, deriv=0):
+    """sum_k c_k t^k (or its derivative), by Horner's rule."""
     c = np.asarray(c, dtype=np.float64)
     for _ in range(deriv):
         c = c[1:] * np.arange(1, len(c))
-    return np.polynomial.polynomial.polyval(t, c)
+    t = np.asarray(t, dtype=np.float64)
+    out = np.full(t.shape, c[-1])
+    for k in range(len(c) - 2, -1, -1):
+        out = out * t + c[k]
+    return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -152,41 +157,45 @@ def _candidate_trajectories(ref: LoggedReference, ego: np.ndarray, cfg: Recovery
     t = np.arange(int(round(cfg.horizon_s / cfg.dt)) + 1) * cfg.dt
     s_log = np.interp(t, ref.times, ref.s)
     v_log = np.interp(t, ref.times, ref.v)
-    out, targets, labels = [], [], []
+    s_rows, d_rows, dd_rows, tshift, labels = [], [], [], [], []
     for T in cfg.rejoin_times_s:
         sT, vT, aT = ref.at(T)
         aim = (aims or {}).get((float(T), "exact"), 0.0)
         modes = [("exact", _quintic(s0, v0 * np.cos(psi0), a0 * np.cos(psi0), sT + aim, vT, aT, T))]
         if cfg.time_shifted:
             modes.append(("time_shifted", _quartic(s0, v0 * np.cos(psi0), a0 * np.cos(psi0), vT, aT, T)))
-        for (mode, cs), frac in ((mc, f) for mc in modes for f in cfg.lateral_fractions):
-            before = t <= T
+        before = t <= T
+        for mode, cs in modes:
+            s_poly = _poly(cs, t)
             s_end = float(_poly(cs, T))
             ref_shift = s_end - sT  # the reference after T: the log shifted by this
             L = s_end - s0
             if L < cfg.min_rejoin_length_m and (abs(d0) > 0.05 or abs(psi0) > 0.02):
                 continue
-            s_t = np.where(before, _poly(cs, t), s_log + ref_shift)
-            # lateral offset as a quintic in the distance travelled: d(0) = d0, d' = tan(psi0), d'' = 0 -> 0, 0, 0
-            Ld = max(L * frac, 1e-6)
-            cd = _quintic(d0, np.tan(np.clip(psi0, -1.2, 1.2)), 0.0, 0.0, 0.0, 0.0, Ld)
-            sigma = np.clip(s_t - s0, 0.0, Ld)
-            d_t = np.where(before, _poly(cd, sigma), 0.0)
-            dd = np.where(before, _poly(cd, sigma, 1), 0.0)
-            pose = ref.path.interpolate(s_t)
-            nrm = pose[:, 2] + np.pi / 2
-            xy = pose[:, :2] + d_t[:, None] * np.stack([np.cos(nrm), np.sin(nrm)], -1)
-            h = pose[:, 2] + np.arctan(dd)
-            traj = np.concatenate([xy, wrap_angle(h)[:, None]], -1)
-            traj[0] = ego[[X, Y, HEADING]]
-            out.append(traj)
-            target_shift = 0.0 if mode == "exact" else ref_shift
-            target = ref.path.interpolate(s_log + target_shift)
-            targets.append(np.concatenate([target, v_log[:, None]], -1))
-            labels.append((float(T), mode, target_shift, float(frac)))
-    if not out:
+            s_t = np.where(before, s_poly, s_log + ref_shift)
+            for frac in cfg.lateral_fractions:
+                # lateral offset as a quintic in the distance travelled: d(0) = d0, d' = tan(psi0), d'' = 0 -> 0
+                Ld = max(L * frac, 1e-6)
+                cd = _quintic(d0, np.tan(np.clip(psi0, -1.2, 1.2)), 0.0, 0.0, 0.0, 0.0, Ld)
+                sigma = np.clip(s_t - s0, 0.0, Ld)
+                s_rows.append(s_t)
+                d_rows.append(np.where(before, _poly(cd, sigma), 0.0))
+                dd_rows.append(np.where(before, _poly(cd, sigma, 1), 0.0))
+                tshift.append(0.0 if mode == "exact" else ref_shift)
+                labels.append((float(T), mode, tshift[-1], float(frac)))
+    if not labels:
         return np.zeros((0, len(t), 3)), np.zeros((0, len(t), 4)), labels
-    return np.stack(out), np.stack(targets), labels
+    S, D, DD = np.stack(s_rows), np.stack(d_rows), np.stack(dd_rows)
+    C = len(labels)
+    pose = ref.path.interpolate(S.reshape(-1)).reshape(C, len(t), 3)
+    nrm = pose[..., 2] + np.pi / 2
+    xy = pose[..., :2] + D[..., None] * np.stack([np.cos(nrm), np.sin(nrm)], -1)
+    h = pose[..., 2] + np.arctan(DD)
+    trajs = np.concatenate([xy, wrap_angle(h)[..., None]], -1)
+    trajs[:, 0] = ego[[X, Y, HEADING]]
+    tgt = ref.path.interpolate((s_log[None] + np.asarray(tshift)[:, None]).reshape(-1)).reshape(C, len(t), 3)
+    targets = np.concatenate([tgt, np.broadcast_to(v_log[None, :, None], (C, len(t), 1))], -1)
+    return trajs, targets, labels
 
 
 def measured_rejoin(states: np.ndarray, targets: np.ndarray, config: RecoveryConfig = RecoveryConfig()) -> np.ndarray:

@@ -25,6 +25,7 @@ from numba import njit, prange
 from .sh import sh_colors_all
 
 TILE = 16
+FULL_ROW = (1 << TILE) - 1
 ALPHA_THRESHOLD = np.float32(1.0 / 255.0)
 T_MIN = np.float32(1e-4)
 F32 = np.float32
@@ -169,35 +170,31 @@ def project_all(means, cov6, opacities, viewmats, Ks, width, height, near, far, 
 
 
 class Workspace:
-    """Per-camera projection buffers reused across frames (no allocation or page faults per frame)."""
+    """Projection buffers reused across frames (no allocation or page faults per frame). Views are always
+    C-contiguous (flat buffers reshaped), so the kernels see one array layout whatever the frame size."""
 
     def __init__(self):
-        self._shape = (0, 0)
+        self._cap = 0
         self._bufs = None
         self._cols = None
 
-    def colors(self, C: int, N: int):
-        if self._cols is None or self._cols.shape[0] < C or self._cols.shape[1] < N:
-            self._cols = np.empty((max(C, 1), max(N, 1), 3), np.float32)
-        return self._cols[:C, :N]
+    def _grow(self, n: int):
+        if self._bufs is None or self._cap < n:
+            self._cap = max(n, int(self._cap * 1.25))
+            c = self._cap
+            self._bufs = (np.empty(2 * c, np.int32), np.empty(2 * c, np.float32), np.empty(c, np.float32),
+                          np.empty(3 * c, np.float32), np.empty(c, np.float32), np.empty(3 * c, np.float32))
 
     def arrays(self, C: int, N: int):
-        if self._bufs is None or self._shape[0] < C or self._shape[1] < N:
-            cap = (max(C, self._shape[0]), max(N, self._shape[1]))
-            self._bufs = (np.empty((cap[0], cap[1], 2), np.int32), np.empty((cap[0], cap[1], 2), np.float32),
-                          np.empty((cap[0], cap[1]), np.float32), np.empty((cap[0], cap[1], 3), np.float32),
-                          np.empty((cap[0], cap[1]), np.float32))
-            self._shape = cap
-        r, m, d, c, o = self._bufs
-        return r[:C, :N], m[:C, :N], d[:C, :N], c[:C, :N], o[:C, :N]
+        self._grow(C * N)
+        r, m, d, c, o, _ = self._bufs
+        k = C * N
+        return (r[:2 * k].reshape(C, N, 2), m[:2 * k].reshape(C, N, 2), d[:k].reshape(C, N),
+                c[:3 * k].reshape(C, N, 3), o[:k].reshape(C, N))
 
-
-def project(means, cov6, opacities, viewmat, K, width, height, near, far, eps2d, radius_clip, antialiased):
-    """One camera (see `project_all`)."""
-    r, m, d, c, o = project_all(means, cov6, opacities, np.ascontiguousarray(np.asarray(viewmat)[None], dtype=np.float32),
-                                np.ascontiguousarray(np.asarray(K)[None], dtype=np.float32), width, height, near, far,
-                                eps2d, radius_clip, antialiased)
-    return r[0].copy(), m[0].copy(), d[0].copy(), c[0].copy(), o[0].copy()
+    def colors(self, C: int, N: int):
+        self._grow(C * N)
+        return self._bufs[5][:3 * C * N].reshape(C, N, 3)
 
 
 @njit(cache=True, parallel=True)
@@ -281,13 +278,13 @@ def composite(offsets, base, ids, m2d, conic, opac, colors, depth, radii, width,
         acc = np.zeros((TILE, TILE, 3), dtype=np.float32)
         dacc = np.zeros((TILE, TILE), dtype=np.float32)
         done = np.zeros((TILE, TILE), dtype=np.bool_)
-        row_done = np.zeros(TILE, dtype=np.int32)
+        row_mask = np.zeros(TILE, dtype=np.int64)  # bit x set: pixel (x, row) is done
         n_done = 0
         for yy in range(TILE):
             for xx in range(TILE):
                 if oy + yy >= height or ox + xx >= width:
                     done[yy, xx] = True
-                    row_done[yy] += 1
+                    row_mask[yy] |= np.int64(1) << xx
                     n_done += 1
         for k in range(a, b):
             if n_done >= TILE * TILE:
@@ -309,7 +306,7 @@ def composite(offsets, base, ids, m2d, conic, opac, colors, depth, radii, width,
             z = depth[c, g]
             inv_a = F32(1.0) / ca if ca > F32(0.0) else F32(0.0)
             for yy in range(y_lo, y_hi):
-                if row_done[yy] == TILE:
+                if row_mask[yy] == FULL_ROW:
                     continue
                 py = F32(oy + yy) + F32(0.5)
                 dy = gy - py
@@ -328,6 +325,11 @@ def composite(offsets, base, ids, m2d, conic, opac, colors, depth, radii, width,
                     # px = gx - dx
                     x_lo = max(0, int(math.floor(gx - dxb - F32(1.5))) - ox)
                     x_hi = min(TILE, int(math.ceil(gx - dxa + F32(1.5))) - ox)
+                if x_hi <= x_lo:
+                    continue
+                span = ((np.int64(1) << (x_hi - x_lo)) - 1) << x_lo
+                if (row_mask[yy] & span) == span:
+                    continue  # every pixel of this row's interval is already saturated
                 for xx in range(x_lo, x_hi):
                     if done[yy, xx]:
                         continue
@@ -341,7 +343,7 @@ def composite(offsets, base, ids, m2d, conic, opac, colors, depth, radii, width,
                     next_T = Tp * (F32(1.0) - alpha)
                     if next_T <= T_MIN:
                         done[yy, xx] = True
-                        row_done[yy] += 1
+                        row_mask[yy] |= np.int64(1) << xx
                         n_done += 1
                         continue
                     vis = alpha * Tp

@@ -180,7 +180,7 @@ class StaticScene:
                                         (rest, self.offroad_spacing, GRASS, 0.12)):
             p = _grid_in(poly, spacing, rng)
             if len(p):
-                s = spacing * 0.75
+                s = spacing * 0.55
                 P.add(np.c_[p - (ox, oy), np.zeros(len(p))], (s, s, 0.02), col, 0.98,
                       _z_quats(rng.uniform(0, np.pi, len(p))), rng, jit)
         # lane markings
