@@ -197,6 +197,14 @@ class Workspace:
         return self._bufs[5][:3 * C * N].reshape(C, N, 3)
 
 
+def project(means, cov6, opacities, viewmat, K, width, height, near, far, eps2d, radius_clip, antialiased):
+    """One camera (see `project_all`): radii [N, 2], means2d [N, 2], depths [N], conics [N, 3], opacities [N]."""
+    r, m, d, c, o = project_all(means, cov6, opacities, np.ascontiguousarray(np.asarray(viewmat)[None], dtype=np.float32),
+                                np.ascontiguousarray(np.asarray(K)[None], dtype=np.float32), width, height, near, far,
+                                eps2d, radius_clip, antialiased)
+    return r[0].copy(), m[0].copy(), d[0].copy(), c[0].copy(), o[0].copy()
+
+
 @njit(cache=True, parallel=True)
 def bin_tiles(vis, vis_start, radii, m2d, depth, width, height):
     """Tile lists of every camera from its visible Gaussians (vis[vis_start[c]:vis_start[c + 1]], ascending):
