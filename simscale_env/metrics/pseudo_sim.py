@@ -154,27 +154,35 @@ def scoring_scene(sim: Simulation, world: WorldState, *, ego_states: np.ndarray 
     heading = np.array([seen[t][0].heading[seen[t][1]] for t in tracks])
     speed = np.array([np.hypot(seen[t][0].vx[seen[t][1]], seen[t][0].vy[seen[t][1]]) for t in tracks])
     is_agent = np.array([ag.category[t] in AGENT_CATEGORIES for t in tracks], dtype=bool)
-    # red lights on the route, per step
+    return _assemble_scene(sim, world, tracks, corners, valid, heading, speed, is_agent, near, route_ids,
+                           centerline, past_states)
+
+
+def _assemble_scene(sim, world, tracks, corners, valid, heading, speed, is_agent, near, route_ids, centerline,
+                    past_states) -> ScoringScene:
+    """The rest of a scoring scene around its objects: red lights on the route per step, the tracks (and red
+    connectors the ego is inside) already touching the ego at t0 (PDMObservation.update; ignored by NC and TTC),
+    the human past for HC, the map and the centreline."""
+    ag = sim.scenario.agents
+    T = corners.shape[0]
+    last = sim.num_iterations - 1
     red = []
     for t in range(T):
         it = min(world.iteration + t, last)
-        polys = sim.red_light_polygons(it, route_ids)
-        red.append(tuple(sorted(polys.items())))
-    # tracks already touching the ego at t0 (PDMObservation.update) are ignored by NC and TTC
-    ego_poly = shapely.Polygon(ego_box(ego))
+        red.append(tuple(sorted(sim.red_light_polygons(it, route_ids).items())))
+    ego_poly = shapely.Polygon(ego_box(world.ego))
     collided = set()
-    if M:
-        p0 = shapely.polygons(corners[0, valid[0]])
-        hit = shapely.intersects(p0, ego_poly)
+    if len(tracks) and valid[0].any():
+        hit = shapely.intersects(shapely.polygons(corners[0, valid[0]]), ego_poly)
         collided = {ag.track_tokens[tracks[i]] for i, h in zip(np.nonzero(valid[0])[0], hit) if h}
     for cid, poly in red[0]:
         if ego_poly.within(poly):
             collided.add(f"red_light_{cid}")
-    # human past (log ego before the scenario time) for HC
     past = _human_past(sim, world.iteration) if past_states is None else np.asarray(past_states, dtype=np.float64)
     if past is not None and len(past) == 0:
         past = None
-    cl = route_centerline_xy(sim, ego) if centerline is None else centerline
+    layers = _map_layers(sim.map)
+    cl = route_centerline_xy(sim, world.ego) if centerline is None else centerline
     return ScoringScene(
         map_ids=tuple(layers["ids"][near]), map_types=tuple(layers["types"][near]),
         map_polygons=tuple(layers["polys"][near]), route_lane_ids=route_ids, centerline=cl,
@@ -210,30 +218,8 @@ def _log_replay_scene(sim, world, T, near, route_ids, radius, centerline, past_s
     heading = ag.heading[f_first, tracks].astype(np.float64)
     speed = np.hypot(np.nan_to_num(ag.vx[f_first, tracks]), np.nan_to_num(ag.vy[f_first, tracks]))
     is_agent = np.isin(ag.category[tracks], np.asarray(AGENT_CATEGORIES))
-    red = []
-    for t in range(T):
-        it = min(world.iteration + t, last)
-        red.append(tuple(sorted(sim.red_light_polygons(it, route_ids).items())))
-    ego_poly = shapely.Polygon(ego_box(world.ego))
-    collided = set()
-    if M and v[0].any():
-        p0 = shapely.polygons(corners[0, v[0]])
-        hit = shapely.intersects(p0, ego_poly)
-        collided = {ag.track_tokens[tracks[i]] for i, h in zip(np.nonzero(v[0])[0], hit) if h}
-    for cid, poly in red[0]:
-        if ego_poly.within(poly):
-            collided.add(f"red_light_{cid}")
-    past = _human_past(sim, world.iteration) if past_states is None else np.asarray(past_states, dtype=np.float64)
-    if past is not None and len(past) == 0:
-        past = None
-    layers = _map_layers(sim.map)
-    cl = route_centerline_xy(sim, world.ego) if centerline is None else centerline
-    return ScoringScene(
-        map_ids=tuple(layers["ids"][near]), map_types=tuple(layers["types"][near]),
-        map_polygons=tuple(layers["polys"][near]), route_lane_ids=route_ids, centerline=cl,
-        obj_tokens=tuple(ag.track_tokens[t] for t in tracks), obj_is_agent=is_agent, obj_heading=heading,
-        obj_speed=speed, obj_corners=corners, obj_valid=v, red_light_polygons=tuple(red),
-        collided_track_ids=frozenset(collided), human_past_states=past, name=sim.scenario.token)
+    return _assemble_scene(sim, world, tracks, corners, v, heading, speed, is_agent, near, route_ids, centerline,
+                           past_states)
 
 
 def _human_past(sim: Simulation, iteration: int) -> np.ndarray | None:

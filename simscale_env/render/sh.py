@@ -106,35 +106,6 @@ def eval_sh_colors(coeffs: np.ndarray, dirs: np.ndarray, degree: int | None = No
 
 
 @njit(cache=True, parallel=True)
-def _sh_indexed(coeffs, means, campos, ids, degree, out):
-    nb = (degree + 1) * (degree + 1)
-    for r in prange(len(ids)):
-        i = ids[r]
-        x = np.float64(means[i, 0] - campos[0])
-        y = np.float64(means[i, 1] - campos[1])
-        z = np.float64(means[i, 2] - campos[2])
-        norm = math.sqrt(x * x + y * y + z * z)
-        if norm > 0:
-            x, y, z = x / norm, y / norm, z / norm
-        b = np.empty(25)
-        _bases(x, y, z, nb, b)
-        for ch in range(3):
-            s = 0.0
-            for k in range(nb):
-                s += b[k] * coeffs[i, k, ch]
-            out[i, ch] = max(s + 0.5, 0.0)
-
-
-def sh_colors_into(coeffs, means, campos, ids, degree, out) -> None:
-    """out[ids] = max(0, SH(means[ids] - campos) + 0.5), without copying the coefficients."""
-    d = int(round(np.sqrt(coeffs.shape[1]))) - 1 if degree is None else int(degree)
-    if d == 0:
-        out[ids] = np.maximum(np.float32(0.2820947917738781) * coeffs[ids, 0] + np.float32(0.5), np.float32(0.0))
-        return
-    _sh_indexed(coeffs, means, np.asarray(campos, np.float32), np.asarray(ids, np.int64), d, out)
-
-
-@njit(cache=True, parallel=True)
 def _sh_all(coeffs, means, campos, ids, starts, degree, out):
     nb = (degree + 1) * (degree + 1)
     C = len(starts) - 1
