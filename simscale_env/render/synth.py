@@ -42,6 +42,7 @@ BUILDING_COLOURS = ((0.76, 0.70, 0.60), (0.62, 0.36, 0.30), (0.55, 0.57, 0.60), 
                     (0.45, 0.50, 0.58), (0.70, 0.62, 0.48))
 SKY_TOP = np.array([0.38, 0.58, 0.86], np.float32)
 SKY_HORIZON = np.array([0.78, 0.86, 0.95], np.float32)
+GROUND_FILL = np.array([0.34, 0.36, 0.32], np.float32)
 
 
 @dataclass
@@ -144,24 +145,53 @@ class StaticScene:
                     out.append((i, j))
         return out
 
-    def near(self, x: float, y: float, radius: float = 90.0) -> tuple[Gaussians, np.ndarray]:
+    def near(self, x: float, y: float, radius: float = 90.0, lod_distance: float | None = 40.0
+             ) -> tuple[Gaussians, np.ndarray]:
         """Gaussians (local coordinates) of the chunks within `radius` of the global point (x, y), and their
-        covariances [N, 6] (computed once per chunk set)."""
+        covariances [N, 6] (computed once per chunk set). Chunks farther than `lod_distance` use their
+        level-of-detail version: a quarter of the ground Gaussians at twice the size (the far ground covers few
+        pixels, where many small Gaussians each add a little alpha)."""
         ids = tuple(self.chunk_ids(x, y, radius))
-        if ids not in self._sets:
-            gs = [self.chunk(i, j) for i, j in ids]
+        lod = tuple(lod_distance is not None and self._chunk_distance(i, j, x, y) > lod_distance for i, j in ids)
+        key = (ids, lod)
+        if key not in self._sets:
+            gs = [self.chunk_lod(i, j) if far else self.chunk(i, j) for (i, j), far in zip(ids, lod)]
             g = Gaussians.concat([c[0] for c in gs])
             cov = np.concatenate([c[1] for c in gs]) if gs else np.zeros((0, 6), np.float32)
             if len(self._sets) > 8:
                 self._sets.pop(next(iter(self._sets)))
-            self._sets[ids] = (g, cov)
-        return self._sets[ids]
+            self._sets[key] = (g, cov)
+        return self._sets[key]
+
+    @staticmethod
+    def _chunk_distance(i, j, x, y) -> float:
+        cx = min(max(x, i * CHUNK), (i + 1) * CHUNK)
+        cy = min(max(y, j * CHUNK), (j + 1) * CHUNK)
+        return float(np.hypot(cx - x, cy - y))
 
     def chunk(self, i: int, j: int) -> tuple[Gaussians, np.ndarray]:
         key = (i, j)
         if key not in self._chunks:
-            g = self._generate(i, j)
-            self._chunks[key] = (g, covariances(g.quats, g.scales))
+            g, n_ground = self._generate(i, j)
+            self._chunks[key] = (g, covariances(g.quats, g.scales), n_ground)
+        return self._chunks[key][:2]
+
+    def chunk_lod(self, i: int, j: int) -> tuple[Gaussians, np.ndarray]:
+        key = ("lod", i, j)
+        if key not in self._chunks:
+            self.chunk(i, j)
+            g, _, n_ground = self._chunks[(i, j)]
+            m = g.means[:n_ground]
+            cell = 2.0 * self.ground_spacing
+            keep = ((np.floor(m[:, 0] / self.ground_spacing) % 2 == 0)
+                    & (np.floor(m[:, 1] / self.ground_spacing) % 2 == 0))
+            idx = np.concatenate([np.nonzero(keep)[0], np.arange(n_ground, len(g))])
+            sub = g.subset(idx)
+            scales = sub.scales.copy()
+            scales[:int(keep.sum()), :2] *= 2.0
+            sub = Gaussians(sub.means, sub.quats, scales, sub.opacities, sub.sh)
+            self._chunks[key] = (sub, covariances(sub.quats, sub.scales))
+            del cell
         return self._chunks[key]
 
     def _generate(self, i: int, j: int) -> Gaussians:
@@ -174,15 +204,16 @@ class StaticScene:
         drv = shapely.intersection(self._drivable, box)
         walk = shapely.difference(shapely.intersection(self._walk, box), drv)
         rest = shapely.difference(shapely.difference(box, drv), walk)
-        # ground
+        # ground (first: the level-of-detail version thins these)
         for poly, spacing, col, jit in ((drv, self.ground_spacing, ASPHALT, 0.06),
                                         (walk, self.ground_spacing * 1.2, PAVEMENT, 0.04),
                                         (rest, self.offroad_spacing, GRASS, 0.12)):
             p = _grid_in(poly, spacing, rng)
             if len(p):
-                s = spacing * 0.55
-                P.add(np.c_[p - (ox, oy), np.zeros(len(p))], (s, s, 0.02), col, 0.98,
+                s = spacing * 0.45
+                P.add(np.c_[p - (ox, oy), np.zeros(len(p))], (s, s, 0.02), col, 0.995,
                       _z_quats(rng.uniform(0, np.pi, len(p))), rng, jit)
+        n_ground = sum(len(a) for a in P.means)
         # lane markings
         for rb in m.roadblocks.values():
             if rb.is_connector or not rb.polygon.intersects(box):
@@ -212,7 +243,7 @@ class StaticScene:
             P.add(np.c_[p - (ox, oy), np.full(len(p), 0.08)], (0.25, 0.08, 0.08), CURB, 0.95, _z_quats(ang))
         # buildings and trees beyond the road, from the drivable edge
         self._roadside(P, box, rng)
-        return P.build()
+        return P.build(), n_ground
 
     def _marking(self, P, xy, box, col, dashed, rng):
         line = shapely.intersection(shapely.LineString(xy), box) if len(xy) >= 2 else None
@@ -279,7 +310,7 @@ class StaticScene:
                 # a vertical plate facing the road: thin along the normal
                 yaw = np.arctan2(nrm[k, 1], nrm[k, 0])
                 P.means.append(pos.astype(np.float32))
-                P.scales.append(np.tile(np.array([0.06, 0.7, 0.7], np.float32), (n, 1)))
+                P.scales.append(np.tile(np.array([0.06, 0.6, 0.6], np.float32), (n, 1)))
                 P.quats.append(np.tile(_z_quats([yaw])[0], (n, 1)))
                 P.opac.append(np.full(n, 0.97, np.float32))
                 P.rgb.append(cols.astype(np.float32))
@@ -422,7 +453,10 @@ def sky_background(Ks: np.ndarray, viewmats: np.ndarray, width: int, height: int
         dw = d @ Rwc.T
         elev = dw[..., 2] / np.linalg.norm(dw, axis=-1)
         w = np.clip(elev * 3.0, 0.0, 1.0)[..., None]
-        out[c] = SKY_HORIZON * (1 - w) + SKY_TOP * w
+        sky = SKY_HORIZON * (1 - w) + SKY_TOP * w
+        # below the horizon the "background" is the ground's mean colour: gaps between ground Gaussians stay ground
+        g = np.clip(-elev * 20.0, 0.0, 1.0)[..., None]
+        out[c] = sky * (1 - g) + GROUND_FILL * g
     return out
 
 
