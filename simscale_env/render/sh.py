@@ -6,7 +6,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+import numba
+from numba import get_thread_id, njit, prange
 
 
 @njit(cache=True)
@@ -106,7 +107,7 @@ def eval_sh_colors(coeffs: np.ndarray, dirs: np.ndarray, degree: int | None = No
 
 
 @njit(cache=True, parallel=True)
-def _sh_all(coeffs, means, campos, ids, starts, degree, out):
+def _sh_all(coeffs, means, campos, ids, starts, degree, out, scratch):
     nb = (degree + 1) * (degree + 1)
     C = len(starts) - 1
     for r in prange(len(ids)):
@@ -120,7 +121,7 @@ def _sh_all(coeffs, means, campos, ids, starts, degree, out):
         norm = math.sqrt(x * x + y * y + z * z)
         if norm > 0:
             x, y, z = x / norm, y / norm, z / norm
-        b = np.empty(25)
+        b = scratch[get_thread_id()]  # no allocation per element
         _bases(x, y, z, nb, b)
         for ch in range(3):
             s = 0.0
@@ -147,4 +148,5 @@ def sh_colors_all(coeffs, means, campos, ids, starts, degree, out) -> None:
     if d == 0:
         _dc_all(coeffs, ids, starts, out)
         return
-    _sh_all(coeffs, means, np.asarray(campos, np.float32), ids, starts, d, out)
+    scratch = np.empty((numba.config.NUMBA_NUM_THREADS + 1, 25))
+    _sh_all(coeffs, means, np.asarray(campos, np.float32), ids, starts, d, out, scratch)
