@@ -408,15 +408,30 @@ def _project_corners(g_vtx_ptr, g_vx, g_vy, g_vs, corners, pair_obj, pair_lane, 
 
 
 # ------------------------------------------------------------------------------------------------ python side
+_CORNER_SIGNS = np.array([[1.0, 1.0], [-1.0, 1.0], [-1.0, -1.0], [1.0, -1.0]])  # (lon, lat): FL, RL, RR, FR
+
+
+@njit(cache=True)
+def _box_corners(x, y, h, length, width, signs, out):
+    for i in range(x.shape[0]):
+        c = np.cos(h[i])
+        s = np.sin(h[i])
+        hl = length[i] / 2
+        hw = width[i] / 2
+        for k in range(4):
+            lo = signs[k, 0]
+            la = signs[k, 1]
+            out[i, k, 0] = x[i] + c * lo * hl - s * la * hw
+            out[i, k, 1] = y[i] + s * lo * hl + c * la * hw
+
+
 def box_corners(x, y, h, length, width) -> np.ndarray:
-    """Corners [N, 4, 2] (FL, RL, RR, FR as nuPlan's OrientedBox) of boxes centred at (x, y) with heading h."""
-    x, y, h, length, width = (np.atleast_1d(np.asarray(a, dtype=np.float64)) for a in (x, y, h, length, width))
-    c, s = np.cos(h), np.sin(h)
-    hl, hw = length / 2, width / 2
-    out = np.empty((len(x), 4, 2))
-    for k, (lo, la) in enumerate(((1, 1), (-1, 1), (-1, -1), (1, -1))):
-        out[:, k, 0] = x + c * lo * hl - s * la * hw
-        out[:, k, 1] = y + s * lo * hl + c * la * hw
+    """Corners [N, 4, 2] (FL, RL, RR, FR as nuPlan's OrientedBox) of boxes centred at (x, y) with heading h
+    (scalars broadcast)."""
+    args = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64).reshape(-1) for a in (x, y, h, length, width)))
+    x, y, h, length, width = (np.ascontiguousarray(a) for a in args)
+    out = np.empty((x.shape[0], 4, 2))
+    _box_corners(x, y, h, length, width, _CORNER_SIGNS, out)
     return out
 
 

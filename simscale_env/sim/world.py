@@ -124,6 +124,8 @@ class Simulation:
         ag = scenario.agents
         self._open_loop = np.isin(ag.category, np.asarray(config.idm.open_loop_types, dtype=np.int8))
         self._agent_cat = np.isin(ag.category, np.asarray(AGENT_CATEGORIES, dtype=np.int8))
+        self._vx = np.nan_to_num(ag.vx)  # unknown log velocities read as 0 (once, not per step)
+        self._vy = np.nan_to_num(ag.vy)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -259,7 +261,7 @@ class Simulation:
     def _from_log(self, f: int, sel: np.ndarray, reactive: np.ndarray) -> Objects:
         ag = self.scenario.agents
         return Objects(track=sel, category=ag.category[sel], x=ag.x[f, sel], y=ag.y[f, sel],
-                       heading=ag.heading[f, sel], vx=np.nan_to_num(ag.vx[f, sel]), vy=np.nan_to_num(ag.vy[f, sel]),
+                       heading=ag.heading[f, sel], vx=self._vx[f, sel], vy=self._vy[f, sel],
                        length=ag.length[f, sel], width=ag.width[f, sel], height=ag.height[f, sel], reactive=reactive)
 
 
