@@ -61,7 +61,7 @@ def rig(width=480, height=224):
 def main(argv) -> int:
     ap = argparse.ArgumentParser(prog="simscale bench render")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--skip-torch", action="store_true")
     args = ap.parse_args(argv)
     os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
