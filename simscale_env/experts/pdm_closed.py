@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import shapely
+from numba import njit
 
 from ..data.schema import AGENT_CATEGORIES, BICYCLE, PEDESTRIAN, VEHICLE
 from ..geometry import global_to_local, wrap_angle
@@ -313,6 +314,9 @@ class PDMClosedPlanner:
         out[:, 0] = path.interpolate(p0)
         shapely.prepare(corridor)
         sqrt_ab = np.sqrt(cfg.accel_max * cfg.decel_max)
+        tgt = np.ascontiguousarray(targets, dtype=np.float64)
+        idm_params = tuple(float(x) for x in (cfg.min_gap_to_lead_agent, cfg.headway_time, sqrt_ab, cfg.accel_max,
+                                              cfg.decel_max, cfg.acceleration_exponent, cfg.interval_s))
         d_rc = self.vehicle.rear_axle_to_center
         for t in range(1, T + 1):
             if t % cfg.leading_agent_update_rate != 0:
@@ -332,34 +336,34 @@ class PDMClosedPlanner:
                                      np.full(L, self.vehicle.length), np.full(L, self.vehicle.width))
                     dists = shapely.distance(shapely.polygons(eb)[:, None], polys_arr[cand][None, :])  # [L, K]
                 shared = np.zeros(3)  # NAVSIM reuses one array across the path's proposals
+                if dists is not None:
+                    # the nearest candidate ahead of each proposal (vectorized; same values as per proposal)
+                    ahead = obj_prog[None, :] > cur_all[:, None]  # [L, K]
+                    dm = np.where(ahead, dists, np.inf)
+                    kk = np.argmin(dm, axis=1)
+                    has = ahead.any(axis=1).tolist()
+                    dmin = dm[np.arange(L), kk].tolist()
+                    jj = cand[kk]
+                    valid = jj < len(fc.tokens)
+                    js = np.where(valid, jj, 0)
+                    if len(fc.tokens):
+                        rel = wrap_angle(fc.heading[js] - pose[:, 2])
+                        v_lead = np.where(fc.is_agent[js], fc.speed[js] * np.cos(rel), 0.0).tolist()
+                    else:
+                        v_lead = [0.0] * L
+                    valid = valid.tolist()
+                else:
+                    has = [False] * L
                 for i in range(L):
-                    cur = cur_all[i]
-                    ahead = np.nonzero(obj_prog > cur)[0]
-                    if len(ahead):
-                        d = dists[i, ahead]
-                        k = int(np.argmin(d))
-                        j = int(cand[ahead[k]])
-                        shared[0] = cur + d[k]
-                        if j < len(fc.tokens):
-                            if fc.is_agent[j]:
-                                rel = wrap_angle(fc.heading[j] - pose[i, 2])
-                                shared[1] = fc.speed[j] * np.cos(rel)
-                            else:
-                                shared[1] = 0.0
+                    if has[i]:
+                        shared[0] = cur_all[i] + dmin[i]
+                        if valid[i]:
+                            shared[1] = v_lead[i]
                     else:
                         shared[0] = path.length
                         shared[2] = self.vehicle.length / 2
                     lead[i, t] = shared
-            # BatchIDMPolicy.propagate
-            x, v = progress[:, t - 1], vel[:, t - 1]
-            x_lead, v_lead, l_r = lead[:, t, 0], lead[:, t, 1], lead[:, t, 2]
-            s_star = cfg.min_gap_to_lead_agent + v * cfg.headway_time + v * (v - v_lead) / (2 * sqrt_ab)
-            s_alpha = np.maximum(x_lead - x - l_r, cfg.min_gap_to_lead_agent)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                acc = cfg.accel_max * (1 - (v / targets) ** cfg.acceleration_exponent - (s_star / s_alpha) ** 2)
-            acc = np.clip(np.where(np.isnan(acc), -cfg.decel_max, acc), -cfg.decel_max, cfg.accel_max)
-            progress[:, t] = x + cfg.interval_s * v
-            vel[:, t] = v + cfg.interval_s * acc
+            _idm_propagate(progress, vel, lead, tgt, t, *idm_params)
         out[:, 1:] = path.interpolate(progress[:, 1:])
         return out
 
@@ -402,3 +406,20 @@ class PDMClosedPlanner:
 def pdm_closed_plan(sim: Simulation, world: WorldState, config: PDMClosedConfig = PDMClosedConfig()) -> ExpertPlan:
     """One PDM-Closed plan from a fresh planner (centreline from this state), as NAVSIM's metric cache computes it."""
     return PDMClosedPlanner(config).plan(sim, world)
+
+
+@njit(cache=True, error_model="numpy")
+def _idm_propagate(progress, vel, lead, targets, t, min_gap, headway, sqrt_ab, accel_max, decel_max, exponent,
+                   interval):
+    """BatchIDMPolicy.propagate of every proposal from step t - 1 to t (leaders in lead[:, t])."""
+    for i in range(progress.shape[0]):
+        x = progress[i, t - 1]
+        v = vel[i, t - 1]
+        s_star = min_gap + v * headway + v * (v - lead[i, t, 1]) / (2 * sqrt_ab)
+        s_alpha = max(lead[i, t, 0] - x - lead[i, t, 2], min_gap)
+        acc = accel_max * (1 - (v / targets[i]) ** exponent - (s_star / s_alpha) ** 2)
+        if np.isnan(acc):
+            acc = -decel_max
+        acc = min(max(acc, -decel_max), accel_max)
+        progress[i, t] = x + interval * v
+        vel[i, t] = v + interval * acc

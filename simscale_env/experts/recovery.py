@@ -67,20 +67,25 @@ class RecoveryConfig:
 
 
 def _quintic(x0, v0, a0, x1, v1, a1, T):
-    """Coefficients c[0..5] of x(t) = sum c_k t^k matching position, velocity, acceleration at 0 and T."""
+    """Coefficients c[0..5] of x(t) = sum c_k t^k matching position, velocity, acceleration at 0 and T
+    (closed form of the 3x3 boundary system)."""
     c0, c1, c2 = x0, v0, a0 / 2.0
-    A = np.array([[T ** 3, T ** 4, T ** 5], [3 * T ** 2, 4 * T ** 3, 5 * T ** 4], [6 * T, 12 * T ** 2, 20 * T ** 3]])
-    b = np.array([x1 - (c0 + c1 * T + c2 * T ** 2), v1 - (c1 + 2 * c2 * T), a1 - 2 * c2])
-    c3, c4, c5 = np.linalg.solve(A, b)
+    h = x1 - (c0 + c1 * T + c2 * T ** 2)
+    g = v1 - (c1 + 2 * c2 * T)
+    k = a1 - 2 * c2
+    c3 = (10.0 * h - 4.0 * g * T + 0.5 * k * T ** 2) / T ** 3
+    c4 = (-15.0 * h + 7.0 * g * T - k * T ** 2) / T ** 4
+    c5 = (6.0 * h - 3.0 * g * T + 0.5 * k * T ** 2) / T ** 5
     return np.array([c0, c1, c2, c3, c4, c5])
 
 
 def _quartic(x0, v0, a0, v1, a1, T):
     """Coefficients of x(t) (degree 4) matching x0, v0, a0 at 0 and velocity, acceleration at T (end free)."""
     c0, c1, c2 = x0, v0, a0 / 2.0
-    A = np.array([[3 * T ** 2, 4 * T ** 3], [6 * T, 12 * T ** 2]])
-    b = np.array([v1 - (c1 + 2 * c2 * T), a1 - 2 * c2])
-    c3, c4 = np.linalg.solve(A, b)
+    g = v1 - (c1 + 2 * c2 * T)
+    k = a1 - 2 * c2
+    c3 = g / T ** 2 - k / (3.0 * T)
+    c4 = k / (4.0 * T ** 2) - g / (2.0 * T ** 3)
     return np.array([c0, c1, c2, c3, c4, 0.0])
 
 
@@ -90,9 +95,23 @@ def _poly(c, t, deriv=0):
     for _ in range(deriv):
         c = c[1:] * np.arange(1, len(c))
     t = np.asarray(t, dtype=np.float64)
-    out = np.full(t.shape, c[-1])
-    for k in range(len(c) - 2, -1, -1):
+    if len(c) == 1:
+        return np.full(t.shape, c[0])
+    out = c[-1] * t + c[-2]
+    for k in range(len(c) - 3, -1, -1):
         out = out * t + c[k]
+    return out
+
+
+def _poly_rows(c, x, deriv=0):
+    """Row-wise `_poly`: coefficients c [M, K], arguments x broadcastable to [M, N] -> [M, N] (same operations)."""
+    c = np.asarray(c, dtype=np.float64)
+    for _ in range(deriv):
+        c = c[:, 1:] * np.arange(1, c.shape[1])
+    x = np.asarray(x, dtype=np.float64)
+    out = c[:, -1:] * x + c[:, -2:-1]
+    for k in range(c.shape[1] - 3, -1, -1):
+        out = out * x + c[:, k:k + 1]
     return out
 
 
@@ -157,35 +176,41 @@ def _candidate_trajectories(ref: LoggedReference, ego: np.ndarray, cfg: Recovery
     t = np.arange(int(round(cfg.horizon_s / cfg.dt)) + 1) * cfg.dt
     s_log = np.interp(t, ref.times, ref.s)
     v_log = np.interp(t, ref.times, ref.v)
-    s_rows, d_rows, dd_rows, tshift, labels = [], [], [], [], []
+    # longitudinal profiles, one per (T_j, mode)
+    coef, rows = [], []
     for T in cfg.rejoin_times_s:
         sT, vT, aT = ref.at(T)
         aim = (aims or {}).get((float(T), "exact"), 0.0)
-        modes = [("exact", _quintic(s0, v0 * np.cos(psi0), a0 * np.cos(psi0), sT + aim, vT, aT, T))]
+        coef.append(_quintic(s0, v0 * np.cos(psi0), a0 * np.cos(psi0), sT + aim, vT, aT, T))
+        rows.append((float(T), "exact", float(sT)))
         if cfg.time_shifted:
-            modes.append(("time_shifted", _quartic(s0, v0 * np.cos(psi0), a0 * np.cos(psi0), vT, aT, T)))
-        before = t <= T
-        for mode, cs in modes:
-            s_poly = _poly(cs, t)
-            s_end = float(_poly(cs, T))
-            ref_shift = s_end - sT  # the reference after T: the log shifted by this
-            L = s_end - s0
-            if L < cfg.min_rejoin_length_m and (abs(d0) > 0.05 or abs(psi0) > 0.02):
-                continue
-            s_t = np.where(before, s_poly, s_log + ref_shift)
-            for frac in cfg.lateral_fractions:
-                # lateral offset as a quintic in the distance travelled: d(0) = d0, d' = tan(psi0), d'' = 0 -> 0
-                Ld = max(L * frac, 1e-6)
-                cd = _quintic(d0, np.tan(np.clip(psi0, -1.2, 1.2)), 0.0, 0.0, 0.0, 0.0, Ld)
-                sigma = np.clip(s_t - s0, 0.0, Ld)
-                s_rows.append(s_t)
-                d_rows.append(np.where(before, _poly(cd, sigma), 0.0))
-                dd_rows.append(np.where(before, _poly(cd, sigma, 1), 0.0))
-                tshift.append(0.0 if mode == "exact" else ref_shift)
-                labels.append((float(T), mode, tshift[-1], float(frac)))
+            coef.append(_quartic(s0, v0 * np.cos(psi0), a0 * np.cos(psi0), vT, aT, T))
+            rows.append((float(T), "time_shifted", float(sT)))
+    Tj = np.array([r[0] for r in rows])
+    s_poly = _poly_rows(np.array(coef), t[None, :])  # [M, K]
+    s_end = _poly_rows(np.array(coef), Tj[:, None])[:, 0]
+    ref_shift = s_end - np.array([r[2] for r in rows])  # the reference after T_j: the log shifted by this
+    L = s_end - s0
+    before = t[None, :] <= Tj[:, None]
+    s_t = np.where(before, s_poly, s_log[None, :] + ref_shift[:, None])
+    # a lateral or heading offset cannot be removed over too little travel
+    keep = ~((L < cfg.min_rejoin_length_m) & (abs(d0) > 0.05 or abs(psi0) > 0.02))
+    fr = np.asarray(cfg.lateral_fractions, dtype=np.float64)
+    m_idx = np.repeat(np.nonzero(keep)[0], len(fr))  # candidates: (T_j, mode) outer, lateral fraction inner
+    f_idx = np.tile(np.arange(len(fr)), int(keep.sum()))
+    labels = [(rows[m][0], rows[m][1], 0.0 if rows[m][1] == "exact" else float(ref_shift[m]), float(fr[f]))
+              for m, f in zip(m_idx.tolist(), f_idx.tolist())]
+    tshift = [lab[2] for lab in labels]
     if not labels:
         return np.zeros((0, len(t), 3)), np.zeros((0, len(t), 4)), labels
-    S, D, DD = np.stack(s_rows), np.stack(d_rows), np.stack(dd_rows)
+    # lateral offset as a quintic in the distance travelled: d(0) = d0, d' = tan(psi0), d'' = 0 -> 0 at L * frac
+    Ld = np.maximum(L[m_idx] * fr[f_idx], 1e-6)
+    cd = np.stack([_quintic(d0, np.tan(np.clip(psi0, -1.2, 1.2)), 0.0, 0.0, 0.0, 0.0, x) for x in Ld])
+    S = s_t[m_idx]
+    sigma = np.clip(S - s0, 0.0, Ld[:, None])
+    b = before[m_idx]
+    D = np.where(b, _poly_rows(cd, sigma), 0.0)
+    DD = np.where(b, _poly_rows(cd, sigma, 1), 0.0)
     C = len(labels)
     pose = ref.path.interpolate(S.reshape(-1)).reshape(C, len(t), 3)
     nrm = pose[..., 2] + np.pi / 2

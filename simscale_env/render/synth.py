@@ -310,7 +310,7 @@ class StaticScene:
                 # a vertical plate facing the road: thin along the normal
                 yaw = np.arctan2(nrm[k, 1], nrm[k, 0])
                 P.means.append(pos.astype(np.float32))
-                P.scales.append(np.tile(np.array([0.06, 0.6, 0.6], np.float32), (n, 1)))
+                P.scales.append(np.tile(np.array([0.06, 0.5, 0.5], np.float32), (n, 1)))
                 P.quats.append(np.tile(_z_quats([yaw])[0], (n, 1)))
                 P.opac.append(np.full(n, 0.97, np.float32))
                 P.rgb.append(cols.astype(np.float32))
@@ -322,8 +322,8 @@ class StaticScene:
             for k in np.nonzero(ok_t)[0]:
                 c = tpos[k] - (ox, oy)
                 P.add(np.array([[c[0], c[1], 0.8], [c[0], c[1], 2.0]]), (0.15, 0.15, 0.7), (0.35, 0.25, 0.15))
-                canopy = rng.normal(0, 1, (28, 3)) * np.array([1.2, 1.2, 1.0]) + np.array([c[0], c[1], 4.2])
-                P.add(canopy, (0.75, 0.75, 0.65), (0.20, 0.40, 0.17), 0.9, None, rng, 0.15)
+                canopy = rng.normal(0, 1, (18, 3)) * np.array([1.0, 1.0, 0.85]) + np.array([c[0], c[1], 4.2])
+                P.add(canopy, (0.6, 0.6, 0.55), (0.20, 0.40, 0.17), 0.97, None, rng, 0.15)
 
 
 def _hash01(k, salt):

@@ -72,3 +72,19 @@ def test_falls_back_to_pdm_closed_when_every_rejoin_collides(arterial):
 def test_recovery_config_is_validated_by_construction():
     cfg = RecoveryConfig(rejoin_times_s=(3.0,), time_shifted=False)
     assert cfg.rejoin_times_s == (3.0,)
+
+
+def test_quintic_and_quartic_meet_their_boundary_conditions():
+    from simscale_env.experts.recovery import _poly, _quartic, _quintic
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        x0, v0, a0, x1, v1, a1 = rng.normal(size=6) * 5
+        T = rng.uniform(0.5, 5.0)
+        c = _quintic(x0, v0, a0, x1, v1, a1, T)
+        got = [_poly(c, 0.0), _poly(c, 0.0, 1), _poly(c, 0.0, 2), _poly(c, T), _poly(c, T, 1), _poly(c, T, 2)]
+        np.testing.assert_allclose(got, [x0, v0, a0, x1, v1, a1], atol=1e-9)
+        c = _quartic(x0, v0, a0, v1, a1, T)
+        got = [_poly(c, 0.0), _poly(c, 0.0, 1), _poly(c, 0.0, 2), _poly(c, T, 1), _poly(c, T, 2)]
+        np.testing.assert_allclose(got, [x0, v0, a0, v1, a1], atol=1e-9)
+        assert c[5] == 0.0
