@@ -111,16 +111,11 @@ def _cmd_vocab_label(args) -> int:
 
 
 def _cmd_render(args) -> int:
-    import numpy as np
-    from PIL import Image
-
     from .data.nuplan_db import LogDB
     from .data.scenario import extract_scenario
     from .map import load_map
-    from .render.bev import BEVRenderer, mosaic
-    from .render.renderer import CameraRenderer, load_reconstruction
+    from .render.renderer import load_reconstruction
     from .sim import SimConfig, Simulation
-    from .sim.world import ego_box
 
     with LogDB(args.log) as db:
         sc = extract_scenario(db, args.token)
@@ -137,20 +132,38 @@ def _cmd_render(args) -> int:
         w = type(w)(args.iteration, int(sc.iteration_timestamps_us[args.iteration]),
                     sim.logged_ego_state(args.iteration), None, None)
     recon = load_reconstruction(args.reconstructions, [sc.log_name, sc.map_location]) if args.reconstructions else None
-    r = CameraRenderer(m, sc.cameras, tuple(args.channels.split(",")), args.width, args.height, seed=args.seed,
-                       backend=args.backend, reconstruction=recon)
-    objs = sim.objects(w)
-    out = r.render(w.ego, objs)
-    route = m.route_lane_ids([x for x in sc.route_roadblock_ids if x in m.roadblocks])
-    bev = BEVRenderer(m, route).rgb(w.ego, objs, ego_box=ego_box(w.ego))
-    args.out.mkdir(parents=True, exist_ok=True)
-    for ch, img in zip(out.channels, out.rgb):
-        Image.fromarray(img).save(args.out / f"{ch}.png")
-    Image.fromarray(bev).save(args.out / "bev.png")
-    Image.fromarray(mosaic(out.rgb, bev)).save(args.out / "mosaic.png")
+    out, backend = _write_frame(sim, w, args.out, tuple(args.channels.split(",")), args.width, args.height,
+                                seed=args.seed, backend=args.backend, reconstruction=recon)
     print(json.dumps({"token": args.token, "iteration": args.iteration, "cameras": list(out.channels),
-                      "gaussians": out.num_gaussians, "backend": r.backend, "out": str(args.out)}))
+                      "gaussians": out.num_gaussians, "backend": backend, "out": str(args.out)}))
     return 0
+
+
+ALL_CHANNELS = "CAM_L0,CAM_F0,CAM_R0,CAM_L1,CAM_B0,CAM_R1,CAM_L2,CAM_R2"
+
+
+def _write_frame(sim, world, out_dir: Path, channels, width, height, *, seed=0, backend="auto", reconstruction=None):
+    """The camera images of one world state (one PNG per channel), its bird's-eye view and a mosaic of both."""
+    from PIL import Image
+
+    from .render.bev import BEVRenderer, mosaic
+    from .render.renderer import CameraRenderer
+    from .sim.world import ego_box
+
+    sc, m = sim.scenario, sim.map
+    r = CameraRenderer(m, sc.cameras, channels, width, height, seed=seed, backend=backend,
+                       reconstruction=reconstruction)
+    objs = sim.objects(world)
+    out = r.render(world.ego, objs)
+    route = m.route_lane_ids([x for x in sc.route_roadblock_ids if x in m.roadblocks])
+    bev = BEVRenderer(m, route).rgb(world.ego, objs, ego_box=ego_box(world.ego))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for ch, img in zip(out.channels, out.rgb):
+        Image.fromarray(img).save(out_dir / f"{ch}.png")
+    Image.fromarray(bev).save(out_dir / "bev.png")
+    Image.fromarray(mosaic(out.rgb, bev)).save(out_dir / "mosaic.png")
+    return out, r.backend
 
 
 def _cmd_evaluate(args) -> int:
@@ -189,6 +202,10 @@ def _cmd_demo(args) -> int:
     if p:
         print(f"perturbed start: lateral {p['lateral']:+.2f} m, longitudinal {p['longitudinal']:+.2f} m, heading "
               f"{np.degrees(p['heading']):+.1f} deg, speed x{p['speed_scale']:.2f}")
+    u = env.unwrapped
+    chans = tuple(c for c in ALL_CHANNELS.split(",") if c in {cam.channel for cam in u.sim.scenario.cameras})
+    _write_frame(u.sim, u.world, Path(args.out) / "start", chans, 480, 224)
+    print(f"cameras at the start: {Path(args.out) / 'start'} ({len(chans)} PNGs, bev.png, mosaic.png)")
     frames = [env.render()]
     ret = 0.0
     while True:
@@ -275,8 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("--maps", type=Path, default=None, help="nuPlan maps root (default: beside the log's dataset, "
                                                             "or NUPLAN_MAPS_ROOT)")
     rd.add_argument("--iteration", type=int, default=0)
-    rd.add_argument("--channels", default="CAM_L0,CAM_F0,CAM_R0,CAM_L1,CAM_B0,CAM_R1",
-                    help="comma-separated camera channels")
+    rd.add_argument("--channels", default=ALL_CHANNELS, help="comma-separated camera channels (default: all eight)")
     rd.add_argument("--width", type=int, default=480)
     rd.add_argument("--height", type=int, default=224)
     rd.add_argument("--seed", type=int, default=0, help="seed of the synthesised scene")

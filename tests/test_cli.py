@@ -1,5 +1,7 @@
 import json
 
+import numpy as np
+
 from simscale_env.cli import main
 
 
@@ -15,3 +17,18 @@ def test_data_info(mini, capsys):
 
 def test_unknown_benchmark(capsys):
     assert main(["bench", "nope"]) == 2
+
+
+def test_demo_drives_a_navhard_episode_and_writes_images_and_a_video(mini, tmp_path, capsys):
+    from PIL import Image
+
+    assert main(["demo", "--data", str(mini), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert "EPDMS" in out and 0.0 <= summary["epdms"] <= 1.0
+    pngs = sorted(p.name for p in (tmp_path / "start").glob("CAM_*.png"))
+    assert pngs == sorted(f"CAM_{c}.png" for c in ("F0", "B0", "L0", "L1", "L2", "R0", "R1", "R2"))
+    img = np.asarray(Image.open(tmp_path / "start" / "CAM_F0.png"))
+    assert img.shape == (224, 480, 3) and img.std() > 10  # an image, not a blank
+    video = tmp_path / "episode.mp4"
+    assert video.exists() and video.stat().st_size > 10_000
