@@ -7,7 +7,8 @@ import importlib
 import sys
 
 BENCHMARKS = {"data": "benchmarks.bench_data", "sim": "benchmarks.bench_sim", "score": "benchmarks.bench_score",
-              "experts": "benchmarks.bench_experts", "render": "benchmarks.bench_render", "env": "benchmarks.bench_env"}
+              "experts": "benchmarks.bench_experts", "render": "benchmarks.bench_render", "env": "benchmarks.bench_env",
+              "gsplat": "benchmarks.bench_gsplat"}
 
 
 def run_benchmark(name: str, argv=None) -> int:

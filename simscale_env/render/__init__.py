@@ -4,8 +4,8 @@ on CUDA and a CPU rasterizer with gsplat's rules, bird's-eye views."""
 from .bev import BEV_CHANNELS, BEVRenderer, mosaic
 from .camera import DEFAULT_CHANNELS, DEFAULT_SIZE, CameraModel, camera_models, view_matrices
 from .gaussians import Gaussians, read_ply, write_ply
-from .renderer import CameraRenderer, RenderOutput, gsplat_available, load_reconstruction
+from .renderer import CameraRenderer, RenderOutput, compare_backends, gsplat_available, load_reconstruction, psnr
 
 __all__ = ["BEV_CHANNELS", "BEVRenderer", "CameraModel", "CameraRenderer", "DEFAULT_CHANNELS", "DEFAULT_SIZE",
-           "Gaussians", "RenderOutput", "camera_models", "gsplat_available", "load_reconstruction", "mosaic",
-           "read_ply", "view_matrices", "write_ply"]
+           "Gaussians", "RenderOutput", "camera_models", "compare_backends", "gsplat_available", "load_reconstruction",
+           "mosaic", "psnr", "read_ply", "view_matrices", "write_ply"]

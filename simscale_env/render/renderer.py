@@ -150,3 +150,28 @@ def render_threads(n: int | None = None) -> None:
     from numba import set_num_threads
 
     set_num_threads(int(n or os.environ.get("NUMBA_NUM_THREADS", os.cpu_count() or 1)))
+
+
+def psnr(a, b, peak: float = 255.0) -> float:
+    """Peak signal-to-noise ratio (dB) of two images of the same shape (uint8 images: peak 255); inf if equal."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"psnr needs images of the same shape, got {a.shape} and {b.shape}")
+    mse = float(np.mean((a - b) ** 2))
+    return float("inf") if mse == 0.0 else float(10.0 * np.log10(peak * peak / mse))
+
+
+def compare_backends(map_api, calibrations, ego_state, objects, channels=DEFAULT_CHANNELS,
+                     width: int = DEFAULT_SIZE[0], height: int = DEFAULT_SIZE[1], *, seed: int = 0) -> dict:
+    """Render one frame with gsplat (CUDA) and with the CPU rasterizer; PSNR per camera of the uint8 images.
+    Raises RuntimeError where CUDA or gsplat is missing."""
+    if not gsplat_available():
+        raise RuntimeError("comparing backends needs CUDA (torch.cuda.is_available()) and the gsplat package")
+    out = {}
+    for backend in ("cpu", "gsplat"):
+        r = CameraRenderer(map_api, calibrations, channels, width, height, seed=seed, backend=backend)
+        out[backend] = r.render(ego_state, objects, with_depth=False)
+    cams = out["cpu"].channels
+    return {"psnr_db": {ch: psnr(out["cpu"].rgb[k], out["gsplat"].rgb[k]) for k, ch in enumerate(cams)},
+            "cpu": out["cpu"], "gsplat": out["gsplat"]}
