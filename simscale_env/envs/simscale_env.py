@@ -92,6 +92,9 @@ class EnvConfig:
     terminate_on_collision: bool = True
     terminate_off_road: bool = True
     scene_seed: int = 0  # the synthesised Gaussian scene
+    # 3DGS reconstructions (`<log name>.ply` or `<map location>.ply` in map coordinates); scenes without one use the
+    # scene synthesised from the map
+    reconstructions: str | None = None
     bev_size: int = 256
 
     def __post_init__(self):
@@ -183,13 +186,16 @@ class SimScaleEnv(gym.Env):
         return self._scenarios[token]
 
     def _renderer(self):
-        from ..render.renderer import CameraRenderer
+        from ..render.renderer import CameraRenderer, load_reconstruction
 
-        key = (self.sim.scenario.map_location, self.sim.scenario.log_name)
+        sc = self.sim.scenario
+        key = (sc.map_location, sc.log_name)
         if key not in self._renderers:
-            self._renderers[key] = CameraRenderer(self.sim.map, self.sim.scenario.cameras, self.config.cameras,
-                                                  self.config.width, self.config.height, seed=self.config.scene_seed,
-                                                  backend=self.config.render_backend)
+            recon = (load_reconstruction(self.config.reconstructions, [sc.log_name, sc.map_location])
+                     if self.config.reconstructions else None)
+            self._renderers[key] = CameraRenderer(self.sim.map, sc.cameras, self.config.cameras, self.config.width,
+                                                  self.config.height, seed=self.config.scene_seed,
+                                                  backend=self.config.render_backend, reconstruction=recon)
         return self._renderers[key]
 
     # ------------------------------------------------------------------ reset

@@ -161,3 +161,30 @@ def test_async_vector_env():
     obs, r, term, trunc, info = envs.step(act)
     assert r.shape == (2,)
     envs.close()
+
+
+def test_reconstructions_replace_the_synthesised_scene(tmp_path):
+    """A reconstruction PLY named after the map location is used as the static scene: a red carpet of Gaussians
+    under the ego turns the lower half of the front camera red (the synthesised street is grey asphalt)."""
+    from simscale_env.render import Gaussians, write_ply
+    from simscale_env.render.gaussians import rgb_to_sh_dc
+
+    env = gym.make("SimScale-navhard-v0", pseudo_experts=False, perturb=False, cameras=("CAM_F0",), width=96,
+                   height=48)
+    obs, info = env.reset(seed=0)
+    u = env.unwrapped
+    x, y = u.world.ego[:2]
+    street = obs["cameras"][0, 30:].reshape(-1, 3).astype(float).mean(0)
+    gx, gy = np.meshgrid(np.arange(-60.0, 60.0, 0.5), np.arange(-60.0, 60.0, 0.5))
+    n = gx.size
+    means = np.c_[gx.ravel() + x, gy.ravel() + y, np.zeros(n)]
+    g = Gaussians.create(means, np.tile([1.0, 0.0, 0.0, 0.0], (n, 1)), np.tile([0.3, 0.3, 0.02], (n, 1)),
+                         np.full(n, 0.99), rgb_to_sh_dc(np.tile([0.9, 0.05, 0.05], (n, 1))))
+    write_ply(tmp_path / f"{u.sim.scenario.map_location}.ply", g)
+    env2 = gym.make("SimScale-navhard-v0", pseudo_experts=False, perturb=False, cameras=("CAM_F0",), width=96,
+                    height=48, reconstructions=str(tmp_path))
+    obs2, info2 = env2.reset(seed=0)
+    assert info2["scenario_token"] == info["scenario_token"]
+    carpet = obs2["cameras"][0, 30:].reshape(-1, 3).astype(float).mean(0)
+    assert carpet[0] > 150 and carpet[1] < 80 and carpet[2] < 80, carpet
+    assert abs(street[0] - street[1]) < 40, street  # grey-ish asphalt without the reconstruction
