@@ -206,6 +206,29 @@ def _bbox_grid(bounds, origin, cell, nx, ny):
 
 
 @njit(cache=True)
+def _slab_edges(xy, ptr, poly_slab, axes, v0s, hs, pos, edges, fill):
+    """Every (slab, edge) pair of every polygon: counted into pos[slab] (fill False), or written to
+    edges[pos[slab]] with pos advanced (fill True)."""
+    for k in range(len(ptr) - 1):
+        a = ptr[k]
+        b = ptr[k + 1]
+        ns = poly_slab[k + 1] - poly_slab[k]
+        v = 1 - axes[k]
+        for e in range(b - a):
+            i = a + e
+            j = a + e - 1 if e > 0 else b - 1
+            lo = min(xy[i, v], xy[j, v])
+            hi = max(xy[i, v], xy[j, v])
+            s0 = min(max(int((lo - v0s[k]) / hs[k]), 0), ns - 1)
+            s1 = min(max(int((hi - v0s[k]) / hs[k]), 0), ns - 1)
+            for sl in range(s0, s1 + 1):
+                q = poly_slab[k] + sl
+                if fill:
+                    edges[pos[q]] = i
+                pos[q] += 1
+
+
+@njit(cache=True)
 def _build_slabs(xy, ptr, bounds):
     """Per polygon, slabs of its edges along the axis whose heaviest slabs are lighter (sum of squared slab sizes);
     axis 0: y-slabs (horizontal ray), 1: x-slabs (vertical ray). Edge i runs from vertex i-1 to i."""
@@ -250,42 +273,13 @@ def _build_slabs(xy, ptr, bounds):
         poly_slab[k + 1] = poly_slab[k] + ns
         total += nss[k]
     slab_ptr = np.zeros(poly_slab[n] + 1, dtype=np.int64)
-    for k in range(n):
-        a = ptr[k]
-        b = ptr[k + 1]
-        ne = b - a
-        ns = poly_slab[k + 1] - poly_slab[k]
-        v = 1 - axes[k]
-        for e in range(ne):
-            i = a + e
-            j = a + e - 1 if e > 0 else b - 1
-            lo = min(xy[i, v], xy[j, v])
-            hi = max(xy[i, v], xy[j, v])
-            s0 = min(max(int((lo - v0s[k]) / hs[k]), 0), ns - 1)
-            s1 = min(max(int((hi - v0s[k]) / hs[k]), 0), ns - 1)
-            for sl in range(s0, s1 + 1):
-                slab_ptr[poly_slab[k] + sl + 1] += 1
+    edges = np.empty(0, dtype=np.int64)
+    _slab_edges(xy, ptr, poly_slab, axes, v0s, hs, slab_ptr[1:], edges, False)  # counts per slab
     for q in range(poly_slab[n]):
         slab_ptr[q + 1] += slab_ptr[q]
     edges = np.empty(slab_ptr[poly_slab[n]], dtype=np.int64)
     fill = slab_ptr[:poly_slab[n]].copy()
-    for k in range(n):
-        a = ptr[k]
-        b = ptr[k + 1]
-        ne = b - a
-        ns = poly_slab[k + 1] - poly_slab[k]
-        v = 1 - axes[k]
-        for e in range(ne):
-            i = a + e
-            j = a + e - 1 if e > 0 else b - 1
-            lo = min(xy[i, v], xy[j, v])
-            hi = max(xy[i, v], xy[j, v])
-            s0 = min(max(int((lo - v0s[k]) / hs[k]), 0), ns - 1)
-            s1 = min(max(int((hi - v0s[k]) / hs[k]), 0), ns - 1)
-            for sl in range(s0, s1 + 1):
-                q = poly_slab[k] + sl
-                edges[fill[q]] = i
-                fill[q] += 1
+    _slab_edges(xy, ptr, poly_slab, axes, v0s, hs, fill, edges, True)
     return poly_slab, slab_ptr, edges, v0s, hs, axes
 
 
