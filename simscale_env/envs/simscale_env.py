@@ -19,7 +19,9 @@ Reward of a decision step t (documented, EPDMS-derived):
   decision steps of the episode; 0 when plan scoring is off;
 - termination on an at-fault collision (NC_t < 1) or leaving the drivable area (DAC_t = 0); truncation at the episode
   length or the scenario's end. `info["episode"]` then holds the closed-loop episode summary (`episode_summary`,
-  with NAVSIM's human filter against the logged drive).
+  with NAVSIM's human filter against the logged drive) plus the return "r" and length "l" that SB3 and gymnasium's
+  episode statistics read (so SB3 logs returns without a Monitor; SB3's Monitor and gymnasium's
+  RecordEpisodeStatistics would replace or refuse the key: give the latter another `stats_key`).
 
 `info["pseudo_expert"] = {"pdm_closed": poses [8, 3], "recovery": poses [8, 3]}` for the state just observed (the
 same action format), unless `pseudo_experts=False`.
@@ -221,6 +223,7 @@ class SimScaleEnv(gym.Env):
         self.world = self.sim.reset(start)
         self.perturbation = pert
         self._steps = 0
+        self._return = 0.0
         left = (self.sim.num_iterations - 1) // self._k
         self._n_steps = min(cfg.episode_steps or left, left)
         self._worlds = [self.world]
@@ -341,6 +344,7 @@ class SimScaleEnv(gym.Env):
         truncated = bool(not terminated and (self._steps >= self._n_steps
                                               or w.iteration + 1 >= self.sim.num_iterations))
         reward = float(sum(terms.values()))
+        self._return += reward
         obs = self._observe()
         info = self._info()
         info["reward_terms"] = terms
@@ -354,7 +358,8 @@ class SimScaleEnv(gym.Env):
             info["epdms"] = {k: (None if isinstance(v, float) and np.isnan(v) else v)
                              for k, v in plan_scores.row(0).items()}
         if terminated or truncated:
-            info["episode"] = self.episode_summary()
+            # the closed-loop summary, with the return and length under gymnasium's / SB3's episode keys
+            info["episode"] = {**self.episode_summary(), "r": self._return, "l": self._steps}
         return obs, reward, terminated, truncated, info
 
     def _check_action(self, action) -> np.ndarray:

@@ -188,3 +188,33 @@ def test_reconstructions_replace_the_synthesised_scene(tmp_path):
     carpet = obs2["cameras"][0, 30:].reshape(-1, 3).astype(float).mean(0)
     assert carpet[0] > 150 and carpet[1] < 80 and carpet[2] < 80, carpet
     assert abs(street[0] - street[1]) < 40, street  # grey-ish asphalt without the reconstruction
+
+
+def _sb3_env():
+    import simscale_env  # noqa: F401  (registration in the worker)
+
+    return SB3ObservationWrapper(gym.make("SimScale-navhard-v0", pseudo_experts=False, cameras=("CAM_F0",), width=64,
+                                          height=64, episode_steps=4))
+
+
+def test_sb3_subproc_vec_env_trains_a_multi_input_policy():
+    """SB3's SubprocVecEnv over the wrapped env, and a PPO update with MultiInputPolicy (CNN on the cameras)."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import SubprocVecEnv
+
+    venv = SubprocVecEnv([_sb3_env, _sb3_env])
+    try:
+        venv.seed(0)
+        obs = venv.reset()
+        assert obs["cameras"].shape == (2, 3, 64, 64) and obs["cameras"].dtype == np.uint8
+        model = PPO("MultiInputPolicy", venv, n_steps=4, batch_size=4, n_epochs=1, seed=0, device="cpu")
+        before = [p.detach().clone() for p in model.policy.parameters()]
+        model.learn(total_timesteps=8)  # episodes of 4 steps end inside: SB3 reads info["episode"]["r"] / ["l"]
+        assert len(model.ep_info_buffer) >= 2
+        assert all(1 <= e["l"] <= 4 and np.isfinite(e["r"]) and "epdms" in e for e in model.ep_info_buffer)
+        after = list(model.policy.parameters())
+        assert any(not np.allclose(a.detach().numpy(), b.numpy()) for a, b in zip(after, before))
+        act, _ = model.predict(venv.reset(), deterministic=True)
+        assert act.shape == (2, 8, 3)
+    finally:
+        venv.close()
