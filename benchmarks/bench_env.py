@@ -1,11 +1,11 @@
 """`simscale bench env`: decision steps (0.5 s of simulated time each) per second of `SimScale-navhard-v0` on 2 cores.
 
 (a) no cameras, no pseudo-experts, no plan scoring and no expert check of the start (the kwargs turn them off): the
-    policy replays the logged future as its plan; (b) with both pseudo-experts in `info` (and the submitted plan scored), driven by
-    `info["pseudo_expert"]["pdm_closed"]`; (c) as (b) with the three front cameras at 480x224.
+    policy replays the logged future as its plan; (b) with both pseudo-experts in `info` (and the submitted plan
+    scored), driven by `info["pseudo_expert"]["pdm_closed"]`; (c) as (b) with the three front cameras at 480x224.
 Each mode runs whole episodes (resets and episode summaries included) in steady state: the same seeded episodes
-are run once before timing and then repeated for at least --min-seconds, so scenario loading from the .db, map loading, scene-chunk synthesis and the human
-reference replay (cached per scenario) are not timed.
+are run once before timing and then repeated for at least --min-seconds, so scenario loading from the .db, map
+loading, scene-chunk synthesis and the human reference replay (cached per scenario) are not timed.
 Targets (issue 7): >= 200, >= 30, >= 10.
 """
 

@@ -366,14 +366,16 @@ class SimScaleEnv(gym.Env):
         a = np.asarray(action, dtype=np.float64)
         sp = self.action_space
         if a.shape != sp.shape:
-            raise ValueError(f"action must have shape {sp.shape} ({'8 poses (x, y, heading)' if self.config.action_type == 'plan' else '(acceleration, steering rate)'}), got {a.shape}")
+            what = "8 poses (x, y, heading)" if self.config.action_type == "plan" else "(acceleration, steering rate)"
+            raise ValueError(f"action must have shape {sp.shape} ({what}), got {a.shape}")
         if not np.all(np.isfinite(a)):
             raise ValueError(f"action contains NaN or infinite values: {a.tolist()}")
         if np.any(a < sp.low) or np.any(a > sp.high):
             if self.config.invalid_action == "raise":
                 bad = np.argwhere((a < sp.low) | (a > sp.high))[:3].tolist()
-                raise ValueError(f"action out of bounds at {bad} (low {sp.low.min(0).tolist() if a.ndim > 1 else sp.low.tolist()}, "
-                                 f"high {sp.high.max(0).tolist() if a.ndim > 1 else sp.high.tolist()}); "
+                low = sp.low.min(0).tolist() if a.ndim > 1 else sp.low.tolist()
+                high = sp.high.max(0).tolist() if a.ndim > 1 else sp.high.tolist()
+                raise ValueError(f"action out of bounds at {bad} (low {low}, high {high}); "
                                  f"pass invalid_action='clip' to clip instead")
             a = np.clip(a, sp.low, sp.high)
         return a.astype(np.float32)

@@ -395,8 +395,8 @@ def _make_templates(seed: int = 0) -> dict[int, _Template]:
     scale = np.concatenate([np.tile([0.09, 0.3, 0.08], (len(bike), 1)), np.tile([0.2, 0.25, 0.08], (len(rider), 1))])
     t[BICYCLE] = _Template(pts, scale, role, fixed)
     cone = np.array([[0, 0, z] for z in np.linspace(0.1, 0.9, 6)])
-    t[TRAFFIC_CONE] = _Template(cone, np.tile([0.35, 0.35, 0.1], (len(cone), 1)), np.full(len(cone), 3),
-                                np.array([[0.95, 0.45, 0.05] if k % 3 else [0.95, 0.95, 0.95] for k in range(len(cone))]))
+    stripes = np.array([[0.95, 0.45, 0.05] if k % 3 else [0.95, 0.95, 0.95] for k in range(len(cone))])
+    t[TRAFFIC_CONE] = _Template(cone, np.tile([0.35, 0.35, 0.1], (len(cone), 1)), np.full(len(cone), 3), stripes)
     bar = _box_surface(rng, (-0.5, -0.5, 0.0), (0.5, 0.5, 1.0), 0.2)
     t[BARRIER] = _Template(bar, np.full((len(bar), 3), 0.15), np.full(len(bar), 3),
                            np.where((np.mod(np.floor((bar[:, 0] + 0.5) * 5), 2) == 0)[:, None], [0.9, 0.2, 0.15],
