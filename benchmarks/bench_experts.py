@@ -21,6 +21,7 @@ recovery expert rejoins within 4 s in >= 90 % of the starts; PDM-Closed planning
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -36,6 +37,8 @@ def main(argv) -> int:
     ap.add_argument("--limit", type=int, default=None, help="only the first N scenarios")
     ap.add_argument("--steps", type=int, default=None, help="episode length in steps (default: to the end)")
     ap.add_argument("--max-draws", type=int, default=20, help="perturbations tried per scenario for a valid start")
+    ap.add_argument("--reachable-window", type=float, default=None, metavar="S",
+                    help="opt-in sampler: lateral/heading offsets bounded by the logged travel over the last S seconds")
     args = ap.parse_args(argv)
     for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
@@ -50,7 +53,7 @@ def main(argv) -> int:
     from simscale_env.map import load_map
     from simscale_env.metrics import episode_summary
     from simscale_env.sim import SimConfig, Simulation
-    from simscale_env.sim.perturb import PERTURBATION_DEFAULTS, PerturbationError, sample_perturbation
+    from simscale_env.sim.perturb import PERTURBATION_DEFAULTS, PerturbationError, logged_travel, sample_perturbation
 
     root = ensure_mini(args.data)
     cfg = DataConfig(root, root / "maps", root, "mini", True)
@@ -58,6 +61,8 @@ def main(argv) -> int:
     builder = ScenarioBuilder(cfg.log_dir)
     tokens = list(spec.tokens or [r.token for r in builder.refs()])[: args.limit]
     pert = PERTURBATION_DEFAULTS.get(args.split, PERTURBATION_DEFAULTS["navhard"])
+    if args.reachable_window is not None:
+        pert = dataclasses.replace(pert, reachable_window_s=args.reachable_window)
     rows = []
     rejected = skipped = 0
     plan_times: list[float] = []
@@ -74,8 +79,10 @@ def main(argv) -> int:
         start = None
         for _ in range(args.max_draws):
             try:
+                travel = (logged_travel(sc.ego.x, sc.ego.y, sim.frame(0), int(round(args.reachable_window / sc.dt_s)))
+                          if args.reachable_window is not None else None)
                 p, cand = sample_perturbation(w0.ego, m, sim.objects(w0).corners(), rng, pert, scene=tok,
-                                              red_polygons=red)
+                                              red_polygons=red, travel_m=travel)
             except PerturbationError as exc:
                 print(f"[{n + 1}/{len(tokens)}] {tok}: skipped ({exc})", file=sys.stderr)
                 break
@@ -126,7 +133,9 @@ def main(argv) -> int:
                          first and first[0].source == "recovery"), "rec_rejoined": rejoined})
         print(f"[{n + 1}/{len(tokens)}] {tok} {sc.scenario_type:<32} pdm {s_pdm['epdms']:.3f} "
               f"(nc {s_pdm['no_at_fault_collisions']:.1f} dac {s_pdm['drivable_area_compliance']:.0f}) "
-              f"recovery {s_rec['epdms']:.3f} {first[0].source if first else '-'} rejoined {rejoined} "
+              f"recovery {s_rec['epdms']:.3f} (nc {s_rec['no_at_fault_collisions']:.1f} "
+              f"dac {s_rec['drivable_area_compliance']:.0f} ddc {s_rec['driving_direction_compliance']:.1f} "
+              f"tlc {s_rec['traffic_light_compliance']:.0f}) {first[0].source if first else '-'} rejoined {rejoined} "
               f"(log moves {moves}) "
               f"human {s_h['epdms']:.3f}", file=sys.stderr)
     if not rows:

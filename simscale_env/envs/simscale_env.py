@@ -53,7 +53,7 @@ from ..render.camera import DEFAULT_CHANNELS, DEFAULT_SIZE
 from ..sim import SimConfig, Simulation
 from ..sim.bicycle import propagate
 from ..sim.perturb import (PERTURBATION_DEFAULTS, Perturbation, PerturbationConfig, PerturbationError,
-                           apply_perturbation, check_start, sample_perturbation)
+                           apply_perturbation, check_start, logged_travel, sample_perturbation)
 from ..sim.plans import plan_to_reference
 from ..sim.state import ACCELERATION_X, ACCELERATION_Y, HEADING, VELOCITY_X, VELOCITY_Y, X, Y
 from ..sim.world import PlanTracker, WorldState, ego_box
@@ -266,10 +266,15 @@ class SimScaleEnv(gym.Env):
         if spec != "sample":
             raise ValueError(f"perturbation must be a dict, None or 'sample', got {spec!r}")
         last = None
+        travel = None
+        if self._pert_cfg.reachable_window_s is not None:
+            sc = self.sim.scenario
+            travel = logged_travel(sc.ego.x, sc.ego.y, self.sim.frame(0),
+                                   int(round(self._pert_cfg.reachable_window_s / sc.dt_s)))
         for _ in range(cfg.max_start_draws if cfg.valid_start else 1):
             try:
                 p, new = sample_perturbation(w0.ego, self.sim.map, objs, self.np_random, self._pert_cfg,
-                                             scene=self.sim.scenario.token, red_polygons=red)
+                                             scene=self.sim.scenario.token, red_polygons=red, travel_m=travel)
             except PerturbationError:
                 break
             last = (p, new)

@@ -15,6 +15,8 @@ DAgger-style corrections. Construction here:
    - lateral: a quintic d(sigma) in the distance travelled sigma = s - s0, from (d0, tan psi0, 0) to (0, 0, 0) where
      the longitudinal profile reaches T_j (a heading or lateral offset cannot be removed without moving: candidates
      travelling less than 1 m are dropped);
+   - profiles that would reverse (along-track speed below -0.05 m/s before T_j, e.g. onto a standing log just
+     behind the ego) are dropped: the expert only drives forward;
    after T_j the plan is the (shifted) log. Poses: path(s) + d * normal(s), heading = path heading + atan(d').
 4. Every candidate is tracked by the LQR + bicycle, as any plan the env executes. The LQR tracks a velocity profile,
    so a speed change leaves an along-track lag it never makes up: exact candidates are re-aimed ahead by their
@@ -56,6 +58,9 @@ class RecoveryConfig:
     horizon_s: float = 4.0
     dt: float = 0.1
     min_rejoin_length_m: float = 1.0  # a lateral or heading offset cannot be removed over less travel
+    # candidates whose along-track speed would go below this before T_j (reversing onto a log behind the ego) are
+    # left out: the expert drives forward, as PDM-Closed does
+    min_speed_mps: float = -0.05
     # "rejoined" (measured on the tracked states): within these of the (shifted) log from then to the horizon
     rejoin_position_m: float = 0.5
     rejoin_heading_rad: float = 0.0524  # 3 deg
@@ -193,8 +198,10 @@ def _candidate_trajectories(ref: LoggedReference, ego: np.ndarray, cfg: Recovery
     L = s_end - s0
     before = t[None, :] <= Tj[:, None]
     s_t = np.where(before, s_poly, s_log[None, :] + ref_shift[:, None])
-    # a lateral or heading offset cannot be removed over too little travel
+    # a lateral or heading offset cannot be removed over too little travel; no reversing
     keep = ~((L < cfg.min_rejoin_length_m) & (abs(d0) > 0.05 or abs(psi0) > 0.02))
+    s_dot = _poly_rows(np.array(coef), t[None, :], 1)
+    keep &= ~np.any(before & (s_dot < cfg.min_speed_mps), axis=1)
     fr = np.asarray(cfg.lateral_fractions, dtype=np.float64)
     m_idx = np.repeat(np.nonzero(keep)[0], len(fr))  # candidates: (T_j, mode) outer, lateral fraction inner
     f_idx = np.tile(np.arange(len(fr)), int(keep.sum()))
@@ -211,6 +218,11 @@ def _candidate_trajectories(ref: LoggedReference, ego: np.ndarray, cfg: Recovery
     b = before[m_idx]
     D = np.where(b, _poly_rows(cd, sigma), 0.0)
     DD = np.where(b, _poly_rows(cd, sigma, 1), 0.0)
+    # too little travel to steer (kept only when the offset is already within tolerance): hold the offset and the
+    # heading error instead of a lateral quintic over a vanishing length
+    short = (L[m_idx] < cfg.min_rejoin_length_m)[:, None]
+    D = np.where(short, d0, D)
+    DD = np.where(short, np.tan(np.clip(psi0, -1.2, 1.2)), DD)
     C = len(labels)
     pose = ref.path.interpolate(S.reshape(-1)).reshape(C, len(t), 3)
     nrm = pose[..., 2] + np.pi / 2

@@ -3,6 +3,10 @@
 A perturbation (lateral, longitudinal, heading, speed scale) is applied to the logged ego at an iteration in the
 frame of the lane it drives on: the rear axle moves `longitudinal` metres along the lane direction and `lateral`
 metres along the lane normal (left +), the heading turns by `heading` (radians, left +) and the speed is scaled.
+With `reachable_window_s` set (opt-in, SimScale-style perturbations of the driven trajectory over a window), the
+lateral and heading offsets are bounded by what the ego could have built up while driving the logged path of the
+last `reachable_window_s` seconds (travel d): |heading| <= d * `max_curvature` and |lateral| <= d * tan(max |heading|
+of the range); a standing ego then gets only longitudinal and speed offsets.
 A sample is rejected, and another drawn, when the ego box then leaves the drivable area, overlaps any object of the
 scene (with `clearance` metres to spare), or heads against the direction of every lane its centre lies in (or lies
 in no lane at all). After `max_tries` rejected samples a :class:`PerturbationError` says why.
@@ -40,6 +44,8 @@ class PerturbationConfig:
     # doomed, not merely perturbed: rejected as "leaves_road"
     reaction_s: float = 0.3
     max_tries: int = 100
+    reachable_window_s: float | None = None  # opt-in: offsets bounded by the logged travel over this window
+    max_curvature: float = 0.2  # 1/m, for the heading bound of `reachable_window_s`
 
     def __post_init__(self):
         for name in ("lateral_m", "longitudinal_m", "heading_deg", "speed_scale"):
@@ -50,6 +56,8 @@ class PerturbationConfig:
             raise ValueError(f"speed_scale must be >= 0, got {self.speed_scale}")
         if self.max_tries < 1:
             raise ValueError("max_tries must be >= 1")
+        if self.reachable_window_s is not None and not self.reachable_window_s > 0:
+            raise ValueError(f"reachable_window_s must be > 0 or None, got {self.reachable_window_s}")
 
 
 # Documented defaults per split: navhard is wider, covering recovery-worthy states (SimScale-style).
@@ -148,14 +156,40 @@ def check_start(state: np.ndarray, m: MapAPI, object_corners: np.ndarray, config
     return "reversed"
 
 
+def logged_travel(x: np.ndarray, y: np.ndarray, frame: int, window_frames: int) -> float:
+    """Length of the logged path over the `window_frames` frames up to `frame` (m)."""
+    a = max(0, int(frame) - int(window_frames))
+    return float(np.sum(np.hypot(np.diff(x[a:frame + 1]), np.diff(y[a:frame + 1]))))
+
+
+def _ranges(config: PerturbationConfig, travel_m: float | None):
+    """(lateral, heading in degrees) sampling ranges, narrowed by the travel for `reachable_window_s`."""
+    lat, head = config.lateral_m, config.heading_deg
+    if config.reachable_window_s is None:
+        return lat, head
+    if travel_m is None or not np.isfinite(travel_m) or travel_m < 0:
+        raise ValueError(f"reachable_window_s needs the logged travel over the window (travel_m >= 0), got {travel_m}")
+    h_lim = min(max(abs(head[0]), abs(head[1])), np.degrees(travel_m * config.max_curvature))
+    l_lim = travel_m * np.tan(np.radians(max(abs(head[0]), abs(head[1]))))
+
+    def narrow(r, lim):
+        lo, hi = max(r[0], -lim), min(r[1], lim)
+        return (lo, hi) if lo <= hi else ((lo, lo) if r[0] > lim else (hi, hi))
+
+    return narrow(lat, l_lim), narrow(head, h_lim)
+
+
 def sample_perturbation(state: np.ndarray, m: MapAPI, object_corners: np.ndarray, rng: np.random.Generator,
                         config: PerturbationConfig = PerturbationConfig(), *, scene: str = "scene",
-                        vehicle: VehicleParameters = PACIFICA, red_polygons=()) -> tuple[Perturbation, np.ndarray]:
-    """Draw a valid perturbation of the rear-axle `state` (rejection sampling). Returns it and the new state."""
+                        vehicle: VehicleParameters = PACIFICA, red_polygons=(),
+                        travel_m: float | None = None) -> tuple[Perturbation, np.ndarray]:
+    """Draw a valid perturbation of the rear-axle `state` (rejection sampling). Returns it and the new state.
+    `travel_m`: the logged ego's travel over `config.reachable_window_s` (`logged_travel`), needed only then."""
+    lat_r, head_r = _ranges(config, travel_m)
     reasons: dict[str, int] = {}
     for _ in range(config.max_tries):
-        p = Perturbation(float(rng.uniform(*config.lateral_m)), float(rng.uniform(*config.longitudinal_m)),
-                         float(np.radians(rng.uniform(*config.heading_deg))), float(rng.uniform(*config.speed_scale)))
+        p = Perturbation(float(rng.uniform(*lat_r)), float(rng.uniform(*config.longitudinal_m)),
+                         float(np.radians(rng.uniform(*head_r))), float(rng.uniform(*config.speed_scale)))
         new = apply_perturbation(state, p, m)
         why = check_start(new, m, object_corners, config, vehicle, red_polygons)
         if why is None:

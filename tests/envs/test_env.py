@@ -218,3 +218,24 @@ def test_sb3_subproc_vec_env_trains_a_multi_input_policy():
         assert act.shape == (2, 8, 3)
     finally:
         venv.close()
+
+
+def test_reachable_perturbations_through_the_env():
+    from simscale_env.sim.perturb import PerturbationConfig
+
+    env = gym.make("SimScale-navhard-v0", pseudo_experts=False, valid_start=False,
+                   perturbation=PerturbationConfig(reachable_window_s=2.0), **SMALL)
+    drawn = 0
+    for seed in range(3):
+        obs, info = env.reset(seed=seed)
+        if info["perturbation"] is None:  # no valid start near this log (e.g. it waits on a red connector)
+            continue
+        drawn += 1
+        u = env.unwrapped
+        sc = u.sim.scenario
+        f = u.sim.frame(0)
+        travel = float(np.sum(np.hypot(np.diff(sc.ego.x[f - 20:f + 1]), np.diff(sc.ego.y[f - 20:f + 1]))))
+        p = info["perturbation"]
+        assert abs(p["lateral"]) <= travel * np.tan(np.radians(20.0)) + 1e-9
+        assert abs(p["heading"]) <= 0.2 * travel + 1e-9
+    assert drawn >= 1

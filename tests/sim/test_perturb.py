@@ -81,3 +81,35 @@ def test_impossible_perturbation_raises_clear_error(mini_builder, mini):
         PerturbationConfig(lateral_m=(1.0, -1.0))
     with pytest.raises(ValueError, match="unknown perturbation keys"):
         Perturbation.from_dict({"lateral": 1.0})
+
+
+def test_logged_travel_and_reachable_ranges():
+    from simscale_env.sim.perturb import _ranges, logged_travel
+
+    x = np.array([0.0, 3.0, 3.0, 6.0, 10.0])
+    y = np.array([0.0, 4.0, 4.0, 4.0, 7.0])
+    assert logged_travel(x, y, 4, 2) == pytest.approx(3.0 + 5.0)
+    assert logged_travel(x, y, 2, 10) == pytest.approx(5.0)  # the window is cut at the log's start
+    cfg = PerturbationConfig(lateral_m=(-3.0, 3.0), heading_deg=(-20.0, 20.0), reachable_window_s=2.0)
+    assert _ranges(cfg, 0.0) == ((0.0, 0.0), (0.0, 0.0))  # a standing ego cannot have drifted
+    lat, head = _ranges(cfg, 1.0)
+    assert lat == pytest.approx((-np.tan(np.radians(20.0)), np.tan(np.radians(20.0))))
+    assert head == pytest.approx((-np.degrees(0.2), np.degrees(0.2)))  # 1 m x 0.2 1/m
+    assert _ranges(cfg, 2.0)[1] == (-20.0, 20.0)  # 0.4 rad: capped by the range
+    assert _ranges(cfg, 50.0) == ((-3.0, 3.0), (-20.0, 20.0))
+    assert _ranges(PerturbationConfig(), None) == (PerturbationConfig().lateral_m, PerturbationConfig().heading_deg)
+    with pytest.raises(ValueError, match="travel_m"):
+        _ranges(cfg, None)
+    with pytest.raises(ValueError, match="reachable_window_s"):
+        PerturbationConfig(reachable_window_s=0.0)
+
+
+def test_reachable_sampler_gives_a_standing_ego_only_longitudinal_and_speed_offsets(mini_builder, mini):
+    sc = mini_builder.load(mini_builder.refs()[0])
+    m = load_map(sc.map_location, mini / "maps")
+    sim = Simulation(sc, m, SimConfig(agent_mode="non_reactive"))
+    w = sim.reset()
+    cfg = PerturbationConfig(reachable_window_s=2.0)
+    p, new = sample_perturbation(w.ego, m, _objects(sim, w), np.random.default_rng(0), cfg, travel_m=0.0)
+    assert p.lateral == 0.0 and p.heading == 0.0
+    assert new[2] == pytest.approx(w.ego[2])
