@@ -239,3 +239,28 @@ def test_reachable_perturbations_through_the_env():
         assert abs(p["lateral"]) <= travel * np.tan(np.radians(20.0)) + 1e-9
         assert abs(p["heading"]) <= 0.2 * travel + 1e-9
     assert drawn >= 1
+
+
+def test_vector_env_is_deterministic_through_autoresets():
+    """Gymnasium #1321: seeds given once at reset also fix every episode after an autoreset."""
+
+    def run():
+        envs = gym.vector.SyncVectorEnv(
+            [lambda: gym.make("SimScale-navhard-v0", pseudo_experts=False, episode_steps=2, **SMALL)] * 2)
+        obs, info = envs.reset(seed=[3, 4])
+        act = np.zeros((2, 8, 3), np.float32)
+        act[:, :, 0] = np.arange(1, 9) * 2.0
+        out = [obs["ego_status"].copy()]
+        tokens = []
+        for _ in range(7):  # three autoresets per env
+            obs, r, term, trunc, info = envs.step(act)
+            out += [obs["ego_status"].copy(), r.copy()]
+            tokens.append(tuple(info["scenario_token"]))
+        envs.close()
+        return out, tokens
+
+    a, ta = run()
+    b, tb = run()
+    assert ta == tb and len({t for pair in ta for t in pair}) > 1
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
