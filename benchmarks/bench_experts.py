@@ -132,7 +132,10 @@ def main(argv) -> int:
                      "rec_source": first[0].source if first else "", "rec_plan_rejoins": bool(
                          first and first[0].source == "recovery"), "rec_rejoined": rejoined})
         print(f"[{n + 1}/{len(tokens)}] {tok} {sc.scenario_type:<32} pdm {s_pdm['epdms']:.3f} "
-              f"(nc {s_pdm['no_at_fault_collisions']:.1f} dac {s_pdm['drivable_area_compliance']:.0f}) "
+              f"(nc {s_pdm['no_at_fault_collisions']:.1f} dac {s_pdm['drivable_area_compliance']:.0f} "
+              f"tlc {s_pdm['traffic_light_compliance']:.0f} ep {s_pdm['ego_progress']:.2f} "
+              f"ttc {s_pdm['time_to_collision_within_bound']:.0f} lk {s_pdm['lane_keeping']:.0f} "
+              f"hc {s_pdm['history_comfort']:.0f}) "
               f"recovery {s_rec['epdms']:.3f} (nc {s_rec['no_at_fault_collisions']:.1f} "
               f"dac {s_rec['drivable_area_compliance']:.0f} ddc {s_rec['driving_direction_compliance']:.1f} "
               f"tlc {s_rec['traffic_light_compliance']:.0f}) {first[0].source if first else '-'} rejoined {rejoined} "
