@@ -48,7 +48,8 @@ def main(argv) -> int:
         have = {c.channel for c in sc.cameras}
         cams = tuple(c for c in chans if c in have)
         r = compare_backends(m, sc.cameras, w.ego, objs, cams, 480, 224)
-        per_scene[tok] = {k: round(v, 2) for k, v in r["psnr_db"].items()}
+        # identical images have infinite PSNR: reported as null (JSON has no infinity)
+        per_scene[tok] = {k: round(v, 2) if np.isfinite(v) else None for k, v in r["psnr_db"].items()}
         worst = min(worst, min(r["psnr_db"].values()))
         for backend, times in (("cpu", t_cpu), ("gsplat", t_gpu)):
             rend = CameraRenderer(m, sc.cameras, cams, 480, 224, backend=backend)
@@ -59,7 +60,7 @@ def main(argv) -> int:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t)
         print(f"{tok}: PSNR per camera {per_scene[tok]}", file=sys.stderr)
-    print(json.dumps({"psnr_db_min": round(float(worst), 2), "psnr_db": per_scene,
+    print(json.dumps({"psnr_db_min": round(float(worst), 2) if np.isfinite(worst) else None, "psnr_db": per_scene,
                       "cpu_s_8cams": round(float(np.median(t_cpu)), 3),
                       "gsplat_s_8cams": round(float(np.median(t_gpu)), 4),
                       "device": torch.cuda.get_device_name()}))
