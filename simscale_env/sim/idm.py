@@ -142,6 +142,20 @@ def _path_end(g_len, g_eff, lanes, n):
     return e + g_eff[lanes[n - 1]]
 
 
+@njit(cache=True, inline="always")
+def _interval_gap(ia, ib, s_i, end_i, f_lo, f_hi):
+    """Gap along i's path from its footprint [f_lo, f_hi] to an occupied interval [ia, ib], 0 when they overlap;
+    1e300 (never a leader) when the interval lies outside i's look-ahead window [s_i, end_i]."""
+    if not (ib >= s_i and ia <= end_i):
+        return 1e300
+    gap = ia - f_hi
+    if f_lo - ib > gap:
+        gap = f_lo - ib
+    if gap < 0.0:
+        gap = 0.0
+    return gap
+
+
 @njit(cache=True)
 def _idm_step(g_vtx_ptr, g_vx, g_vy, g_vh, g_vs, g_len, g_eff, g_speed, g_haslight, g_curv0, g_out_ptr, g_out_idx,
               g_stop_ptr, g_stop_lane, g_stop_int, g_conf_ptr, g_conf_other, g_conf_int,
@@ -232,17 +246,12 @@ def _idm_step(g_vtx_ptr, g_vx, g_vy, g_vh, g_vs, g_len, g_eff, g_speed, g_haslig
                     if lanes[i, k] == ln:
                         ia = off[k] + la
                         ib = off[k] + lb
-                        if ib >= s_i and ia <= end_i:
-                            gap = ia - f_hi
-                            if f_lo - ib > gap:
-                                gap = f_lo - ib
-                            if gap < 0.0:
-                                gap = 0.0
-                            if gap < best_gap:
-                                best_gap = gap
-                                dh = pose[j, 2] - hi_
-                                best_v = v[j] * np.cos(dh)
-                                found = True
+                        gap = _interval_gap(ia, ib, s_i, end_i, f_lo, f_hi)
+                        if gap < best_gap:
+                            best_gap = gap
+                            dh = pose[j, 2] - hi_
+                            best_v = v[j] * np.cos(dh)
+                            found = True
                     # conflicts of i's lane k with j's lane ln
                     lk = lanes[i, k]
                     for c in range(g_conf_ptr[lk], g_conf_ptr[lk + 1]):
@@ -252,17 +261,12 @@ def _idm_step(g_vtx_ptr, g_vx, g_vy, g_vh, g_vs, g_len, g_eff, g_speed, g_haslig
                             continue
                         ia = off[k] + g_conf_int[c, 0]
                         ib = off[k] + g_conf_int[c, 1]
-                        if ib >= s_i and ia <= end_i:
-                            gap = ia - f_hi
-                            if f_lo - ib > gap:
-                                gap = f_lo - ib
-                            if gap < 0.0:
-                                gap = 0.0
-                            if gap < best_gap:
-                                best_gap = gap
-                                dh = pose[j, 2] - hi_
-                                best_v = v[j] * np.cos(dh)
-                                found = True
+                        gap = _interval_gap(ia, ib, s_i, end_i, f_lo, f_hi)
+                        if gap < best_gap:
+                            best_gap = gap
+                            dh = pose[j, 2] - hi_
+                            best_v = v[j] * np.cos(dh)
+                            found = True
         # 2b. ego and replayed objects (projected on the lanes their boxes touch)
         for o in range(len(obj_lane)):
             ln = obj_lane[o]
@@ -272,16 +276,11 @@ def _idm_step(g_vtx_ptr, g_vx, g_vy, g_vh, g_vs, g_len, g_eff, g_speed, g_haslig
                 if lanes[i, k] == ln:
                     ia = off[k] + obj_int[o, 0]
                     ib = off[k] + obj_int[o, 1]
-                    if ib >= s_i and ia <= end_i:
-                        gap = ia - f_hi
-                        if f_lo - ib > gap:
-                            gap = f_lo - ib
-                        if gap < 0.0:
-                            gap = 0.0
-                        if gap < best_gap:
-                            best_gap = gap
-                            best_v = obj_speed[o] * np.cos(obj_heading[o] - hi_)
-                            found = True
+                    gap = _interval_gap(ia, ib, s_i, end_i, f_lo, f_hi)
+                    if gap < best_gap:
+                        best_gap = gap
+                        best_v = obj_speed[o] * np.cos(obj_heading[o] - hi_)
+                        found = True
         # 2c. stop lines of red connectors on the route
         for q in range(n_route[i]):
             rl = route[i, q]
@@ -295,16 +294,11 @@ def _idm_step(g_vtx_ptr, g_vx, g_vy, g_vh, g_vs, g_len, g_eff, g_speed, g_haslig
                     if lanes[i, k] == ln:
                         ia = off[k] + g_stop_int[c, 0]
                         ib = off[k] + g_stop_int[c, 1]
-                        if ib >= s_i and ia <= end_i:
-                            gap = ia - f_hi
-                            if f_lo - ib > gap:
-                                gap = f_lo - ib
-                            if gap < 0.0:
-                                gap = 0.0
-                            if gap < best_gap:
-                                best_gap = gap
-                                best_v = 0.0
-                                found = True
+                        gap = _interval_gap(ia, ib, s_i, end_i, f_lo, f_hi)
+                        if gap < best_gap:
+                            best_gap = gap
+                            best_v = 0.0
+                            found = True
         if found:
             rel = best_gap
             v_lead = best_v
