@@ -263,31 +263,38 @@ def pseudo_simulate(sim: Simulation, world: WorldState, plans: np.ndarray, *, ag
         plans = plans[None]
     states = plan_states(world, plans, plan_interval_s=plan_interval_s, lqr=sim.config.lqr)
     cl = route_centerline_xy(sim, world.ego)
-    reference = None
+    reference = ref_states = None
     if reference_plan is not None:
         ref_states = plan_states(world, np.asarray(reference_plan)[None], plan_interval_s=plan_interval_s,
                                  lqr=sim.config.lqr)
-        rscene = scoring_scene(sim, world, ego_states=ref_states[0], agent_mode=agent_mode, centerline=cl,
-                               past_states=past_states)
-        r = score_states(rscene, ref_states, config)
-        reference = (float(r.progress_raw[0]), float(r.multiplicative_metrics_prod[0]))
+
+    def _reference(scene):
+        r = score_states(scene, ref_states, config)
+        return float(r.progress_raw[0]), float(r.multiplicative_metrics_prod[0])
+
     if agent_mode == "reactive":
+        # NAVSIM (evaluate/pdm_score.py) simulates the agents once, reacting to the agent's trajectory, and scores
+        # the PDM-Closed reference and the agent's plan together against that traffic: so the reference is scored
+        # in each plan's own reactive scene
         parts = []
         for i in range(len(plans)):
             scene = scoring_scene(sim, world, ego_states=states[i], agent_mode="reactive", centerline=cl,
                                   past_states=past_states)
             prev = None if previous_states is None else previous_states[i:i + 1]
-            parts.append(score_states(scene, states[i:i + 1], config, progress_reference=reference,
+            ref_i = _reference(scene) if ref_states is not None else None
+            parts.append(score_states(scene, states[i:i + 1], config, progress_reference=ref_i,
                                       previous_states=prev))
         scores = PlanScores(**{f: np.concatenate([getattr(p, f) for p in parts]) for f in
                                PlanScores.__dataclass_fields__})
-        if reference is None:  # joint normalisation over the batch, as score_proposals
+        if ref_states is None:  # joint normalisation over the batch, as score_proposals
             from .epdms import _normalise_progress
 
             scores = scores.replace(ego_progress=_normalise_progress(scores.progress_raw,
                                                                      scores.multiplicative_metrics_prod, config, None))
     else:
         scene = scoring_scene(sim, world, agent_mode=agent_mode, centerline=cl, past_states=past_states)
+        if ref_states is not None:
+            reference = _reference(scene)
         scores = score_states(scene, states, config, progress_reference=reference, previous_states=previous_states)
     return scores, states
 

@@ -36,12 +36,17 @@ from numba import njit
 
 from ..data.schema import BARRIER, BICYCLE, CZONE_SIGN, GENERIC_OBJECT, PEDESTRIAN, TRAFFIC_CONE, VEHICLE
 from ..map.map_api import MapAPI, MapLayer
-from .lanegraph import LaneGraph, _project_points, lane_graph
+from .lanegraph import LaneGraph, lane_graph
 
 # nuplan/planning/script/config/simulation/observation/idm_agents_observation.yaml and idm_agents_builder.py
 DEVKIT_OPEN_LOOP_TYPES = (PEDESTRIAN, BARRIER, CZONE_SIGN, TRAFFIC_CONE, GENERIC_OBJECT)
-# ours: cyclists are replayed too, instead of vanishing as they do in nuPlan's reactive mode
+# ours: cyclists are replayed too, instead of vanishing as they do in nuPlan's reactive mode. Issue 3 asks for
+# nuPlan's semantics (replayed objects are leaders). NAVSIM's navsim_IDM_traffic_agents.yaml instead sets
+# open_loop_detections_types: [] (its agents do not see pedestrians or static objects); here this one set decides both
+# what is replayed and what the agents yield to
 OPEN_LOOP_TYPES = (PEDESTRIAN, BICYCLE, BARRIER, CZONE_SIGN, TRAFFIC_CONE, GENERIC_OBJECT)
+# nuplan/planning/simulation/observation/idm/idm_policy.py IDMPolicy._idm_equations: acceleration_exponent = 4
+IDM_ACCELERATION_EXPONENT = 4
 
 P_MAX = 12  # lanes ahead per agent
 R_MAX = 5  # nuPlan route deque length (IDMAgent max_route_len)
@@ -316,7 +321,7 @@ def _idm_step(g_vtx_ptr, g_vx, g_vy, g_vh, g_vs, g_len, g_eff, g_speed, g_haslig
         s_alpha = rel - l_r
         if s_alpha < min_gap:
             s_alpha = min_gap
-        acc = a_max * (1.0 - (vi / target[i]) ** 4 - (s_star / s_alpha) ** 2)
+        acc = a_max * (1.0 - (vi / target[i]) ** IDM_ACCELERATION_EXPONENT - (s_star / s_alpha) ** 2)
         if acc < -b_max:
             acc = -b_max
         if acc > a_max:

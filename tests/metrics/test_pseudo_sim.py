@@ -112,3 +112,26 @@ def test_episode_summary_of_the_logged_drive_and_of_leaving_the_road(mini, mini_
     assert s2["drivable_area_compliance"] == 0.0 and s2["off_road"] and s2["epdms"] == 0.0
     with pytest.raises(ValueError, match="at least two"):
         episode_summary(sim, [sim.reset()])
+
+
+def test_reactive_reference_plan_is_scored_against_each_plans_traffic(follower_sim):
+    """NAVSIM (evaluate/pdm_score.py) simulates the agents once, reacting to the agent's plan, and scores PDM-Closed's
+    reference beside it in that traffic: EP of plan i is normalised by the reference scored in plan i's scene."""
+    from simscale_env.metrics.epdms import score_states
+
+    sim = follower_sim
+    w = sim.reset()
+    plans = np.stack([np.zeros((8, 3)), _straight(3.0)])
+    ref = _straight(6.0)
+    scores, states = pseudo_simulate(sim, w, plans, agent_mode="reactive", reference_plan=ref)
+    ref_states = plan_states(w, ref[None], lqr=sim.config.lqr)
+    for i in range(2):
+        scene = scoring_scene(sim, w, ego_states=states[i], agent_mode="reactive")
+        r = score_states(scene, ref_states)
+        want = score_states(scene, states[i:i + 1],
+                            progress_reference=(float(r.progress_raw[0]), float(r.multiplicative_metrics_prod[0])))
+        assert scores.ego_progress[i] == want.ego_progress[0]
+        assert scores.pdm_score()[i] == want.pdm_score()[0]
+    # batched and one at a time agree
+    one, _ = pseudo_simulate(sim, w, plans[1:], agent_mode="reactive", reference_plan=ref)
+    assert one.pdm_score()[0] == scores.pdm_score()[1]
