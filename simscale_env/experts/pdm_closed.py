@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import shapely
+from shapely.ops import substring
 from numba import njit
 
 from ..data.schema import AGENT_CATEGORIES, BICYCLE, PEDESTRIAN, VEHICLE
@@ -120,7 +121,7 @@ class _Path:
         inside = (a <= s) & (s <= b)
         if inside.sum() > 1:
             return shapely.LineString(self.line.xy[inside])
-        return shapely.ops.substring(self.geom, a, b)
+        return substring(self.geom, a, b)
 
 
 @dataclass(frozen=True, eq=False)

@@ -14,7 +14,8 @@ DAgger-style corrections. Construction here:
      plan follows the logged path and speed profile shifted in arc length;
    - lateral: a quintic d(sigma) in the distance travelled sigma = s - s0, from (d0, tan psi0, 0) to (0, 0, 0) where
      the longitudinal profile reaches T_j (a heading or lateral offset cannot be removed without moving: candidates
-     travelling less than 1 m are dropped);
+     travelling less than 1 m are dropped, unless the ego is already within the rejoin tolerances of the log, when
+     they hold its offset and heading);
    - profiles that would reverse (along-track speed below -0.05 m/s before T_j, e.g. onto a standing log just
      behind the ego) are dropped: the expert only drives forward;
    after T_j the plan is the (shifted) log. Poses: path(s) + d * normal(s), heading = path heading + atan(d').
@@ -70,6 +71,16 @@ class RecoveryConfig:
     require_comfort: bool = True
     lqr: LQRConfig = field(default_factory=LQRConfig)
 
+    def __post_init__(self):
+        if not self.rejoin_times_s or not all(0.0 < t <= self.horizon_s for t in self.rejoin_times_s):
+            raise ValueError(f"rejoin_times_s must be non-empty and in (0, horizon_s={self.horizon_s}], "
+                             f"got {self.rejoin_times_s}")
+        if not self.lateral_fractions or not all(0.0 < f <= 1.0 for f in self.lateral_fractions):
+            raise ValueError(f"lateral_fractions must be non-empty and in (0, 1], got {self.lateral_fractions}")
+        if self.safety_agent_mode not in ("non_reactive", "constant_velocity"):
+            raise ValueError(f"safety_agent_mode must be 'non_reactive' or 'constant_velocity', "
+                             f"got {self.safety_agent_mode!r}")
+
 
 def _quintic(x0, v0, a0, x1, v1, a1, T):
     """Coefficients c[0..5] of x(t) = sum c_k t^k matching position, velocity, acceleration at 0 and T
@@ -92,20 +103,6 @@ def _quartic(x0, v0, a0, v1, a1, T):
     c3 = g / T ** 2 - k / (3.0 * T)
     c4 = k / (4.0 * T ** 2) - g / (2.0 * T ** 3)
     return np.array([c0, c1, c2, c3, c4, 0.0])
-
-
-def _poly(c, t, deriv=0):
-    """sum_k c_k t^k (or its derivative), by Horner's rule."""
-    c = np.asarray(c, dtype=np.float64)
-    for _ in range(deriv):
-        c = c[1:] * np.arange(1, len(c))
-    t = np.asarray(t, dtype=np.float64)
-    if len(c) == 1:
-        return np.full(t.shape, c[0])
-    out = c[-1] * t + c[-2]
-    for k in range(len(c) - 3, -1, -1):
-        out = out * t + c[k]
-    return out
 
 
 def _poly_rows(c, x, deriv=0):
@@ -199,7 +196,8 @@ def _candidate_trajectories(ref: LoggedReference, ego: np.ndarray, cfg: Recovery
     before = t[None, :] <= Tj[:, None]
     s_t = np.where(before, s_poly, s_log[None, :] + ref_shift[:, None])
     # a lateral or heading offset cannot be removed over too little travel; no reversing
-    keep = ~((L < cfg.min_rejoin_length_m) & (abs(d0) > 0.05 or abs(psi0) > 0.02))
+    within = abs(d0) <= cfg.rejoin_position_m and abs(psi0) <= cfg.rejoin_heading_rad
+    keep = ~((L < cfg.min_rejoin_length_m) & (not within))
     s_dot = _poly_rows(np.array(coef), t[None, :], 1)
     keep &= ~np.any(before & (s_dot < cfg.min_speed_mps), axis=1)
     fr = np.asarray(cfg.lateral_fractions, dtype=np.float64)
@@ -291,8 +289,7 @@ def recovery_plan(sim: Simulation, world: WorldState, config: RecoveryConfig = R
             sel = rejoin == T
             n = int(round(T / config.dt)) + 1
             comfy[sel] = comfort_checks(states[sel, :n], config.dt).all(axis=-1)
-    scene = scoring_scene(sim, world, agent_mode=config.safety_agent_mode
-                          if config.safety_agent_mode != "reactive" else "non_reactive")
+    scene = scoring_scene(sim, world, agent_mode=config.safety_agent_mode)
     scores = score_states(scene, states)
     safe = scores.multiplicative_metrics_prod == 1.0
     rejoin = measured_rejoin(states, targets, config)

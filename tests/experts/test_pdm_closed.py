@@ -79,3 +79,14 @@ def test_emergency_brake_option_brakes_when_a_collision_is_imminent(arterial):
     assert np.linalg.norm(plan.trajectory[-1, :2] - plan.trajectory[0, :2]) == pytest.approx(1.1 * 0.45 * 4.0)
     assert plan.states[-1, 3] < 1.0
     assert PDMClosedPlanner().plan(sim, sim.reset()).source == "pdm_closed"
+
+
+def test_plans_at_the_very_end_of_its_route(arterial):
+    """Near the route's end fewer than two centreline vertices lie ahead: the corridor is cut with shapely's substring
+    (shapely.ops is not loaded by `import shapely`)."""
+    lane = arterial.lanes[LANE]
+    s0 = lane.baseline.length - 0.3
+    sc = synthetic_scenario("us-ma-boston", ["20050"], ego_pose=lane.baseline.interpolate(s0), ego_speed=5.0)
+    sim = Simulation(sc, arterial, SimConfig(agent_mode="non_reactive"))
+    plan = pdm_closed_plan(sim, sim.reset())
+    assert plan.poses.shape == (8, 3) and np.all(np.isfinite(plan.poses))
