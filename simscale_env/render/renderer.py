@@ -9,6 +9,7 @@ actors posed from the state, rasterized by gsplat on CUDA or by the CPU rasteriz
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,21 +26,24 @@ BACKENDS = ("auto", "cpu", "gsplat")
 _STATIC_SCENES: dict = {}
 
 
+@functools.lru_cache(maxsize=1)
 def gsplat_available() -> bool:
-    """CUDA present and gsplat importable (torch first). gsplat is never called with CPU tensors: on CPU-only
-    machines it fails with a misleading ImportError."""
+    """CUDA present and gsplat's CUDA extension loaded (torch first). gsplat is never called with CPU tensors: on
+    CPU-only machines it fails with a misleading ImportError. `import gsplat` succeeds even where its extension is
+    missing or failed to build (gsplat/cuda/_backend.py then leaves `_C = None` and prints "No CUDA toolkit found"),
+    so the extension itself is probed; checked once per process (the probe may build gsplat's JIT kernels)."""
     try:
         import torch
 
         if not torch.cuda.is_available():
             return False
         import gsplat  # noqa: F401
+        from gsplat.cuda._backend import _C
     except Exception:
         return False
-    return True
+    return _C is not None
 
 
-@dataclass(frozen=True, eq=False)
 class RenderOutput:
     rgb: np.ndarray  # [C, H, W, 3] uint8
     depth: np.ndarray | None  # [C, H, W] float32 expected depth (m), 0 where nothing was hit
@@ -124,8 +128,9 @@ class CameraRenderer:
                             tuple(c.channel for c in self.cameras), len(g))
 
     def _sky(self, views, Ks):
-        # the sky depends on the camera's pitch and roll only (yaw-invariant): cache per rig orientation
-        key = tuple(np.round(views[:, 2, :3], 4).ravel())
+        # the sky depends on the camera's pitch and roll only (yaw-invariant): a ray's elevation is the world up axis
+        # seen from the camera, column 2 of the world-to-camera rotation; cache per rig orientation
+        key = tuple(np.round(views[:, :3, 2], 4).ravel())
         if key not in self._sky_cache:
             if len(self._sky_cache) > 64:
                 self._sky_cache.clear()
