@@ -44,6 +44,7 @@ def gsplat_available() -> bool:
     return _C is not None
 
 
+@dataclass(frozen=True, eq=False)
 class RenderOutput:
     rgb: np.ndarray  # [C, H, W, 3] uint8
     depth: np.ndarray | None  # [C, H, W] float32 expected depth (m), 0 where nothing was hit
