@@ -197,6 +197,8 @@ class NavsimSceneLoader:
             tokens = set(sp.tokens) if sp.tokens is not None else None
             out: dict[str, tuple[Path, int]] = {}
             for f in self.files:
+                if sp.max_scenes is not None and len(out) >= sp.max_scenes:
+                    break  # over all logs, as NAVSIM's filter_scenes (stop_loading)
                 frames = self._log(f)
                 for start in range(0, len(frames) - n + 1, stride):
                     cur = frames[start + sp.num_history_frames - 1]

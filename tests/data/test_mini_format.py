@@ -134,3 +134,18 @@ def test_splits(mini):
     assert set(sp["mini-navhard"].tokens) <= set(sp["mini-navtest"].tokens)
     assert not set(sp["mini-navtrain"].log_names) & set(sp["mini-navtest"].log_names)
     assert len(sp["mini-navhard"].tokens) >= 5
+
+
+def test_build_mini_refuses_a_folder_that_is_not_its_own(tmp_path):
+    """SIMSCALE_MINI or --out pointing at a user's dataset by mistake: nothing is written there."""
+    from simscale_env.data.mini.build import build_mini
+    from simscale_env.data.paths import ensure_mini
+
+    (tmp_path / "my_logs").mkdir()
+    (tmp_path / "my_logs" / "a.db").write_bytes(b"precious")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(FileExistsError, match="not a SimScale mini dataset"):
+        build_mini(tmp_path)
+    with pytest.raises(FileExistsError, match="refusing"):
+        ensure_mini(tmp_path, progress=False)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before

@@ -59,3 +59,10 @@ def test_openscene_log_rejects_code(tmp_path):
     q.write_bytes(pickle.dumps({"a": 1}))
     with pytest.raises(SchemaError, match="list of frame dicts"):
         load_log(q)
+
+
+@pytest.mark.parametrize("k", [1, 7])
+def test_max_scenes_caps_the_whole_split_not_each_log(mini, k):
+    """NAVSIM's filter_scenes stops loading once max_scenes scenes are found, across logs."""
+    loader = NavsimSceneLoader(mini / "navsim_logs" / "mini", SplitSpec("capped", has_route=False, max_scenes=k))
+    assert len(loader.tokens) == k

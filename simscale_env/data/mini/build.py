@@ -142,6 +142,9 @@ def _write_navsim(db_path: Path, maps_root: Path, out_pkl: Path) -> None:
     write_openscene_log(frames, out_pkl)
 
 
+BUILD_MARKER = ".simscale-mini"  # written first by build_mini: the folder is ours to (re)build into
+
+
 def is_complete(out: str | Path, seed: int | None = None) -> bool:
     m = Path(out) / "manifest.json"
     if not m.exists():
@@ -161,6 +164,14 @@ def build_mini(out: str | Path, seed: int = 0, *, workers: int | None = None, pr
 
     out = Path(out)
     t_start = time.perf_counter()
+    # never write into someone else's folder (e.g. SIMSCALE_MINI pointing at a real dataset by mistake): only an
+    # empty or missing folder, or one this builder started (its marker) or finished (manifest.json), is built into
+    marker = out / BUILD_MARKER
+    if out.is_dir() and any(out.iterdir()) and not marker.exists() and not (out / "manifest.json").exists():
+        raise FileExistsError(f"{out}: not empty and not a SimScale mini dataset (no {BUILD_MARKER} or manifest.json); "
+                              f"refusing to build the mini dataset into it: pass an empty or new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    marker.touch()
     maps_root = out / "maps"
     maps_root.mkdir(parents=True, exist_ok=True)
     say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
