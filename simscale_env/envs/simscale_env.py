@@ -29,9 +29,8 @@ same action format), unless `pseudo_experts=False`.
 
 from __future__ import annotations
 
-import zlib
 from collections import deque
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import gymnasium as gym
@@ -42,13 +41,12 @@ from ..data.openscene import load_split
 from ..data.paths import DataConfig
 from ..data.scenario import ScenarioBuilder, find_log_files
 from ..errors import UnknownTokenError
-from ..geometry import global_to_local, wrap_angle
+from ..geometry import global_to_local
 from ..map import load_map
-from ..map.commands import driving_command
 from ..metrics import ScorerConfig, episode_summary, pseudo_simulate
 from ..metrics.epdms import ScoringScene, score_states
 from ..metrics.geometry import polyline_project
-from ..metrics.pseudo_sim import MAP_RADIUS, _map_layers, near_map_indices, route_centerline_xy
+from ..metrics.pseudo_sim import MAP_RADIUS, _map_layers, near_map_indices
 from ..render.camera import DEFAULT_CHANNELS, DEFAULT_SIZE
 from ..sim import SimConfig, Simulation
 from ..sim.bicycle import propagate
@@ -56,7 +54,7 @@ from ..sim.perturb import (PERTURBATION_DEFAULTS, Perturbation, PerturbationConf
                            apply_perturbation, check_start, logged_travel, sample_perturbation)
 from ..sim.plans import plan_to_reference
 from ..sim.state import ACCELERATION_X, ACCELERATION_Y, HEADING, VELOCITY_X, VELOCITY_Y, X, Y
-from ..sim.world import PlanTracker, WorldState, ego_box
+from ..sim.world import PlanTracker, ego_box
 
 OBSERVATION_KEYS = ("cameras", "ego_status", "bev", "agents", "route")
 MAX_AGENTS = 64
@@ -108,10 +106,15 @@ class EnvConfig:
         if unknown:
             raise ValueError(f"unknown observation keys {unknown}; known: {OBSERVATION_KEYS}")
         if self.plan_scoring not in (None, "non_reactive", "reactive", "constant_velocity"):
-            raise ValueError(f"plan_scoring must be None, 'non_reactive', 'reactive' or 'constant_velocity'")
+            raise ValueError(f"plan_scoring must be None, 'non_reactive', 'reactive' or 'constant_velocity', "
+                             f"got {self.plan_scoring!r}")
         steps = self.replan_interval / 0.1
         if abs(steps - round(steps)) > 1e-9 or round(steps) < 1:
             raise ValueError(f"replan_interval must be a positive multiple of 0.1 s, got {self.replan_interval}")
+        if self.replan_interval > 4.0 + 1e-9:
+            raise ValueError(f"replan_interval must be <= 4.0 s (a plan covers 4 s), got {self.replan_interval}")
+        if self.episode_steps is not None and (int(self.episode_steps) != self.episode_steps or self.episode_steps < 1):
+            raise ValueError(f"episode_steps must be a positive integer or None, got {self.episode_steps!r}")
 
 
 class SimScaleEnv(gym.Env):
@@ -227,11 +230,11 @@ class SimScaleEnv(gym.Env):
         left = (self.sim.num_iterations - 1) // self._k
         self._n_steps = min(cfg.episode_steps or left, left)
         self._worlds = [self.world]
-        self._history = deque([self.sim.logged_ego_state(0)], maxlen=16)
         # logged ego history before iteration 0 (the perturbed start keeps the log's past)
         e = sc.ego
         f0 = sc.start_index
-        self._past = [np.array([e.x[f], e.y[f], e.heading[f]]) for f in range(max(0, f0 - 15), f0)]
+        # the last 15 poses before now (0.1 s apart): what the ego status's 1.5 s of history reads
+        self._past = deque((np.array([e.x[f], e.y[f], e.heading[f]]) for f in range(max(0, f0 - 15), f0)), maxlen=15)
         line = self.sim.map.route_centerline(self.sim.scenario.route_roadblock_ids,
                                              tuple(self.world.ego[[X, Y, HEADING]]))
         self._cl_poly = line
@@ -255,8 +258,15 @@ class SimScaleEnv(gym.Env):
             if unknown:
                 raise ValueError(f"unknown perturbation fields {unknown}; known: lateral [m], longitudinal [m], "
                                  f"heading [rad], speed_scale")
-            p = Perturbation(float(spec.get("lateral", 0.0)), float(spec.get("longitudinal", 0.0)),
-                             float(spec.get("heading", 0.0)), float(spec.get("speed_scale", 1.0)))
+            vals = {k: spec.get(k, 1.0 if k == "speed_scale" else 0.0)
+                    for k in ("lateral", "longitudinal", "heading", "speed_scale")}
+            for k, v in vals.items():
+                if not isinstance(v, (int, float, np.floating, np.integer)) or not np.isfinite(v):
+                    raise ValueError(f"perturbation field {k!r} must be a finite number, got {v!r}")
+            if vals["speed_scale"] < 0:
+                raise ValueError(f"perturbation field 'speed_scale' must be >= 0, got {vals['speed_scale']!r}")
+            p = Perturbation(float(vals["lateral"]), float(vals["longitudinal"]), float(vals["heading"]),
+                             float(vals["speed_scale"]))
             new = apply_perturbation(w0.ego, p, self.sim.map)
             why = check_start(new, self.sim.map, objs, self._pert_cfg, red_polygons=red)
             if why is not None:

@@ -103,11 +103,16 @@ def test_actions_are_checked():
         env.step(np.zeros((8, 2), np.float32))
     clip = gym.make("SimScale-navhard-v0", pseudo_experts=False, invalid_action="clip", **SMALL)
     clip.reset(seed=0)
-    clip.step(far)  # clipped to the box
+    got = clip.step(far)  # clipped to the box: the same as submitting the clipped plan
+    env.reset(seed=0)
+    want = env.step(np.clip(far, env.action_space.low, env.action_space.high))
+    np.testing.assert_array_equal(got[0]["ego_status"], want[0]["ego_status"])
+    assert got[1] == want[1]
     ctrl = gym.make("SimScale-navhard-v0", pseudo_experts=False, action_type="control", **SMALL)
-    ctrl.reset(seed=0)
-    obs, r, term, trunc, info = ctrl.step(np.array([1.0, 0.0], np.float32))
+    obs0, _ = ctrl.reset(seed=0)
+    obs, r, term, trunc, info = ctrl.step(np.array([2.0, 0.0], np.float32))
     assert ctrl.action_space.shape == (2,) and "epdms" in info
+    assert obs["ego_status"][0] > obs0["ego_status"][0] + 0.3  # accelerating at 2 m/s^2 for 0.5 s (with lag)
 
 
 def test_reset_options_and_errors():
@@ -124,6 +129,36 @@ def test_reset_options_and_errors():
         env.reset(options={"token": tok})
     with pytest.raises(TypeError, match="unknown SimScaleEnv arguments"):
         gym.make("SimScale-navhard-v0", camera=("CAM_F0",))
+    with pytest.raises(ValueError, match="perturbation field 'lateral' must be a finite number"):
+        env.reset(options={"scenario_token": tok, "perturbation": {"lateral": float("nan")}})
+    with pytest.raises(ValueError, match="'speed_scale' must be >= 0"):
+        env.reset(options={"scenario_token": tok, "perturbation": {"speed_scale": -1.0}})
+    for kw, msg in ((dict(episode_steps=0), "episode_steps must be a positive integer"),
+                    (dict(replan_interval=5.0), "replan_interval must be <= 4.0"),
+                    (dict(plan_scoring="sometimes"), "got 'sometimes'")):
+        with pytest.raises(ValueError, match=msg):
+            gym.make("SimScale-navhard-v0", **kw)
+
+
+def test_reward_terms_follow_the_documented_formula():
+    """TTC, LK and HC of the submitted plan weigh 5 : 2 : 2 against EP's 5 (1.0, 0.4, 0.4), spread over N steps."""
+    env = gym.make("SimScale-navhard-v0", pseudo_experts=False, **SMALL)
+    obs, info = env.reset(seed=2)
+    n = info["episode_steps"]
+    plan = np.zeros((8, 3), np.float32)
+    plan[:, 0] = np.arange(1, 9) * 4.0
+    seen = 0
+    for _ in range(3):
+        obs, r, term, trunc, info = env.step(plan)
+        t, e = info["reward_terms"], info["epdms"]
+        assert t["ttc"] == pytest.approx(-1.0 * (1 - e["time_to_collision_within_bound"]) / n)
+        assert t["lane_keeping"] == pytest.approx(-0.4 * (1 - e["lane_keeping"]) / n)
+        assert t["comfort"] == pytest.approx(-0.4 * (1 - e["history_comfort"]) / n)
+        assert r == pytest.approx(sum(t.values()))
+        seen += 1
+        if term or trunc:
+            break
+    assert seen >= 1
 
 
 def test_expert_beats_standing_still():
