@@ -23,7 +23,7 @@ from ..errors import CorruptFileError, MissingFileError, SchemaError, UnknownTok
 from ..geometry import global_to_local, quaternion_to_matrix, wrap_angle, yaw_from_quaternion
 from .safe_pickle import safe_load_file
 
-NAVSIM_INTERVAL_LENGTH = 0.5  # navsim/common/enums.py
+NAVSIM_INTERVAL_LENGTH = 0.5  # navsim/common/dataclasses.py NAVSIM_INTERVAL_LENGTH
 OPENSCENE_SAMPLE_INTERVAL = 10  # every 10th lidar_pc (2 Hz), create_openscene_metadata.py
 REQUIRED_FRAME_KEYS = ("token", "timestamp", "log_name", "map_location", "roadblock_ids", "ego2global_translation",
                        "ego2global_rotation", "ego_dynamic_state", "driving_command", "cams")

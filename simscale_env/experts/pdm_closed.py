@@ -46,6 +46,13 @@ RED_LIGHT = "red_light"
 
 @dataclass(frozen=True)
 class PDMClosedConfig:
+    # Sources. navsim/planning/metric_caching/metric_cache_processor.py (PDMClosedPlanner and its BatchIDMPolicy
+    # arguments): lateral offsets, speed-limit fractions, fallback velocity, min gap, headway, accel/decel max; the
+    # exponent 10 is hard-coded in proposal/batch_idm_policy.py BatchIDMPolicy.propagate; proposal sampling
+    # 40 x 0.1 s and trajectory sampling 50 x 0.1 s as there; leader refresh every 2 steps (proposal/pdm_generator.py
+    # leading_agent_update_rate); occupancy every 0.2 s (observation/pdm_observation.py observation_sample_res);
+    # search depth 30 (abstract_pdm_planner.py _get_discrete_centerline); object limits
+    # (observation/pdm_object_manager.py MAX_DYNAMIC_OBJECTS, MAX_STATIC_OBJECTS); brake: tuplan pdm_emergency_brake.py
     lateral_offsets: tuple[float, ...] = (-1.0, 1.0)
     speed_limit_fractions: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0)
     fallback_target_velocity: float = 15.0  # [m/s] when the lane has no speed limit
@@ -391,6 +398,8 @@ class PDMClosedPlanner:
         d = self.vehicle.rear_axle_to_center
         v = float(ego[VELOCITY_X])  # centre and rear axle share the longitudinal velocity
         a = float(ego[ACCELERATION_X])
+        # tuplan PDMEmergencyBrake: P-controller gain 10 above 0.2 m/s, then (velocity gain 4, acceleration gain 1)
+        # at standstill; the 11/10 factor is its one-step look-ahead of the first-order lag
         if v > 0.2:
             u = max(min(10.0 * -v, hi), lo)
             vc = 11 / 10 * (v + u)
@@ -419,7 +428,7 @@ def _idm_propagate(progress, vel, lead, targets, t, min_gap, headway, sqrt_ab, a
         s_star = min_gap + v * headway + v * (v - lead[i, t, 1]) / (2 * sqrt_ab)
         s_alpha = max(lead[i, t, 0] - x - lead[i, t, 2], min_gap)
         acc = accel_max * (1 - (v / targets[i]) ** exponent - (s_star / s_alpha) ** 2)
-        if np.isnan(acc):
+        if np.isnan(acc):  # ours: v = target = 0 gives 0/0; upstream lets the NaN through, here it brakes
             acc = -decel_max
         acc = min(max(acc, -decel_max), accel_max)
         progress[i, t] = x + interval * v

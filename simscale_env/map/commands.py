@@ -1,10 +1,13 @@
-"""NAVSIM's driving command from the route (navsim/planning/simulation/planner/pdm_planner/utils/route_utils.py
-`get_driving_command`, also used by OpenScene): the route centreline from the ego's lane, the centreline pose at
+"""NAVSIM's driving command from the route, as OpenScene computes it for NAVSIM's logs (OpenScene
+DriveEngine/process_data/helpers/driving_command.py; reference nuplan-format.md §6): the route centreline from the
+ego's lane, the centreline pose at
 the ego's projection and the one `distance` metres further; left if the latter lies >= `lateral_offset` to the
 left, right if <= -`lateral_offset`, else forward; unknown without a usable route.
 
 NAVSIM first repairs broken routes (`route_roadblock_correction`); here a route whose roadblocks are unknown to
-the map gives `unknown`.
+the map gives `unknown`. Differences from OpenScene: the starting lane is the one under the ego with the closest
+heading (OpenScene takes the first containing lane, else the nearest), and the centreline search is not capped at
+OpenScene's search_depth of 30 roadblocks.
 """
 
 from __future__ import annotations

@@ -17,9 +17,10 @@ import shapely
 
 from ..errors import CorruptFileError, MapError, MissingFileError, SchemaError
 
-MAPS_JSON = "nuplan-maps-v1.0.json"
+MAPS_JSON = "nuplan-maps-v1.0.json"  # nuPlan maps root layout (nuplan-devkit docs/dataset_setup.md)
 
-# Layers built eagerly by the devkit for every lane/connector/roadblock (reference §8) and the columns each needs.
+# Layers built eagerly by the devkit for every lane/connector/roadblock (nuplan/common/maps/nuplan_map/nuplan_map.py
+# _vector_layer_mapping; reference nuplan-format.md §8) and the columns each needs.
 REQUIRED_LAYERS: dict[str, tuple[str, ...]] = {
     "lanes_polygons": ("lane_fid", "lane_group_fid", "lane_index", "left_boundary_fid", "right_boundary_fid",
                        "speed_limit_mps"),

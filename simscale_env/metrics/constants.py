@@ -65,7 +65,7 @@ class ScorerConfig:
     progress_distance_threshold: float = PROGRESS_DISTANCE_THRESHOLD
     lane_keeping_deviation_limit: float = LANE_KEEPING_DEVIATION_LIMIT
     lane_keeping_horizon_window: float = LANE_KEEPING_HORIZON_WINDOW_S
-    dt: float = 0.1
+    dt: float = 0.1  # proposal_sampling interval_length (NAVSIM default_common.yaml): 10 Hz
 
     @property
     def weights(self) -> tuple[float, float, float, float, float]:

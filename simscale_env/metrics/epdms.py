@@ -26,7 +26,7 @@ from .geometry import (AreaIndex, PolygonSet, _flags_at, object_index, polyline_
 
 # map object types as in nuPlan's SemanticMapLayer names
 DRIVABLE_TYPES = ("ROADBLOCK", "INTERSECTION", "DRIVABLE_AREA", "CARPARK_AREA")  # PDMScorer._calculate_ego_area
-LANE_TYPES = ("LANE", "LANE_CONNECTOR")
+LANE_TYPES = ("LANE", "LANE_CONNECTOR")  # PDMScorer._calculate_ego_area drivable_lane_idcs
 RED_LIGHT_TOKEN = "red_light"  # PDMObservation._red_light_token
 
 
@@ -253,7 +253,7 @@ def score_states(scene: ScoringScene, states: np.ndarray, config: C.ScorerConfig
     progress_raw = _progress(scene, coords)
     ttc, t_ttc = _ttc(scene, states, coords, areas, config)
     lk = _lane_keeping(scene, coords, areas, config)
-    hc = _history_comfort(scene, states, vehicle)
+    hc = _history_comfort(scene, states, vehicle, config.dt)
     prod = nc * dac * ddc * tlc
     ep = _normalise_progress(progress_raw, prod, config, progress_reference)
     ec = np.full(N, np.nan)
@@ -508,6 +508,7 @@ def _savgol(y, window, poly, deriv=0, delta=1.0):
 
 
 def _savgol_accel(a, window=8):
+    # pdm_comfort_metrics._extract_ego_acceleration defaults: window_length 8, poly_order 2, decimals 8
     return np.round(_savgol(a, window, 2), 8)
 
 
@@ -539,18 +540,21 @@ def comfort_checks(states: np.ndarray, dt: float = 0.1, vehicle: VehicleParamete
     lon = _savgol_accel(ax)
     lat = _savgol_accel(ay)
     mag = _savgol_accel(np.hypot(states[..., ACCELERATION_X], states[..., ACCELERATION_Y]))
+    # pdm_comfort_metrics._extract_ego_jerk defaults: window_length 15, poly_order 2, decimals 8
     jerk = np.round(_derivative(mag, dt, 15, 2, 1), 8)
     lon_jerk = np.round(_derivative(lon, dt, 15, 2, 1), 8)
     yaw_acc = _yaw_rate(states, dt, deriv=2, poly=3)
     yaw_rate = _yaw_rate(states, dt)
     return np.stack([
         _within(lon, C.MIN_LON_ACCEL, C.MAX_LON_ACCEL), _within(lat, -C.MAX_ABS_LAT_ACCEL, C.MAX_ABS_LAT_ACCEL),
-        _within(jerk, -C.MAX_ABS_MAG_JERK, C.MAX_ABS_MAG_JERK), _within(lon_jerk, -C.MAX_ABS_LON_JERK, C.MAX_ABS_LON_JERK),
-        _within(yaw_acc, -C.MAX_ABS_YAW_ACCEL, C.MAX_ABS_YAW_ACCEL), _within(yaw_rate, -C.MAX_ABS_YAW_RATE, C.MAX_ABS_YAW_RATE),
+        _within(jerk, -C.MAX_ABS_MAG_JERK, C.MAX_ABS_MAG_JERK),
+        _within(lon_jerk, -C.MAX_ABS_LON_JERK, C.MAX_ABS_LON_JERK),
+        _within(yaw_acc, -C.MAX_ABS_YAW_ACCEL, C.MAX_ABS_YAW_ACCEL),
+        _within(yaw_rate, -C.MAX_ABS_YAW_RATE, C.MAX_ABS_YAW_RATE),
     ], axis=-1)
 
 
-def _history_comfort(scene, states, vehicle):
+def _history_comfort(scene, states, vehicle, dt=0.1):
     """PDMScorer._calculate_history_comfort: the human past is prepended; 1 when there is none."""
     if scene.human_past_states is None or len(scene.human_past_states) == 0:
         return np.ones(len(states))
@@ -560,7 +564,7 @@ def _history_comfort(scene, states, vehicle):
     for c in cols:
         padded[:, :len(hist), c] = hist[:, c]
         padded[:, len(hist):, c] = states[:, :, c]
-    return comfort_checks(padded, 0.1, vehicle).all(axis=-1).astype(np.float64)
+    return comfort_checks(padded, dt, vehicle).all(axis=-1).astype(np.float64)
 
 
 def human_past_for_hc(past_states: np.ndarray, past_times_us: np.ndarray) -> np.ndarray:
@@ -579,6 +583,7 @@ def human_past_for_hc(past_states: np.ndarray, past_times_us: np.ndarray) -> np.
 
 
 def _ec_features(states, dt):
+    # the same extractors as HC (pdm_comfort_metrics: acceleration window 8, jerk window 15, orders 2, decimals 8)
     mag = _savgol_accel(np.hypot(states[..., ACCELERATION_X], states[..., ACCELERATION_Y]))
     return {"acceleration": mag, "jerk": np.round(_derivative(mag, dt, 15, 2, 1), 8),
             "yaw_rate": _yaw_rate(states, dt), "yaw_accel": _yaw_rate(states, dt, deriv=2)}

@@ -14,7 +14,7 @@ from ..sim.idm import box_corners
 from .constants import SUB_METRICS
 from .epdms import ScoringScene, human_past_for_hc, score_states
 
-AGENT_TYPES = ("VEHICLE", "PEDESTRIAN", "BICYCLE")
+AGENT_TYPES = ("VEHICLE", "PEDESTRIAN", "BICYCLE")  # nuplan tracked_objects_types.AGENT_TYPES
 DISCRETE = ("no_at_fault_collisions", "drivable_area_compliance", "driving_direction_compliance",
             "traffic_light_compliance", "time_to_collision_within_bound", "lane_keeping", "history_comfort")
 

@@ -27,7 +27,8 @@ from .geometry import polyline_project
 
 NUM_STEPS = 40  # 4 s at 10 Hz (proposal_sampling num_poses = 40)
 _SCENE_CACHE: dict = {}
-MAP_RADIUS = 100.0  # NAVSIM metric cache
+MAP_RADIUS = 100.0  # navsim/planning/metric_caching/metric_cache_processor.py: self._map_radius = 100
+# metric_cache_processor.py: scenario.get_ego_past_trajectory(0, 1.5) (the human past HC prepends)
 HISTORY_COMFORT_PAST_S = 1.5
 
 

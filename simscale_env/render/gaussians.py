@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import CorruptFileError, MissingFileError, SchemaError
 
-SH_C0 = 0.28209479177387814
+SH_C0 = 0.28209479177387814  # degree-0 SH basis 1 / (2 sqrt(pi)) (gsplat cuda/_torch_impl.py, 3DGS utils/sh_utils.py)
 
 
 def rgb_to_sh_dc(rgb) -> np.ndarray:

@@ -24,10 +24,10 @@ from numba import njit, prange
 
 from .sh import sh_colors_all
 
-TILE = 16
+TILE = 16  # gsplat rendering.py rasterization(tile_size=16)
 FULL_ROW = (1 << TILE) - 1
-ALPHA_THRESHOLD = np.float32(1.0 / 255.0)
-T_MIN = np.float32(1e-4)
+ALPHA_THRESHOLD = np.float32(1.0 / 255.0)  # gsplat cuda/include/Common.h ALPHA_THRESHOLD
+T_MIN = np.float32(1e-4)  # gsplat RasterizeToPixels3DGSFwd.cu: stop before next_T <= 1e-4
 F32 = np.float32
 
 
@@ -77,6 +77,7 @@ def project_into(means, cov6, opacities, viewmats, Ks, width, height, near, far,
         fx, fy, cx, cy = Ks[c, 0, 0], Ks[c, 1, 1], Ks[c, 0, 2], Ks[c, 1, 2]
         tan_fovx = F32(0.5) * wf / fx
         tan_fovy = F32(0.5) * hf / fy
+        # gsplat Utils.cuh persp_proj: the camera-frame point is clamped to the image plus 0.3 tan(fov) on each side
         lims[c, 0] = (wf - cx) / fx + F32(0.3) * tan_fovx
         lims[c, 1] = cx / fx + F32(0.3) * tan_fovx
         lims[c, 2] = (hf - cy) / fy + F32(0.3) * tan_fovy
@@ -139,6 +140,7 @@ def project_into(means, cov6, opacities, viewmats, Ks, width, height, near, far,
             oi = opacities[i] * comp if antialiased else opacities[i]
             if oi < ALPHA_THRESHOLD:
                 continue
+            # gsplat ProjectionEWA3DGSFused.cu: opacity-aware extent, at most 3.33 sigma
             extend = min(F32(3.33), math.sqrt(F32(2.0) * math.log(oi / ALPHA_THRESHOLD)))
             rx = math.ceil(extend * math.sqrt(v00))
             ry = math.ceil(extend * math.sqrt(v11))
@@ -365,7 +367,7 @@ def composite(offsets, base, packed, width, height, bg, out_rgb, out_alpha, out_
                     px = F32(ox + xx) + F32(0.5)
                     dx = gx - px
                     sigma = F32(0.5) * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
-                    alpha = min(F32(0.999), o * math.exp(-sigma))
+                    alpha = min(F32(0.999), o * math.exp(-sigma))  # gsplat RasterizeToPixels3DGSFwd.cu
                     if sigma < F32(0.0) or alpha < ALPHA_THRESHOLD:
                         continue
                     Tp = T[yy, xx]
