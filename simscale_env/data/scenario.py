@@ -12,7 +12,7 @@ Everything is returned as typed, frozen dataclasses of numpy arrays (read-only).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -226,6 +226,7 @@ class ScenarioRef:
     scenario_type: str
     timestamp_us: int
     map_location: str
+    tags: tuple[str, ...] = ()  # every scenario_tag type of this lidar_pc (scenario_type is the largest)
 
 
 def sample_window(timestamps: np.ndarray, start_us: int, end_us: int, step: int) -> np.ndarray:
@@ -279,8 +280,8 @@ def extract_scenario(db: LogDB, token: str, *, scenario_type: str | None = None,
     hist = hist[hist >= 0]
     indices = np.concatenate([hist, iters])
     tags = [t for t in db.scenario_tags if t.lidar_pc_token == token]
-    if scenario_type is None:
-        scenario_type = tags[0].type if tags else "unknown"
+    if scenario_type is None:  # the devkit's MAX(st.type) over the lidar_pc's tags
+        scenario_type = max(t.type for t in tags) if tags else "unknown"
     tag_track = next((t.agent_track_token for t in tags if t.type == scenario_type), None)
     scene = _scene_of(db, tag_idx)
     route = scene.roadblock_ids if scene else ()
@@ -329,9 +330,14 @@ def scenario_refs_in_log(db: LogDB, *, require_goal: bool = True) -> list[Scenar
     scenes = db.scenes
     invalid = {s.token for s in scenes[:2]} | {s.token for s in scenes[-2:]} if len(scenes) else set()
     by_token = {s.token: s for s in scenes}
-    out = []
+    # one scenario per tagged lidar_pc, typed by the largest of its tags, as the devkit's get_scenarios_from_db
+    # (GROUP BY lp.token, MAX(st.type)); in the order the tags are first seen
+    grouped: dict[str, list] = {}
     for tag in db.scenario_tags:
-        idx = db._lidar_pc["index"].get(tag.lidar_pc_token)
+        grouped.setdefault(tag.lidar_pc_token, []).append(tag)
+    out = []
+    for token, tags in grouped.items():
+        idx = db._lidar_pc["index"].get(token)
         if idx is None:
             continue
         st = db._lidar_pc["scene_token"][idx]
@@ -339,7 +345,8 @@ def scenario_refs_in_log(db: LogDB, *, require_goal: bool = True) -> list[Scenar
             continue
         if require_goal and (st not in by_token or by_token[st].goal is None):
             continue
-        out.append(ScenarioRef(tag.lidar_pc_token, db.name, str(db.path), tag.type, tag.timestamp, db.map_location))
+        types = tuple(sorted({t.type for t in tags}))
+        out.append(ScenarioRef(token, db.name, str(db.path), types[-1], tags[0].timestamp, db.map_location, types))
     return out
 
 
@@ -401,8 +408,10 @@ class ScenarioBuilder:
              tokens: Sequence[str] | None = None, limit: int | None = None) -> list[ScenarioRef]:
         out = self.all_refs()
         if scenario_types is not None:
+            # the devkit filters tags before grouping: the largest matching tag names the scenario
             st = set(scenario_types)
-            out = [r for r in out if r.scenario_type in st]
+            out = [replace(r, scenario_type=max(t for t in (r.tags or (r.scenario_type,)) if t in st)) for r in out
+                   if st.intersection(r.tags or (r.scenario_type,))]
         if log_names is not None:
             ln = set(log_names)
             out = [r for r in out if r.log_name in ln]

@@ -90,3 +90,32 @@ def test_scenario_filters(mini_builder):
     toks = [refs[1].token, refs[2].token]
     assert [r.token for r in mini_builder.refs(tokens=toks)] == toks
     assert len(mini_builder.refs(limit=3)) == 3
+
+
+def test_a_lidar_pc_with_several_tags_is_one_scenario(tiny_log, tmp_path):
+    """The devkit's get_scenarios_from_db groups tags by lidar_pc and types the scenario with MAX(st.type); a type
+    filter is applied before grouping."""
+    import shutil
+    import sqlite3
+
+    p = tmp_path / "logs" / tiny_log.name
+    p.parent.mkdir()
+    shutil.copy(tiny_log, p)
+    c = sqlite3.connect(p)
+    lp = bytes.fromhex(TINY_TAG)
+    (first,) = c.execute("SELECT type FROM scenario_tag WHERE lidar_pc_token = ?", (lp,)).fetchone()
+    c.execute("INSERT INTO scenario_tag (token, lidar_pc_token, type, agent_track_token) VALUES (?, ?, ?, NULL)",
+              (bytes.fromhex("ab" * 16), lp, "zzz_extra_type"))
+    c.execute("INSERT INTO scenario_tag (token, lidar_pc_token, type, agent_track_token) VALUES (?, ?, ?, NULL)",
+              (bytes.fromhex("cd" * 16), lp, "aaa_extra_type"))
+    c.commit()
+    c.close()
+    b = ScenarioBuilder(p.parent)
+    tok = lp.hex()
+    refs = [r for r in b.refs() if r.token == tok]
+    assert len(refs) == 1
+    r = refs[0]
+    assert r.scenario_type == "zzz_extra_type" and set(r.tags) == {first, "zzz_extra_type", "aaa_extra_type"}
+    only = b.refs(scenario_types=["aaa_extra_type", first])
+    assert [x.scenario_type for x in only if x.token == tok] == [max("aaa_extra_type", first)]
+    assert b.load(r).scenario_type == "zzz_extra_type"
