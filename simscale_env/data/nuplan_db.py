@@ -322,14 +322,21 @@ class LogDB:
             "SELECT token, channel, model, translation, rotation, intrinsic, distortion, width, height FROM camera")
         out = []
         for tok, ch, model, tr, rot, intr, dist, w, h in rows:
-            src = f"{self.path}:camera[{ch}]"
+            src = f"camera[{ch}]"
+
+            def arr(blob, name, shape):
+                try:
+                    return np.asarray(safe_loads(blob, f"{self.path}:{src}.{name}"), dtype=np.float64).reshape(shape)
+                except (TypeError, ValueError) as exc:
+                    raise SchemaError(self.path, f"{src}.{name}: expected a pickled array of shape {shape} "
+                                                 f"({exc})") from None
+
+            if w is None or h is None:
+                raise SchemaError(self.path, f"{src}: width and height must be set, got {w!r} x {h!r}")
             out.append(CameraCalibration(
-                token=_hex(tok), channel=ch, model=model,
-                translation=np.asarray(safe_loads(tr, src + ".translation"), dtype=np.float64).reshape(3),
-                rotation=np.asarray(safe_loads(rot, src + ".rotation"), dtype=np.float64).reshape(4),
-                intrinsic=np.asarray(safe_loads(intr, src + ".intrinsic"), dtype=np.float64).reshape(3, 3),
-                distortion=np.asarray(safe_loads(dist, src + ".distortion"), dtype=np.float64).reshape(-1),
-                width=int(w), height=int(h)))
+                token=_hex(tok), channel=ch, model=model, translation=arr(tr, "translation", (3,)),
+                rotation=arr(rot, "rotation", (4,)), intrinsic=arr(intr, "intrinsic", (3, 3)),
+                distortion=arr(dist, "distortion", (-1,)), width=int(w), height=int(h)))
         order = {c: i for i, c in enumerate(CAMERA_CHANNELS)}
         return tuple(sorted(out, key=lambda c: order.get(c.channel, 99)))
 
@@ -390,9 +397,15 @@ class LogDB:
             rows = self.execute("SELECT lidar_pc_token, lane_connector_id, status FROM traffic_light_status "
                                 f"WHERE lidar_pc_token IN ({ph})", toks) if toks else []
             cols = list(zip(*rows)) if rows else [()] * 3
+            try:
+                conn = np.array(cols[1], dtype=np.int64)
+            except (TypeError, ValueError):
+                bad = next((c for c in cols[1] if not isinstance(c, int)), None)
+                raise SchemaError(self.path, f"traffic_light_status.lane_connector_id must be an integer, "
+                                             f"got {bad!r}") from None
             # unknown strings (e.g. 'GREEN') silently become unknown, as in the devkit
             blk = {"lidx": np.fromiter((pos[bytes(t)] for t in cols[0]), dtype=np.int64, count=len(rows)),
-                   "lane_connector_id": np.array(cols[1], dtype=np.int64),
+                   "lane_connector_id": conn,
                    "status": np.fromiter((TRAFFIC_LIGHT_STATUS.get(v, TL_UNKNOWN) for v in cols[2]), dtype=np.int8,
                                          count=len(rows))}
         cache[key] = blk

@@ -97,7 +97,7 @@ def load_log(path: str | Path) -> list[dict]:
     frames = safe_load_file(path)
     if not isinstance(frames, list):
         raise SchemaError(path, f"expected a list of frame dicts, found {type(frames).__name__}")
-    for k, f in enumerate(frames[:1]):
+    for k, f in enumerate(frames):  # every frame: a bad later one must not surface as an AttributeError
         if not isinstance(f, dict):
             raise SchemaError(path, f"frame {k} is a {type(f).__name__}, expected a dict")
         missing = [key for key in REQUIRED_FRAME_KEYS if key not in f]

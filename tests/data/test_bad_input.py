@@ -18,6 +18,7 @@ from simscale_env.errors import (CorruptFileError, MapError, MissingFileError, S
                                  UnsafePickleError)
 from simscale_env.map import MapAPI, load_map
 from simscale_env.map.gpkg import resolve_map_file
+from tests.conftest import TINY_TAG
 
 
 def test_missing_db(tmp_path):
@@ -148,3 +149,38 @@ def test_cli_prints_one_line_error(tmp_path):
     assert "Traceback" not in r.stderr
     lines = [l for l in r.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and "missing" in lines[0] and lines[0].startswith("simscale: error:")
+
+
+def test_bad_calibration_and_light_rows_name_the_field(tmp_path, tiny_log):
+    p = tmp_path / "badcal.db"
+    shutil.copy(tiny_log, p)
+    c = sqlite3.connect(p)
+    c.execute("UPDATE camera SET intrinsic = ? WHERE channel = 'CAM_F0'", (pickle.dumps([1.0, 2.0]),))
+    c.commit()
+    c.close()
+    with LogDB(p) as db:
+        with pytest.raises(SchemaError, match=r"camera\[CAM_F0\]\.intrinsic: expected a pickled array of shape"):
+            db.cameras
+    p2 = tmp_path / "badlight.db"
+    shutil.copy(tiny_log, p2)
+    c = sqlite3.connect(p2)
+    n = c.execute("SELECT COUNT(*) FROM traffic_light_status").fetchone()[0]
+    c.execute("UPDATE traffic_light_status SET lane_connector_id = NULL")
+    c.commit()
+    c.close()
+    assert n > 0
+    with LogDB(p2) as db:
+        with pytest.raises(SchemaError, match="lane_connector_id must be an integer, got None"):
+            extract_scenario(db, TINY_TAG)
+
+
+def test_openscene_log_with_a_bad_later_frame(tmp_path, mini):
+    from simscale_env.data.openscene import load_log
+
+    src = next((mini / "navsim_logs" / "mini").glob("*.pkl"))
+    frames = load_log(src)
+    frames[5] = "not a frame"
+    p = tmp_path / "bad.pkl"
+    p.write_bytes(pickle.dumps(frames))
+    with pytest.raises(SchemaError, match="frame 5 is a str, expected a dict"):
+        load_log(p)
