@@ -44,9 +44,9 @@ from ..errors import UnknownTokenError
 from ..geometry import global_to_local
 from ..map import load_map
 from ..metrics import ScorerConfig, episode_summary, pseudo_simulate
-from ..metrics.epdms import ScoringScene, score_states
+from ..metrics.epdms import score_states
 from ..metrics.geometry import polyline_project
-from ..metrics.pseudo_sim import MAP_RADIUS, _map_layers, near_map_indices
+from ..metrics.pseudo_sim import scene_from_frames
 from ..render.camera import DEFAULT_CHANNELS, DEFAULT_SIZE
 from ..sim import SimConfig, Simulation
 from ..sim.bicycle import propagate
@@ -422,50 +422,9 @@ class SimScaleEnv(gym.Env):
         return score_states(scene, states)
 
     def _score_segment(self, states, frames):
-        """EPDMS sub-metrics of the executed step against the simulated objects."""
-        import shapely
-
-        sim = self.sim
-        m = sim.map
-        layers = _map_layers(m)
-        near = near_map_indices(m, ego_box(states[0]).mean(axis=0), MAP_RADIUS)
-        tracks, col = [], {}
-        for fr in frames:
-            for t in fr.track:
-                if int(t) not in col:
-                    col[int(t)] = len(tracks)
-                    tracks.append(int(t))
-        T, M = len(frames), len(tracks)
-        corners = np.zeros((T, M, 4, 2))
-        valid = np.zeros((T, M), dtype=bool)
-        first = {}
-        for t, fr in enumerate(frames):
-            if len(fr):
-                idx = np.array([col[int(x)] for x in fr.track])
-                corners[t, idx] = fr.corners()
-                valid[t, idx] = True
-                for j, x in enumerate(fr.track):
-                    first.setdefault(int(x), (fr, j))
-        ag = sim.scenario.agents
-        from ..data.schema import AGENT_CATEGORIES
-
-        heading = np.array([first[t][0].heading[first[t][1]] for t in tracks])
-        speed = np.array([np.hypot(first[t][0].vx[first[t][1]], first[t][0].vy[first[t][1]]) for t in tracks])
-        is_agent = np.array([ag.category[t] in AGENT_CATEGORIES for t in tracks], dtype=bool)
-        it0 = self._worlds[-T].iteration
-        red = tuple(tuple(sorted(sim.red_light_polygons(min(it0 + t, sim.num_iterations - 1),
-                                                        self._route_lanes).items())) for t in range(T))
-        ego_poly = shapely.Polygon(ego_box(states[0]))
-        collided = set()
-        if M:
-            hit = shapely.intersects(shapely.polygons(corners[0, valid[0]]), ego_poly)
-            collided = {ag.track_tokens[tracks[i]] for i, h in zip(np.nonzero(valid[0])[0], hit) if h}
-        scene = ScoringScene(
-            map_ids=tuple(layers["ids"][near]), map_types=tuple(layers["types"][near]),
-            map_polygons=tuple(layers["polys"][near]), route_lane_ids=frozenset(self._route_lanes),
-            centerline=self._centerline, obj_tokens=tuple(ag.track_tokens[t] for t in tracks), obj_is_agent=is_agent,
-            obj_heading=heading, obj_speed=speed, obj_corners=corners, obj_valid=valid, red_light_polygons=red,
-            collided_track_ids=frozenset(collided), human_past_states=None, name="step")
+        """EPDMS sub-metrics of the executed step against the simulated objects (no HC: the step is too short)."""
+        scene = scene_from_frames(self.sim, self._worlds[-len(frames)], frames, route_ids=self._route_lanes,
+                                  centerline=self._centerline, past_states=np.zeros((0, 11)))
         return score_states(scene, states[None], ScorerConfig(), progress_reference=(1.0, 1.0))
 
     def _progress(self, states) -> float:

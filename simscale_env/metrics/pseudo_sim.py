@@ -129,10 +129,28 @@ def scoring_scene(sim: Simulation, world: WorldState, *, ego_states: np.ndarray 
             scene = replace(scene, human_past_states=past if len(past) else None, _cache=scene._cache)
         return scene
     else:
-        osim = sim if sim.config.agent_mode == mode else Simulation(sim.scenario, m, replace(sim.config, agent_mode=mode))
+        osim = sim if sim.config.agent_mode == mode else Simulation(sim.scenario, m,
+                                                                    replace(sim.config, agent_mode=mode))
         for t in range(T):
             it = min(world.iteration + t, last)
             frames.append(osim.objects(WorldState(it, 0, ego, None, None)))
+    return scene_from_frames(sim, world, frames, near=near, route_ids=route_ids, centerline=centerline,
+                             past_states=past_states)
+
+
+def scene_from_frames(sim: Simulation, world: WorldState, frames, *, near=None, route_ids=None, centerline=None,
+                      past_states=None, radius: float = MAP_RADIUS) -> ScoringScene:
+    """A scoring scene from per-step `Objects` (e.g. the agents as simulated over an executed step), starting at
+    `world`: tracks by first appearance, each typed, headed and timed by its first sighting (NAVSIM's
+    unique_objects). `past_states` [H, 11] replace the logged human past for HC (an empty array: no HC)."""
+    from ..data.schema import AGENT_CATEGORIES
+
+    m = sim.map
+    if near is None:
+        near = near_map_indices(m, ego_box(world.ego).mean(axis=0), radius)
+    if route_ids is None:
+        route_ids = frozenset(m.route_lane_ids([r for r in sim.scenario.route_roadblock_ids if r in m.roadblocks]))
+    T = len(frames)
     tracks = []
     seen = {}
     for fr in frames:
@@ -150,12 +168,10 @@ def scoring_scene(sim: Simulation, world: WorldState, *, ego_states: np.ndarray 
             corners[t, idx] = fr.corners()
             valid[t, idx] = True
     ag = sim.scenario.agents
-    from ..data.schema import AGENT_CATEGORIES
-
     heading = np.array([seen[t][0].heading[seen[t][1]] for t in tracks])
     speed = np.array([np.hypot(seen[t][0].vx[seen[t][1]], seen[t][0].vy[seen[t][1]]) for t in tracks])
     is_agent = np.array([ag.category[t] in AGENT_CATEGORIES for t in tracks], dtype=bool)
-    return _assemble_scene(sim, world, tracks, corners, valid, heading, speed, is_agent, near, route_ids,
+    return _assemble_scene(sim, world, tracks, corners, valid, heading, speed, is_agent, near, frozenset(route_ids),
                            centerline, past_states)
 
 
