@@ -103,7 +103,7 @@ class ScoringScene:
                     step_poly.append(keys[key])
                 step_ptr.append(len(step_poly))
             self._cache["red"] = None if not polys else (
-                PolygonSet(polys, grid=False), np.array(step_ptr, dtype=np.int64), np.array(step_poly, dtype=np.int64))
+                PolygonSet(polys), np.array(step_ptr, dtype=np.int64), np.array(step_poly, dtype=np.int64))
         return self._cache["red"]
 
     def type_mask(self, types) -> np.ndarray:

@@ -11,9 +11,10 @@ from numba import njit, prange
 
 
 class PolygonSet:
-    """Polygon exteriors flattened for the kernels, with a uniform grid of candidate polygons per cell."""
+    """Polygon exteriors flattened for the kernels (vertices, ring offsets, bounds) and the extent of a grid of
+    `cell`-sized cells around them (origin, shape)."""
 
-    def __init__(self, polygons, cell: float = 4.0, grid: bool = True):
+    def __init__(self, polygons, cell: float = 4.0):
         import shapely
 
         self.n = len(polygons)
@@ -45,30 +46,6 @@ class PolygonSet:
         nx = int(np.ceil((x1 - x0) / cell)) + 1
         ny = int(np.ceil((y1 - y0) / cell)) + 1
         self.shape = (nx, ny)
-        if grid:
-            self.cell_ptr, self.cell_idx = _bbox_grid(self.bounds, self.origin, self.cell, nx, ny)
-        else:
-            self.cell_ptr = np.zeros(nx * ny + 1, dtype=np.int64)
-            self.cell_idx = np.zeros(0, dtype=np.int64)
-
-    def contains(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Pairs (point index, polygon index) with the point strictly inside the polygon."""
-        p = np.ascontiguousarray(np.asarray(points, dtype=np.float64).reshape(-1, 2))
-        counts = _count_hits(p, self.xy, self.ptr, self.bounds, self.origin, self.cell, self.shape[0], self.shape[1],
-                             self.cell_ptr, self.cell_idx)
-        offs = np.concatenate([[0], np.cumsum(counts)])
-        pi = np.empty(offs[-1], dtype=np.int64)
-        gi = np.empty(offs[-1], dtype=np.int64)
-        _fill_hits(p, self.xy, self.ptr, self.bounds, self.origin, self.cell, self.shape[0], self.shape[1],
-                   self.cell_ptr, self.cell_idx, offs, pi, gi)
-        return pi, gi
-
-    def contains_matrix(self, points: np.ndarray) -> np.ndarray:
-        """Bool [n_polygons, n_points] (use for small point sets only)."""
-        pi, gi = self.contains(points)
-        out = np.zeros((self.n, len(np.asarray(points).reshape(-1, 2))), dtype=bool)
-        out[gi, pi] = True
-        return out
 
 
 # ---------------------------------------------------------------------------------------------- exact predicates
@@ -176,36 +153,6 @@ def _ray_count(pu, pv, u1, v1, u2, v2):
 
 
 @njit(cache=True)
-def _bbox_grid(bounds, origin, cell, nx, ny):
-    """Per grid cell, the polygons whose bounding box touches it (CSR)."""
-    n = len(bounds)
-    counts = np.zeros(nx * ny + 1, dtype=np.int64)
-    for k in range(n):
-        i0 = int((bounds[k, 0] - origin[0]) // cell)
-        i1 = int((bounds[k, 2] - origin[0]) // cell)
-        j0 = int((bounds[k, 1] - origin[1]) // cell)
-        j1 = int((bounds[k, 3] - origin[1]) // cell)
-        for i in range(i0, i1 + 1):
-            for j in range(j0, j1 + 1):
-                counts[i * ny + j + 1] += 1
-    for c in range(nx * ny):
-        counts[c + 1] += counts[c]
-    idx = np.empty(counts[nx * ny], dtype=np.int64)
-    fill = counts[:nx * ny].copy()
-    for k in range(n):
-        i0 = int((bounds[k, 0] - origin[0]) // cell)
-        i1 = int((bounds[k, 2] - origin[0]) // cell)
-        j0 = int((bounds[k, 1] - origin[1]) // cell)
-        j1 = int((bounds[k, 3] - origin[1]) // cell)
-        for i in range(i0, i1 + 1):
-            for j in range(j0, j1 + 1):
-                c = i * ny + j
-                idx[fill[c]] = k
-                fill[c] += 1
-    return counts, idx
-
-
-@njit(cache=True)
 def _slab_edges(xy, ptr, poly_slab, axes, v0s, hs, pos, edges, fill):
     """Every (slab, edge) pair of every polygon: counted into pos[slab] (fill False), or written to
     edges[pos[slab]] with pos advanced (fill True)."""
@@ -296,44 +243,6 @@ def _point_in_ring(px, py, xy, a, b):
             inside = not inside
         j = i
     return inside
-
-
-@njit(cache=True)
-def _count_hits(p, xy, ptr, bounds, origin, cell, nx, ny, cell_ptr, cell_idx):
-    n = len(p)
-    counts = np.zeros(n, dtype=np.int64)
-    for q in range(n):
-        i = int((p[q, 0] - origin[0]) // cell)
-        j = int((p[q, 1] - origin[1]) // cell)
-        if i < 0 or j < 0 or i >= nx or j >= ny:
-            continue
-        c = i * ny + j
-        for r in range(cell_ptr[c], cell_ptr[c + 1]):
-            k = cell_idx[r]
-            if p[q, 0] <= bounds[k, 0] or p[q, 0] >= bounds[k, 2] or p[q, 1] <= bounds[k, 1] or p[q, 1] >= bounds[k, 3]:
-                continue
-            if _point_in_ring(p[q, 0], p[q, 1], xy, ptr[k], ptr[k + 1]):
-                counts[q] += 1
-    return counts
-
-
-@njit(cache=True)
-def _fill_hits(p, xy, ptr, bounds, origin, cell, nx, ny, cell_ptr, cell_idx, offs, pi, gi):
-    for q in range(len(p)):
-        i = int((p[q, 0] - origin[0]) // cell)
-        j = int((p[q, 1] - origin[1]) // cell)
-        if i < 0 or j < 0 or i >= nx or j >= ny:
-            continue
-        c = i * ny + j
-        w = offs[q]
-        for r in range(cell_ptr[c], cell_ptr[c + 1]):
-            k = cell_idx[r]
-            if p[q, 0] <= bounds[k, 0] or p[q, 0] >= bounds[k, 2] or p[q, 1] <= bounds[k, 1] or p[q, 1] >= bounds[k, 3]:
-                continue
-            if _point_in_ring(p[q, 0], p[q, 1], xy, ptr[k], ptr[k + 1]):
-                pi[w] = q
-                gi[w] = k
-                w += 1
 
 
 @njit(cache=True)
@@ -671,7 +580,7 @@ class AreaIndex(PolygonSet):
 
     def __init__(self, polygons, drivable, lane, on_route, intersection, cell: float = 4.0,
                  fine_cell: float = 0.5, max_fine_cells: int = 4_000_000):
-        super().__init__(polygons, cell, grid=False)
+        super().__init__(polygons, cell)
         self.flags = (np.asarray(drivable, bool).astype(np.int64) | (np.asarray(lane, bool).astype(np.int64) << 1)
                       | (np.asarray(on_route, bool).astype(np.int64) << 2)
                       | (np.asarray(intersection, bool).astype(np.int64) << 3)) if self.n else np.zeros(0, np.int64)
