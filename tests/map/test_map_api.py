@@ -42,10 +42,15 @@ def test_baseline_projection(lv):
     lid, s, lat, herr = lv.nearest_baseline(664061.0, 3997001.0, 0.0)
     assert lid == "11" and s == pytest.approx(61.0, abs=1e-6) and lat == pytest.approx(-0.75, abs=1e-6)
     assert herr == pytest.approx(0.0, abs=1e-6)
-    # heading selects among overlapping connectors: the right turn heads south-east at its end
+    # heading selects among nearby baselines: near the end of right turn 103 (heading -83.6 deg there) lane 31 starts
+    # due south (-90 deg), 2.1 m away
     end = lv.lane("103").baseline.xy[-5]
-    lid, *_ = lv.nearest_baseline(end[0], end[1], -np.pi / 2, max_distance=3.0)
-    assert lid in ("103", "31")
+    lid, _, _, herr = lv.nearest_baseline(end[0], end[1], -np.pi / 2, max_distance=3.0)
+    assert lid == "31" and abs(herr) < 1e-6
+    bl = lv.lane("103").baseline
+    h103 = bl.interpolate(bl.project([end])[0][0])[2]
+    lid, *_ = lv.nearest_baseline(end[0], end[1], h103, max_distance=3.0)
+    assert lid == "103"
 
 
 def test_drivable_area(lv):

@@ -103,9 +103,13 @@ def test_oncoming_lane_for_more_than_6m_gives_ddc_0():
     t = 0.5 * np.arange(1, 9)
     into = np.stack([10 * t, np.minimum(3.5 * t, 3.5), np.zeros(8)], -1)  # 3.5 m left: the oncoming lane's centre
     short = np.stack([10 * t, np.where(t <= 0.5, 1.0, 0.0), np.zeros(8)], -1)
-    s = score_states(make_scene(), states_for([into, short, straight(10)]))
+    # a brief swerve to 3.5 m left at 6 m/s: between 2 m and 6 m of oncoming progress within the 1 s window
+    brief = np.stack([6.0 * t, np.where((t >= 1.0) & (t <= 1.5), 3.5, 0.0), np.zeros(8)], -1)
+    s = score_states(make_scene(), states_for([into, short, straight(10), brief]))
     assert s.driving_direction_compliance[0] == 0.0
+    assert s.driving_direction_compliance[1] == 1.0  # 1 m left stays in its own lane
     assert s.driving_direction_compliance[2] == 1.0
+    assert s.driving_direction_compliance[3] == 0.5
     # the same drift inside an intersection is exempt
     s2 = score_states(make_scene(intersection=(-10.0, 200.0)), states_for([into]))
     assert s2.driving_direction_compliance[0] == 1.0
