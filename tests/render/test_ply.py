@@ -73,3 +73,29 @@ def test_bad_ply_files_get_clear_errors(tmp_path):
                      + np.zeros(1, "<f4").tobytes())
     with pytest.raises(SchemaError, match="missing 3DGS vertex properties"):
         read_ply(miss)
+
+
+def test_rigid_transform_moves_means_and_turns_covariances():
+    """transformed(R, t, q): means R m + t and every covariance R S R^T (q composed on the left of each quaternion)."""
+    from simscale_env.geometry import quaternion_to_matrix
+    from simscale_env.render.raster import covariances
+
+    rng = np.random.default_rng(1)
+    n = 200
+    q0 = rng.normal(size=(n, 4))
+    g = Gaussians.create(rng.normal(0, 5, (n, 3)), q0 / np.linalg.norm(q0, axis=1, keepdims=True),
+                         rng.uniform(0.05, 2.0, (n, 3)), rng.uniform(0.1, 1.0, n), rng.normal(0, 1, (n, 1, 3)))
+    q = np.array([np.cos(0.4), 0.3 * np.sin(0.4), -0.2 * np.sin(0.4), 0.93 * np.sin(0.4)])
+    q /= np.linalg.norm(q)
+    R = quaternion_to_matrix(q)
+    t = np.array([10.0, -3.0, 0.5])
+    moved = g.transformed(R, t, q)
+    np.testing.assert_allclose(moved.means, g.means @ R.T + t, atol=1e-4)
+
+    def full(c6):
+        xx, xy, xz, yy, yz, zz = c6.T
+        return np.stack([np.stack([xx, xy, xz], -1), np.stack([xy, yy, yz], -1), np.stack([xz, yz, zz], -1)], -2)
+
+    want = R @ full(covariances(g.quats, g.scales).astype(np.float64)) @ R.T
+    np.testing.assert_allclose(full(covariances(moved.quats, moved.scales).astype(np.float64)), want, atol=2e-4)
+    np.testing.assert_array_equal(moved.sh, g.sh)  # SH not rotated (HUGSIM/MTGS)
