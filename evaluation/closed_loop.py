@@ -20,6 +20,8 @@ def evaluate(agent, env_id: str = "SimScale-navhard-v0", *, seed: int = 0, token
     kw = dict(observation_keys=("ego_status",))
     kw.update(env_kwargs)
     if getattr(agent, "name", "") in ("pdm_closed", "recovery"):
+        if kw.get("pseudo_experts") is False:
+            raise ValueError(f"agent '{agent.name}' drives by info['pseudo_expert']: it needs pseudo_experts=True")
         kw["pseudo_experts"] = True
     env = gym.make(env_id, **kw)
     toks = list(tokens) if tokens is not None else list(env.unwrapped.tokens)
@@ -31,14 +33,12 @@ def evaluate(agent, env_id: str = "SimScale-navhard-v0", *, seed: int = 0, token
     episodes = []
     for k, tok in enumerate(it):
         obs, info = env.reset(seed=seed + k, options={"scenario_token": tok})
-        ret = 0.0
         while True:
             obs, r, term, trunc, info = env.step(agent.act(obs, info))
-            ret += r
             if term or trunc:
                 break
-        ep = dict(info["episode"])
-        ep.update(token=tok, return_=ret, terminated=bool(term))
+        ep = dict(info["episode"])  # the env's closed-loop summary, with the return "r" and length "l"
+        ep.update(token=tok, return_=ep["r"], terminated=bool(term))
         episodes.append(ep)
     env.close()
     return {"agent": getattr(agent, "name", type(agent).__name__), "episodes": episodes,
