@@ -216,11 +216,11 @@ class LogDB:
         """The 20 Hz master clock: every lidar_pc of the merged lidar, ordered by timestamp."""
         if self.lidar_token is not None:
             rows = self.execute(
-                "SELECT lp.token, lp.timestamp, lp.ego_pose_token, lp.scene_token FROM lidar_pc AS lp "
+                "SELECT lp.token, lp.timestamp, lp.ego_pose_token, lp.scene_token, lp.filename FROM lidar_pc AS lp "
                 "WHERE lp.lidar_token = ? ORDER BY lp.timestamp ASC", (self.lidar_token,))
         else:
             rows = self.execute(
-                "SELECT token, timestamp, ego_pose_token, scene_token FROM lidar_pc ORDER BY timestamp ASC")
+                "SELECT token, timestamp, ego_pose_token, scene_token, filename FROM lidar_pc ORDER BY timestamp ASC")
         tokens = [bytes(r[0]) for r in rows]
         return {
             "token": tokens,
@@ -228,6 +228,7 @@ class LogDB:
             "timestamp": np.array([r[1] for r in rows], dtype=np.int64),
             "ego_pose_token": [r[2] for r in rows],
             "scene_token": [_hex(r[3]) for r in rows],
+            "filename": [r[4] for r in rows],
             "index": {t.hex(): i for i, t in enumerate(tokens)},
         }
 

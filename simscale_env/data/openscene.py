@@ -260,12 +260,16 @@ def db_to_openscene(db, map_api=None, *, sample_interval: int = OPENSCENE_SAMPLE
     images = db.images(idx)
     cams = {c.channel: c for c in db.cameras}
     frames = []
+    in_scene: dict = {}  # frame_idx counts within each scene (reference §6)
     for k, i in enumerate(idx):
         tok = db.lidar_pc_tokens[i]
-        x, y, h = ego["x"][k], ego["y"][k], ego["heading"][k]
+        x, y, z, h = ego["x"][k], ego["y"][k], ego["z"][k], ego["heading"][k]
         q = np.array([np.cos(h / 2), 0.0, 0.0, np.sin(h / 2)])
-        ego2global = _mat(quaternion_to_matrix(q), [x, y, 0.0])
+        ego2global = _mat(quaternion_to_matrix(q), [x, y, z])
         scene_tok = db._lidar_pc["scene_token"][i]
+        frame_idx = in_scene.get(scene_tok, 0)
+        in_scene[scene_tok] = frame_idx + 1
+        lidar_file = db._lidar_pc["filename"][i] or f"{db.name}/MergedPointCloud/{tok}.pcd"
         route = scene_route.get(scene_tok, [])
         sel = boxes["frame"] == k
         c, s = np.cos(h), np.sin(h)
@@ -286,16 +290,16 @@ def db_to_openscene(db, map_api=None, *, sample_interval: int = OPENSCENE_SAMPLE
         cmd = np.array([0, 0, 0, 1])
         if map_api is not None and route:
             cmd = driving_command(map_api, route, (x, y, h))
-        can_bus = [x, y, 0.0, *q, ego["ax"][k], ego["ay"][k], 0.0, ego["vx"][k], ego["vy"][k], 0.0, 0.0, 0.0,
+        can_bus = [x, y, z, *q, ego["ax"][k], ego["ay"][k], 0.0, ego["vx"][k], ego["vy"][k], 0.0, 0.0, 0.0,
                    ego["yaw_rate"][k], 0.0, 0.0]
         frames.append({
-            "token": tok, "frame_idx": int(k), "timestamp": int(ts[i]), "log_name": db.name,
+            "token": tok, "frame_idx": int(frame_idx), "timestamp": int(ts[i]), "log_name": db.name,
             "log_token": db.log.token, "scene_name": f"log-0000-{scene_names.get(scene_tok, 'scene')}",
             "scene_token": scene_tok, "map_location": db.map_location, "roadblock_ids": route,
             "vehicle_name": db.log.vehicle_name, "can_bus": [float(v) for v in can_bus],
-            "lidar_path": f"{db.name}/MergedPointCloud/{tok}.pcd",
+            "lidar_path": lidar_file,  # lidar_pc.filename
             "lidar2ego_translation": l_t.tolist(), "lidar2ego_rotation": l_q.tolist(),
-            "ego2global_translation": [float(x), float(y), 0.0], "ego2global_rotation": [float(v) for v in q],
+            "ego2global_translation": [float(x), float(y), float(z)], "ego2global_rotation": [float(v) for v in q],
             "ego2global": ego2global, "lidar2ego": lidar2ego, "lidar2global": ego2global @ lidar2ego,
             "ego_dynamic_state": [float(ego["vx"][k]), float(ego["vy"][k]), float(ego["ax"][k]), float(ego["ay"][k])],
             "traffic_lights": [(int(cid), bool(st == TRAFFIC_LIGHT_NAMES.index("red"))) for cid, st in

@@ -66,3 +66,20 @@ def test_max_scenes_caps_the_whole_split_not_each_log(mini, k):
     """NAVSIM's filter_scenes stops loading once max_scenes scenes are found, across logs."""
     loader = NavsimSceneLoader(mini / "navsim_logs" / "mini", SplitSpec("capped", has_route=False, max_scenes=k))
     assert len(loader.tokens) == k
+
+
+def test_db_to_openscene_fields_follow_openscene(mini_logs, mini):
+    """frame_idx counts within each scene, lidar_path is lidar_pc.filename, the ego keeps its z."""
+    from simscale_env.data.openscene import db_to_openscene
+
+    with LogDB(mini_logs[0]) as db:
+        frames = db_to_openscene(db)
+        fn = {t: f for t, f in zip(db.lidar_pc_tokens, db._lidar_pc["filename"])}
+        z = db.ego_arrays(np.arange(0, len(db.lidar_pc_timestamps), 10))["z"]
+    by_scene: dict = {}
+    for f in frames:
+        by_scene.setdefault(f["scene_token"], []).append(f["frame_idx"])
+    assert len(by_scene) > 1 and all(v == list(range(len(v))) for v in by_scene.values())
+    assert all(f["lidar_path"] == fn[f["token"]] for f in frames)
+    np.testing.assert_array_equal([f["ego2global_translation"][2] for f in frames], z)
+    np.testing.assert_array_equal([f["can_bus"][2] for f in frames], z)
