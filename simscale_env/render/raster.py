@@ -207,6 +207,29 @@ def project(means, cov6, opacities, viewmat, K, width, height, near, far, eps2d,
     return r[0].copy(), m[0].copy(), d[0].copy(), c[0].copy(), o[0].copy()
 
 
+@njit(cache=True)
+def _depth_order(d):
+    """Stable argsort of positive float32 depths (an LSD radix sort on their bit patterns, which order like the
+    values for positive floats; about 8x faster than a merge sort): the order gsplat's radix sort gives."""
+    n = d.shape[0]
+    keys = d.view(np.uint32)
+    idx = np.arange(n)
+    tmp = np.empty(n, dtype=np.int64)
+    for p in range(4):
+        shift = np.uint32(8 * p)
+        count = np.zeros(257, dtype=np.int64)
+        for k in range(n):
+            count[((keys[idx[k]] >> shift) & np.uint32(255)) + 1] += 1
+        for b in range(256):
+            count[b + 1] += count[b]
+        for k in range(n):
+            b = (keys[idx[k]] >> shift) & np.uint32(255)
+            tmp[count[b]] = idx[k]
+            count[b] += 1
+        idx, tmp = tmp, idx
+    return idx
+
+
 @njit(cache=True, parallel=True)
 def bin_tiles(vis, vis_start, radii, m2d, depth, width, height):
     """Tile lists of every camera from its visible Gaussians (vis[vis_start[c]:vis_start[c + 1]], ascending):
@@ -245,7 +268,7 @@ def bin_tiles(vis, vis_start, radii, m2d, depth, width, height):
         d = np.empty(nv, dtype=np.float32)
         for k in range(nv):
             d[k] = depth[c, vis[a + k]]
-        order = np.argsort(d, kind="mergesort")  # stable: equal depths keep index order
+        order = _depth_order(d)  # stable: equal depths keep index order
         fill = counts[c, :nt].copy()
         b0 = base[c]
         for q in range(nv):

@@ -200,3 +200,15 @@ def test_projection_culls_and_sizes_as_gsplats_cuda_kernel():
     assert (got != want).sum() <= 3, ((got != want).sum(), want.sum(), ref_vis.sum())
     both = got & want
     assert np.mean((radii[both, 0] == rx[both]) & (radii[both, 1] == ry[both])) > 0.995
+
+
+def test_depth_order_is_a_stable_sort():
+    from simscale_env.render.raster import _depth_order
+
+    rng = np.random.default_rng(9)
+    d = rng.uniform(0.01, 500.0, 20000).astype(F)
+    d[::3] = d[5]  # many ties: index order must be kept
+    d[7] = np.float32(1e-30)
+    d[8] = np.float32(3e38)
+    np.testing.assert_array_equal(_depth_order(d), np.argsort(d, kind="stable"))
+    assert len(_depth_order(np.zeros(0, F))) == 0
