@@ -567,8 +567,11 @@ class SimScaleEnv(gym.Env):
             cams = self._last_render.rgb
         else:
             cams = self._renderer().render(w.ego, objs, with_depth=False).rgb
-        bev = BEVRenderer(self.sim.map, self._route_lanes, size=max(256, self.config.height * 2)).rgb(
-            w.ego, objs, ego_box=ego_box(w.ego), plans=self._last_plans)
+        size = max(256, self.config.height * 2)
+        key = (id(self.sim), size)
+        if getattr(self, "_render_bev", None) is None or self._render_bev[0] != key:  # one per scenario, not per frame
+            self._render_bev = (key, self.sim, BEVRenderer(self.sim.map, self._route_lanes, size=size))
+        bev = self._render_bev[2].rgb(w.ego, objs, ego_box=ego_box(w.ego), plans=self._last_plans)
         return mosaic(cams, bev)
 
 
