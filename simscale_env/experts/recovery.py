@@ -26,8 +26,10 @@ DAgger-style corrections. Construction here:
    human's own driving), safety by the EPDMS engine (NC, DAC, DDC and TLC all 1 against log-replay agents), and the
    rejoin itself: within 0.5 m, 3 deg and 0.5 m/s of the (shifted) log from some time up to the horizon
    (`measured_rejoin`).
-6. Of the candidates passing all checks, an exact one is preferred, then the earliest measured rejoin (ties: the
-   earlier T_j); it is returned with source "recovery". When the comfortable, safe candidates all fall short of the
+6. Of the candidates passing all checks, the one with the earliest measured rejoin (ties: the earlier T_j) is
+   returned with source "recovery"; an exact one (the log's own timing) is preferred unless it rejoins more than
+   `exact_preference_s` (0.5 s) later. A fixed preference for exact candidates made later replans of a time-shifted
+   recovery flip back to the log's timing and brake (or speed up) to catch it, leaving the log again. When the comfortable, safe candidates all fall short of the
    log at the horizon, the one ending closest to it is returned (`info["rejoins_within_horizon"]` False; the next
    replan carries on). If no candidate is comfortable and safe, PDM-Closed's plan is returned with source
    "recovery->pdm_closed" and the reason in `info["fallback_reason"]`.
@@ -66,6 +68,8 @@ class RecoveryConfig:
     rejoin_position_m: float = 0.5
     rejoin_heading_rad: float = 0.0524  # 3 deg
     rejoin_speed_mps: float = 0.5
+    # an exact candidate (the log's own timing) is preferred to a time-shifted one rejoining up to this much earlier
+    exact_preference_s: float = 0.5
     aim_iterations: int = 2  # shooting corrections of the exact candidates for the tracking lag
     safety_agent_mode: str = "non_reactive"  # agents the safety check scores against
     require_comfort: bool = True
@@ -77,6 +81,8 @@ class RecoveryConfig:
                              f"got {self.rejoin_times_s}")
         if not self.lateral_fractions or not all(0.0 < f <= 1.0 for f in self.lateral_fractions):
             raise ValueError(f"lateral_fractions must be non-empty and in (0, 1], got {self.lateral_fractions}")
+        if not self.exact_preference_s >= 0.0:
+            raise ValueError(f"exact_preference_s must be >= 0, got {self.exact_preference_s}")
         if self.safety_agent_mode not in ("non_reactive", "constant_velocity"):
             raise ValueError(f"safety_agent_mode must be 'non_reactive' or 'constant_velocity', "
                              f"got {self.safety_agent_mode!r}")
@@ -300,9 +306,13 @@ def recovery_plan(sim: Simulation, world: WorldState, config: RecoveryConfig = R
     partial = np.nonzero(comfy & safe)[0]
     if len(ok) or len(partial):
         if len(ok):
+            # the earliest measured rejoin (argmin: the earlier T_j on ties), the log itself over its shifted copy
+            # unless that rejoins more than `exact_preference_s` later (a fixed preference flips a time-shifted
+            # recovery back to the log's own timing at a later replan: braking or speeding up to catch it)
             exact = np.array([labels[i][1] == "exact" for i in ok])
-            pool = ok[exact] if exact.any() else ok  # the log itself when possible, else its shifted copy
-            k = int(pool[np.argmin(rejoin[pool])])  # the earliest measured rejoin (argmin: the first on ties)
+            k = int(ok[np.argmin(rejoin[ok])])
+            if exact.any() and rejoin[ok[exact]].min() <= rejoin[k] + config.exact_preference_s:
+                k = int(ok[exact][np.argmin(rejoin[ok[exact]])])
         else:
             # safe and comfortable but still short of the log at the horizon: the one ending closest to it (the
             # next replan continues the recovery)

@@ -78,6 +78,8 @@ def test_recovery_config_is_validated_by_construction():
         RecoveryConfig(rejoin_times_s=(5.0,))
     with pytest.raises(ValueError, match="lateral_fractions"):
         RecoveryConfig(lateral_fractions=(0.0,))
+    with pytest.raises(ValueError, match="exact_preference_s"):
+        RecoveryConfig(exact_preference_s=float("nan"))
     with pytest.raises(ValueError, match="safety_agent_mode"):
         RecoveryConfig(safety_agent_mode="reactive")
 
@@ -122,3 +124,25 @@ def test_standing_log_the_recovery_never_reverses_and_keeps_a_sane_heading(arter
     assert np.all(np.abs(plan.poses[:, 2]) < 0.05)  # rear-axle frame: no turning in place
     assert np.all(np.diff(np.r_[0.0, plan.poses[:, 0]]) >= -0.05)  # never backwards
     assert plan.states[:, 3].min() >= -0.05
+
+
+def test_closed_loop_a_faster_start_rejoins_and_stays_rejoined(arterial):
+    """Closed loop, replanning every 0.5 s: a start 30 % faster than the log settles on the logged path (shifted
+    ahead, at the logged speed) within 4 s and stays there. Later replans must not flip back to the log's own timing
+    and brake to fall back into it (that left the ego 1.1 m/s slower than the log at 4 s)."""
+    from simscale_env.experts import drive, logged_reference
+    from simscale_env.geometry import wrap_angle
+
+    sim, pose = _logged_sim(arterial, speed=12.4)
+    modes = []
+    ws = drive(sim, sim.reset(_offset_start(pose, 0.6, 16.1, heading=-0.06)), lambda s, w: recovery_plan(s, w), 40,
+               replan_every=5, on_plan=lambda w, p: modes.append(p.info["mode"]))
+    assert modes == ["time_shifted"] * 8
+    ref = logged_reference(sim, 0, 4.0)
+    ego = np.stack([w.ego for w in ws])
+    s, lat, _ = ref.path.project(ego[:, :2])
+    herr = np.abs(wrap_angle(ego[:, 2] - ref.path.interpolate(s)[:, 2]))
+    ok = (np.abs(lat) <= 0.5) & (herr <= np.radians(3)) & (np.abs(ego[:, 3] - 12.4) <= 0.5)
+    assert len(ok) == 41 and ok[-1]
+    first = 40 - int(np.argmin(ok[::-1])) + 1 if not ok.all() else 0  # within from here to 4 s
+    assert ok[first:].all() and first <= 30  # rejoined by 3 s at the latest, and stays
