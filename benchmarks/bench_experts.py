@@ -38,6 +38,8 @@ def main(argv) -> int:
     ap.add_argument("--limit", type=int, default=None, help="only the first N scenarios")
     ap.add_argument("--steps", type=int, default=None, help="episode length in steps (default: to the end)")
     ap.add_argument("--starts", type=int, default=3, help="perturbed starts per scenario (default 3)")
+    ap.add_argument("--emergency-brake", action="store_true",
+                    help="PDM-Closed (and the recovery fallback) with tuplan's emergency brake")
     ap.add_argument("--max-draws", type=int, default=20, help="perturbations tried per scenario for a valid start")
     ap.add_argument("--reachable-window", type=float, default=None, metavar="S",
                     help="opt-in sampler: lateral/heading offsets bounded by the logged travel over the last S seconds")
@@ -52,7 +54,7 @@ def main(argv) -> int:
     from simscale_env.data import ScenarioBuilder
     from simscale_env.data.openscene import load_split
     from simscale_env.data.paths import DataConfig, ensure_mini
-    from simscale_env.experts import PDMClosedPlanner, drive, logged_reference, recovery_plan
+    from simscale_env.experts import PDMClosedConfig, PDMClosedPlanner, drive, logged_reference, recovery_plan
     from simscale_env.map import load_map
     from simscale_env.metrics import episode_summary
     from simscale_env.sim import SimConfig, Simulation
@@ -66,6 +68,7 @@ def main(argv) -> int:
     pert = PERTURBATION_DEFAULTS.get(args.split, PERTURBATION_DEFAULTS["navhard"])
     if args.reachable_window is not None:
         pert = dataclasses.replace(pert, reachable_window_s=args.reachable_window)
+    pdm_cfg = PDMClosedConfig(emergency_brake=args.emergency_brake)
     rows = []
     rejected = skipped = 0
     plan_times: list[float] = []
@@ -112,7 +115,7 @@ def main(argv) -> int:
         moves = float(np.interp(4.0, ref.times, ref.s) - np.interp(0.0, ref.times, ref.s)) >= 5.0
         for j, (p, start) in enumerate(starts):
             # (a) PDM-Closed, every step
-            pdm = PDMClosedPlanner()
+            pdm = PDMClosedPlanner(pdm_cfg)
 
             def timed(s, w, pdm=pdm):
                 t = time.perf_counter()
@@ -124,7 +127,7 @@ def main(argv) -> int:
             s_pdm = episode_summary(sim, ws, human=human)
             # (b) recovery, every 0.5 s
             first = []
-            ws_r = drive(sim, sim.reset(start), lambda s, w: recovery_plan(s, w, fallback=PDMClosedPlanner()),
+            ws_r = drive(sim, sim.reset(start), lambda s, w: recovery_plan(s, w, fallback=PDMClosedPlanner(pdm_cfg)),
                          steps, replan_every=5, on_plan=lambda w, plan: first.append(plan) if not first else None)
             s_rec = episode_summary(sim, ws_r, human=human)
             rejoined = closed_loop_rejoin(ref, ws_r)

@@ -23,8 +23,10 @@ DAgger-style corrections. Construction here:
    so a speed change leaves an along-track lag it never makes up: exact candidates are re-aimed ahead by their
    tracked lag at the horizon and tracked again (twice).
 5. Checks on the tracked states: the six EPDMS comfort bounds over the recovery (0..T_j; the log after it is the
-   human's own driving), safety by the EPDMS engine (NC, DAC, DDC and TLC all 1 against log-replay agents), and the
-   rejoin itself: within 0.5 m, 3 deg and 0.5 m/s of the (shifted) log from some time up to the horizon
+   human's own driving), safety by the EPDMS engine (NC, DAC, DDC and TLC all 1 against log-replay agents, after
+   NAVSIM's human false-positive filter on TLC: a red light the logged human itself touches over the same horizon,
+   as a car waiting over the stop line when its light turns red does, does not veto rejoining it; collisions and
+   leaving the road always do), and the rejoin itself: within 0.5 m, 3 deg and 0.5 m/s of the (shifted) log from some time up to the horizon
    (`measured_rejoin`).
 6. Of the candidates passing all checks, the one with the earliest measured rejoin (ties: the earlier T_j) is
    returned with source "recovery"; an exact one (the log's own timing) is preferred unless it rejoins more than
@@ -72,6 +74,11 @@ class RecoveryConfig:
     exact_preference_s: float = 0.5
     aim_iterations: int = 2  # shooting corrections of the exact candidates for the tracking lag
     safety_agent_mode: str = "non_reactive"  # agents the safety check scores against
+    # NAVSIM's human false-positive filter in the safety check, on these metrics (the logged human scored over the
+    # same horizon and scene): a metric the human's own drive fails cannot veto rejoining it. TLC only by default:
+    # NAVSIM's TLC has no exemption for a car already over the stop line when its light turns red, while a
+    # collision or leaving the road in the log must still veto following it there
+    human_filtered_metrics: tuple[str, ...] = ("traffic_light_compliance",)
     require_comfort: bool = True
     lqr: LQRConfig = field(default_factory=LQRConfig)
 
@@ -83,6 +90,10 @@ class RecoveryConfig:
             raise ValueError(f"lateral_fractions must be non-empty and in (0, 1], got {self.lateral_fractions}")
         if not self.exact_preference_s >= 0.0:
             raise ValueError(f"exact_preference_s must be >= 0, got {self.exact_preference_s}")
+        allowed = ("no_at_fault_collisions", "drivable_area_compliance", "driving_direction_compliance",
+                   "traffic_light_compliance")
+        if not set(self.human_filtered_metrics) <= set(allowed):
+            raise ValueError(f"human_filtered_metrics must be among {allowed}, got {self.human_filtered_metrics}")
         if self.safety_agent_mode not in ("non_reactive", "constant_velocity"):
             raise ValueError(f"safety_agent_mode must be 'non_reactive' or 'constant_velocity', "
                              f"got {self.safety_agent_mode!r}")
@@ -297,7 +308,15 @@ def recovery_plan(sim: Simulation, world: WorldState, config: RecoveryConfig = R
             comfy[sel] = comfort_checks(states[sel, :n], config.dt).all(axis=-1)
     scene = scoring_scene(sim, world, agent_mode=config.safety_agent_mode)
     scores = score_states(scene, states)
-    safe = scores.multiplicative_metrics_prod == 1.0
+    safe_scores = scores
+    if config.human_filtered_metrics:
+        # NAVSIM's false-positive filter, on these metrics only: one the logged human itself fails over the horizon
+        # (TLC for a car waiting over the stop line when its light turns red) does not veto rejoining that log
+        it = np.minimum(world.iteration + np.arange(steps + 1), sim.num_iterations - 1)
+        human = score_states(scene, np.stack([sim.logged_ego_state(int(i)) for i in it])[None])
+        safe_scores = scores.replace(**{k: np.where(getattr(human, k)[0] == 0.0, 1.0, getattr(scores, k))
+                                        for k in config.human_filtered_metrics})
+    safe = safe_scores.multiplicative_metrics_prod == 1.0
     rejoin = measured_rejoin(states, targets, config)
     ok = np.nonzero(comfy & safe & np.isfinite(rejoin))[0]
     info = {"candidates": [{"rejoin_s": T, "mode": m, "shift_m": sh, "lateral_fraction": fr, "comfortable": bool(c),

@@ -11,7 +11,7 @@ from simscale_env.sim import SimConfig, Simulation
 from simscale_env.sim.state import make_state
 from simscale_env.sim.world import ego_box
 
-from .conftest import LANE, ROUTE
+from .conftest import CONNECTOR, LANE, ROUTE
 
 
 def _logged_sim(m, speed=10.0, objects=()):
@@ -72,12 +72,31 @@ def test_falls_back_to_pdm_closed_when_every_rejoin_collides(arterial):
     assert plan.poses.shape == (8, 3)
 
 
+def test_a_red_light_the_logged_human_itself_runs_does_not_veto_rejoining_it(arterial):
+    """NAVSIM's human false-positive filter on TLC: the log crosses a connector whose light is red (as a car waiting
+    over the stop line when the light turns red does under NAVSIM's TLC); the recovery still rejoins it. Without
+    the filter every candidate fails TLC and the expert falls back to PDM-Closed, which stops at the light."""
+    lane = arterial.lanes[LANE]
+    pose = lane.baseline.interpolate(lane.length - 20.0)
+    sc = synthetic_scenario("us-ma-boston", ROUTE, ego_pose=pose, ego_speed=10.0, red_connectors=[CONNECTOR])
+    sim = Simulation(sc, arterial, SimConfig(agent_mode="non_reactive"))
+    w = sim.reset(_offset_start(pose, 1.0, 10.0))
+    plan = recovery_plan(sim, w)
+    assert plan.source == "recovery" and plan.info["rejoins_within_horizon"]
+    assert plan.scores.traffic_light_compliance[plan.index] == 0.0  # the raw engine score is kept in the plan
+    strict = recovery_plan(sim, w, RecoveryConfig(human_filtered_metrics=()))
+    assert strict.source == "recovery->pdm_closed" and strict.info["fallback_reason"] == "no safe candidate"
+    assert all(c["safe"] is False for c in strict.info["candidates"])
+
+
 def test_recovery_config_is_validated_by_construction():
     assert RecoveryConfig(rejoin_times_s=(3.0,), time_shifted=False).rejoin_times_s == (3.0,)
     with pytest.raises(ValueError, match="rejoin_times_s"):
         RecoveryConfig(rejoin_times_s=(5.0,))
     with pytest.raises(ValueError, match="lateral_fractions"):
         RecoveryConfig(lateral_fractions=(0.0,))
+    with pytest.raises(ValueError, match="human_filtered_metrics"):
+        RecoveryConfig(human_filtered_metrics=("ego_progress",))
     with pytest.raises(ValueError, match="exact_preference_s"):
         RecoveryConfig(exact_preference_s=float("nan"))
     with pytest.raises(ValueError, match="safety_agent_mode"):
