@@ -171,13 +171,18 @@ def logged_reference(sim: Simulation, iteration: int, horizon_s: float = 4.0, ma
         times = np.concatenate([times, times[-1] + extra])
         speed = np.concatenate([speed, np.full_like(extra, v_end)])
     seg = np.hypot(*np.diff(poses[:, :2], axis=0).T)
-    s = np.concatenate([[0.0], np.cumsum(seg)])
-    if s[-1] > 1e-6:
+    # the path starts `back_m` behind the first logged pose, straight along its heading, so that an ego behind a log
+    # that stood still until now projects onto it (not onto its clamped end, which reads as a lateral offset)
+    back_m = 30.0
+    s = back_m + np.concatenate([[0.0], np.cumsum(seg)])
+    h0 = poses[0, 2]
+    u0 = np.array([np.cos(h0), np.sin(h0)])
+    if s[-1] - back_m > 1e-6:
         # vertices closer than 1e-9 m are dropped, so the path's arc length equals the log's cumulative distance
-        path = Polyline.from_xy(poses[:, :2], wrap_angle(poses[:, 2]))
+        path = Polyline.from_xy(np.concatenate([[poses[0, :2] - back_m * u0], poses[:, :2]]),
+                                wrap_angle(np.concatenate([[h0], poses[:, 2]])))
     else:  # a log standing still: a straight line along its heading
-        h = poses[0, 2]
-        path = Polyline.from_xy(np.stack([poses[0, :2], poses[0, :2] + 50.0 * np.array([np.cos(h), np.sin(h)])]))
+        path = Polyline.from_xy(np.stack([poses[0, :2] - back_m * u0, poses[0, :2], poses[0, :2] + 50.0 * u0]))
     acc = np.gradient(speed, dt) if len(speed) > 1 else np.zeros_like(speed)
     return LoggedReference(path, times, s, speed, acc)
 

@@ -165,3 +165,21 @@ def test_closed_loop_a_faster_start_rejoins_and_stays_rejoined(arterial):
     assert len(ok) == 41 and ok[-1]
     first = 40 - int(np.argmin(ok[::-1])) + 1 if not ok.all() else 0  # within from here to 4 s
     assert ok[first:].all() and first <= 30  # rejoined by 3 s at the latest, and stays
+
+
+@pytest.mark.parametrize("behind_m", [1.5, 3.0])
+def test_standing_log_a_start_behind_it_is_on_its_path_and_rejoins(arterial, behind_m):
+    """A start behind a logged ego that has stood still: it lies on the log's path (no lateral offset read off the
+    path's clamped end), so the expert holds or creeps up instead of falling back for want of travel."""
+    from simscale_env.experts import logged_reference
+
+    sim, pose = _logged_sim(arterial, speed=0.0)
+    start = _offset_start(pose, 0.0, 0.0)
+    start[0] -= np.cos(pose[2]) * behind_m
+    start[1] -= np.sin(pose[2]) * behind_m
+    ref = logged_reference(sim, 0)
+    s, lat, _ = ref.path.project(start[None, :2])
+    assert abs(lat[0]) < 1e-9 and s[0] == pytest.approx(ref.s[0] - behind_m)
+    plan = recovery_plan(sim, sim.reset(start))
+    assert plan.source == "recovery" and plan.info["rejoins_within_horizon"]
+    assert np.all(np.diff(np.r_[0.0, plan.poses[:, 0]]) >= -0.05) and plan.states[:, 3].min() >= -0.05
