@@ -15,6 +15,10 @@ expert, is within 0.5 m of the logged path, 3 deg of its heading and 0.5 m/s of 
 (`closed_loop_rejoin`). `recovery_rejoin_rate_moving_log` counts only starts whose logged ego moves >= 5 m in those
 4 s (a standing log with an ego offset sideways cannot be rejoined driving forward).
 
+PDM-Closed is NAVSIM's copy, the env's pseudo-expert (`pdm_closed_*`); it is run a second time with tuplan's
+emergency brake (`pdm_closed_brake_*`, the closed-loop PDM-Closed of the nuPlan challenge; `pdm_closed_brake_share`:
+the share of its calls that braked; `--no-brake-variant` skips it). `plan_ms` times NAVSIM's copy.
+
 Targets (issue 5): PDM-Closed mean episode EPDMS >= 0.85, at-fault collision rate <= 3 %, off-road rate <= 2 %; the
 recovery expert rejoins within 4 s in >= 90 % of the starts; PDM-Closed planning <= 20 ms per call on one core.
 """
@@ -38,8 +42,8 @@ def main(argv) -> int:
     ap.add_argument("--limit", type=int, default=None, help="only the first N scenarios")
     ap.add_argument("--steps", type=int, default=None, help="episode length in steps (default: to the end)")
     ap.add_argument("--starts", type=int, default=3, help="perturbed starts per scenario (default 3)")
-    ap.add_argument("--emergency-brake", action="store_true",
-                    help="PDM-Closed (and the recovery fallback) with tuplan's emergency brake")
+    ap.add_argument("--no-brake-variant", dest="brake_variant", action="store_false",
+                    help="skip the second PDM-Closed run with tuplan's emergency brake")
     ap.add_argument("--max-draws", type=int, default=20, help="perturbations tried per scenario for a valid start")
     ap.add_argument("--reachable-window", type=float, default=None, metavar="S",
                     help="opt-in sampler: lateral/heading offsets bounded by the logged travel over the last S seconds")
@@ -68,10 +72,10 @@ def main(argv) -> int:
     pert = PERTURBATION_DEFAULTS.get(args.split, PERTURBATION_DEFAULTS["navhard"])
     if args.reachable_window is not None:
         pert = dataclasses.replace(pert, reachable_window_s=args.reachable_window)
-    pdm_cfg = PDMClosedConfig(emergency_brake=args.emergency_brake)
     rows = []
     rejected = skipped = 0
     plan_times: list[float] = []
+    brakes: list[bool] = []
     t_start = time.perf_counter()
     for n, tok in enumerate(tokens):
         sc = builder.load(tok)
@@ -114,25 +118,18 @@ def main(argv) -> int:
         ref = logged_reference(sim, 0, 4.0)
         moves = float(np.interp(4.0, ref.times, ref.s) - np.interp(0.0, ref.times, ref.s)) >= 5.0
         for j, (p, start) in enumerate(starts):
-            # (a) PDM-Closed, every step
-            pdm = PDMClosedPlanner(pdm_cfg)
-
-            def timed(s, w, pdm=pdm):
-                t = time.perf_counter()
-                out = pdm.plan(s, w)
-                plan_times.append(time.perf_counter() - t)
-                return out
-
-            ws = drive(sim, sim.reset(start), timed, steps, replan_every=1)
-            s_pdm = episode_summary(sim, ws, human=human)
+            # (a) PDM-Closed, every step: NAVSIM's (the env's pseudo-expert) and, beside it, with tuplan's brake
+            s_pdm = run_pdm(sim, start, steps, human, PDMClosedConfig(), times=plan_times)
+            s_brk = (run_pdm(sim, start, steps, human, PDMClosedConfig(emergency_brake=True), braked=brakes)
+                     if args.brake_variant else None)
             # (b) recovery, every 0.5 s
             first = []
-            ws_r = drive(sim, sim.reset(start), lambda s, w: recovery_plan(s, w, fallback=PDMClosedPlanner(pdm_cfg)),
+            ws_r = drive(sim, sim.reset(start), lambda s, w: recovery_plan(s, w, fallback=PDMClosedPlanner()),
                          steps, replan_every=5, on_plan=lambda w, plan: first.append(plan) if not first else None)
             s_rec = episode_summary(sim, ws_r, human=human)
             rejoined = closed_loop_rejoin(ref, ws_r)
-            rows.append({"token": tok, "type": sc.scenario_type, "pdm": s_pdm, "rec": s_rec, "human": s_h,
-                         "moves": moves, "rec_source": first[0].source if first else "",
+            rows.append({"token": tok, "type": sc.scenario_type, "pdm": s_pdm, "brake": s_brk, "rec": s_rec,
+                         "human": s_h, "moves": moves, "rec_source": first[0].source if first else "",
                          "rec_plan_rejoins": bool(first and first[0].source == "recovery"), "rec_rejoined": rejoined})
             pd = {k: round(v, 2) for k, v in p.as_dict().items()}
             print(f"[{n + 1}/{len(tokens)}] {tok}#{j} {sc.scenario_type:<32} "
@@ -142,6 +139,7 @@ def main(argv) -> int:
                   f"tlc {s_pdm['traffic_light_compliance']:.0f} ep {s_pdm['ego_progress']:.2f} "
                   f"ttc {s_pdm['time_to_collision_within_bound']:.0f} lk {s_pdm['lane_keeping']:.0f} "
                   f"hc {s_pdm['history_comfort']:.0f}) "
+                  + (f"braking {s_brk['epdms']:.3f} (nc {s_brk['no_at_fault_collisions']:.1f}) " if s_brk else "") +
                   f"recovery {s_rec['epdms']:.3f} (nc {s_rec['no_at_fault_collisions']:.1f} "
                   f"dac {s_rec['drivable_area_compliance']:.0f} ddc {s_rec['driving_direction_compliance']:.1f} "
                   f"tlc {s_rec['traffic_light_compliance']:.0f} ttc {s_rec['time_to_collision_within_bound']:.0f} "
@@ -164,6 +162,11 @@ def main(argv) -> int:
         "pdm_closed_epdms": round(mean("epdms", "pdm"), 4),
         "pdm_closed_collision_rate": round(float(np.mean([r["pdm"]["at_fault_collision"] for r in rows])), 4),
         "pdm_closed_offroad_rate": round(float(np.mean([r["pdm"]["off_road"] for r in rows])), 4),
+        **({"pdm_closed_brake_epdms": round(mean("epdms", "brake"), 4),
+            "pdm_closed_brake_collision_rate": round(float(np.mean([r["brake"]["at_fault_collision"] for r in rows])),
+                                                     4),
+            "pdm_closed_brake_offroad_rate": round(float(np.mean([r["brake"]["off_road"] for r in rows])), 4),
+            "pdm_closed_brake_share": round(float(np.mean(brakes)), 4)} if args.brake_variant else {}),
         "recovery_rejoin_rate": round(float(np.mean([r["rec_rejoined"] for r in rows])), 4),
         "recovery_rejoin_rate_moving_log": round(
             float(np.mean([r["rec_rejoined"] for r in rows if r["moves"]] or [np.nan])), 4),
@@ -173,10 +176,32 @@ def main(argv) -> int:
         "human_epdms": round(mean("epdms", "human"), 4),
         "plan_ms": round(1000 * float(np.mean(plan_times)), 2),
         "plan_ms_p95": round(1000 * float(np.percentile(plan_times, 95)), 2),
+        "perturbation": ("teleport" if pert.reachable_window_s is None
+                         else f"reachable over {pert.reachable_window_s:g} s"),
         "seconds": round(time.perf_counter() - t_start, 1),
     }
     print(json.dumps(out))
     return 0
+
+
+def run_pdm(sim, start, steps, human, config, times=None, braked=None) -> dict:
+    """The episode summary of PDM-Closed (`config`) replanning every step from `start`; appends each call's time to
+    `times` and whether it braked to `braked`."""
+    from simscale_env.experts import PDMClosedPlanner, drive
+    from simscale_env.metrics import episode_summary
+
+    pdm = PDMClosedPlanner(config)
+
+    def timed(s, w):
+        t = time.perf_counter()
+        out = pdm.plan(s, w)
+        if times is not None:
+            times.append(time.perf_counter() - t)
+        if braked is not None:
+            braked.append(out.source == "emergency_brake")
+        return out
+
+    return episode_summary(sim, drive(sim, sim.reset(start), timed, steps, replan_every=1), human=human)
 
 
 def closed_loop_rejoin(ref, worlds, dt: float = 0.1, horizon_s: float = 4.0, position_m: float = 0.5,

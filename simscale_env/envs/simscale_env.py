@@ -24,7 +24,8 @@ Reward of a decision step t (documented, EPDMS-derived):
   RecordEpisodeStatistics would replace or refuse the key: give the latter another `stats_key`).
 
 `info["pseudo_expert"] = {"pdm_closed": poses [8, 3], "recovery": poses [8, 3]}` for the state just observed (the
-same action format), unless `pseudo_experts=False`.
+same action format), unless `pseudo_experts=False`. PDM-Closed is NAVSIM's; `expert_emergency_brake=True` adds
+tuplan's emergency brake.
 """
 
 from __future__ import annotations
@@ -83,6 +84,11 @@ class EnvConfig:
     replan_interval: float = 0.5
     episode_steps: int | None = None  # decision steps (default: to the scenario's end)
     pseudo_experts: bool = True
+    # the PDM-Closed pseudo-expert with tuplan's emergency brake (opt-in; NAVSIM's copy never calls it). Not the
+    # default: its abrupt straight-line stop, sampled as 8 poses at 0.5 s, makes the LQR's fitted reference speed dip
+    # below zero, and the ego backs up after stopping (mini-navhard `simscale evaluate`: PDM-Closed 0.885 without,
+    # 0.814 with one at-fault collision)
+    expert_emergency_brake: bool = False
     plan_scoring: str | None = "non_reactive"  # pseudo-simulation of the submitted plan; None turns it off
     perturbation: PerturbationConfig | None = None  # default: the split's (PERTURBATION_DEFAULTS)
     perturb: bool = True
@@ -539,9 +545,9 @@ class SimScaleEnv(gym.Env):
                 "episode_steps": self._n_steps,
                 "perturbation": asdict(self.perturbation) if self.perturbation is not None else None}
         if self.config.pseudo_experts:
-            from ..experts import PDMClosedPlanner, recovery_plan
+            from ..experts import PDMClosedConfig, PDMClosedPlanner, recovery_plan
 
-            planner = PDMClosedPlanner()
+            planner = PDMClosedPlanner(PDMClosedConfig(emergency_brake=self.config.expert_emergency_brake))
             self._pdm = planner.plan(self.sim, w)
             rec = recovery_plan(self.sim, w, fallback_plan=self._pdm)
             info["pseudo_expert"] = {"pdm_closed": self._pdm.poses.astype(np.float32),

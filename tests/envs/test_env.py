@@ -88,6 +88,21 @@ def test_info_holds_experts_scores_and_context():
     assert terms["progress"] > 0  # the expert moves along the route
 
 
+@pytest.mark.parametrize("brake", [True, False])
+def test_pdm_closed_pseudo_expert_brake_option_reaches_the_planner(monkeypatch, brake):
+    """The env's PDM-Closed is NAVSIM's (no brake) unless `expert_emergency_brake=True` (tuplan's)."""
+    from simscale_env.experts import PDMClosedPlanner
+
+    seen = []
+    plan = PDMClosedPlanner.plan
+    monkeypatch.setattr(PDMClosedPlanner, "plan", lambda self, *a, **k: seen.append(self.config.emergency_brake)
+                        or plan(self, *a, **k))
+    kw = {"expert_emergency_brake": True} if brake else {}
+    env = gym.make("SimScale-navhard-v0", perturb=False, valid_start=False, plan_scoring=None, **SMALL, **kw)
+    env.reset(seed=0)
+    assert seen == [brake]
+
+
 def test_actions_are_checked():
     env = gym.make("SimScale-navhard-v0", pseudo_experts=False, **SMALL)
     env.reset(seed=0)
