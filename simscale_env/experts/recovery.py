@@ -26,15 +26,17 @@ DAgger-style corrections. Construction here:
    human's own driving), safety by the EPDMS engine (NC, DAC, DDC and TLC all 1 against log-replay agents, after
    NAVSIM's human false-positive filter on TLC: a red light the logged human itself touches over the same horizon,
    as a car waiting over the stop line when its light turns red does, does not veto rejoining it; collisions and
-   leaving the road always do), and the rejoin itself: within 0.5 m, 3 deg and 0.5 m/s of the (shifted) log from some time up to the horizon
-   (`measured_rejoin`).
+   leaving the road always do), and the rejoin itself: within 0.5 m, 3 deg and 0.5 m/s of the (shifted) log from
+   some time up to the horizon (`measured_rejoin`).
 6. Of the candidates passing all checks, the one with the earliest measured rejoin (ties: the earlier T_j) is
    returned with source "recovery"; an exact one (the log's own timing) is preferred unless it rejoins more than
-   `exact_preference_s` (0.5 s) later. A fixed preference for exact candidates made later replans of a time-shifted
-   recovery flip back to the log's timing and brake (or speed up) to catch it, leaving the log again. When the comfortable, safe candidates all fall short of the
-   log at the horizon, the one ending closest to it is returned (`info["rejoins_within_horizon"]` False; the next
-   replan carries on). If no candidate is comfortable and safe, PDM-Closed's plan is returned with source
-   "recovery->pdm_closed" and the reason in `info["fallback_reason"]`.
+   `exact_preference_s` (0.5 s) later. (A fixed preference for exact candidates made later replans of a time-shifted
+   recovery flip back to the log's timing and brake or speed up to catch it, leaving the log again.)
+   When the comfortable, safe candidates all fall short of the log at the horizon, the one ending closest to it is
+   returned (`info["rejoins_within_horizon"]` False; the next replan carries on), unless the log stands still over
+   the horizon: nothing short of a standing pose rejoins it later. If no candidate is comfortable and safe (or the
+   log stands still and none reaches it), PDM-Closed's plan is returned with source "recovery->pdm_closed" and the
+   reason in `info["fallback_reason"]`.
 """
 
 from __future__ import annotations
@@ -328,6 +330,11 @@ def recovery_plan(sim: Simulation, world: WorldState, config: RecoveryConfig = R
                             "safe": bool(s), "rejoined_s": float(r)}
                            for (T, m, sh, fr), c, s, r in zip(labels, comfy, safe, rejoin)]}
     partial = np.nonzero(comfy & safe)[0]
+    log_travel = float(np.interp(config.horizon_s, ref.times, ref.s) - np.interp(0.0, ref.times, ref.s))
+    if not len(ok) and log_travel < config.min_rejoin_length_m:
+        # a log standing over the horizon: a plan short of it does not rejoin later either (it would stop short or
+        # drive past the standing pose); PDM-Closed drives on from here
+        partial = partial[:0]
     if len(ok) or len(partial):
         if len(ok):
             # the earliest measured rejoin (argmin: the earlier T_j on ties), the log itself over its shifted copy
@@ -352,6 +359,8 @@ def recovery_plan(sim: Simulation, world: WorldState, config: RecoveryConfig = R
         return ExpertPlan(plan_from_trajectory(trajs[k], ego), trajs[k], states[k], "recovery", scores, k, info)
     reason = "no comfortable candidate" if not comfy.any() else (
         "no safe candidate" if not safe.any() else "no candidate both comfortable and safe")
+    if (comfy & safe).any():
+        reason = "the logged ego stands still and no candidate reaches it within the horizon"
     pdm = fallback_plan or (fallback or PDMClosedPlanner()).plan(sim, world)
     info.update(pdm.info, fallback_reason=reason)
     return ExpertPlan(pdm.poses, pdm.trajectory, pdm.states, "recovery->pdm_closed", pdm.scores, pdm.index, info)

@@ -183,3 +183,18 @@ def test_standing_log_a_start_behind_it_is_on_its_path_and_rejoins(arterial, beh
     plan = recovery_plan(sim, sim.reset(start))
     assert plan.source == "recovery" and plan.info["rejoins_within_horizon"]
     assert np.all(np.diff(np.r_[0.0, plan.poses[:, 0]]) >= -0.05) and plan.states[:, 3].min() >= -0.05
+
+
+def test_standing_log_out_of_reach_falls_back_instead_of_a_partial_plan(arterial):
+    """A logged ego that stands still over the horizon, the start 1 m beside and 2.7 m behind it: no candidate
+    reaches the standing pose within 4 s, and a plan short of it would not rejoin later either (it stops short or
+    drives past), so the expert says so and returns PDM-Closed's plan rather than the closest partial one."""
+    sim, pose = _logged_sim(arterial, speed=0.0)
+    start = _offset_start(pose, 1.0, 0.0, heading=-0.07)
+    start[0] -= np.cos(pose[2]) * 2.7
+    start[1] -= np.sin(pose[2]) * 2.7
+    plan = recovery_plan(sim, sim.reset(start))
+    assert plan.source == "recovery->pdm_closed"
+    assert plan.info["fallback_reason"] == "the logged ego stands still and no candidate reaches it within the horizon"
+    assert any(c["comfortable"] and c["safe"] for c in plan.info["candidates"])
+    assert not any(np.isfinite(c["rejoined_s"]) for c in plan.info["candidates"])
