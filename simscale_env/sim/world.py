@@ -26,7 +26,8 @@ from ..map.map_api import MapAPI
 from .bicycle import BicycleConfig, propagate
 from .idm import IDMAgents, IDMConfig, box_corners, spawn_agents, step_agents
 from .lqr import BatchLQRTracker, LQRConfig
-from .state import STATE_SIZE, check_states, make_state
+from .state import (ACCELERATION_X, ANGULAR_ACCELERATION, ANGULAR_VELOCITY, STATE_SIZE, VELOCITY_X, check_states,
+                    make_state)
 from .vehicle import PACIFICA, VehicleParameters
 
 AGENT_MODES = ("reactive", "non_reactive", "constant_velocity")
@@ -44,6 +45,11 @@ class SimConfig:
     # nuPlan's IDM step is SimulationIteration.time_s differences (float seconds of 1.6e9-scale timestamps), which
     # differ from 0.1 by ~1e-7; True reproduces the devkit to 1e-10, False uses the exact step.
     devkit_time_step: bool = True
+    # a tracked or controlled ego that would pass from forward motion into reversing within a step stops there
+    # (speed and acceleration 0), as a car in drive holds at standstill. nuPlan's bicycle integrates through zero:
+    # the LQR's least-squares speed profile of an abrupt stop dips below zero, and the ego then backs up (into the
+    # car behind: an at-fault collision). False integrates through zero as the devkit does.
+    hold_at_standstill: bool = True
 
     def __post_init__(self):
         if self.agent_mode not in AGENT_MODES:
@@ -216,6 +222,9 @@ class Simulation:
             new_ego = check_states(ego_state, "ego_state").copy()
         else:
             new_ego = propagate(world.ego[None], cmd[None], dt, self.config.bicycle)[0]
+            if self.config.hold_at_standstill and world.ego[VELOCITY_X] >= 0.0 > new_ego[VELOCITY_X]:
+                new_ego[[VELOCITY_X, ACCELERATION_X, ANGULAR_VELOCITY]] = 0.0
+                new_ego[ANGULAR_ACCELERATION] = -world.ego[ANGULAR_VELOCITY] / dt
         idm = world.idm
         if self.config.agent_mode == "reactive" and idm is not None:
             ol, _ = self._log_boxes(it + 1, self._open_loop)

@@ -94,3 +94,26 @@ def test_bad_step_inputs(scene):
         sim.reset(np.full(11, np.nan))
     with pytest.raises(ValueError, match="agent_mode must be one of"):
         SimConfig(agent_mode="fancy")
+
+
+def test_a_braking_ego_holds_at_standstill_instead_of_backing_up(scene):
+    """Hard braking from 1 m/s: the lagged acceleration would carry the bicycle through zero into reversing (as
+    nuPlan's does, `hold_at_standstill=False`); the simulated ego stops and stays stopped."""
+    from simscale_env.sim.state import ACCELERATION_X, VELOCITY_X, make_state
+
+    sc, m = scene
+    speeds = {}
+    for hold in (True, False):
+        sim = Simulation(sc, m, SimConfig(agent_mode="non_reactive", hold_at_standstill=hold))
+        ego = sim.logged_ego_state(0)
+        w = sim.reset(make_state(ego[0], ego[1], ego[2], velocity=1.0, acceleration=-4.0))
+        v = []
+        for _ in range(8):
+            w = sim.step(w, control=(-4.0, 0.0))
+            v.append(w.ego[VELOCITY_X])
+        speeds[hold] = np.array(v)
+        if hold:
+            assert w.ego[ACCELERATION_X] == 0.0
+    assert speeds[False].min() < -0.5  # the devkit's integration reverses
+    assert speeds[True].min() == 0.0 and np.all(speeds[True][np.argmax(speeds[True] == 0):] == 0.0)
+    np.testing.assert_array_equal(speeds[True][speeds[False] > 0], speeds[False][speeds[False] > 0])
