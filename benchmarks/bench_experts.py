@@ -13,7 +13,9 @@ half of the sampled scenes, SimScale issue #10). Redraws are counted in `rejecte
 Rejoin rate (`recovery_rejoin_rate`, every start): the share of starts whose closed-loop ego, driven by the recovery
 expert, is within 0.5 m of the logged path, 3 deg of its heading and 0.5 m/s of the logged speed at 4 s
 (`closed_loop_rejoin`). `recovery_rejoin_rate_moving_log` counts only starts whose logged ego moves >= 5 m in those
-4 s (a standing log with an ego offset sideways cannot be rejoined driving forward).
+4 s (a standing log with an ego offset sideways cannot be rejoined driving forward). `recovery_plan_rejoin_rate`:
+starts where the expert's first plan rejoins within its horizon (the rest it judges infeasible or unsafe and falls
+back, or comes short); `recovery_rejoin_rate_when_planned`: the closed-loop rate over those starts.
 
 PDM-Closed is NAVSIM's copy, the env's pseudo-expert (`pdm_closed_*`); it is run a second time with tuplan's
 emergency brake (`pdm_closed_brake_*`, the closed-loop PDM-Closed of the nuPlan challenge; `pdm_closed_brake_share`:
@@ -130,7 +132,8 @@ def main(argv) -> int:
             rejoined = closed_loop_rejoin(ref, ws_r)
             rows.append({"token": tok, "type": sc.scenario_type, "pdm": s_pdm, "brake": s_brk, "rec": s_rec,
                          "human": s_h, "moves": moves, "rec_source": first[0].source if first else "",
-                         "rec_plan_rejoins": bool(first and first[0].source == "recovery"), "rec_rejoined": rejoined})
+                         "rec_plan_rejoins": bool(first and first[0].source == "recovery"
+                                                      and first[0].info["rejoins_within_horizon"]), "rec_rejoined": rejoined})
             pd = {k: round(v, 2) for k, v in p.as_dict().items()}
             print(f"[{n + 1}/{len(tokens)}] {tok}#{j} {sc.scenario_type:<32} "
                   f"({pd['lateral_m']:+.1f} m, {pd['longitudinal_m']:+.1f} m, {pd['heading_deg']:+.0f} deg, "
@@ -171,7 +174,10 @@ def main(argv) -> int:
         "recovery_rejoin_rate_moving_log": round(
             float(np.mean([r["rec_rejoined"] for r in rows if r["moves"]] or [np.nan])), 4),
         "moving_log_starts": int(sum(r["moves"] for r in rows)),
+        # the expert's first plan rejoins within its 4 s (tracked, checked); and, of those starts, the closed loop
         "recovery_plan_rejoin_rate": round(float(np.mean([r["rec_plan_rejoins"] for r in rows])), 4),
+        "recovery_rejoin_rate_when_planned": round(
+            float(np.mean([r["rec_rejoined"] for r in rows if r["rec_plan_rejoins"]] or [np.nan])), 4),
         "recovery_epdms": round(mean("epdms", "rec"), 4),
         "human_epdms": round(mean("epdms", "human"), 4),
         "plan_ms": round(1000 * float(np.mean(plan_times)), 2),
