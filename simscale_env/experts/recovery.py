@@ -12,6 +12,10 @@ DAgger-style corrections. Construction here:
    - longitudinal, "time-shifted": the quartic s(t) reaching the logged speed and acceleration at T_j with a free
      end position (velocity keeping), for starts too far ahead or behind to catch up comfortably; afterwards the
      plan follows the logged path and speed profile shifted in arc length;
+   - longitudinal, "gap-keeping": the quintic to the logged (s, v, a) at T_j shifted by the ego's current
+     along-track offset from the log (at least 0.5 m), when the log changes speed by 0.5 m/s or more over the
+     horizon: an ego behind a log that pulls away pulls away with it (a time-shifted candidate would hold, as it
+     rejoins a standing log at once, and start too late);
    - lateral: a quintic d(sigma) in the distance travelled sigma = s - s0, from (d0, tan psi0, 0) to (0, 0, 0) where
      the longitudinal profile reaches T_j (a heading or lateral offset cannot be removed without moving: candidates
      travelling less than 1 m are dropped, unless the ego is already within the rejoin tolerances of the log, when
@@ -62,6 +66,7 @@ class RecoveryConfig:
     # LQR's lateral lag; the comfort check rejects the harsh ones)
     lateral_fractions: tuple[float, ...] = (0.5, 0.75, 1.0)
     time_shifted: bool = True  # also try velocity-keeping candidates (free along-track position)
+    gap_keeping: bool = True  # also try the log's speed profile at the current along-track offset
     horizon_s: float = 4.0
     dt: float = 0.1
     min_rejoin_length_m: float = 1.0  # a lateral or heading offset cannot be removed over less travel
@@ -202,6 +207,12 @@ def _candidate_trajectories(ref: LoggedReference, ego: np.ndarray, cfg: Recovery
     t = np.arange(int(round(cfg.horizon_s / cfg.dt)) + 1) * cfg.dt
     s_log = np.interp(t, ref.times, ref.s)
     v_log = np.interp(t, ref.times, ref.v)
+    # gap-keeping candidates: the log's own speed profile at the current along-track offset, for an ego off the log
+    # along-track while the log changes speed (e.g. starts moving); otherwise they repeat the time-shifted ones
+    gap = s0 - float(np.interp(0.0, ref.times, ref.s))
+    v_h = np.interp(t, ref.times, ref.v)
+    keep_gap = bool(cfg.gap_keeping and abs(gap) >= cfg.rejoin_position_m
+                    and np.ptp(v_h) >= cfg.rejoin_speed_mps)
     # longitudinal profiles, one per (T_j, mode)
     coef, rows = [], []
     for T in cfg.rejoin_times_s:
@@ -212,6 +223,9 @@ def _candidate_trajectories(ref: LoggedReference, ego: np.ndarray, cfg: Recovery
         if cfg.time_shifted:
             coef.append(_quartic(s0, v0 * np.cos(psi0), a0 * np.cos(psi0), vT, aT, T))
             rows.append((float(T), "time_shifted", float(sT)))
+        if keep_gap:
+            coef.append(_quintic(s0, v0 * np.cos(psi0), a0 * np.cos(psi0), sT + gap, vT, aT, T))
+            rows.append((float(T), "gap_keeping", float(sT)))
     Tj = np.array([r[0] for r in rows])
     s_poly = _poly_rows(np.array(coef), t[None, :])  # [M, K]
     s_end = _poly_rows(np.array(coef), Tj[:, None])[:, 0]
@@ -302,7 +316,7 @@ def recovery_plan(sim: Simulation, world: WorldState, config: RecoveryConfig = R
     s_end, _, _ = ref.path.project(states[:, -1, :2])
     t = np.arange(steps + 1) * config.dt
     for k, (T, mode, _, frac) in enumerate(labels):
-        if mode == "time_shifted":
+        if mode in ("time_shifted", "gap_keeping"):
             shift = float(s_end[k]) - s_log_end
             targets[k, :, :3] = ref.path.interpolate(np.interp(t, ref.times, ref.s) + shift)
             labels[k] = (T, mode, shift, frac)
