@@ -330,7 +330,7 @@ def recovery_plan(sim: Simulation, world: WorldState, config: RecoveryConfig = R
     scene = scoring_scene(sim, world, agent_mode=config.safety_agent_mode)
     scores = score_states(scene, states)
     safe_scores = scores
-    if config.human_filtered_metrics:
+    if config.human_filtered_metrics and any(np.any(getattr(scores, k) == 0.0) for k in config.human_filtered_metrics):
         # NAVSIM's false-positive filter, on these metrics only: one the logged human itself fails over the horizon
         # (TLC for a car waiting over the stop line when its light turns red) does not veto rejoining that log
         it = np.minimum(world.iteration + np.arange(steps + 1), sim.num_iterations - 1)
