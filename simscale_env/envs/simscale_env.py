@@ -85,9 +85,8 @@ class EnvConfig:
     episode_steps: int | None = None  # decision steps (default: to the scenario's end)
     pseudo_experts: bool = True
     # the PDM-Closed pseudo-expert with tuplan's emergency brake (opt-in; NAVSIM's copy never calls it). Not the
-    # default: its abrupt straight-line stop, sampled as 8 poses at 0.5 s, makes the LQR's fitted reference speed dip
-    # below zero, and the ego backs up after stopping (mini-navhard `simscale evaluate`: PDM-Closed 0.885 without,
-    # 0.814 with one at-fault collision)
+    # default: replanned at 2 Hz it stops for collisions the reactive agents then avoid (mini-navhard
+    # `simscale evaluate`: PDM-Closed 0.885 without, 0.843 with)
     expert_emergency_brake: bool = False
     plan_scoring: str | None = "non_reactive"  # pseudo-simulation of the submitted plan; None turns it off
     perturbation: PerturbationConfig | None = None  # default: the split's (PERTURBATION_DEFAULTS)

@@ -209,10 +209,8 @@ def _candidate_trajectories(ref: LoggedReference, ego: np.ndarray, cfg: Recovery
     v_log = np.interp(t, ref.times, ref.v)
     # gap-keeping candidates: the log's own speed profile at the current along-track offset, for an ego off the log
     # along-track while the log changes speed (e.g. starts moving); otherwise they repeat the time-shifted ones
-    gap = s0 - float(np.interp(0.0, ref.times, ref.s))
-    v_h = np.interp(t, ref.times, ref.v)
-    keep_gap = bool(cfg.gap_keeping and abs(gap) >= cfg.rejoin_position_m
-                    and np.ptp(v_h) >= cfg.rejoin_speed_mps)
+    gap = s0 - float(s_log[0])
+    keep_gap = bool(cfg.gap_keeping and abs(gap) >= cfg.rejoin_position_m and np.ptp(v_log) >= cfg.rejoin_speed_mps)
     # longitudinal profiles, one per (T_j, mode)
     coef, rows = [], []
     for T in cfg.rejoin_times_s:

@@ -9,10 +9,13 @@ import numpy as np
 import numba
 from numba import get_thread_id, njit, prange
 
+# Y_0^0 = 1 / (2 sqrt(pi)), gsplat/cuda/_torch_impl.py `_eval_sh_bases_fast` (and its CUDA sh kernel)
+SH_C0 = 0.2820947917738781
+
 
 @njit(cache=True)
 def _bases(x, y, z, nb, out):
-    out[0] = 0.2820947917738781
+    out[0] = SH_C0
     if nb <= 1:
         return
     fTmpA = -0.48860251190292
@@ -102,18 +105,24 @@ def eval_sh_colors(coeffs: np.ndarray, dirs: np.ndarray, degree: int | None = No
     coeffs = np.asarray(coeffs, dtype=np.float32)
     d = int(round(np.sqrt(coeffs.shape[1]))) - 1 if degree is None else int(degree)
     if d == 0:
-        return np.maximum(np.float32(0.2820947917738781) * coeffs[:, 0] + np.float32(0.5), np.float32(0.0))
+        return np.maximum(np.float32(SH_C0) * coeffs[:, 0] + np.float32(0.5), np.float32(0.0))
     return _sh_kernel(np.ascontiguousarray(coeffs), np.ascontiguousarray(dirs, dtype=np.float32), d, True)
+
+
+@njit(cache=True, inline="always")
+def _camera_of(r, starts):
+    """The camera whose slice starts[c]:starts[c + 1] of the visible ids holds row r."""
+    c = 0
+    while c + 1 < len(starts) - 1 and starts[c + 1] <= r:
+        c += 1
+    return c
 
 
 @njit(cache=True, parallel=True)
 def _sh_all(coeffs, means, campos, ids, starts, degree, out, scratch):
     nb = (degree + 1) * (degree + 1)
-    C = len(starts) - 1
     for r in prange(len(ids)):
-        c = 0
-        while c + 1 < C and starts[c + 1] <= r:
-            c += 1
+        c = _camera_of(r, starts)
         i = ids[r]
         x = np.float64(means[i, 0] - campos[c, 0])
         y = np.float64(means[i, 1] - campos[c, 1])
@@ -132,14 +141,11 @@ def _sh_all(coeffs, means, campos, ids, starts, degree, out, scratch):
 
 @njit(cache=True, parallel=True)
 def _dc_all(coeffs, ids, starts, out):
-    C = len(starts) - 1
     for r in prange(len(ids)):
-        c = 0
-        while c + 1 < C and starts[c + 1] <= r:
-            c += 1
+        c = _camera_of(r, starts)
         i = ids[r]
         for ch in range(3):
-            out[c, i, ch] = max(np.float32(0.2820947917738781) * coeffs[i, 0, ch] + np.float32(0.5), np.float32(0.0))
+            out[c, i, ch] = max(np.float32(SH_C0) * coeffs[i, 0, ch] + np.float32(0.5), np.float32(0.0))
 
 
 def sh_colors_all(coeffs, means, campos, ids, starts, degree, out) -> None:

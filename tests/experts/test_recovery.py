@@ -224,3 +224,31 @@ def test_gap_keeping_follows_a_log_that_starts_moving(mini_builder, mini):
         at_4s[keep] = (abs(lat[0]), ws[40].ego[3])
     assert at_4s[True][0] <= 0.5 and abs(at_4s[True][1] - v_log) <= 0.5
     assert abs(at_4s[False][1] - v_log) > 0.5
+
+
+def test_bench_closed_loop_rejoin_criterion(arterial):
+    """`bench experts`' rejoin criterion on known cases: on the log's path at its speed at 4 s (shifted along it
+    counts), and not when 0.6 m off it, 4 deg off its heading, 0.6 m/s off its speed, or the episode is shorter."""
+    from benchmarks.bench_experts import closed_loop_rejoin
+    from simscale_env.experts import logged_reference
+    from simscale_env.sim.world import WorldState
+
+    sim, pose = _logged_sim(arterial)
+    ref = logged_reference(sim, 0)
+    log4 = sim.logged_ego_state(40)
+
+    def worlds(ego):
+        return [WorldState(0, 0, sim.logged_ego_state(0))] * 40 + [WorldState(40, 0, ego)]
+
+    h = log4[2]
+    ahead = log4.copy()
+    ahead[:2] += 7.0 * np.array([np.cos(h), np.sin(h)])
+    assert closed_loop_rejoin(ref, worlds(log4)) and closed_loop_rejoin(ref, worlds(ahead))
+    off = log4.copy()
+    off[:2] += 0.6 * np.array([-np.sin(h), np.cos(h)])
+    turned, slow = log4.copy(), log4.copy()
+    turned[2] += np.radians(4.0)
+    slow[3] -= 0.6
+    for bad in (off, turned, slow):
+        assert not closed_loop_rejoin(ref, worlds(bad))
+    assert not closed_loop_rejoin(ref, worlds(log4)[:40])
