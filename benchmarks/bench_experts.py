@@ -1,15 +1,17 @@
 """`simscale bench experts`: closed-loop sanity of the pseudo-experts on every scenario of mini-navhard.
 
 Each scenario is started `--starts` times (default 3) from navhard perturbations of the logged ego (seeded per
-scenario) and driven to its end with reactive IDM agents by (a) PDM-Closed replanning every step (10 Hz, as nuPlan's
+scenario; the split's window sampler, SimScale's model, or `--teleport`) and driven to its end with reactive IDM agents by (a) PDM-Closed replanning every step (10 Hz, as nuPlan's
 closed loop) and (b) the recovery expert replanning every 0.5 s; (c) the human log is replayed from the unperturbed
 start in the same reactive world. Episode sub-metrics come from `episode_summary` (EP against the human's progress)
 with NAVSIM's human filter against (c), as NAVSIM's evaluation applies it. Rates and means are over starts.
 
 Starts: a perturbation is kept when it passes the sampler's checks (on the road, clear of objects and of red
 connectors, not leaving the road within the reaction time) and PDM-Closed's first plan has a proposal that the
-engine finds safe (NC, DAC, DDC, TLC all 1): SimScale likewise keeps only states with a valid pseudo-expert (about
-half of the sampled scenes, SimScale issue #10). Redraws are counted in `rejected_starts`.
+engine finds safe (`valid_start`: NC, DAC, DDC, TLC all 1, TLC after NAVSIM's human filter): SimScale likewise keeps
+only states with a valid pseudo-expert (about half of the sampled scenes, SimScale issue #10). Redraws are counted
+in `rejected_starts`; scenarios without any valid start (under the window sampler a log standing over the window has
+nothing to perturb) in `skipped_scenarios`, with the reason on stderr.
 Rejoin rate (`recovery_rejoin_rate`, every start): the share of starts whose closed-loop ego, driven by the recovery
 expert, is within 0.5 m of the logged path, 3 deg of its heading and 0.5 m/s of the logged speed at 4 s
 (`closed_loop_rejoin`). `recovery_rejoin_rate_moving_log` counts only starts whose logged ego moves >= 5 m in those
@@ -47,8 +49,10 @@ def main(argv) -> int:
     ap.add_argument("--no-brake-variant", dest="brake_variant", action="store_false",
                     help="skip the second PDM-Closed run with tuplan's emergency brake")
     ap.add_argument("--max-draws", type=int, default=20, help="perturbations tried per scenario for a valid start")
-    ap.add_argument("--reachable-window", type=float, default=None, metavar="S",
-                    help="opt-in sampler: lateral/heading offsets bounded by the logged travel over the last S seconds")
+    ap.add_argument("--window", type=float, default=None, metavar="S",
+                    help="the window sampler's window in seconds (default: the split's, 2 s)")
+    ap.add_argument("--teleport", action="store_true",
+                    help="the teleport sampler (independent offsets) instead of the split's window sampler")
     args = ap.parse_args(argv)
     if args.starts < 1:
         ap.error("--starts must be >= 1")
@@ -60,7 +64,8 @@ def main(argv) -> int:
     from simscale_env.data import ScenarioBuilder
     from simscale_env.data.openscene import load_split
     from simscale_env.data.paths import DataConfig, ensure_mini
-    from simscale_env.experts import PDMClosedConfig, PDMClosedPlanner, drive, logged_reference, recovery_plan
+    from simscale_env.experts import (PDMClosedConfig, PDMClosedPlanner, drive, logged_reference, recovery_plan,
+                                      valid_start)
     from simscale_env.map import load_map
     from simscale_env.metrics import episode_summary
     from simscale_env.sim import SimConfig, Simulation
@@ -72,8 +77,12 @@ def main(argv) -> int:
     builder = ScenarioBuilder(cfg.log_dir)
     tokens = list(spec.tokens or [r.token for r in builder.refs()])[: args.limit]
     pert = PERTURBATION_DEFAULTS.get(args.split, PERTURBATION_DEFAULTS["navhard"])
-    if args.reachable_window is not None:
-        pert = dataclasses.replace(pert, reachable_window_s=args.reachable_window)
+    if args.teleport and args.window is not None:
+        ap.error("--teleport and --window exclude each other")
+    if args.teleport:
+        pert = dataclasses.replace(pert, window_s=None)
+    elif args.window is not None:
+        pert = dataclasses.replace(pert, window_s=args.window)
     rows = []
     rejected = skipped = 0
     plan_times: list[float] = []
@@ -88,8 +97,8 @@ def main(argv) -> int:
         route_lanes = m.route_lane_ids([r for r in sc.route_roadblock_ids if r in m.roadblocks])
         red = list(sim.red_light_polygons(0, route_lanes).values())
         rng = np.random.default_rng(zlib.crc32(tok.encode()))
-        travel = (logged_travel(sc.ego.x, sc.ego.y, sim.frame(0), int(round(pert.reachable_window_s / sc.dt_s)))
-                  if pert.reachable_window_s is not None else None)
+        travel = (logged_travel(sc.ego.x, sc.ego.y, sim.frame(0), int(round(pert.window_s / sc.dt_s)))
+                  if pert.window_s is not None else None)
         starts = []
         for _ in range(args.starts):
             start = None
@@ -100,11 +109,13 @@ def main(argv) -> int:
                 except PerturbationError as exc:
                     print(f"[{n + 1}/{len(tokens)}] {tok}: skipped ({exc})", file=sys.stderr)
                     break
-                first_plan = PDMClosedPlanner().plan(sim, sim.reset(cand))
-                if first_plan.scores.multiplicative_metrics_prod.max() == 1.0:
+                if valid_start(sim, sim.reset(cand)):
                     start = (p, cand)
                     break
                 rejected += 1
+            else:
+                print(f"[{n + 1}/{len(tokens)}] {tok}: no valid start in {args.max_draws} draws (PDM-Closed has no "
+                      f"safe proposal from any)", file=sys.stderr)
             if start is None:
                 break
             starts.append(start)
@@ -182,8 +193,7 @@ def main(argv) -> int:
         "human_epdms": round(mean("epdms", "human"), 4),
         "plan_ms": round(1000 * float(np.mean(plan_times)), 2),
         "plan_ms_p95": round(1000 * float(np.percentile(plan_times, 95)), 2),
-        "perturbation": ("teleport" if pert.reachable_window_s is None
-                         else f"reachable over {pert.reachable_window_s:g} s"),
+        "perturbation": "teleport" if pert.window_s is None else f"window {pert.window_s:g} s",
         "seconds": round(time.perf_counter() - t_start, 1),
     }
     print(json.dumps(out))

@@ -52,7 +52,8 @@ from ..render.camera import DEFAULT_CHANNELS, DEFAULT_SIZE
 from ..sim import SimConfig, Simulation
 from ..sim.bicycle import propagate
 from ..sim.perturb import (PERTURBATION_DEFAULTS, Perturbation, PerturbationConfig, PerturbationError,
-                           apply_perturbation, check_start, logged_travel, sample_perturbation)
+                           apply_perturbation, check_start, logged_travel, perturbed_past,
+                           sample_perturbation)
 from ..sim.plans import plan_to_reference
 from ..sim.state import ACCELERATION_X, ACCELERATION_Y, HEADING, VELOCITY_X, VELOCITY_Y, X, Y
 from ..sim.world import PlanTracker, ego_box
@@ -227,6 +228,7 @@ class SimScaleEnv(gym.Env):
         self.sim = Simulation(sc, m, SimConfig(agent_mode=cfg.agent_mode))
         w0 = self.sim.reset()
         self._route_lanes = m.route_lane_ids([r for r in sc.route_roadblock_ids if r in m.roadblocks])
+        self._pert_error = None
         pert, start = self._start(w0, options.get("perturbation", "sample"))
         self.world = self.sim.reset(start)
         self.perturbation = pert
@@ -235,11 +237,17 @@ class SimScaleEnv(gym.Env):
         left = (self.sim.num_iterations - 1) // self._k
         self._n_steps = min(cfg.episode_steps or left, left)
         self._worlds = [self.world]
-        # logged ego history before iteration 0 (the perturbed start keeps the log's past)
+        # the ego's history before iteration 0: the last 15 poses before now (0.1 s apart), what the ego status's
+        # 1.5 s of history reads; the log's, or after a perturbation the log's blended into the perturbed start
+        # (`perturbed_past`: the ego drove into it at its perturbed speed)
         e = sc.ego
         f0 = sc.start_index
-        # the last 15 poses before now (0.1 s apart): what the ego status's 1.5 s of history reads
-        self._past = deque((np.array([e.x[f], e.y[f], e.heading[f]]) for f in range(max(0, f0 - 15), f0)), maxlen=15)
+        a = max(0, f0 - 30)  # enough logged path for a past driven up to 2x faster
+        log = np.stack([e.x[a:f0 + 1], e.y[a:f0 + 1], e.heading[a:f0 + 1]], -1)
+        n_past = min(15, f0)
+        past = (log[len(log) - 1 - n_past:-1] if pert is None
+                else perturbed_past(log, start, pert.speed_scale, n=n_past))
+        self._past = deque(past, maxlen=15)
         line = self.sim.map.route_centerline(self.sim.scenario.route_roadblock_ids,
                                              tuple(self.world.ego[[X, Y, HEADING]]))
         self._cl_poly = line
@@ -280,29 +288,27 @@ class SimScaleEnv(gym.Env):
             return p, new
         if spec != "sample":
             raise ValueError(f"perturbation must be a dict, None or 'sample', got {spec!r}")
-        last = None
         travel = None
-        if self._pert_cfg.reachable_window_s is not None:
+        if self._pert_cfg.window_s is not None:
             sc = self.sim.scenario
             travel = logged_travel(sc.ego.x, sc.ego.y, self.sim.frame(0),
-                                   int(round(self._pert_cfg.reachable_window_s / sc.dt_s)))
+                                   int(round(self._pert_cfg.window_s / sc.dt_s)))
         for _ in range(cfg.max_start_draws if cfg.valid_start else 1):
             try:
                 p, new = sample_perturbation(w0.ego, self.sim.map, objs, self.np_random, self._pert_cfg,
                                              scene=self.sim.scenario.token, red_polygons=red, travel_m=travel)
-            except PerturbationError:
-                break
-            last = (p, new)
+            except PerturbationError as exc:
+                self._pert_error = str(exc)
+                return None, w0.ego.copy()  # no valid perturbation: the logged start (reported in info)
             if not cfg.valid_start:
-                return last
-            from ..experts import pdm_closed_plan
+                return p, new
+            from ..experts import valid_start
 
-            plan = pdm_closed_plan(self.sim, self.sim.reset(new))
-            if plan.scores.multiplicative_metrics_prod.max() == 1.0:
-                return last
-        if last is None:
-            return None, w0.ego.copy()  # no valid perturbation: the logged start (reported in info)
-        return last
+            if valid_start(self.sim, self.sim.reset(new)):
+                return p, new
+        self._pert_error = (f"{self.sim.scenario.token}: PDM-Closed has no safe proposal from any of "
+                            f"{cfg.max_start_draws} perturbed starts")
+        return None, w0.ego.copy()
 
     def _human_progress(self) -> float:
         sc = self.sim.scenario
@@ -542,7 +548,9 @@ class SimScaleEnv(gym.Env):
         info = {"scenario_token": sc.token, "log_name": sc.log_name, "map_location": sc.map_location,
                 "iteration": int(w.iteration), "time_us": int(w.time_us), "step": self._steps,
                 "episode_steps": self._n_steps,
-                "perturbation": asdict(self.perturbation) if self.perturbation is not None else None}
+                "perturbation": asdict(self.perturbation) if self.perturbation is not None else None,
+                # why a sampled start is the logged one (no valid perturbed start), else None
+                "perturbation_error": self._pert_error}
         if self.config.pseudo_experts:
             from ..experts import PDMClosedConfig, PDMClosedPlanner, recovery_plan
 

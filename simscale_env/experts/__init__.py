@@ -3,9 +3,9 @@
 from .pdm_closed import ExpertPlan, PDMClosedConfig, PDMClosedPlanner, pdm_closed_plan
 
 __all__ = ["ExpertPlan", "PDMClosedConfig", "PDMClosedPlanner", "pdm_closed_plan"]
-from .recovery import RecoveryConfig, logged_reference, recovery_plan  # noqa: E402
+from .recovery import RecoveryConfig, human_filtered, logged_reference, recovery_plan, valid_start  # noqa: E402
 
-__all__ += ["RecoveryConfig", "logged_reference", "recovery_plan"]
+__all__ += ["RecoveryConfig", "human_filtered", "logged_reference", "recovery_plan", "valid_start"]
 from .rollout import drive  # noqa: E402
 
 __all__ += ["drive"]

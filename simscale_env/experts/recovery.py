@@ -13,9 +13,11 @@ DAgger-style corrections. Construction here:
      end position (velocity keeping), for starts too far ahead or behind to catch up comfortably; afterwards the
      plan follows the logged path and speed profile shifted in arc length;
    - longitudinal, "gap-keeping": the quintic to the logged (s, v, a) at T_j shifted by the ego's current
-     along-track offset from the log (at least 0.5 m), when the log changes speed by 0.5 m/s or more over the
-     horizon: an ego behind a log that pulls away pulls away with it (a time-shifted candidate would hold, as it
-     rejoins a standing log at once, and start too late);
+     along-track offset from the log, when the log changes speed by 0.5 m/s or more over the horizon: an ego behind
+     a log that pulls away pulls away with it (a time-shifted candidate would hold, as it rejoins a standing log at
+     once, and start too late);
+   - longitudinal, "follow" (one per fraction, rejoin time the earliest T_j): the logged poses themselves from now
+     on, shifted by the ego's along-track offset; the LQR closes the speed difference;
    - lateral: a quintic d(sigma) in the distance travelled sigma = s - s0, from (d0, tan psi0, 0) to (0, 0, 0) where
      the longitudinal profile reaches T_j (a heading or lateral offset cannot be removed without moving: candidates
      travelling less than 1 m are dropped, unless the ego is already within the rejoin tolerances of the log, when
@@ -25,12 +27,16 @@ DAgger-style corrections. Construction here:
    after T_j the plan is the (shifted) log. Poses: path(s) + d * normal(s), heading = path heading + atan(d').
 4. Every candidate is tracked by the LQR + bicycle, as any plan the env executes. The LQR tracks a velocity profile,
    so a speed change leaves an along-track lag it never makes up: exact candidates are re-aimed ahead by their
-   tracked lag at the horizon and tracked again (twice).
+   tracked lag at the horizon and tracked again (twice). The target each candidate must rejoin is the log as the
+   controller drives it: the logged poses tracked by the same LQR + bicycle from the logged state, whose along-track
+   position (shifted for the shifted modes) and speed are the target, with the logged path's pose there. (Against
+   the raw log, a log that stops and goes within a second is followed by no tracked plan, the log itself included,
+   and holding time-shifted candidates won at every replan: an ego standing on a log that pulls away stood.)
 5. Checks on the tracked states: the six EPDMS comfort bounds over the recovery (0..T_j; the log after it is the
    human's own driving), safety by the EPDMS engine (NC, DAC, DDC and TLC all 1 against log-replay agents, after
    NAVSIM's human false-positive filter on TLC: a red light the logged human itself touches over the same horizon,
    as a car waiting over the stop line when its light turns red does, does not veto rejoining it; collisions and
-   leaving the road always do), and the rejoin itself: within 0.5 m, 3 deg and 0.5 m/s of the (shifted) log from
+   leaving the road always do), and the rejoin itself: within 0.5 m, 3 deg and 0.5 m/s of the (shifted) target from
    some time up to the horizon (`measured_rejoin`).
 6. Of the candidates passing all checks, the one with the earliest measured rejoin (ties: the earlier T_j) is
    returned with source "recovery"; an exact one (the log's own timing) is preferred unless it rejoins more than
@@ -67,6 +73,7 @@ class RecoveryConfig:
     lateral_fractions: tuple[float, ...] = (0.5, 0.75, 1.0)
     time_shifted: bool = True  # also try velocity-keeping candidates (free along-track position)
     gap_keeping: bool = True  # also try the log's speed profile at the current along-track offset
+    follow: bool = True  # also try the logged poses themselves at the current along-track offset
     horizon_s: float = 4.0
     dt: float = 0.1
     min_rejoin_length_m: float = 1.0  # a lateral or heading offset cannot be removed over less travel
@@ -210,7 +217,7 @@ def _candidate_trajectories(ref: LoggedReference, ego: np.ndarray, cfg: Recovery
     # gap-keeping candidates: the log's own speed profile at the current along-track offset, for an ego off the log
     # along-track while the log changes speed (e.g. starts moving); otherwise they repeat the time-shifted ones
     gap = s0 - float(s_log[0])
-    keep_gap = bool(cfg.gap_keeping and abs(gap) >= cfg.rejoin_position_m and np.ptp(v_log) >= cfg.rejoin_speed_mps)
+    keep_gap = bool(cfg.gap_keeping and np.ptp(v_log) >= cfg.rejoin_speed_mps)
     # longitudinal profiles, one per (T_j, mode)
     coef, rows = [], []
     for T in cfg.rejoin_times_s:
@@ -224,11 +231,17 @@ def _candidate_trajectories(ref: LoggedReference, ego: np.ndarray, cfg: Recovery
         if keep_gap:
             coef.append(_quintic(s0, v0 * np.cos(psi0), a0 * np.cos(psi0), sT + gap, vT, aT, T))
             rows.append((float(T), "gap_keeping", float(sT)))
+    if cfg.follow:
+        # the logged poses themselves from now on, at the current along-track offset (geometric rejoin time 0: the
+        # LQR closes any speed difference, the lateral quintic any offset); what the controller makes of the log
+        coef.append(np.array([s0, 0.0, 0.0, 0.0, 0.0, 0.0]))
+        rows.append((0.0, "follow", float(s_log[0])))
+    follow = np.array([r[1] == "follow" for r in rows])
     Tj = np.array([r[0] for r in rows])
     s_poly = _poly_rows(np.array(coef), t[None, :])  # [M, K]
     s_end = _poly_rows(np.array(coef), Tj[:, None])[:, 0]
     ref_shift = s_end - np.array([r[2] for r in rows])  # the reference after T_j: the log shifted by this
-    L = s_end - s0
+    L = np.where(follow, s_log[-1] - s_log[0], s_end - s0)
     before = t[None, :] <= Tj[:, None]
     s_t = np.where(before, s_poly, s_log[None, :] + ref_shift[:, None])
     # a lateral or heading offset cannot be removed over too little travel; no reversing
@@ -239,7 +252,9 @@ def _candidate_trajectories(ref: LoggedReference, ego: np.ndarray, cfg: Recovery
     fr = np.asarray(cfg.lateral_fractions, dtype=np.float64)
     m_idx = np.repeat(np.nonzero(keep)[0], len(fr))  # candidates: (T_j, mode) outer, lateral fraction inner
     f_idx = np.tile(np.arange(len(fr)), int(keep.sum()))
-    labels = [(rows[m][0], rows[m][1], 0.0 if rows[m][1] == "exact" else float(ref_shift[m]), float(fr[f]))
+    # a follow candidate's rejoin time (its comfort window and tie-break) is the earliest T_j
+    labels = [(min(cfg.rejoin_times_s) if rows[m][1] == "follow" else rows[m][0], rows[m][1],
+               0.0 if rows[m][1] == "exact" else float(ref_shift[m]), float(fr[f]))
               for m, f in zip(m_idx.tolist(), f_idx.tolist())]
     tshift = [lab[2] for lab in labels]
     if not labels:
@@ -249,7 +264,7 @@ def _candidate_trajectories(ref: LoggedReference, ego: np.ndarray, cfg: Recovery
     cd = np.stack([_quintic(d0, np.tan(np.clip(psi0, -1.2, 1.2)), 0.0, 0.0, 0.0, 0.0, x) for x in Ld])
     S = s_t[m_idx]
     sigma = np.clip(S - s0, 0.0, Ld[:, None])
-    b = before[m_idx]
+    b = before[m_idx] | follow[m_idx, None]  # the lateral quintic ends at 0 over its own travel
     D = np.where(b, _poly_rows(cd, sigma), 0.0)
     DD = np.where(b, _poly_rows(cd, sigma, 1), 0.0)
     # too little travel to steer (kept only when the offset is already within tolerance): hold the offset and the
@@ -282,6 +297,31 @@ def measured_rejoin(states: np.ndarray, targets: np.ndarray, config: RecoveryCon
     return np.where(first >= 0, first * config.dt, np.inf)
 
 
+def human_filtered(sim: Simulation, world: WorldState, scores, metrics=("traffic_light_compliance",),
+                   scene=None):
+    """`scores` of plans from `world` after NAVSIM's human false-positive filter on `metrics`: each one the logged
+    human fails over the same horizon (its logged states from this iteration, scored in `scene`, by default the
+    log-replay scoring scene of `world`) is set to 1. The human is scored only when some plan fails one of them."""
+    metrics = tuple(metrics)
+    if not metrics or not any(np.any(getattr(scores, k) == 0.0) for k in metrics):
+        return scores
+    scene = scene if scene is not None else scoring_scene(sim, world, agent_mode="non_reactive")
+    steps = scene.num_steps - 1
+    it = np.minimum(world.iteration + np.arange(steps + 1), sim.num_iterations - 1)
+    human = score_states(scene, np.stack([sim.logged_ego_state(int(i)) for i in it])[None])
+    return scores.replace(**{k: np.where(getattr(human, k)[0] == 0.0, 1.0, getattr(scores, k)) for k in metrics})
+
+
+def valid_start(sim: Simulation, world: WorldState, plan: ExpertPlan | None = None,
+                metrics=("traffic_light_compliance",)) -> bool:
+    """SimScale keeps only states with a valid pseudo-expert (SimScale issue #10): PDM-Closed (`plan`, computed if
+    None) has a proposal with NC, DAC, DDC and TLC all 1, after NAVSIM's human false-positive filter on `metrics`
+    (`human_filtered`: a red light the logged human itself crosses over the horizon, as a car waiting over the stop
+    line when its light turns red does, cannot make every start near it invalid)."""
+    plan = plan if plan is not None else PDMClosedPlanner().plan(sim, world)
+    return bool(human_filtered(sim, world, plan.scores, metrics).multiplicative_metrics_prod.max() == 1.0)
+
+
 def recovery_plan(sim: Simulation, world: WorldState, config: RecoveryConfig = RecoveryConfig(), *,
                   fallback: PDMClosedPlanner | None = None, fallback_plan: ExpertPlan | None = None) -> ExpertPlan:
     """The recovery expert's plan from `world` (see the module docstring). When no candidate is comfortable and
@@ -295,11 +335,21 @@ def recovery_plan(sim: Simulation, world: WorldState, config: RecoveryConfig = R
         info = dict(pdm.info, candidates=[], fallback_reason="the logged ego does not move far enough to rejoin")
         return ExpertPlan(pdm.poses, pdm.trajectory, pdm.states, "recovery->pdm_closed", pdm.scores, pdm.index, info)
     steps = trajs.shape[1] - 1
+    t = np.arange(steps + 1) * config.dt
+    # the target is the log as the controller drives it: the logged poses tracked by the same LQR + bicycle from the
+    # logged state now (a log that stops and goes within a second is not followed exactly by any tracked plan; the
+    # raw log as target rejected the log itself and left time-shifted candidates that put the rejoin off at every
+    # replan, e.g. an ego standing on a log that pulls away)
+    log_poses = ref.path.interpolate(np.interp(t, ref.times, ref.s))
+    log_states = track_references(sim.logged_ego_state(world.iteration), log_poses[None], steps, config.lqr)[0]
+    s_trk, _, _ = ref.path.project(log_states[:, :2])
+    s_trk = np.maximum.accumulate(s_trk)
+    v_trk = np.hypot(log_states[:, VELOCITY_X], log_states[:, VELOCITY_Y])
     states = track_references(ego, trajs, steps, config.lqr)
     # the LQR tracks a velocity profile, so a speed change leaves an along-track lag it never recovers: aim the exact
     # candidates ahead by their tracked lag at the horizon and track again (shooting, `aim_iterations` times); the
     # time-shifted candidates rejoin the log shifted to where their tracked plan ends
-    s_log_end = float(np.interp(config.horizon_s, ref.times, ref.s))
+    s_log_end = float(s_trk[-1])
     aims: dict = {}
     for _ in range(config.aim_iterations):
         s_end, _, _ = ref.path.project(states[:, -1, :2])
@@ -312,12 +362,15 @@ def recovery_plan(sim: Simulation, world: WorldState, config: RecoveryConfig = R
         trajs, targets, labels = _candidate_trajectories(ref, ego, config, aims)
         states = track_references(ego, trajs, steps, config.lqr)
     s_end, _, _ = ref.path.project(states[:, -1, :2])
-    t = np.arange(steps + 1) * config.dt
     for k, (T, mode, _, frac) in enumerate(labels):
-        if mode in ("time_shifted", "gap_keeping"):
+        shift = 0.0
+        if mode in ("time_shifted", "gap_keeping", "follow"):
             shift = float(s_end[k]) - s_log_end
-            targets[k, :, :3] = ref.path.interpolate(np.interp(t, ref.times, ref.s) + shift)
             labels[k] = (T, mode, shift, frac)
+        # its along-track position (shifted) and speed; the pose on the logged path there (the controller's own
+        # cross-track and heading errors on the log are not targets)
+        targets[k, :, :3] = ref.path.interpolate(s_trk + shift)
+        targets[k, :, 3] = v_trk
     comfy = np.ones(len(trajs), dtype=bool)
     if config.require_comfort:  # over the recovery itself: what follows is the human's own driving
         rejoin = np.array([lab[0] for lab in labels])
@@ -327,15 +380,9 @@ def recovery_plan(sim: Simulation, world: WorldState, config: RecoveryConfig = R
             comfy[sel] = comfort_checks(states[sel, :n], config.dt).all(axis=-1)
     scene = scoring_scene(sim, world, agent_mode=config.safety_agent_mode)
     scores = score_states(scene, states)
-    safe_scores = scores
-    if config.human_filtered_metrics and any(np.any(getattr(scores, k) == 0.0) for k in config.human_filtered_metrics):
-        # NAVSIM's false-positive filter, on these metrics only: one the logged human itself fails over the horizon
-        # (TLC for a car waiting over the stop line when its light turns red) does not veto rejoining that log
-        it = np.minimum(world.iteration + np.arange(steps + 1), sim.num_iterations - 1)
-        human = score_states(scene, np.stack([sim.logged_ego_state(int(i)) for i in it])[None])
-        safe_scores = scores.replace(**{k: np.where(getattr(human, k)[0] == 0.0, 1.0, getattr(scores, k))
-                                        for k in config.human_filtered_metrics})
-    safe = safe_scores.multiplicative_metrics_prod == 1.0
+    # NAVSIM's false-positive filter, on these metrics only: one the logged human itself fails over the horizon
+    # (TLC for a car waiting over the stop line when its light turns red) does not veto rejoining that log
+    safe = human_filtered(sim, world, scores, config.human_filtered_metrics, scene).multiplicative_metrics_prod == 1.0
     rejoin = measured_rejoin(states, targets, config)
     ok = np.nonzero(comfy & safe & np.isfinite(rejoin))[0]
     info = {"candidates": [{"rejoin_s": T, "mode": m, "shift_m": sh, "lateral_fraction": fr, "comfortable": bool(c),

@@ -270,25 +270,30 @@ def test_sb3_subproc_vec_env_trains_a_multi_input_policy():
         venv.close()
 
 
-def test_reachable_perturbations_through_the_env():
-    from simscale_env.sim.perturb import PerturbationConfig
-
-    env = gym.make("SimScale-navhard-v0", pseudo_experts=False, valid_start=False,
-                   perturbation=PerturbationConfig(reachable_window_s=2.0), **SMALL)
-    drawn = 0
-    for seed in range(3):
-        obs, info = env.reset(seed=seed)
-        if info["perturbation"] is None:  # no valid start near this log (e.g. it waits on a red connector)
-            continue
-        drawn += 1
-        u = env.unwrapped
+def test_window_perturbations_through_the_env():
+    """The default (window) sampler through the env: offsets within the logged travel's reach and the heading of the
+    drift; a log standing over the window resets to the logged start and says why."""
+    env = gym.make("SimScale-navhard-v0", pseudo_experts=False, valid_start=False, **SMALL)
+    u = env.unwrapped
+    drawn = standing = 0
+    for i, tok in enumerate(u.tokens):
+        obs, info = env.reset(seed=i, options={"scenario_token": tok})
         sc = u.sim.scenario
         f = u.sim.frame(0)
         travel = float(np.sum(np.hypot(np.diff(sc.ego.x[f - 20:f + 1]), np.diff(sc.ego.y[f - 20:f + 1]))))
         p = info["perturbation"]
+        if p is None:
+            assert "standing ego" in info["perturbation_error"] or "no valid perturbed start" in info[
+                "perturbation_error"], info["perturbation_error"]
+            standing += travel < 0.1
+            continue
+        assert info["perturbation_error"] is None
+        drawn += 1
         assert abs(p["lateral"]) <= travel * np.tan(np.radians(20.0)) + 1e-9
-        assert abs(p["heading"]) <= 0.2 * travel + 1e-9
-    assert drawn >= 1
+        assert abs(p["longitudinal"]) <= 0.5 * travel + 1e-9
+        assert p["heading"] * p["lateral"] >= 0 and abs(np.tan(p["heading"])) <= 2 * abs(p["lateral"]) / travel + 1e-9
+    assert drawn >= 5 and standing >= 1
+    env.close()
 
 
 def test_vector_env_is_deterministic_through_autoresets():
@@ -314,3 +319,31 @@ def test_vector_env_is_deterministic_through_autoresets():
     assert ta == tb and len({t for pair in ta for t in pair}) > 1
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
+
+
+def test_perturbed_history_leads_into_the_start():
+    """The ego status's past poses after a perturbed reset drive into the start (no jump from the log's past)."""
+    from simscale_env.sim.perturb import PerturbationError
+
+    env = gym.make("SimScale-navhard-v0", pseudo_experts=False, valid_start=False, **SMALL)
+    u = env.unwrapped
+    for tok in u.tokens:
+        obs0, _ = env.reset(seed=0, options={"scenario_token": tok, "perturbation": None})
+        if obs0["ego_status"][0] < 3.0:
+            continue
+        try:
+            obs, info = env.reset(seed=0, options={"scenario_token": tok, "perturbation": {"lateral": 1.0}})
+        except PerturbationError:
+            continue
+        break
+    else:
+        pytest.fail("no moving scenario accepts a 1 m lateral perturbation")
+    past0 = obs0["ego_status"][8:20].reshape(4, 3)  # 1.5, 1.0, 0.5 s ago and now, in the current frame
+    past = obs["ego_status"][8:20].reshape(4, 3)
+    np.testing.assert_allclose(past[3], 0.0, atol=1e-6)
+    # the log's past seen from a start 1 m to its left would sit 1 m to the right; the blended past leaves the
+    # log's line 1.5 s ago and closes the offset smoothly
+    assert abs((past[0, 1] - past0[0, 1]) - (-1.0)) < 0.1
+    assert abs(past[2, 1] - past0[2, 1]) < 0.3
+    assert np.all(np.diff(past[:, 1] - past0[:, 1]) > 0)
+    env.close()

@@ -200,11 +200,12 @@ def test_standing_log_out_of_reach_falls_back_instead_of_a_partial_plan(arterial
     assert not any(np.isfinite(c["rejoined_s"]) for c in plan.info["candidates"])
 
 
-def test_gap_keeping_follows_a_log_that_starts_moving(mini_builder, mini):
+def test_recovery_pulls_away_with_a_log_that_starts_moving(mini_builder, mini):
     """Mini-navhard 0321f158b9f55632: the logged ego waits at a crossing and pulls away after 3.3 s (0.97 m/s at
-    4 s); the start stands 1.5 m behind it on its path. Keeping that gap on the log's own speed profile, the
-    closed-loop ego pulls away with it and is at the log's speed at 4 s. Without gap-keeping candidates it holds
-    (the time-shifted ones rejoin a standing log at once) and is still standing at 4 s."""
+    4 s). From the logged start itself, and from 1.5 m behind it on its path, the closed-loop ego pulls away with
+    it and is on its path at its speed at 4 s. (Judged against the raw log, the LQR's own lag on this stop-and-go
+    log rejected the log itself, and time-shifted candidates put the start off at every replan: the ego from the
+    logged start was still standing at 4 s.)"""
     from simscale_env.experts import drive, logged_reference
     from simscale_env.map import load_map
     from simscale_env.sim.perturb import Perturbation, apply_perturbation
@@ -212,18 +213,40 @@ def test_gap_keeping_follows_a_log_that_starts_moving(mini_builder, mini):
     sc = mini_builder.load("0321f158b9f55632")
     m = load_map(sc.map_location, mini / "maps")
     sim = Simulation(sc, m, SimConfig(agent_mode="non_reactive"))
-    start = apply_perturbation(sim.reset().ego, Perturbation(longitudinal=-1.5), m)
     ref = logged_reference(sim, 0)
     v_log = float(np.interp(4.0, ref.times, ref.v))
     assert v_log > 0.9 and float(np.interp(2.0, ref.times, ref.v)) < 0.05
-    at_4s = {}
-    for keep in (True, False):
-        cfg = RecoveryConfig(gap_keeping=keep)
-        ws = drive(sim, sim.reset(start), lambda s_, w: recovery_plan(s_, w, cfg), 40, replan_every=5)
+    for start in (sim.reset().ego, apply_perturbation(sim.reset().ego, Perturbation(longitudinal=-1.5), m)):
+        ws = drive(sim, sim.reset(start), lambda s_, w: recovery_plan(s_, w), 40, replan_every=5)
         _, lat, _ = ref.path.project(ws[40].ego[None, :2])
-        at_4s[keep] = (abs(lat[0]), ws[40].ego[3])
-    assert at_4s[True][0] <= 0.5 and abs(at_4s[True][1] - v_log) <= 0.5
-    assert abs(at_4s[False][1] - v_log) > 0.5
+        assert abs(lat[0]) <= 0.5 and abs(ws[40].ego[3] - v_log) <= 0.5
+
+
+def test_follow_candidate_is_the_log_at_the_current_offset(mini_builder, mini):
+    """The follow candidates are the logged poses themselves from now on, shifted by the ego's along-track offset;
+    for an ego on the log, the log."""
+    from simscale_env.experts import logged_reference
+    from simscale_env.experts.recovery import _candidate_trajectories
+    from simscale_env.map import load_map
+
+    sc = mini_builder.load("0321f158b9f55632")
+    m = load_map(sc.map_location, mini / "maps")
+    sim = Simulation(sc, m, SimConfig(agent_mode="non_reactive"))
+    ref = logged_reference(sim, 0)
+    t = np.arange(41) * 0.1
+    for offset in (0.0, -1.5):
+        ego = sim.reset().ego.copy()
+        ego[:2] += offset * np.array([np.cos(ego[2]), np.sin(ego[2])])
+        trajs, _, labels = _candidate_trajectories(ref, ego, RecoveryConfig())
+        idx = [i for i, lab in enumerate(labels) if lab[1] == "follow"]
+        assert len(idx) == len(RecoveryConfig().lateral_fractions)
+        s0 = float(ref.path.project(ego[None, :2])[0][0])
+        want = ref.path.interpolate(np.interp(t, ref.times, ref.s) + (s0 - float(np.interp(0.0, ref.times, ref.s))))
+        for i in idx:
+            assert labels[i][2] == pytest.approx(offset, abs=0.02)
+            np.testing.assert_allclose(trajs[i, 1:, :2], want[1:, :2], atol=0.02)
+    trajs, _, labels = _candidate_trajectories(ref, sim.reset().ego, RecoveryConfig(follow=False))
+    assert not any(lab[1] == "follow" for lab in labels)
 
 
 def test_bench_closed_loop_rejoin_criterion(arterial):
