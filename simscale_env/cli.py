@@ -199,7 +199,7 @@ def _cmd_demo(args) -> int:
     obs, info = env.reset(seed=args.seed)
     p = info["perturbation"]
     print(f"scenario {info['scenario_token']} ({env.unwrapped.sim.scenario.scenario_type}, log {info['log_name']})")
-    if p:
+    if info["perturbed"]:
         print(f"perturbed start: lateral {p['lateral']:+.2f} m, longitudinal {p['longitudinal']:+.2f} m, heading "
               f"{np.degrees(p['heading']):+.1f} deg, speed x{p['speed_scale']:.2f}")
     u = env.unwrapped

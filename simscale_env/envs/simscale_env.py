@@ -548,7 +548,10 @@ class SimScaleEnv(gym.Env):
         info = {"scenario_token": sc.token, "log_name": sc.log_name, "map_location": sc.map_location,
                 "iteration": int(w.iteration), "time_us": int(w.time_us), "step": self._steps,
                 "episode_steps": self._n_steps,
-                "perturbation": asdict(self.perturbation) if self.perturbation is not None else None,
+                # the applied perturbation (all offsets 0, speed scale 1 for the logged start: one structure for
+                # every episode, as gymnasium's vector envs merge infos key by key)
+                "perturbation": asdict(self.perturbation if self.perturbation is not None else Perturbation()),
+                "perturbed": self.perturbation is not None,
                 # why a sampled start is the logged one (no valid perturbed start), else None
                 "perturbation_error": self._pert_error}
         if self.config.pseudo_experts:

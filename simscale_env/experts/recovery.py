@@ -314,12 +314,18 @@ def human_filtered(sim: Simulation, world: WorldState, scores, metrics=("traffic
 
 def valid_start(sim: Simulation, world: WorldState, plan: ExpertPlan | None = None,
                 metrics=("traffic_light_compliance",)) -> bool:
-    """SimScale keeps only states with a valid pseudo-expert (SimScale issue #10): PDM-Closed (`plan`, computed if
-    None) has a proposal with NC, DAC, DDC and TLC all 1, after NAVSIM's human false-positive filter on `metrics`
-    (`human_filtered`: a red light the logged human itself crosses over the horizon, as a car waiting over the stop
-    line when its light turns red does, cannot make every start near it invalid)."""
+    """SimScale keeps only states with a valid pseudo-expert (SimScale issue #10): PDM-Closed's label (`plan`,
+    computed if None), its 8 poses as the env's action and NAVSIM's scorer take them (interpolated, tracked by the
+    LQR + bicycle, against log-replay agents: `pseudo_simulate`), has NC, DAC, DDC and TLC all 1, after NAVSIM's human
+    false-positive filter on `metrics` (`human_filtered`: a red light the logged human itself crosses over the
+    horizon, as a car waiting over the stop line when its light turns red does, cannot make every start near it
+    invalid). (PDM-Closed's own dense trajectory can be safe where its 8 poses are not: 2.9 m beside the lane at
+    16 m/s heading 11 deg for the edge, the 0.5 s poses miss the first turn and leave the road within 0.5 s.)"""
+    from ..metrics.pseudo_sim import pseudo_simulate
+
     plan = plan if plan is not None else PDMClosedPlanner().plan(sim, world)
-    return bool(human_filtered(sim, world, plan.scores, metrics).multiplicative_metrics_prod.max() == 1.0)
+    scores, _ = pseudo_simulate(sim, world, plan.poses[None], agent_mode="non_reactive")
+    return bool(human_filtered(sim, world, scores, metrics).multiplicative_metrics_prod[0] == 1.0)
 
 
 def recovery_plan(sim: Simulation, world: WorldState, config: RecoveryConfig = RecoveryConfig(), *,

@@ -137,7 +137,8 @@ def test_reset_options_and_errors():
                                                                                     "speed_scale": 0.9}})
     assert info["scenario_token"] == tok and info["perturbation"]["lateral"] == 0.5
     obs, info = env.reset(seed=1, options={"scenario_token": tok, "perturbation": None})
-    assert info["perturbation"] is None
+    assert not info["perturbed"] and info["perturbation_error"] is None
+    assert info["perturbation"] == {"lateral": 0.0, "longitudinal": 0.0, "heading": 0.0, "speed_scale": 1.0}
     with pytest.raises(UnknownTokenError, match="ffffffffffffffff"):
         env.reset(options={"scenario_token": "ffffffffffffffff"})
     with pytest.raises(ValueError, match="unknown reset options"):
@@ -282,7 +283,7 @@ def test_window_perturbations_through_the_env():
         f = u.sim.frame(0)
         travel = float(np.sum(np.hypot(np.diff(sc.ego.x[f - 20:f + 1]), np.diff(sc.ego.y[f - 20:f + 1]))))
         p = info["perturbation"]
-        if p is None:
+        if not info["perturbed"]:
             assert "standing ego" in info["perturbation_error"] or "no valid perturbed start" in info[
                 "perturbation_error"], info["perturbation_error"]
             standing += travel < 0.1

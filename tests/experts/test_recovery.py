@@ -275,3 +275,23 @@ def test_bench_closed_loop_rejoin_criterion(arterial):
     for bad in (off, turned, slow):
         assert not closed_loop_rejoin(ref, worlds(bad))
     assert not closed_loop_rejoin(ref, worlds(log4)[:40])
+
+
+def test_valid_start_judges_the_8_pose_label_as_navsim_scores_it(mini_builder, mini):
+    """Mini-navhard 7ffc94b8da34b707, 2.9 m right of the lane at 16 m/s heading 11 deg for the edge: PDM-Closed's own
+    dense trajectory is safe, but its 8 poses (the env's action, 0.5 s apart) miss the first turn and leave the road,
+    so the start has no valid pseudo-expert label. A perturbed start beside the log of 3dd6077c2060ab88 is valid."""
+    from simscale_env.experts import PDMClosedPlanner, valid_start
+    from simscale_env.map import load_map
+    from simscale_env.sim.perturb import Perturbation, apply_perturbation
+
+    sc = mini_builder.load("7ffc94b8da34b707")
+    m = load_map(sc.map_location, mini / "maps")
+    sim = Simulation(sc, m, SimConfig(agent_mode="reactive"))
+    start = apply_perturbation(sim.reset().ego, Perturbation(-2.946625, 2.872605, -0.198035, 1.285211), m)
+    plan = PDMClosedPlanner().plan(sim, sim.reset(start))
+    assert plan.scores.multiplicative_metrics_prod.max() == 1.0
+    assert not valid_start(sim, sim.reset(start), plan)
+    sc = mini_builder.load("3dd6077c2060ab88")
+    sim = Simulation(sc, load_map(sc.map_location, mini / "maps"), SimConfig(agent_mode="reactive"))
+    assert valid_start(sim, sim.reset(apply_perturbation(sim.reset().ego, Perturbation(lateral=0.5), sim.map)))
