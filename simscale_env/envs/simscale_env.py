@@ -87,7 +87,7 @@ class EnvConfig:
     pseudo_experts: bool = True
     # the PDM-Closed pseudo-expert with tuplan's emergency brake (opt-in; NAVSIM's copy never calls it). Not the
     # default: replanned at 2 Hz it stops for collisions the reactive agents then avoid (mini-navhard
-    # `simscale evaluate`: PDM-Closed 0.885 without, 0.843 with)
+    # `simscale evaluate`: PDM-Closed 0.863 without, 0.855 with; under the teleport sampler 0.885 and 0.843)
     expert_emergency_brake: bool = False
     plan_scoring: str | None = "non_reactive"  # pseudo-simulation of the submitted plan; None turns it off
     perturbation: PerturbationConfig | None = None  # default: the split's (PERTURBATION_DEFAULTS)
