@@ -7,9 +7,10 @@ start in the same reactive world. Episode sub-metrics come from `episode_summary
 with NAVSIM's human filter against (c), as NAVSIM's evaluation applies it. Rates and means are over starts.
 
 Starts: a perturbation is kept when it passes the sampler's checks (on the road, clear of objects and of red
-connectors, not leaving the road within the reaction time) and PDM-Closed's first plan has a proposal that the
-engine finds safe (`valid_start`: NC, DAC, DDC, TLC all 1, TLC after NAVSIM's human filter): SimScale likewise keeps
-only states with a valid pseudo-expert (about half of the sampled scenes, SimScale issue #10). Redraws are counted
+connectors, not leaving the road within the reaction time) and PDM-Closed's first label, its 8 poses scored as
+NAVSIM scores a submitted plan, is safe (`valid_start`: NC, DAC, DDC, TLC all 1, TLC after NAVSIM's human filter):
+SimScale likewise keeps only states with a valid pseudo-expert (about half of the sampled scenes, SimScale issue
+#10). Redraws are counted
 in `rejected_starts`; scenarios without any valid start (under the window sampler a log standing over the window has
 nothing to perturb) in `skipped_scenarios`, with the reason on stderr.
 Rejoin rate (`recovery_rejoin_rate`, every start): the share of starts whose closed-loop ego, driven by the recovery
@@ -115,7 +116,7 @@ def main(argv) -> int:
                 rejected += 1
             else:
                 print(f"[{n + 1}/{len(tokens)}] {tok}: no valid start in {args.max_draws} draws (PDM-Closed has no "
-                      f"safe proposal from any)", file=sys.stderr)
+                      f"safe label from any: valid_start)", file=sys.stderr)
             if start is None:
                 break
             starts.append(start)

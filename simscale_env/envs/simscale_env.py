@@ -306,7 +306,7 @@ class SimScaleEnv(gym.Env):
 
             if valid_start(self.sim, self.sim.reset(new)):
                 return p, new
-        self._pert_error = (f"{self.sim.scenario.token}: PDM-Closed has no safe proposal from any of "
+        self._pert_error = (f"{self.sim.scenario.token}: PDM-Closed has no safe label (valid_start) from any of "
                             f"{cfg.max_start_draws} perturbed starts")
         return None, w0.ego.copy()
 
