@@ -229,6 +229,7 @@ class SimScaleEnv(gym.Env):
         w0 = self.sim.reset()
         self._route_lanes = m.route_lane_ids([r for r in sc.route_roadblock_ids if r in m.roadblocks])
         self._pert_error = None
+        self._start_plan = None
         pert, start = self._start(w0, options.get("perturbation", "sample"))
         self.world = self.sim.reset(start)
         self.perturbation = pert
@@ -293,6 +294,8 @@ class SimScaleEnv(gym.Env):
             sc = self.sim.scenario
             travel = logged_travel(sc.ego.x, sc.ego.y, self.sim.frame(0),
                                    int(round(self._pert_cfg.window_s / sc.dt_s)))
+        from ..experts import PDMClosedConfig, PDMClosedPlanner, valid_start
+
         for _ in range(cfg.max_start_draws if cfg.valid_start else 1):
             try:
                 p, new = sample_perturbation(w0.ego, self.sim.map, objs, self.np_random, self._pert_cfg,
@@ -302,9 +305,10 @@ class SimScaleEnv(gym.Env):
                 return None, w0.ego.copy()  # no valid perturbation: the logged start (reported in info)
             if not cfg.valid_start:
                 return p, new
-            from ..experts import valid_start
-
-            if valid_start(self.sim, self.sim.reset(new)):
+            w = self.sim.reset(new)
+            plan = PDMClosedPlanner(PDMClosedConfig(emergency_brake=cfg.expert_emergency_brake)).plan(self.sim, w)
+            if valid_start(self.sim, w, plan):
+                self._start_plan = plan  # the label info serves at reset: judged here, not planned twice
                 return p, new
         self._pert_error = (f"{self.sim.scenario.token}: PDM-Closed has no safe label (valid_start) from any of "
                             f"{cfg.max_start_draws} perturbed starts")
@@ -558,7 +562,9 @@ class SimScaleEnv(gym.Env):
             from ..experts import PDMClosedConfig, PDMClosedPlanner, recovery_plan
 
             planner = PDMClosedPlanner(PDMClosedConfig(emergency_brake=self.config.expert_emergency_brake))
-            self._pdm = planner.plan(self.sim, w)
+            # at reset, the label `valid_start` judged (the same fresh planner on the same world)
+            self._pdm = self._start_plan if self._start_plan is not None else planner.plan(self.sim, w)
+            self._start_plan = None
             rec = recovery_plan(self.sim, w, fallback_plan=self._pdm)
             info["pseudo_expert"] = {"pdm_closed": self._pdm.poses.astype(np.float32),
                                      "recovery": rec.poses.astype(np.float32)}

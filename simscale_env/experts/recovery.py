@@ -57,7 +57,7 @@ import numpy as np
 
 from ..geometry import wrap_angle
 from ..map.polyline import Polyline
-from ..metrics.epdms import comfort_checks, score_states
+from ..metrics.epdms import comfort_checks, human_filter, score_states
 from ..metrics.pseudo_sim import scoring_scene
 from ..sim.lqr import LQRConfig, track_references
 from ..sim.state import ACCELERATION_X, HEADING, VELOCITY_X, VELOCITY_Y, X, Y
@@ -214,8 +214,8 @@ def _candidate_trajectories(ref: LoggedReference, ego: np.ndarray, cfg: Recovery
     t = np.arange(int(round(cfg.horizon_s / cfg.dt)) + 1) * cfg.dt
     s_log = np.interp(t, ref.times, ref.s)
     v_log = np.interp(t, ref.times, ref.v)
-    # gap-keeping candidates: the log's own speed profile at the current along-track offset, for an ego off the log
-    # along-track while the log changes speed (e.g. starts moving); otherwise they repeat the time-shifted ones
+    # gap-keeping candidates: the log's own speed profile at the current along-track offset, while the log changes
+    # speed (e.g. starts moving); otherwise they repeat the time-shifted ones
     gap = s0 - float(s_log[0])
     keep_gap = bool(cfg.gap_keeping and np.ptp(v_log) >= cfg.rejoin_speed_mps)
     # longitudinal profiles, one per (T_j, mode)
@@ -299,8 +299,8 @@ def measured_rejoin(states: np.ndarray, targets: np.ndarray, config: RecoveryCon
 
 def human_filtered(sim: Simulation, world: WorldState, scores, metrics=("traffic_light_compliance",),
                    scene=None):
-    """`scores` of plans from `world` after NAVSIM's human false-positive filter on `metrics`: each one the logged
-    human fails over the same horizon (its logged states from this iteration, scored in `scene`, by default the
+    """`scores` of plans from `world` after NAVSIM's human false-positive filter (`metrics.human_filter`) on
+    `metrics`: each one the logged human fails over the same horizon (its logged states from this iteration, scored in `scene`, by default the
     log-replay scoring scene of `world`) is set to 1. The human is scored only when some plan fails one of them."""
     metrics = tuple(metrics)
     if not metrics or not any(np.any(getattr(scores, k) == 0.0) for k in metrics):
@@ -309,7 +309,7 @@ def human_filtered(sim: Simulation, world: WorldState, scores, metrics=("traffic
     steps = scene.num_steps - 1
     it = np.minimum(world.iteration + np.arange(steps + 1), sim.num_iterations - 1)
     human = score_states(scene, np.stack([sim.logged_ego_state(int(i)) for i in it])[None])
-    return scores.replace(**{k: np.where(getattr(human, k)[0] == 0.0, 1.0, getattr(scores, k)) for k in metrics})
+    return human_filter(scores, human, columns=metrics).scores
 
 
 def valid_start(sim: Simulation, world: WorldState, plan: ExpertPlan | None = None,

@@ -624,17 +624,20 @@ class FilteredScores:
 
 
 def human_filter(agent: PlanScores, human: PlanScores, variant: str = "fixed",
-                 config: C.ScorerConfig = C.ScorerConfig()) -> FilteredScores:
+                 config: C.ScorerConfig = C.ScorerConfig(), columns=FILTERED_COLUMNS) -> FilteredScores:
     """NAVSIM's human false-positive filter (navsim/evaluate/pdm_score.py): every sub-metric column where the human's
     score is exactly 0 becomes 1 for the agent. `variant="fixed"` (default, NAVSIM since 2025-09-29, issue #151)
     recomputes the products and the score from the filtered columns; `variant="pre_fix"` reproduces the earlier code
-    (SimScale's included): the visible columns change but the final score stays unfiltered."""
+    (SimScale's included): the visible columns change but the final score stays unfiltered. `columns`: NAVSIM's
+    eight by default; a subset applies the rule to those only (the experts filter TLC alone)."""
     if variant not in ("fixed", "pre_fix"):
         raise ValueError(f"variant must be 'fixed' or 'pre_fix', got {variant!r}")
     if len(human) != 1 and len(human) != len(agent):
         raise ValueError("human scores must have one row or one per agent row")
+    if not set(columns) <= set(FILTERED_COLUMNS):
+        raise ValueError(f"columns must be among {FILTERED_COLUMNS}, got {tuple(columns)}")
     kw = {}
-    for col in FILTERED_COLUMNS:
+    for col in columns:
         hv = np.broadcast_to(getattr(human, col), (len(agent),))
         kw[col] = np.where(hv == 0, 1.0, getattr(agent, col))
     filtered = agent.replace(**kw)

@@ -274,7 +274,7 @@ def perturbed_past(log_xyh: np.ndarray, new_now: np.ndarray, speed_scale: float 
     span = back[0]
     if span >= 0.1:
         u = 1.0 - back / span
-        m = span * np.tan(np.clip(dth, -1.4, 1.4))
+        m = span * np.tan(np.clip(dth, -1.4, 1.4))  # (80 deg: a finite end slope for any heading offset)
         h = lat * (3 * u**2 - 2 * u**3) + m * (u**3 - u**2)
         dh = lat * (6 * u - 6 * u**2) + m * (3 * u**2 - 2 * u)
         turn = np.arctan(dh / span)

@@ -348,3 +348,18 @@ def test_perturbed_history_leads_into_the_start():
     assert abs(past[2, 1] - past0[2, 1]) < 0.3
     assert np.all(np.diff(past[:, 1] - past0[:, 1]) > 0)
     env.close()
+
+
+def test_reset_label_is_the_one_valid_start_judged():
+    """The PDM-Closed label served at reset is the plan `valid_start` accepted (not planned twice), equal to a fresh
+    plan from the start, and valid."""
+    from simscale_env.experts import PDMClosedPlanner, valid_start
+
+    env = gym.make("SimScale-navhard-v0", **SMALL)
+    u = env.unwrapped
+    obs, info = env.reset(seed=0, options={"scenario_token": "e43314dd932dc329"})
+    assert info["perturbed"]
+    fresh = PDMClosedPlanner().plan(u.sim, u.world)
+    np.testing.assert_array_equal(info["pseudo_expert"]["pdm_closed"], fresh.poses.astype(np.float32))
+    assert valid_start(u.sim, u.world, fresh)
+    env.close()

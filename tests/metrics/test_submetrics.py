@@ -185,6 +185,11 @@ def test_human_filter_turns_a_shared_penalty_into_1():
     a2 = score_states(cone_scene, states_for([straight(10)]))
     h2 = score_states(cone_scene, states_for([straight(10)]))
     assert human_filter(a2, h2).scores.no_at_fault_collisions[0] == 0.5
+    # a subset of the columns: the shared collision stays when only TLC is filtered
+    only_tlc = human_filter(agent, human, "fixed", columns=("traffic_light_compliance",))
+    assert only_tlc.scores.no_at_fault_collisions[0] == 0.0 and only_tlc.final[0] == 0.0
+    with pytest.raises(ValueError, match="columns must be among"):
+        human_filter(agent, human, columns=("epdms",))
 
 
 def test_two_stage_weights_for_known_distances():

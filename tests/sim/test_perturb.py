@@ -17,7 +17,7 @@ def _objects(sim, w):
     return sim.objects(w).corners()
 
 
-@pytest.mark.parametrize("window_s,want", [(2.0, 1000), (None, 300)])
+@pytest.mark.parametrize("window_s,want", [(2.0, 1000), (None, 1000)])
 def test_property_samples_are_valid(mini_builder, mini, window_s, want):
     from simscale_env.sim.perturb import logged_travel
 
