@@ -1,0 +1,165 @@
+"""Golden folders in the format of ``oracle_mini/`` (outputs of the real nuplan-devkit and NAVSIM on frozen logs).
+
+A golden folder holds, each optional:
+
+| path | what |
+|---|---|
+| ``maps.tar.xz`` | a maps root (``maps/nuplan-maps-v1.0.json``, ``maps/<location>/<version>/map.gpkg``) |
+| ``logs/<log>.db.xz`` | nuPlan SQLite logs, xz-compressed |
+| ``navsim_logs/<log>.pkl.xz`` | OpenScene pickles of the same logs, xz-compressed |
+| ``idm_traces/<token>.json`` | the devkit's reactive closed loop on a scenario |
+| ``navsim_scores_*.json`` | NAVSIM's ``pdm_score`` of named trajectories and its PDM-Closed plan per scene |
+| ``devkit_scenarios.json`` / ``devkit_maps.json`` | the devkit's scenario builder and map API on the logs and maps |
+
+The folder itself is never written to: compressed files are extracted once into the cache
+(``SIMSCALE_CACHE/golden/<digest>``, keyed by the archives' contents), atomically, and reused afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import lzma
+import os
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from ..data.paths import cache_dir
+from ..errors import CorruptFileError, MissingFileError
+
+
+def _digest(paths) -> str:
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(p.name.encode())
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptFileError(path, f"not valid JSON ({exc})") from exc
+
+
+@dataclass(frozen=True)
+class GoldenFolder:
+    """A golden folder and its extracted copy in the cache."""
+
+    root: Path
+    cache: Path = field(default=None)
+
+    @staticmethod
+    def open(root: str | Path, cache: str | Path | None = None) -> "GoldenFolder":
+        root = Path(root)
+        if not root.is_dir():
+            raise MissingFileError(root, "golden folder not found")
+        return GoldenFolder(root, Path(cache) if cache is not None else None)
+
+    # ------------------------------------------------------------------ what is there
+    @property
+    def archives(self) -> list[Path]:
+        out = []
+        if (self.root / "maps.tar.xz").exists():
+            out.append(self.root / "maps.tar.xz")
+        out += sorted((self.root / "logs").glob("*.db.xz")) if (self.root / "logs").is_dir() else []
+        out += sorted((self.root / "navsim_logs").glob("*.pkl.xz")) if (self.root / "navsim_logs").is_dir() else []
+        return out
+
+    @cached_property
+    def extracted(self) -> Path:
+        """The folder holding ``maps/``, ``logs/`` and ``navsim_logs/`` extracted (made on first use)."""
+        base = self.cache if self.cache is not None else cache_dir() / "golden"
+        dest = base / _digest(self.archives)
+        if (dest / ".complete").exists():
+            return dest
+        base.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=base))
+        try:
+            for a in self.archives:
+                if a.name == "maps.tar.xz":
+                    try:
+                        with tarfile.open(a, "r:xz") as tf:
+                            tf.extractall(tmp, filter="data")
+                    except (tarfile.TarError, lzma.LZMAError, EOFError) as exc:
+                        raise CorruptFileError(a, f"not a readable .tar.xz ({exc})") from exc
+                    continue
+                out = tmp / a.parent.name / a.name[:-3]
+                out.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    with lzma.open(a) as src, open(out, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+                except (lzma.LZMAError, EOFError) as exc:
+                    raise CorruptFileError(a, f"not a readable .xz file ({exc})") from exc
+            (tmp / ".complete").write_text("")
+            try:
+                os.replace(tmp, dest)
+            except OSError:  # another process finished first
+                if not (dest / ".complete").exists():
+                    raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return dest
+
+    @property
+    def maps_root(self) -> Path | None:
+        if not (self.root / "maps.tar.xz").exists():
+            return None
+        return self.extracted / "maps"
+
+    @property
+    def log_dir(self) -> Path | None:
+        """Folder of the extracted nuPlan ``.db`` logs (None without ``logs/``)."""
+        return self.extracted / "logs" if (self.root / "logs").is_dir() else None
+
+    def log_path(self, log_name: str) -> Path:
+        p = self.extracted / "logs" / f"{log_name}.db"
+        if not p.exists():
+            raise MissingFileError(self.root / "logs" / f"{log_name}.db.xz", "log referenced by the golden files")
+        return p
+
+    def navsim_log_path(self, log_name: str) -> Path:
+        p = self.extracted / "navsim_logs" / f"{log_name}.pkl"
+        if not p.exists():
+            raise MissingFileError(self.root / "navsim_logs" / f"{log_name}.pkl.xz",
+                                   "OpenScene log referenced by the golden files")
+        return p
+
+    @property
+    def navsim_log_dir(self) -> Path | None:
+        return self.extracted / "navsim_logs" if (self.root / "navsim_logs").is_dir() else None
+
+    # ------------------------------------------------------------------ golden outputs
+    @property
+    def trace_files(self) -> list[Path]:
+        d = self.root / "idm_traces"
+        return sorted(d.glob("*.json")) if d.is_dir() else []
+
+    def traces(self):
+        """(path, trace dict) of every IDM trace."""
+        for p in self.trace_files:
+            yield p, _read_json(p)
+
+    @property
+    def score_files(self) -> list[Path]:
+        return sorted(self.root.glob("navsim_scores_*.json"))
+
+    def scores(self):
+        for p in self.score_files:
+            yield p, _read_json(p)
+
+    def devkit_scenarios(self):
+        p = self.root / "devkit_scenarios.json"
+        return (p, _read_json(p)) if p.exists() else (p, None)
+
+    def devkit_maps(self):
+        p = self.root / "devkit_maps.json"
+        return (p, _read_json(p)) if p.exists() else (p, None)
