@@ -4,6 +4,7 @@
     simscale data info PATH                           summarize logs, scenarios, agents and map layers
     simscale bench NAME                               run a benchmark (ends with one JSON line of figures)
     simscale check-epdms FILE.json                    score NAVSIM golden cases with the engine, list mismatches
+    simscale check-golden DIR                         compare against a golden devkit/NAVSIM folder (oracle_mini format)
     simscale vocab build --split S --k K --out V.npy  k-means trajectory vocabulary from the human plans of a split
     simscale vocab label --split S --vocab V.npy --out DIR   EPDMS sub-score labels (float16) of V in every scene
     simscale render --log LOG --token TOKEN --out DIR   camera images, a bird's-eye view and a mosaic (PNG)
@@ -79,6 +80,32 @@ def _split_logs(args):
 
         raise MissingFileError(cfg.log_dir, f"none of the logs of split '{spec.name}' is there")
     return cfg, spec, logs
+
+
+def _cmd_check_golden(args) -> int:
+    import logging
+
+    from .golden.check import CHECKS, check_golden, total_mismatches
+    from .golden.report import format_results
+
+    logger = logging.getLogger("simscale_env.golden")
+    handler = None
+    if not args.quiet:  # progress on stderr
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("check-golden: %(message)s"))
+        logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        summary, results = check_golden(args.dir, args.cache)
+    finally:
+        logger.setLevel(level)
+        if handler is not None:
+            logger.removeHandler(handler)
+    for line in format_results([c[2] for c in CHECKS], results, max_mismatches=max(0, args.max_mismatches)):
+        print(line)
+    print(json.dumps(summary))
+    return 1 if total_mismatches(summary) else 0
 
 
 def _cmd_vocab_build(args) -> int:
@@ -256,6 +283,25 @@ def build_parser() -> argparse.ArgumentParser:
     ce = sub.add_parser("check-epdms", help="score golden NAVSIM cases (epdms-navsim-golden/1) and compare")
     ce.add_argument("file", type=Path)
     ce.set_defaults(func=_cmd_check_epdms)
+
+    cg = sub.add_parser("check-golden", help="compare against a golden folder of nuplan-devkit/NAVSIM outputs (the "
+                                             "format of oracle_mini/); exit 1 on any mismatch",
+                        description="Runs every comparison a golden folder allows (IDM traces, NAVSIM score cells, "
+                                    "PDM-Closed plans, map API, scenario builder), prints per-file agreement tables "
+                                    "and every mismatch, and ends with one JSON line of counts. Exit status: 0 when "
+                                    "nothing differs, 1 on any mismatch, 2 on a user error (missing folder, corrupt "
+                                    "file).")
+    cg.add_argument("dir", type=Path, metavar="DIR",
+                    help="golden folder: maps.tar.xz, logs/*.db.xz, navsim_logs/*.pkl.xz, idm_traces/*.json, "
+                         "navsim_scores_*.json, devkit_scenarios.json, devkit_maps.json (each optional; a kind "
+                         "whose files are absent is skipped and said so)")
+    cg.add_argument("--cache", type=Path, default=None, metavar="DIR",
+                    help="where the compressed archives are extracted, once (default: $SIMSCALE_CACHE/golden)")
+    cg.add_argument("--max-mismatches", type=int, default=200, metavar="N",
+                    help="print at most N mismatch lines per kind, then a '... K more' line (the JSON counts stay "
+                         "exact; default 200)")
+    cg.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
+    cg.set_defaults(func=_cmd_check_golden)
 
     vocab = sub.add_parser("vocab", help="trajectory vocabularies and per-scene EPDMS labels (GTRS-style)")
     vsub = vocab.add_subparsers(dest="vocab_command", required=True)

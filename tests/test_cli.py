@@ -32,3 +32,28 @@ def test_demo_drives_a_navhard_episode_and_writes_images_and_a_video(mini, tmp_p
     assert img.shape == (224, 480, 3) and img.std() > 10  # an image, not a blank
     video = tmp_path / "episode.mp4"
     assert video.exists() and video.stat().st_size > 10_000
+
+
+def test_check_golden_help_documents_every_flag(capsys):
+    import argparse
+
+    import pytest
+
+    from simscale_env.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    cg = sub.choices["check-golden"]
+    for action in cg._actions:
+        assert action.help, action.dest
+    with pytest.raises(SystemExit) as exc:
+        main(["check-golden", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("DIR", "--cache", "--max-mismatches", "--quiet"):
+        assert flag in text
+
+
+def test_check_golden_on_a_missing_folder_exits_2_with_one_line(tmp_path, capsys):
+    assert main(["check-golden", str(tmp_path / "missing"), "--quiet"]) == 2
+    cap = capsys.readouterr()
+    assert cap.out == "" and cap.err.count("\n") == 1 and "missing" in cap.err

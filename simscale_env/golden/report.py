@@ -28,3 +28,40 @@ class CheckResult:
     mismatches: list[Mismatch] = field(default_factory=list)
     tables: dict = field(default_factory=dict)
     skipped: str | None = None
+
+
+def format_table(header, rows) -> list[str]:
+    """Fixed-width text lines of one agreement table (first column left-aligned, the others right-aligned)."""
+    cells = [[str(h) for h in header]] + [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(r[k]) if k < len(r) else 0 for r in cells) for k in range(len(header))]
+    out = []
+    for r in cells:
+        parts = [r[k].ljust(widths[k]) if k == 0 else r[k].rjust(widths[k]) for k in range(len(r))]
+        out.append("  ".join(parts).rstrip())
+    return out
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def format_results(kinds, results, max_mismatches: int = 200) -> list[str]:
+    """The text report of `simscale check-golden`: per kind, its per-file agreement tables and its mismatches
+    (the first `max_mismatches`, then a "... N more" line), and a "skipped: <kind>: <why>" line for a skipped kind.
+    `kinds` names each result (the orchestrator's kind names, in the same order)."""
+    lines: list[str] = []
+    skipped = []
+    for kind, r in zip(kinds, results):
+        if r.skipped:
+            skipped.append(f"skipped: {kind}: {r.skipped}")
+            continue
+        lines.append(f"== {kind}: {r.compared} compared, {len(r.mismatches)} mismatches")
+        for file, (header, rows) in r.tables.items():
+            lines.append(f"-- {file}")
+            lines.extend("   " + line for line in format_table(header, rows))
+        lines.extend(str(m) for m in r.mismatches[:max_mismatches])
+        if len(r.mismatches) > max_mismatches:
+            lines.append(f"... {len(r.mismatches) - max_mismatches} more {kind} mismatches")
+    return lines + skipped
