@@ -290,6 +290,22 @@ def extract_scenario(db: LogDB, token: str, *, scenario_type: str | None = None,
                           tag_track_token=tag_track, dt_s=step * DATABASE_ROW_INTERVAL_S)
 
 
+# A NAVSIM scene (navsim/common/dataclasses.py, scene_loader.py): the token is the current frame, the last of
+# num_history_frames = 4 frames at 2 Hz (1.5 s of past), followed by num_future_frames (10 in navtest/navtrain, 8 in
+# navhard_two_stage) at 2 Hz. Our episodes run past NAVSIM's 4-5 s of future, to the end of the nuPlan challenge
+# window the same token anchors (t + 12 s: duration 15 s from offset -3 s), so an episode covers the log it did
+# under the nuPlan window minus the 3 s before the token.
+NAVSIM_SCENE_DURATION_S = SCENARIO_DURATION_S + EXTRACTION_OFFSET_S
+
+
+def extract_navsim_scenario(db: LogDB, token: str, *, scenario_type: str | None = None,
+                            duration_s: float = NAVSIM_SCENE_DURATION_S, history_s: float = HISTORY_S) -> Scenario:
+    """The scenario whose iteration 0 is NAVSIM's current frame `token` (offset 0), `duration_s` long, at 10 Hz, with
+    `history_s` of log before it (default the devkit's 2 s buffer, of which NAVSIM's past is the last 1.5 s)."""
+    return extract_scenario(db, token, scenario_type=scenario_type, duration_s=duration_s, offset_s=0.0,
+                            history_s=history_s)
+
+
 def iterate_log(db: LogDB, *, step_s: float = 0.1, start_s: float = 0.0, duration_s: float | None = None,
                 history_s: float = 0.0) -> Scenario:
     """A whole log (or a part) as one long scenario at `step_s` (default 10 Hz), for episodes longer than 15 s.

@@ -1,5 +1,13 @@
 """`SimScaleEnv`: the Gymnasium environment.
 
+A split token is NAVSIM's current frame (`scene_window="navsim"`, default): iteration 0 is the token's frame, the
+ego's past is NAVSIM's 1.5 s (4 history frames at 2 Hz), and the episode runs to 12 s after the token where the log
+has it; `scene_window="nuplan"` gives nuPlan's challenge window (15 s from 3 s before the token). HC always prepends
+a past (`envs.history`): the logged one at a logged start, the perturbed past the ego drove in at a perturbed start,
+then the realised states. `info["epdms"]` at a logged start is NAVSIM's stage-1 score (human false-positive filter
+against the logged human, `human_filter=`); at a perturbed start and later states stage-2 semantics (no filter);
+`info["epdms_stage"]` says which.
+
 One decision step = `replan_interval` seconds (default 0.5 s, 5 simulation steps at 10 Hz). The default action is a
 NAVSIM plan: 8 poses (x, y, heading) 0.5 s apart in the current rear-axle frame, tracked by the LQR + bicycle for one
 decision step; `action_type="control"` takes (acceleration [m/s^2], steering rate [rad/s]) held for the step.
@@ -40,7 +48,7 @@ from gymnasium import spaces
 
 from ..data.openscene import load_split
 from ..data.paths import DataConfig
-from ..data.scenario import ScenarioBuilder, find_log_files
+from ..data.scenario import NAVSIM_SCENE_DURATION_S, ScenarioBuilder, extract_navsim_scenario, find_log_files
 from ..errors import UnknownTokenError
 from ..geometry import global_to_local
 from ..map import load_map
@@ -55,8 +63,9 @@ from ..sim.perturb import (PERTURBATION_DEFAULTS, Perturbation, PerturbationConf
                            apply_perturbation, check_start, logged_travel, perturbed_past,
                            sample_perturbation)
 from ..sim.plans import plan_to_reference
-from ..sim.state import ACCELERATION_X, ACCELERATION_Y, HEADING, VELOCITY_X, VELOCITY_Y, X, Y
+from ..sim.state import ACCELERATION_X, ACCELERATION_Y, HEADING, STATE_SIZE, VELOCITY_X, VELOCITY_Y, X, Y
 from ..sim.world import PlanTracker, ego_box
+from .history import PAST_S, hc_past, logged_past_states, states_from_poses
 
 OBSERVATION_KEYS = ("cameras", "ego_status", "bev", "agents", "route")
 MAX_AGENTS = 64
@@ -66,6 +75,7 @@ PLAN_LOW = np.array([-20.0, -80.0, -np.pi], np.float32)
 PLAN_HIGH = np.array([160.0, 80.0, np.pi], np.float32)
 CONTROL_LOW = np.array([-8.0, -1.0], np.float32)  # m/s^2, rad/s
 CONTROL_HIGH = np.array([4.0, 1.0], np.float32)
+NAVSIM_FRAME_STEPS = 5  # NAVSIM's frames are 0.5 s apart (dataclasses.py NAVSIM_INTERVAL_LENGTH): 5 steps of 0.1 s
 
 
 @dataclass(frozen=True)
@@ -102,8 +112,24 @@ class EnvConfig:
     # scene synthesised from the map
     reconstructions: str | None = None
     bev_size: int = 256
+    # what a split token denotes. "navsim" (default; every split here is a NAVSIM scene filter): NAVSIM's current
+    # frame: iteration 0 is the token's frame, the past the ego status and HC read is its 1.5 s before (NAVSIM's 4
+    # history frames), the episode runs `navsim_duration_s` (default to the end of the nuPlan challenge window,
+    # t + 12 s, where the log has it). "nuplan": the nuPlan challenge window (15 s from 3 s before the token)
+    scene_window: str = "navsim"
+    navsim_duration_s: float = NAVSIM_SCENE_DURATION_S
+    # info["epdms"] of the plan submitted at a logged start is NAVSIM's stage-1 score: the human false-positive
+    # filter against the logged human's 4 s ("fixed": NAVSIM since 2025-09-29; "pre_fix": the earlier code, whose
+    # final score stays unfiltered; None: off). Perturbed starts and later states are stage-2 semantics: no filter
+    human_filter: str | None = "fixed"
 
     def __post_init__(self):
+        if self.scene_window not in ("navsim", "nuplan"):
+            raise ValueError(f"scene_window must be 'navsim' or 'nuplan', got {self.scene_window!r}")
+        if not (np.isfinite(self.navsim_duration_s) and self.navsim_duration_s >= 0.5):
+            raise ValueError(f"navsim_duration_s must be >= 0.5 s, got {self.navsim_duration_s!r}")
+        if self.human_filter not in (None, "fixed", "pre_fix"):
+            raise ValueError(f"human_filter must be None, 'fixed' or 'pre_fix', got {self.human_filter!r}")
         if self.action_type not in ("plan", "control"):
             raise ValueError(f"action_type must be 'plan' or 'control', got {self.action_type!r}")
         if self.invalid_action not in ("raise", "clip"):
@@ -193,7 +219,20 @@ class SimScaleEnv(gym.Env):
 
     def _scenario(self, token):
         if token not in self._scenarios:
-            self._scenarios[token] = self._builder.load(token)
+            if self.config.scene_window == "navsim":
+                try:
+                    ref = self._builder.ref(token)
+                    db, kind = self._builder.db(ref.log_name), ref.scenario_type
+                except UnknownTokenError:  # a NAVSIM token need not be a tagged nuPlan scenario: any 2 Hz frame
+                    db = next((self._builder.db(n) for n in sorted(self._builder.log_files)
+                               if token in self._builder.db(n).lidar_pc_tokens), None)
+                    if db is None:
+                        raise
+                    kind = None
+                self._scenarios[token] = extract_navsim_scenario(db, token, scenario_type=kind,
+                                                                 duration_s=self.config.navsim_duration_s)
+            else:
+                self._scenarios[token] = self._builder.load(token)
         return self._scenarios[token]
 
     def _renderer(self):
@@ -238,17 +277,20 @@ class SimScaleEnv(gym.Env):
         left = (self.sim.num_iterations - 1) // self._k
         self._n_steps = min(cfg.episode_steps or left, left)
         self._worlds = [self.world]
-        # the ego's history before iteration 0: the last 15 poses before now (0.1 s apart), what the ego status's
-        # 1.5 s of history reads; the log's, or after a perturbation the log's blended into the perturbed start
-        # (`perturbed_past`: the ego drove into it at its perturbed speed)
+        # the ego's past before iteration 0 (`envs.history`): its states over the last 1.5 s (0.1 s apart), which the
+        # ego status's past poses and HC read; the log's at a logged start, else the perturbed past the ego drove in
+        # (`perturbed_past`: the log's path at the perturbed speed with the offset blended in), then the realised ones
         e = sc.ego
         f0 = sc.start_index
-        a = max(0, f0 - 30)  # enough logged path for a past driven up to 2x faster
-        log = np.stack([e.x[a:f0 + 1], e.y[a:f0 + 1], e.heading[a:f0 + 1]], -1)
-        n_past = min(15, f0)
-        past = (log[len(log) - 1 - n_past:-1] if pert is None
-                else perturbed_past(log, start, pert.speed_scale, n=n_past))
-        self._past = deque(past, maxlen=15)
+        n_keep = int(round(PAST_S / sc.dt_s))
+        n_past = min(n_keep, f0)
+        if pert is None:
+            past = logged_past_states(sc, f0, n_past)
+        else:
+            a = max(0, f0 - 2 * n_keep)  # enough logged path for a past driven up to 2x faster
+            log = np.stack([e.x[a:f0 + 1], e.y[a:f0 + 1], e.heading[a:f0 + 1]], -1)
+            past = states_from_poses(perturbed_past(log, start, pert.speed_scale, n=n_past), start, sc.dt_s)
+        self._past = deque(past, maxlen=n_keep)
         line = self.sim.map.route_centerline(self.sim.scenario.route_roadblock_ids,
                                              tuple(self.world.ego[[X, Y, HEADING]]))
         self._cl_poly = line
@@ -345,6 +387,10 @@ class SimScaleEnv(gym.Env):
             if cfg.plan_scoring:
                 plan_scores = self._score_control(a.astype(np.float64))
             steps = [None] * k
+        stage = 1 if self._logged_state() else 2
+        final = None
+        if plan_scores is not None and stage == 1 and cfg.human_filter:
+            plan_scores, final = self._human_filtered(plan_scores)
         frames = [self.sim.objects(w)]
         seg = [w.ego.copy()]
         for i in range(k):
@@ -352,7 +398,7 @@ class SimScaleEnv(gym.Env):
             self._worlds.append(w)
             frames.append(self.sim.objects(w))
             seg.append(w.ego.copy())
-            self._past.append(self._worlds[-2].ego[[X, Y, HEADING]])
+            self._past.append(self._worlds[-2].ego.copy())
         self.world = w
         self._steps += 1
         step_scores = self._score_segment(np.stack(seg), frames)
@@ -385,8 +431,13 @@ class SimScaleEnv(gym.Env):
                                 "progress_m": float(ds)}
         if plan_scores is not None:
             # EC needs the previous frame's plan: absent (None) rather than NaN, which compares unequal to itself
-            info["epdms"] = {k: (None if isinstance(v, float) and np.isnan(v) else v)
-                             for k, v in plan_scores.row(0).items()}
+            row = plan_scores.row(0)
+            if final is not None:
+                row["epdms"] = final
+            info["epdms"] = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
+            # 1: NAVSIM's stage 1 (the logged start, human filter on); 2: stage-2 semantics (a state the ego drove
+            # into: a perturbed start or any later state; no filter)
+            info["epdms_stage"] = stage
         if terminated or truncated:
             # the closed-loop summary, with the return and length under gymnasium's / SB3's episode keys
             info["episode"] = {**self.episode_summary(), "r": self._return, "l": self._steps}
@@ -411,17 +462,29 @@ class SimScaleEnv(gym.Env):
         return a.astype(np.float32)
 
     # ------------------------------------------------------------------ scoring
+    def _logged_state(self) -> bool:
+        """Whether the current state is the logged start (NAVSIM's stage-1 scene): no perturbation, no step yet."""
+        return self.perturbation is None and self._steps == 0
+
     def _realised_past(self):
-        """The ego's realised states over the last 1.5 s (HC's history), 0.1 s apart, before the current one."""
-        past = [w.ego for w in self._worlds[-16:-1]]
-        # right after a (perturbed) reset there is no realised past: HC then judges the plan alone (the log's past
-        # is not continuous with a perturbed start)
-        return np.stack(past) if past else np.zeros((0, 11))
+        """The past HC prepends to the submitted plan: at a logged start None, i.e. the logged human past exactly as
+        pseudo-simulation builds it for NAVSIM's metric cache; otherwise the ego's past 1.5 s (the perturbed past it
+        drove in, then the realised states), sampled as NAVSIM samples the human past (`history.hc_past`)."""
+        if self._logged_state():
+            return None
+        return hc_past(np.array(list(self._past)).reshape(-1, STATE_SIZE), self.world.ego, self.world.time_us,
+                       self.sim.scenario.dt_s)
 
     def _score_plan(self, plan):
+        kw = {}
+        if self._pdm is not None:
+            # EP against PDM-Closed's dense trajectory (40 poses 0.1 s apart from its start pose), as NAVSIM
+            # normalises against metric_cache.trajectory (navsim/evaluate/pdm_score.py)
+            p = self._pdm
+            kw = dict(reference_plan=global_to_local(p.trajectory[1:], self.world.ego[[X, Y, HEADING]]),
+                      reference_interval_s=0.1, reference_start_pose=p.trajectory[0])
         scores, _ = pseudo_simulate(self.sim, self.world, plan[None], agent_mode=self.config.plan_scoring,
-                                    reference_plan=self._pdm.poses if self._pdm is not None else None,
-                                    past_states=self._realised_past())
+                                    past_states=self._realised_past(), **kw)
         return scores
 
     def _score_control(self, control):
@@ -435,6 +498,23 @@ class SimScaleEnv(gym.Env):
         scene = scoring_scene(self.sim, self.world, ego_states=states[0], agent_mode=mode,
                               past_states=self._realised_past())
         return score_states(scene, states)
+
+    def _human_filtered(self, scores):
+        """NAVSIM's human false-positive filter at a logged start (navsim/evaluate/pdm_score.py, stage 1): the
+        logged human's next 4 s as NAVSIM's metric cache holds it (8 poses 0.5 s apart), interpolated and tracked by
+        the LQR + bicycle, scored alone in the same traffic mode without a past (HC then judges its 4 s alone); each
+        column the human scores exactly 0 becomes 1 for the plan (`metrics.human_filter`, `human_filter` variant).
+        Returns (filtered scores, the final EPDMS)."""
+        from ..metrics import human_filter
+
+        sim, w = self.sim, self.world
+        its = np.minimum(w.iteration + NAVSIM_FRAME_STEPS * np.arange(1, 9), sim.num_iterations - 1)
+        poses = global_to_local(np.stack([sim.logged_ego_state(int(i))[[X, Y, HEADING]] for i in its]),
+                                w.ego[[X, Y, HEADING]])
+        human, _ = pseudo_simulate(sim, w, poses[None], agent_mode=self.config.plan_scoring,
+                                   past_states=np.zeros((0, STATE_SIZE)))
+        f = human_filter(scores, human, variant=self.config.human_filter)
+        return f.scores, float(f.final[0])
 
     def _score_segment(self, states, frames):
         """EPDMS sub-metrics of the executed step against the simulated objects (no HC: the step is too short)."""
@@ -490,7 +570,7 @@ class SimScaleEnv(gym.Env):
         e = w.ego
         cmd = self._driving_command(e)
         # the poses 1.5, 1.0, 0.5 s ago and now, in the current frame (NAVSIM's 4 history frames at 2 Hz)
-        hist = list(self._past) + [e[[X, Y, HEADING]]]
+        hist = [p[[X, Y, HEADING]] for p in self._past] + [e[[X, Y, HEADING]]]
         picks = [hist[max(0, len(hist) - 1 - 5 * j)] for j in (3, 2, 1, 0)]
         local = global_to_local(np.stack(picks), e[[X, Y, HEADING]])
         local = np.clip(local, [-200, -200, -np.pi], [200, 200, np.pi])

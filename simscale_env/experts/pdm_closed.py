@@ -2,12 +2,19 @@
 
 Mirrors navsim/planning/simulation/planner/pdm_planner (NAVSIM @ 0a380a9):
 
+- route (`pdm_closed_planner.py`, `utils/route_utils.py`): at the first call the route is repaired from the ego pose
+  (`route_roadblock_correction`, :mod:`.route_correction`: an ego waiting before the route's first roadblock gets its
+  own roadblock prepended) and kept, with its lanes, for scoring as NAVSIM's metric cache keeps it;
 - centreline (`abstract_pdm_planner.py`): starting lane = the on-route lane under the rear axle with the smallest
-  heading error (else the closest on-route lane), Dijkstra over on-route lanes; kept from the first call, as the
-  planner does from its first iteration;
+  heading error (else the closest on-route lane); NAVSIM's Dijkstra over on-route lanes to the route roadblock 29
+  after the starting lane's (:func:`.route_correction.centerline_lanes`); the lanes' discrete paths joined as they are
+  (junction vertices twice, each vertex with the heading towards its successor, as the devkit's `discrete_path`),
+  interpolated as `PDMPath` does (scipy's interp1d over progress, heading unwrapped); kept from the first call, as
+  the planner does from its first iteration;
 - proposals (`abstract_pdm_closed_planner.py`, `pdm_proposal.py`): the centreline and its parallels at -1 m / +1 m,
   times 5 IDM policies with target speeds 0.2 ... 1.0 x the starting lane's speed limit (15 m/s without one);
-- forecast (`observation/pdm_observation.py`, `pdm_object_manager.py`): the nearest 50 vehicles, 25 pedestrians,
+- forecast (`observation/pdm_observation.py`, `pdm_object_manager.py`): objects within 100 m of the ego centre (the
+  map radius), of those the nearest 50 vehicles, 25 pedestrians,
   10 bicycles and 50 static objects, agents at constant velocity along their heading (flipped when reversing),
   sampled every 0.2 s; red-light polygons of on-route connectors; objects touching the ego are ignored from then on;
 - unrolling (`proposal/pdm_generator.py`, `batch_idm_policy.py`): IDM (min gap 1 m, headway 1.5 s, a_max 1.5,
@@ -31,7 +38,6 @@ from numba import njit
 
 from ..data.schema import AGENT_CATEGORIES, BICYCLE, PEDESTRIAN, VEHICLE
 from ..geometry import global_to_local, wrap_angle
-from ..map.polyline import Polyline, concatenate
 from ..metrics.constants import ScorerConfig
 from ..metrics.epdms import PlanScores, ScoringScene, score_states
 from ..metrics.pseudo_sim import MAP_RADIUS, _map_layers, near_map_indices
@@ -40,6 +46,7 @@ from ..sim.lqr import LQRConfig, track_references
 from ..sim.state import ACCELERATION_X, HEADING, VELOCITY_X, VELOCITY_Y, X, Y
 from ..sim.vehicle import PACIFICA, VehicleParameters
 from ..sim.world import Simulation, WorldState, ego_box
+from .route_correction import centerline_lanes, route_roadblock_correction
 
 RED_LIGHT = "red_light"
 
@@ -72,6 +79,9 @@ class PDMClosedConfig:
     max_pedestrians: int = 25
     max_bicycles: int = 10
     max_static: int = 50
+    # route_utils.py route_roadblock_correction at the first call (pdm_closed_planner.py compute_planner_trajectory);
+    # False plans on the scenario's route as given (the behaviour before issue 13)
+    route_correction: bool = True
     emergency_brake: bool = False  # tuplan's PDMEmergencyBrake (NAVSIM does not call it)
     brake_time_to_infraction_s: float = 2.0
     brake_max_ego_speed: float = 5.0
@@ -100,34 +110,58 @@ def plan_from_trajectory(trajectory: np.ndarray, origin: np.ndarray, step: int =
     return global_to_local(trajectory[step::step], origin[:3])
 
 
+def discrete_path(xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A baseline's discrete path as the devkit gives it (nuplan_map/utils.py extract_discrete_polyline): the vertices,
+    each with the heading towards its successor (the last one repeats the previous heading)."""
+    seg = np.diff(xy, axis=0)
+    h = np.arctan2(seg[:, 1], seg[:, 0])
+    return xy, np.append(h, h[-1])
+
+
 @dataclass(frozen=True, eq=False)
 class _Path:
-    """PDMPath: a discrete path (x, y, unwrapped heading) interpolated linearly in progress."""
+    """PDMPath (utils/pdm_path.py): a discrete path (x, y, heading) interpolated linearly in progress, as scipy's
+    interp1d does it over the vertices as given (junction vertices of consecutive lanes appear twice), heading
+    unwrapped along the path. `heading` keeps the vertices' own headings (the lateral offsets use them)."""
 
-    line: Polyline
+    xy: np.ndarray
+    heading: np.ndarray
+    heading_unwrapped: np.ndarray
+    progress: np.ndarray
     geom: shapely.LineString
+    _xyh: np.ndarray = field(default=None, repr=False)  # [N, 3] x, y, unwrapped heading
+
+    def __post_init__(self):
+        if self._xyh is None:
+            object.__setattr__(self, "_xyh", np.column_stack([self.xy, self.heading_unwrapped]))
 
     @staticmethod
     def of(xy: np.ndarray, heading: np.ndarray) -> "_Path":
-        line = Polyline.from_xy(xy, heading)
-        return _Path(line, shapely.LineString(line.xy))
+        xy = np.ascontiguousarray(xy, dtype=np.float64)
+        heading = np.asarray(heading, dtype=np.float64)
+        progress = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(xy, axis=0).T))])
+        return _Path(xy, heading, np.unwrap(heading), progress, shapely.linestrings(xy))
 
     @property
     def length(self) -> float:
-        return self.line.length
+        return float(self.progress[-1])
 
     def interpolate(self, progress) -> np.ndarray:
-        return self.line.interpolate(np.clip(progress, 1e-5, self.length))
+        """(x, y, heading) at `progress` clipped to [1e-5, length] (PDMPath.interpolate)."""
+        q = np.asarray(progress, dtype=np.float64)
+        out = _interp_path(np.ascontiguousarray(q.reshape(-1)), self.progress, self._xyh)
+        if not np.isfinite(out).all():  # only on a degenerate path; PDMPath sets NaN to 0
+            out = np.nan_to_num(out, nan=0.0)
+        return out.reshape(q.shape + (3,))
 
     def project(self, points) -> np.ndarray:
         return shapely.line_locate_point(self.geom, shapely.points(np.asarray(points).reshape(-1, 2)))
 
     def substring(self, a: float, b: float) -> shapely.LineString:
         a, b = float(np.clip(a, 0.0, self.length)), float(np.clip(b, 0.0, self.length))
-        s = self.line.s
-        inside = (a <= s) & (s <= b)
+        inside = (a <= self.progress) & (self.progress <= b)
         if inside.sum() > 1:
-            return shapely.LineString(self.line.xy[inside])
+            return shapely.LineString(self.xy[inside])
         return substring(self.geom, a, b)
 
 
@@ -183,10 +217,12 @@ def forecast_objects(sim: Simulation, world: WorldState, route_lane_ids, config:
     limits = {VEHICLE: config.max_vehicles, PEDESTRIAN: config.max_pedestrians, BICYCLE: config.max_bicycles}
     dist = np.hypot(o.x - ego_c[0], o.y - ego_c[1])
     is_agent = np.isin(o.category, np.asarray(AGENT_CATEGORIES))
+    # pdm_observation.py _get_object_manager: objects farther than the map radius from the ego centre are dropped
+    near = dist <= config.map_radius
     for cat, k in limits.items():
-        idx = np.nonzero(o.category == cat)[0]
+        idx = np.nonzero((o.category == cat) & near)[0]
         keep.extend(idx[np.argsort(dist[idx], kind="stable")][:k].tolist())
-    static = np.nonzero(~is_agent)[0]
+    static = np.nonzero(~is_agent & near)[0]
     keep_static = static[np.argsort(dist[static], kind="stable")][:config.max_static]
     speed = np.hypot(o.vx, o.vy)
     vel_angle = np.arctan2(o.vy, o.vx)
@@ -220,6 +256,7 @@ class PDMClosedPlanner:
 
     def reset(self) -> None:
         self._centerline: _Path | None = None
+        self._route_rbs: list[str] | None = None
         self._collided: set[str] = set()
 
     # ------------------------------------------------------------------ route
@@ -248,15 +285,16 @@ class PDMClosedPlanner:
 
     def _paths(self, sim: Simulation, ego: np.ndarray, start_lane: str, route_rbs) -> list[_Path]:
         if self._centerline is None:
-            lanes = sim.map.route_lanes(route_rbs, start_lane=start_lane, search_depth=self.config.search_depth)
-            cl = concatenate([sim.map.lanes[lid].baseline for lid in lanes])
-            self._centerline = _Path.of(cl.xy, cl.heading)
+            lanes = centerline_lanes(sim.map, route_rbs, start_lane, self.config.search_depth)
+            # the lanes' discrete paths joined as they are (abstract_pdm_planner.py _get_discrete_centerline)
+            parts = [discrete_path(sim.map.lanes[lid].baseline.xy) for lid in lanes]
+            self._centerline = _Path.of(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
         cl = self._centerline
         paths = [cl]
-        h = cl.line.heading
-        for off in self.config.lateral_offsets:
+        h = cl.heading
+        for off in self.config.lateral_offsets:  # pdm_geometry_utils.py parallel_discrete_path
             th = h + np.pi / 2
-            xy = np.stack([cl.line.xy[:, 0] + np.cos(th) * off, cl.line.xy[:, 1] + np.sin(th) * off], -1)
+            xy = np.stack([cl.xy[:, 0] + np.cos(th) * off, cl.xy[:, 1] + np.sin(th) * off], -1)
             paths.append(_Path.of(xy, h))
         return paths
 
@@ -265,7 +303,12 @@ class PDMClosedPlanner:
         cfg = self.config
         ego = np.asarray(world.ego, dtype=np.float64)
         m = sim.map
-        route_rbs = [r for r in sim.scenario.route_roadblock_ids if r in m.roadblocks]
+        if self._route_rbs is None:  # the route of the first call, repaired from the ego's pose as NAVSIM does
+            route_rbs = [r for r in dict.fromkeys(sim.scenario.route_roadblock_ids) if r in m.roadblocks]
+            if cfg.route_correction:
+                route_rbs = route_roadblock_correction(m, ego[:3], route_rbs)
+            self._route_rbs = route_rbs
+        route_rbs = self._route_rbs
         route_lanes = m.route_lane_ids(route_rbs)
         start_lane = self._starting_lane(sim, ego, route_lanes)
         paths = self._paths(sim, ego, start_lane, route_rbs)
@@ -297,7 +340,7 @@ class PDMClosedPlanner:
         pdm = scores.pdm_score(cfg.scorer)
         best = int(np.argmax(pdm))
         info = {"speed_limit": limit, "target_speeds": targets.tolist(), "starting_lane": start_lane,
-                "pdm_score": float(pdm[best])}
+                "pdm_score": float(pdm[best]), "route_roadblock_ids": list(route_rbs)}
         if cfg.emergency_brake:
             speed = float(np.hypot(ego[VELOCITY_X], ego[VELOCITY_Y]))
             if scores.time_to_at_fault_collision_s[best] <= cfg.brake_time_to_infraction_s and \
@@ -326,15 +369,12 @@ class PDMClosedPlanner:
         idm_params = tuple(float(x) for x in (cfg.min_gap_to_lead_agent, cfg.headway_time, sqrt_ab, cfg.accel_max,
                                               cfg.decel_max, cfg.acceleration_exponent, cfg.interval_s))
         d_rc = self.vehicle.rear_axle_to_center
+        cands = self._corridor_candidates(path, fc, corridor, T)
         for t in range(1, T + 1):
             if t % cfg.leading_agent_update_rate != 0:
                 lead[:, t] = lead[:, t - 1]
             else:
-                polys_arr, tokens, centroids = fc.occupancy(fc.sample(t))
-                cand = np.nonzero(shapely.intersects(corridor, polys_arr))[0] if len(polys_arr) else np.zeros(0, int)
-                if self._collided:
-                    cand = np.array([i for i in cand if tokens[i] not in self._collided], dtype=np.int64)
-                obj_prog = shapely.line_locate_point(path.geom, centroids[cand]) if len(cand) else np.zeros(0)
+                polys_arr, cand, obj_prog = cands[fc.sample(t)]
                 cur_all = progress[:, t - 1]
                 dists = None
                 if len(cand) and (obj_prog[None, :] > cur_all[:, None]).any():
@@ -375,6 +415,34 @@ class PDMClosedPlanner:
         out[:, 1:] = path.interpolate(progress[:, 1:])
         return out
 
+    def _corridor_candidates(self, path: _Path, fc: Forecast, corridor, T: int) -> dict:
+        """{occupancy sample: (polygons, indices of those meeting the corridor and not ignored, their progress on the
+        path)} for the samples the leader updates read (`_get_intersecting_objects` and the object progress of
+        `_update_leading_agents`), in one shapely call per kind over every sample."""
+        rate = self.config.leading_agent_update_rate
+        samples = sorted({fc.sample(t) for t in range(rate, T + 1, rate)})
+        occ = [fc.occupancy(k) for k in samples]
+        sizes = [len(o[0]) for o in occ]
+        out = {}
+        if not sum(sizes):
+            return {k: (o[0], np.zeros(0, dtype=np.int64), np.zeros(0)) for k, o in zip(samples, occ)}
+        hit = shapely.intersects(corridor, np.concatenate([o[0] for o in occ]))
+        offs = np.concatenate([[0], np.cumsum(sizes)])
+        per = []
+        for j, (polys, tokens, _) in enumerate(occ):
+            cand = np.nonzero(hit[offs[j]:offs[j + 1]])[0]
+            if self._collided and len(cand):
+                cand = cand[np.array([tokens[i] not in self._collided for i in cand], dtype=bool)]
+            per.append(cand)
+        cents = [o[2][c] for o, c in zip(occ, per)]
+        n = sum(len(c) for c in per)
+        prog = shapely.line_locate_point(path.geom, np.concatenate(cents)) if n else np.zeros(0)
+        k0 = 0
+        for k, o, c in zip(samples, occ, per):
+            out[k] = (o[0], c, prog[k0:k0 + len(c)])
+            k0 += len(c)
+        return out
+
     def _scene(self, sim, world, ego, fc: Forecast, route_lanes, T) -> ScoringScene:
         """The scene PDM-Closed scores against: the forecast objects (occupancy sample t // 2), constant red lights,
         the drivable map within the radius, its own centreline."""
@@ -386,7 +454,7 @@ class PDMClosedPlanner:
         return ScoringScene(
             map_ids=tuple(layers["ids"][near]), map_types=tuple(layers["types"][near]),
             map_polygons=tuple(layers["polys"][near]), route_lane_ids=frozenset(route_lanes),
-            centerline=self._centerline.line.xy, obj_tokens=fc.tokens, obj_is_agent=fc.is_agent,
+            centerline=self._centerline.xy, obj_tokens=fc.tokens, obj_is_agent=fc.is_agent,
             obj_heading=fc.heading, obj_speed=fc.speed, obj_corners=corners,
             obj_valid=np.ones(corners.shape[:2], dtype=bool), red_light_polygons=(red,) * (T + 1),
             collided_track_ids=frozenset(t for t in self._collided if not t.startswith(RED_LIGHT)),
@@ -433,3 +501,23 @@ def _idm_propagate(progress, vel, lead, targets, t, min_gap, headway, sqrt_ab, a
         acc = min(max(acc, -decel_max), accel_max)
         progress[i, t] = x + interval * v
         vel[i, t] = v + interval * acc
+
+
+@njit(cache=True, error_model="numpy")
+def _interp_path(q, p, xyh):
+    """PDMPath.interpolate: `q` clipped to [1e-5, length], scipy interp1d's interval (the first vertex at or beyond
+    the query, clamped to [1, N - 1]) over progress `p` of the vertices (x, y, unwrapped heading) `xyh`, the heading
+    normalised with arctan2(sin, cos) (pdm_geometry_utils.normalize_angle)."""
+    n = len(p)
+    out = np.empty((len(q), 3))
+    length = p[n - 1]
+    for i in range(len(q)):
+        v = min(max(q[i], 1e-5), length)
+        hi = np.searchsorted(p, v)  # side="left"
+        hi = min(max(hi, 1), n - 1)
+        lo = hi - 1
+        w = (v - p[lo]) / (p[hi] - p[lo])
+        for k in range(3):
+            out[i, k] = xyh[lo, k] + w * (xyh[hi, k] - xyh[lo, k])
+        out[i, 2] = np.arctan2(np.sin(out[i, 2]), np.cos(out[i, 2]))
+    return out

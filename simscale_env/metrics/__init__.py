@@ -3,8 +3,11 @@
 from .aggregate import one_stage_score, two_stage_score, two_stage_weights
 from .constants import ScorerConfig
 from .epdms import PlanScores, ScoringScene, human_filter, score_states, two_frame_extended_comfort
-from .pseudo_sim import episode_summary, plan_states, pseudo_simulate, scene_from_frames, scoring_scene
+from .navsim_cache import NavsimReactiveTraffic, metric_cache_scene, pdm_path_start_pose
+from .pseudo_sim import (episode_summary, navsim_plan_scores, navsim_reactive_traffic, plan_states, pseudo_simulate,
+                         scene_from_frames, scoring_scene)
 
-__all__ = ["PlanScores", "ScorerConfig", "ScoringScene", "episode_summary", "human_filter", "one_stage_score",
-           "plan_states", "pseudo_simulate", "scene_from_frames", "score_states", "scoring_scene",
-           "two_frame_extended_comfort", "two_stage_score", "two_stage_weights"]
+__all__ = ["NavsimReactiveTraffic", "PlanScores", "ScorerConfig", "ScoringScene", "episode_summary", "human_filter",
+           "metric_cache_scene", "navsim_plan_scores", "navsim_reactive_traffic", "one_stage_score",
+           "pdm_path_start_pose", "plan_states", "pseudo_simulate", "scene_from_frames", "score_states",
+           "scoring_scene", "two_frame_extended_comfort", "two_stage_score", "two_stage_weights"]

@@ -49,6 +49,21 @@ MULTIPLICATIVE_METRICS = ("no_at_fault_collisions", "drivable_area_compliance", 
                           "traffic_light_compliance")
 SUB_METRICS = MULTIPLICATIVE_METRICS + WEIGHTED_METRICS
 
+# NAVSIM's metric cache (navsim/planning/metric_caching/metric_cache_processor.py, used by metrics/navsim_cache.py)
+# navsim_scenario.py: NavSimScenario._database_interval = 0.5 (OpenScene frames at 2 Hz)
+NAVSIM_FRAME_INTERVAL_S = 0.5
+# metric_cache_processor.py: proposal_sampling TrajectorySampling(num_poses=40, interval_length=0.1)
+NAVSIM_HORIZON_S = 4.0
+NAVSIM_INTERVAL_S = 0.1
+# navsim_scenario.py get_ego_past_trajectory: TrajectorySampling(num_poses=3, interval_length=0.5) over 1.5 s
+NAVSIM_PAST_FRAMES = 3
+# metric_cache_processor.py: PDMClosedPlanner(lateral_offsets=[-1.0, 1.0]): PDM-Closed plans on the centreline (0)
+# and its parallels
+PDM_CLOSED_LATERAL_OFFSETS = (0.0, -1.0, 1.0)
+# navsim_scenario_utils.tracked_object_types / nuplan tracked_objects_types.AGENT_TYPES
+NAVSIM_AGENT_NAMES = ("vehicle", "pedestrian", "bicycle")
+NAVSIM_VEHICLE_NAME = "vehicle"
+
 
 @dataclass(frozen=True)
 class ScorerConfig:

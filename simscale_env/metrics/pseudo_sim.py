@@ -22,7 +22,7 @@ from ..sim.plans import plan_to_reference
 from ..sim.state import HEADING, STATE_SIZE, X, Y, make_state
 from ..sim.world import Simulation, WorldState, ego_box
 from .constants import ScorerConfig
-from .epdms import PlanScores, ScoringScene, human_past_for_hc, score_states
+from .epdms import PlanScores, ScoringScene, human_filter, human_past_for_hc, score_states
 from .geometry import polyline_project
 
 NUM_STEPS = 40  # 4 s at 10 Hz (proposal_sampling num_poses = 40)
@@ -60,6 +60,13 @@ def _map_layers(m) -> dict:
 
 
 NEAR_SNAP = 50.0
+# Reactive plan scoring: "navsim" = NAVSIM's NavsimIDMTrafficAgents (navsim/traffic_agents_policies/
+# navsim_IDM_traffic_agents.py; fresh agents with idm.NAVSIM_IDM from the vehicles seen now: no open-loop types,
+# parked vehicles shown open-loop, snap threshold 3 m, agents stop at the end of their lane, no traffic lights, the
+# ego's footprint centred on its rear axle one step late), the default for scoring plans; "world" = the closed-loop
+# world's own IDM agents (nuPlan devkit semantics, SimConfig.idm) continued from the current world state.
+REACTIVE_MODES = ("navsim", "world")
+REACTIVE_SEMANTICS = "navsim"
 
 
 def near_map_indices(m, point, radius: float = MAP_RADIUS) -> np.ndarray:
@@ -85,14 +92,37 @@ def route_centerline_xy(sim: Simulation, ego: np.ndarray) -> np.ndarray:
     return np.asarray(line.xy)
 
 
+def navsim_reactive_traffic(sim: Simulation, world: WorldState, *, num_steps: int = NUM_STEPS,
+                            radius: float = MAP_RADIUS, centerline: np.ndarray | None = None,
+                            past_states: np.ndarray | None = None):
+    """NAVSIM's reactive traffic (`navsim_cache.NavsimReactiveTraffic`) at `world`: fresh IDM agents with
+    `idm.NAVSIM_IDM` spawned from the vehicles the world shows now, the other objects replaying the log; its
+    `.scene(ego_states)` is the scoring scene of one plan."""
+    from .navsim_cache import NavsimReactiveTraffic
+
+    base = scoring_scene(sim, world, agent_mode="non_reactive", num_steps=num_steps, radius=radius,
+                         centerline=centerline, past_states=past_states)
+    return NavsimReactiveTraffic.from_world(sim, world, base, num_steps=num_steps + 1)
+
+
 def scoring_scene(sim: Simulation, world: WorldState, *, ego_states: np.ndarray | None = None,
                   agent_mode: str | None = None, num_steps: int = NUM_STEPS, radius: float = MAP_RADIUS,
-                  centerline: np.ndarray | None = None, past_states: np.ndarray | None = None) -> ScoringScene:
+                  centerline: np.ndarray | None = None, past_states: np.ndarray | None = None,
+                  reactive: str = REACTIVE_SEMANTICS) -> ScoringScene:
     """The scene seen from `world` over `num_steps` steps. `agent_mode` defaults to the simulation's; "reactive"
-    needs `ego_states` [num_steps + 1, 11] (the agents react to that ego trajectory). `past_states` [H, 11] (0.1 s
-    apart, ending before the current state) replace the logged human past for HC, e.g. the realised past of a
-    closed-loop ego."""
+    needs `ego_states` [num_steps + 1, 11] (the agents react to that ego trajectory), with `reactive` semantics:
+    "navsim" (default) NAVSIM's reactive traffic of plan scoring (`navsim_reactive_traffic`), "world" the
+    simulation's own IDM agents continued from `world` (the closed-loop world's devkit semantics, `SimConfig.idm`).
+    `past_states` [H, 11] (0.1 s apart, ending before the current state) replace the logged human past for HC, e.g.
+    the realised past of a closed-loop ego."""
     mode = agent_mode or sim.config.agent_mode
+    if reactive not in REACTIVE_MODES:
+        raise ValueError(f"reactive must be one of {REACTIVE_MODES}, got {reactive!r}")
+    if mode == "reactive" and reactive == "navsim":
+        if ego_states is None:
+            raise ValueError("a reactive scoring scene needs ego_states (the trajectory the agents react to)")
+        return navsim_reactive_traffic(sim, world, num_steps=num_steps, radius=radius, centerline=centerline,
+                                       past_states=past_states).scene(ego_states)
     m = sim.map
     ego = world.ego
     c = ego_box(ego).mean(axis=0)
@@ -255,35 +285,63 @@ def _human_past(sim: Simulation, iteration: int) -> np.ndarray | None:
 
 
 def plan_states(world: WorldState, plans: np.ndarray, *, plan_interval_s: float = 0.5,
-                num_steps: int = NUM_STEPS, lqr=None) -> np.ndarray:
-    """Plans [N, K, 3] in the current rear-axle frame -> simulated states [N, num_steps + 1, 11] (LQR + bicycle)."""
-    from ..sim.lqr import LQRConfig
+                num_steps: int = NUM_STEPS, lqr=None, start_pose: np.ndarray | None = None) -> np.ndarray:
+    """Plans [N, K, 3] in the current rear-axle frame -> simulated states [N, num_steps + 1, 11] (LQR + bicycle).
 
-    ref = plan_to_reference(np.asarray(plans, dtype=np.float64).reshape(-1, np.shape(plans)[-2], 3), world.ego,
-                            world.time_us, plan_interval_s=plan_interval_s, horizon_s=num_steps * 0.1)
+    The reference starts at the ego's pose (navsim transform_trajectory prepends the initial ego state), or at
+    `start_pose` (global x, y, heading) where the plan's own t0 state is elsewhere: PDM-Closed's trajectory starts at
+    the ego's projection on its path (pdm_generator.py `_initialize_states`), and NAVSIM tracks it from there."""
+    from ..sim.lqr import LQRConfig
+    from ..sim.plans import interpolate_poses, local_to_global_poses, plan_times_us, sample_times_us
+
+    plans = np.asarray(plans, dtype=np.float64).reshape(-1, np.shape(plans)[-2], 3)
+    if start_pose is None:
+        ref = plan_to_reference(plans, world.ego, world.time_us, plan_interval_s=plan_interval_s,
+                                horizon_s=num_steps * 0.1)
+    else:
+        if not np.all(np.isfinite(plans)):
+            raise ValueError("plan contains NaN or infinite values")
+        K = plans.shape[1]
+        t0 = int(world.time_us)
+        glob = local_to_global_poses(plans, (world.ego[X], world.ego[Y], world.ego[HEADING]))
+        start = np.broadcast_to(np.asarray(start_pose, dtype=np.float64).reshape(1, 1, 3), (len(plans), 1, 3))
+        poses = np.concatenate([start, glob], axis=1)
+        times = np.concatenate([[t0], plan_times_us(t0, K * plan_interval_s, plan_interval_s)])
+        q = np.clip(sample_times_us(t0, num_steps * 0.1, 0.1), times[0], times[-1])
+        ref = interpolate_poses(times, poses, q)
     return track_references(world.ego, ref, num_steps, lqr or LQRConfig())
 
 
 def pseudo_simulate(sim: Simulation, world: WorldState, plans: np.ndarray, *, agent_mode: str = "non_reactive",
                     reference_plan: np.ndarray | None = None, previous_states: np.ndarray | None = None,
                     plan_interval_s: float = 0.5, config: ScorerConfig = ScorerConfig(),
-                    past_states: np.ndarray | None = None) -> tuple[PlanScores, np.ndarray]:
+                    past_states: np.ndarray | None = None, reference_interval_s: float | None = None,
+                    reference_start_pose: np.ndarray | None = None, scene: ScoringScene | None = None,
+                    reactive: str = REACTIVE_SEMANTICS) -> tuple[PlanScores, np.ndarray]:
     """Score plans [N, K, 3] from `world`: interpolate to 4 s at 10 Hz, track with the LQR + bicycle, score against
     the agents in `agent_mode` ("non_reactive": log replay, "reactive": IDM agents reacting to each plan's ego,
-    "constant_velocity").
+    "constant_velocity"). Reactive agents follow NAVSIM's reactive traffic by default (`reactive="navsim"`; "world"
+    continues the simulation's own IDM agents: see `scoring_scene`).
 
     EP: with `reference_plan` (e.g. PDM-Closed's), each plan is normalised against the reference and itself, as
     NAVSIM scores an agent beside PDM-Closed (batched and one-at-a-time results are then identical); without, the
-    plans are normalised jointly as in `score_proposals`. Returns (scores, states [N, 41, 11])."""
+    plans are normalised jointly as in `score_proposals`. `reference_interval_s` is the reference's pose spacing
+    (default `plan_interval_s`): NAVSIM normalises against PDM-Closed's dense trajectory, 40 poses 0.1 s apart
+    (`metric_cache.trajectory`), e.g. the `pdm_closed_40x0p1s` of a golden score file; that trajectory starts at
+    the ego's projection on PDM-Closed's path, not at the ego (`reference_start_pose`, global x, y, heading;
+    default the ego's pose). `scene`: a prebuilt
+    non-reactive scene to score in (e.g. NAVSIM's metric cache, `navsim_cache.metric_cache_scene`) instead of the
+    simulation's log. Returns (scores, states [N, 41, 11])."""
     plans = np.asarray(plans, dtype=np.float64)
     if plans.ndim == 2:
         plans = plans[None]
     states = plan_states(world, plans, plan_interval_s=plan_interval_s, lqr=sim.config.lqr)
-    cl = route_centerline_xy(sim, world.ego)
+    cl = route_centerline_xy(sim, world.ego) if scene is None else scene.centerline
     reference = ref_states = None
     if reference_plan is not None:
-        ref_states = plan_states(world, np.asarray(reference_plan)[None], plan_interval_s=plan_interval_s,
-                                 lqr=sim.config.lqr)
+        ref_states = plan_states(world, np.asarray(reference_plan)[None],
+                                 plan_interval_s=plan_interval_s if reference_interval_s is None
+                                 else reference_interval_s, lqr=sim.config.lqr, start_pose=reference_start_pose)
 
     def _reference(scene):
         r = score_states(scene, ref_states, config)
@@ -293,10 +351,17 @@ def pseudo_simulate(sim: Simulation, world: WorldState, plans: np.ndarray, *, ag
         # NAVSIM (evaluate/pdm_score.py) simulates the agents once, reacting to the agent's trajectory, and scores
         # the PDM-Closed reference and the agent's plan together against that traffic: so the reference is scored
         # in each plan's own reactive scene
+        if reactive not in REACTIVE_MODES:
+            raise ValueError(f"reactive must be one of {REACTIVE_MODES}, got {reactive!r}")
+        if reactive == "navsim":
+            scene_of = navsim_reactive_traffic(sim, world, centerline=cl, past_states=past_states).scene
+        else:
+            def scene_of(st):
+                return scoring_scene(sim, world, ego_states=st, agent_mode="reactive", centerline=cl,
+                                     past_states=past_states, reactive="world")
         parts = []
         for i in range(len(plans)):
-            scene = scoring_scene(sim, world, ego_states=states[i], agent_mode="reactive", centerline=cl,
-                                  past_states=past_states)
+            scene = scene_of(states[i])
             prev = None if previous_states is None else previous_states[i:i + 1]
             ref_i = _reference(scene) if ref_states is not None else None
             parts.append(score_states(scene, states[i:i + 1], config, progress_reference=ref_i,
@@ -309,7 +374,11 @@ def pseudo_simulate(sim: Simulation, world: WorldState, plans: np.ndarray, *, ag
             scores = scores.replace(ego_progress=_normalise_progress(scores.progress_raw,
                                                                      scores.multiplicative_metrics_prod, config, None))
     else:
-        scene = scoring_scene(sim, world, agent_mode=agent_mode, centerline=cl, past_states=past_states)
+        if scene is None:
+            scene = scoring_scene(sim, world, agent_mode=agent_mode, centerline=cl, past_states=past_states)
+        elif past_states is not None:
+            past = np.asarray(past_states, dtype=np.float64)
+            scene = replace(scene, human_past_states=past if len(past) else None, _cache=scene._cache)
         if ref_states is not None:
             reference = _reference(scene)
         scores = score_states(scene, states, config, progress_reference=reference, previous_states=previous_states)
@@ -391,3 +460,63 @@ def episode_summary(sim: Simulation, worlds: list[WorldState], config: ScorerCon
     row.update(human_progress_m=human_progress, steps=T, at_fault_collision=bool(scores.no_at_fault_collisions[0] < 1),
                off_road=bool(scores.drivable_area_compliance[0] < 1), scores=scores)
     return row
+
+
+def navsim_plan_scores(sim: Simulation, world: WorldState, plans: np.ndarray, scene: ScoringScene, *,
+                       agent_mode: str = "non_reactive", reference_plan: np.ndarray | None = None,
+                       reference_interval_s: float | None = 0.1, reference_start_pose: np.ndarray | None = None,
+                       human_plan: np.ndarray | None = None,
+                       filter_variant: str = "fixed", plan_interval_s: float = 0.5,
+                       reactive_scene=None, config: ScorerConfig = ScorerConfig()
+                       ) -> tuple[PlanScores, PlanScores | None]:
+    """NAVSIM's `pdm_score` (navsim/evaluate/pdm_score.py) of plans [N, K, 3] in a NAVSIM scene `scene` (log replay,
+    e.g. `navsim_cache.metric_cache_scene`): each plan is scored beside `reference_plan` (PDM-Closed's dense
+    trajectory, poses `reference_interval_s` apart, starting at `reference_start_pose`: see `pseudo_simulate`) for
+    EP. `agent_mode="reactive"`: `reactive_scene(ego_states)`
+    gives the scene whose traffic reacts to a simulated ego trajectory [41, 11] (NAVSIM simulates the agents once
+    per plan and scores the reference in that same traffic).
+
+    With `human_plan` [K, 3] (the logged human's 4 s, 0.5 s apart), NAVSIM's human filter is applied: the human plan
+    is scored alone, in the same traffic mode, **without** the human past (so its HC is 1 and never filters the
+    plan's HC), and each column it scores exactly 0 becomes 1 for the plans. Returns (raw scores, filtered scores or
+    None)."""
+    plans = np.asarray(plans, dtype=np.float64)
+    if plans.ndim == 2:
+        plans = plans[None]
+    no_past = np.zeros((0, STATE_SIZE))
+    if agent_mode == "non_reactive":
+        raw, _ = pseudo_simulate(sim, world, plans, reference_plan=reference_plan, scene=scene, config=config,
+                                 reference_interval_s=reference_interval_s, plan_interval_s=plan_interval_s,
+                                 reference_start_pose=reference_start_pose)
+        human = None
+        if human_plan is not None:
+            human, _ = pseudo_simulate(sim, world, np.asarray(human_plan, dtype=np.float64)[None], scene=scene,
+                                       past_states=no_past, config=config, plan_interval_s=plan_interval_s)
+    elif agent_mode == "reactive":
+        if reactive_scene is None:
+            raise ValueError("agent_mode='reactive' needs reactive_scene (ego states -> ScoringScene)")
+        lqr = sim.config.lqr
+        states = plan_states(world, plans, plan_interval_s=plan_interval_s, lqr=lqr)
+        ref_states = None if reference_plan is None else plan_states(
+            world, np.asarray(reference_plan, dtype=np.float64)[None],
+            plan_interval_s=plan_interval_s if reference_interval_s is None else reference_interval_s, lqr=lqr,
+            start_pose=reference_start_pose)
+        parts = []
+        for i in range(len(plans)):
+            sc = reactive_scene(states[i])
+            ref = None
+            if ref_states is not None:
+                r = score_states(sc, ref_states, config)
+                ref = (float(r.progress_raw[0]), float(r.multiplicative_metrics_prod[0]))
+            parts.append(score_states(sc, states[i:i + 1], config, progress_reference=ref))
+        raw = PlanScores(**{f: np.concatenate([getattr(p, f) for p in parts]) for f in PlanScores.__dataclass_fields__})
+        human = None
+        if human_plan is not None:
+            hs = plan_states(world, np.asarray(human_plan, dtype=np.float64)[None], plan_interval_s=plan_interval_s,
+                             lqr=lqr)
+            sc = replace(reactive_scene(hs[0]), human_past_states=None)
+            human = score_states(sc, hs, config)
+    else:
+        raise ValueError(f"agent_mode must be 'non_reactive' or 'reactive', got {agent_mode!r}")
+    filt = None if human is None else human_filter(raw, human, filter_variant, config).scores
+    return raw, filt

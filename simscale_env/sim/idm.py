@@ -1,40 +1,47 @@
 """IDM-reactive agents with nuPlan's semantics, vectorized in numba.
 
 Reference: nuplan/planning/simulation/observation/idm_agents.py, idm/idm_agents_builder.py, idm/idm_agent_manager.py,
-idm/idm_agent.py, idm/idm_policy.py (devkit v1.2.2). Constants in IDMConfig.
+idm/idm_agent.py, idm/idm_policy.py, idm/utils.py, simulation/path/utils.py and interpolated_path.py (devkit v1.2.2).
+Constants in IDMConfig.
 
-Spawn (iteration 0, vehicles only, in the log's row order): the box centre picks a lane (or, inside an
-intersection, a lane connector) with the closest baseline heading; the box is snapped to the baseline and dropped if
-it then overlaps the ego, a replayed object or an accepted agent; speed = |(vx, vy)|; target speed = the segment's
-speed limit or 10 m/s.
+Spawn (iteration 0, vehicles only, in the log's row order; `get_starting_segment`): the box centre picks a lane (or,
+inside an intersection, a lane connector) with the closest baseline heading; the box is snapped to the baseline
+(`get_nearest_pose_from_position`) and dropped if it then overlaps the ego, a replayed object or an accepted agent;
+speed = |(vx, vy)|; target speed = the segment's speed limit or 10 m/s. The agent's path is the segment's discrete
+baseline as the devkit's `InterpolatedPath` (`create_path_from_se2`: repeated points and the last point dropped), its
+progress the projection of its centre on the full baseline (which can lie beyond the path's end: the devkit then
+re-bases its path on the path's last two points, one vertex behind).
 
-Each step, in spawn order, every agent:
+Each step, in spawn order, every agent (`IDMAgentManager.propagate_agents`):
 1. drops out for good if its centre is more than `radius` from the ego's centre;
-2. grows its route while the path to go is shorter than `minimum_path_length + v_target * headway`: the straightest
-   (smallest |curvature| at the start) outgoing edge that is green (for connectors with a light) or not red;
-3. finds its leader: the nearest (by footprint distance) of the ego's box, the other agents' footprints
-   (box + path ahead for `v * headway`), the replayed objects' boxes and the stop lines of red connectors on its
-   route, among those that touch its path to go (buffered by half its width); leader speed is projected on the
-   agent's heading (0 for stop lines and replayed objects); without a leader it stops at the end of its path;
+2. grows its route (`IDMAgent.plan_route`) while the path to go is shorter than `minimum_path_length + v_target *
+   headway`: the straightest (smallest |curvature| at the start) outgoing edge that is green (for connectors with a
+   light) or not red; the path becomes the path to go plus the new segment's baseline, progress 0;
+3. finds its leader as the devkit does: the path to go, buffered by half its width (flat caps, round joins), is
+   intersected with the ego's box, the replayed objects' boxes, the other agents' footprints (their box united with
+   their path ahead for `v * headway` buffered by half their width, as left by their last update) and the stop-line
+   polygons of the red connectors on its route; the leader is the nearest of those by polygon distance from the
+   agent's own footprint, its speed projected on the agent's heading (negative when it comes towards it; 0 for stop
+   lines and replayed objects); without a leader it stops at the end of its path;
 4. IDM update (forward Euler): s* = s0 + vT + v(v - v_l)/(2 sqrt(ab)), a = a_max (1 - (v/v0)^4 - (s*/max(gap - l_r,
    s0))^2) clipped to [-b, a_max]; progress += v dt; v = max(v + a dt, 0); v0 is the speed limit of the route's last
    segment when positive.
 Agents are updated one after another and each sees the footprints the others already have (as in the devkit).
 
-Geometry is in lane coordinates: footprints are arc intervals on the lanes they cover, replayed objects and the ego
-are projected onto the lanes their boxes touch, and crossing or merging lanes have precomputed conflict intervals. On
-straight lanes the gaps equal the devkit's polygon distances exactly; on curves they follow the lane instead.
+Geometry is exact array code: a buffered polyline is the union of its segments' rectangles and discs at its interior
+vertices (GEOS approximates those joins by 16 segments per quarter circle, a difference below 1.2 mm on the outer side
+of a bend only); polygon tests are separating-axis tests and distances vertex-to-edge minima over convex pieces.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import shapely
 from numba import njit
 
-from ..data.schema import BARRIER, BICYCLE, CZONE_SIGN, GENERIC_OBJECT, PEDESTRIAN, TRAFFIC_CONE, VEHICLE
+from ..data.schema import BARRIER, BICYCLE, CZONE_SIGN, GENERIC_OBJECT, PEDESTRIAN, TRAFFIC_CONE
 from ..map.map_api import MapAPI, MapLayer
 from .lanegraph import LaneGraph, lane_graph
 
@@ -45,15 +52,22 @@ DEVKIT_OPEN_LOOP_TYPES = (PEDESTRIAN, BARRIER, CZONE_SIGN, TRAFFIC_CONE, GENERIC
 # open_loop_detections_types: [] (its agents do not see pedestrians or static objects); here this one set decides both
 # what is replayed and what the agents yield to
 OPEN_LOOP_TYPES = (PEDESTRIAN, BICYCLE, BARRIER, CZONE_SIGN, TRAFFIC_CONE, GENERIC_OBJECT)
-# nuplan/planning/simulation/observation/idm/idm_policy.py IDMPolicy._idm_equations: acceleration_exponent = 4
+# nuplan/planning/simulation/observation/idm/idm_policy.py IDMPolicy.idm_model: acceleration_exponent = 4
 IDM_ACCELERATION_EXPONENT = 4
-
-P_MAX = 12  # lanes ahead per agent
-R_MAX = 5  # nuPlan route deque length (IDMAgent max_route_len)
+# nuplan/planning/simulation/observation/idm/idm_agent.py IDMAgent(max_route_len=5)
+R_MAX = 5
+# nuplan/planning/simulation/observation/idm/utils.py create_path_from_se2: np.isclose(progress_diff, 0.0) (atol)
+REPEATED_POINT_ATOL = 1e-8
+# navsim/planning/simulation/observation/navsim_idm_agents.py NavsimIDMAgents.get_observation: a vehicle is
+# stationary below 0.1 m/s
+NAVSIM_STATIONARY_SPEED = 0.1
 
 
 @dataclass(frozen=True)
 class IDMConfig:
+    """IDM agents' settings; defaults are nuplan-devkit's idm_agents_observation.yaml, except `open_loop_types` and
+    `snap_threshold` (see the module constants; `DEVKIT_OPEN_LOOP_TYPES` and None give the devkit's)."""
+
     target_velocity: float = 10.0
     min_gap_to_lead_agent: float = 1.0
     headway_time: float = 1.5
@@ -65,28 +79,58 @@ class IDMConfig:
     # NAVSIM's navsim_IDM_traffic_agents.yaml idm_snap_threshold: a vehicle further than this from the chosen
     # baseline is not made an IDM agent. nuPlan has no threshold (None).
     snap_threshold: float | None = 3.0
+    # nuPlan: every step each agent extends its route (`plan_route`, by the traffic lights) and stops at the stop
+    # lines of red connectors on it. NAVSIM's NavsimIDMTrafficAgents passes no traffic-light status (its MetricCache
+    # has none), so `plan_route` and the stop lines are skipped: its agents stop at the end of their first lane and
+    # ignore red lights (False)
+    extend_route: bool = True
+    # NAVSIM's NavsimIDMAgents(add_open_loop_parked_vehicles=True): vehicles not made IDM agents are shown static at
+    # their current pose when they stand still off the lanes or sit further than the snap threshold from their
+    # baseline, unless they overlap an active agent (see `navsim_parked_vehicles`). nuPlan drops them (False)
+    add_open_loop_parked_vehicles: bool = False
+
+
+# NAVSIM's reactive traffic (navsim/planning/script/config/common/traffic_agents_policy/navsim_IDM_traffic_agents.yaml,
+# navsim/traffic_agents_policies/navsim_IDM_traffic_agents.py, navsim/planning/simulation/observation/
+# navsim_idm_agents.py and navsim_idm/): IDMAgents(10, 1.0, 1.5, 1.0, 2.0, open_loop_detections_types=[],
+# minimum_path_length=20, radius=100, add_open_loop_parked_vehicles=True, idm_snap_threshold=3.0), no traffic-light
+# status (no route extension, no stop lines), a fixed 0.1 s step. Not reproduced: NAVSIM simplifies every occupancy
+# geometry with tolerance 1e-5 m (navsim_idm_agent_manager.simplify_occupancy_map_geometries), which moves no
+# vertex by more than 1e-5 m.
+NAVSIM_IDM = IDMConfig(open_loop_types=(), snap_threshold=3.0, extend_route=False, add_open_loop_parked_vehicles=True)
 
 
 @dataclass(frozen=True, eq=False)
 class IDMAgents:
-    """State of the IDM agents (struct of arrays, spawn order). `track` indexes the scenario's AgentTracks."""
+    """State of the IDM agents (struct of arrays, spawn order). `track` indexes the scenario's AgentTracks.
+
+    Each agent's devkit `InterpolatedPath` is `path[a, :n_path[a]]` (x, y, heading, progress); `s` is its progress
+    on it (unbounded, as the devkit's state), `pose` the box centre the devkit reports (its cached `to_se2`). `box`
+    and `foot` (polyline of the path ahead for `v * headway`, `n_foot` points, 0 at spawn) are the footprint the other
+    agents see."""
 
     track: np.ndarray  # [A] int64
     alive: np.ndarray  # [A] bool
-    lanes: np.ndarray  # [A, P_MAX] lane indices ahead, lanes[:, 0] the current one
-    n_lanes: np.ndarray
-    prev: np.ndarray  # [A, 2] the lanes just behind (for footprints reaching back)
-    route: np.ndarray  # [A, R_MAX] nuPlan's route deque (stop lines of red connectors on it count)
+    path: np.ndarray  # [A, NP, 4] x, y, heading, progress
+    n_path: np.ndarray  # [A]
+    route: np.ndarray  # [A, R_MAX] nuPlan's route deque (lane-graph indices)
     n_route: np.ndarray
-    s: np.ndarray  # progress on lanes[:, 0]
+    s: np.ndarray  # progress on the path
     v: np.ndarray
     target: np.ndarray
     length: np.ndarray
     width: np.ndarray
     height: np.ndarray
-    occ_lo: np.ndarray  # footprint interval in own lane coordinates
-    occ_hi: np.ndarray
     pose: np.ndarray  # [A, 3] box centre pose
+    box: np.ndarray  # [A, 4, 2] footprint box
+    foot: np.ndarray  # [A, NP, 2] footprint path polyline
+    n_foot: np.ndarray  # [A]
+    # the leader of the last step: kind (0 none, 1 agent, 2 ego, 3 replayed object, 4 stop line), its index (agent
+    # row, object row, stop triangle), the polygon gap and its projected speed
+    lead_kind: np.ndarray  # [A] int64
+    lead_index: np.ndarray  # [A] int64
+    lead_gap: np.ndarray  # [A]
+    lead_speed: np.ndarray  # [A]
 
     def copy(self) -> "IDMAgents":
         return IDMAgents(**{k: getattr(self, k).copy() for k in self.__dataclass_fields__})
@@ -95,315 +139,852 @@ class IDMAgents:
     def num_alive(self) -> int:
         return int(self.alive.sum())
 
+    @property
+    def capacity(self) -> int:
+        return int(self.path.shape[1])
 
-# ------------------------------------------------------------------------------------------------ kernels
-@njit(cache=True)
-def _pose_on_lanes(g_vtx_ptr, g_vx, g_vy, g_vh, g_vs, lanes, n, s):
-    """Pose at progress s (on lanes[0]) along the lane sequence, nuPlan path interpolation (vertex headings
-    interpolated, the last vertex of a lane taking its successor's first heading)."""
-    k = 0
-    while k < n - 1:
-        ln = lanes[k]
-        L = g_vs[g_vtx_ptr[ln + 1] - 1]
-        if s <= L:
-            break
-        s -= L
-        k += 1
-    ln = lanes[k]
-    a = g_vtx_ptr[ln]
-    b = g_vtx_ptr[ln + 1]
-    if s <= 0.0:
-        return g_vx[a], g_vy[a], g_vh[a]
-    j = a
-    while j < b - 2 and g_vs[j + 1] < s:
-        j += 1
-    s0 = g_vs[j]
-    s1 = g_vs[j + 1]
-    t = (s - s0) / (s1 - s0) if s1 > s0 else 0.0
-    if t > 1.0:
-        t = 1.0
-    x = g_vx[j] + t * (g_vx[j + 1] - g_vx[j])
-    y = g_vy[j] + t * (g_vy[j + 1] - g_vy[j])
-    h0 = g_vh[j]
-    if j + 1 == b - 1 and k < n - 1:
-        h1 = g_vh[g_vtx_ptr[lanes[k + 1]]]
-    else:
-        h1 = g_vh[j + 1]
-    dh = h1 - h0
-    while dh > np.pi:
-        dh -= 2 * np.pi
-    while dh < -np.pi:
-        dh += 2 * np.pi
-    h = h0 + t * dh
-    h = (h + np.pi) % (2 * np.pi) - np.pi
-    return x, y, h
+    def grown(self, capacity: int) -> "IDMAgents":
+        """The same state with room for `capacity` path points per agent."""
+        A, n = self.path.shape[:2]
+        path = np.zeros((A, capacity, 4))
+        path[:, :n] = self.path
+        foot = np.zeros((A, capacity, 2))
+        foot[:, :n] = self.foot
+        return replace(self, path=path, foot=foot)
 
 
-@njit(cache=True)
-def _path_end(g_len, g_eff, lanes, n):
-    e = 0.0
-    for k in range(n - 1):
-        e += g_len[lanes[k]]
-    return e + g_eff[lanes[n - 1]]
+# ------------------------------------------------------------------------------------------------ path kernels
+@njit(cache=True, inline="always")
+def _principal(a):
+    """nuplan principal_value: wrap to [-pi, pi)."""
+    return (a + np.pi) % (2.0 * np.pi) - np.pi
 
 
 @njit(cache=True, inline="always")
-def _interval_gap(ia, ib, s_i, end_i, f_lo, f_hi):
-    """Gap along i's path from its footprint [f_lo, f_hi] to an occupied interval [ia, ib], 0 when they overlap;
-    1e300 (never a leader) when the interval lies outside i's look-ahead window [s_i, end_i]."""
-    if not (ib >= s_i and ia <= end_i):
-        return 1e300
-    gap = ia - f_hi
-    if f_lo - ib > gap:
-        gap = f_lo - ib
-    if gap < 0.0:
-        gap = 0.0
-    return gap
+def _unwrap_step(d):
+    """np.unwrap's correction of one heading difference."""
+    if abs(d) < np.pi:
+        return d
+    dm = (d + np.pi) % (2.0 * np.pi) - np.pi
+    if dm == -np.pi and d > 0:
+        dm = np.pi
+    return dm
 
 
 @njit(cache=True)
-def _idm_step(g_vtx_ptr, g_vx, g_vy, g_vh, g_vs, g_len, g_eff, g_speed, g_haslight, g_curv0, g_out_ptr, g_out_idx,
-              g_stop_ptr, g_stop_lane, g_stop_int, g_conf_ptr, g_conf_other, g_conf_int,
-              green, red, obj_lane, obj_int, obj_speed, obj_heading,
-              alive, lanes, n_lanes, prev, route, n_route, s, v, target, length, width, occ_lo, occ_hi, pose,
-              dt, min_gap, headway, a_max, b_max, min_path_len):
+def _state_at(path, n, p):
+    """InterpolatedPath.get_state_at_progress: scipy interp1d (searchsorted left, clipped to [1, n-1]) on x, y and on
+    the unwrapped heading, wrapped back."""
+    lo_i = 1
+    hi_i = n - 1
+    while lo_i < hi_i:  # first k in [1, n-1] with progress[k] >= p
+        mid = (lo_i + hi_i) // 2
+        if path[mid, 3] < p:
+            lo_i = mid + 1
+        else:
+            hi_i = mid
+    k = lo_i
+    x0 = path[k - 1, 3]
+    x1 = path[k, 3]
+    dx = x1 - x0
+    t = p - x0
+    x = (path[k, 0] - path[k - 1, 0]) / dx * t + path[k - 1, 0]
+    y = (path[k, 1] - path[k - 1, 1]) / dx * t + path[k - 1, 1]
+    h0 = path[k - 1, 2]
+    h1 = h0 + _unwrap_step(path[k, 2] - h0)
+    h = _principal((h1 - h0) / dx * t + h0)
+    return x, y, h
+
+
+@njit(cache=True, inline="always")
+def _clamp(path, n, p):
+    lo = path[0, 3]
+    hi = path[n - 1, 3]
+    return max(lo, min(p, hi))
+
+
+@njit(cache=True)
+def _trim_up_to(path, n, p, out):
+    """trim_path_up_to_progress: [state at p] + the points beyond p, or the last two points. Returns the count."""
+    k = 0
+    while k < n and path[k, 3] <= p:
+        k += 1
+    if k == n:
+        out[0, :3] = path[n - 2, :3]
+        out[1, :3] = path[n - 1, :3]
+        return 2
+    x, y, h = _state_at(path, n, p)
+    out[0, 0] = x
+    out[0, 1] = y
+    out[0, 2] = h
+    m = 1
+    for q in range(k, n):
+        out[m, :3] = path[q, :3]
+        m += 1
+    return m
+
+
+@njit(cache=True)
+def _trim(path, n, start, end, out):
+    """trim_path: [state at start] + the points strictly between + [state at end] (or the first / last two points).
+    Writes x, y into `out`; returns the count."""
+    front = 0
+    while front < n and not (path[front, 3] > start):
+        front += 1
+    if front == n:
+        out[0, 0] = path[n - 2, 0]
+        out[0, 1] = path[n - 2, 1]
+        out[1, 0] = path[n - 1, 0]
+        out[1, 1] = path[n - 1, 1]
+        return 2
+    tail = n - 1
+    while tail >= 0 and not (path[tail, 3] < end):
+        tail -= 1
+    if tail < 0:
+        out[0, 0] = path[0, 0]
+        out[0, 1] = path[0, 1]
+        out[1, 0] = path[1, 0]
+        out[1, 1] = path[1, 1]
+        return 2
+    x, y, _ = _state_at(path, n, start)
+    out[0, 0] = x
+    out[0, 1] = y
+    m = 1
+    for q in range(front, tail + 1):
+        out[m, 0] = path[q, 0]
+        out[m, 1] = path[q, 1]
+        m += 1
+    x, y, _ = _state_at(path, n, end)
+    out[m, 0] = x
+    out[m, 1] = y
+    return m + 1
+
+
+@njit(cache=True)
+def _create_path(states, m, path):
+    """create_path_from_se2: cumulative progress, points followed by a repeated one dropped, the last point dropped.
+    Returns the count written into `path` (x, y, heading, progress)."""
+    prog = 0.0
+    prev = 0.0
+    n = 0
+    for k in range(m - 1):
+        dx = states[k + 1, 0] - states[k, 0]
+        dy = states[k + 1, 1] - states[k, 1]
+        nxt = prog + np.sqrt(dx * dx + dy * dy)
+        if abs(nxt - prog) > REPEATED_POINT_ATOL:
+            path[n, 0] = states[k, 0]
+            path[n, 1] = states[k, 1]
+            path[n, 2] = states[k, 2]
+            path[n, 3] = prog
+            n += 1
+        prev = prog
+        prog = nxt
+    return n
+
+
+# ------------------------------------------------------------------------------------------------ geometry kernels
+@njit(cache=True, inline="always")
+def _seg_rect(ax, ay, bx, by, hw, out):
+    """Rectangle of segment a-b buffered by hw with flat ends (corners into out [4, 2]); False if degenerate."""
+    dx = bx - ax
+    dy = by - ay
+    L = np.sqrt(dx * dx + dy * dy)
+    if L == 0.0:
+        return False
+    nx = -dy / L * hw
+    ny = dx / L * hw
+    out[0, 0] = ax + nx
+    out[0, 1] = ay + ny
+    out[1, 0] = bx + nx
+    out[1, 1] = by + ny
+    out[2, 0] = bx - nx
+    out[2, 1] = by - ny
+    out[3, 0] = ax - nx
+    out[3, 1] = ay - ny
+    return True
+
+
+@njit(cache=True, inline="always")
+def _pt_seg_d2(px, py, ax, ay, bx, by):
+    dx = bx - ax
+    dy = by - ay
+    l2 = dx * dx + dy * dy
+    rx = px - ax
+    ry = py - ay
+    t = 0.0
+    if l2 > 0.0:
+        t = (rx * dx + ry * dy) / l2
+        if t < 0.0:
+            t = 0.0
+        elif t > 1.0:
+            t = 1.0
+    ex = rx - t * dx
+    ey = ry - t * dy
+    return ex * ex + ey * ey
+
+
+@njit(cache=True, inline="always")
+def _pt_in_quad(px, py, q):
+    pos = False
+    neg = False
+    for k in range(4):
+        a0 = q[k, 0]
+        a1 = q[k, 1]
+        b0 = q[(k + 1) % 4, 0]
+        b1 = q[(k + 1) % 4, 1]
+        c = (b0 - a0) * (py - a1) - (b1 - a1) * (px - a0)
+        if c > 0.0:
+            pos = True
+        elif c < 0.0:
+            neg = True
+    return not (pos and neg)
+
+
+@njit(cache=True, inline="always")
+def _pt_quad_dist(px, py, q):
+    if _pt_in_quad(px, py, q):
+        return 0.0
+    best = 1e300
+    for k in range(4):
+        d = _pt_seg_d2(px, py, q[k, 0], q[k, 1], q[(k + 1) % 4, 0], q[(k + 1) % 4, 1])
+        if d < best:
+            best = d
+    return np.sqrt(best)
+
+
+@njit(cache=True, inline="always")
+def _quads_overlap(p, q):
+    """Separating-axis test of two convex quads (triangles as quads with a repeated vertex); touching overlaps."""
+    for which in range(2):
+        a = p if which == 0 else q
+        for k in range(4):
+            ex = a[(k + 1) % 4, 0] - a[k, 0]
+            ey = a[(k + 1) % 4, 1] - a[k, 1]
+            if ex == 0.0 and ey == 0.0:
+                continue
+            nx = -ey
+            ny = ex
+            pmin = 1e300
+            pmax = -1e300
+            qmin = 1e300
+            qmax = -1e300
+            for j in range(4):
+                v = p[j, 0] * nx + p[j, 1] * ny
+                pmin = min(pmin, v)
+                pmax = max(pmax, v)
+                w = q[j, 0] * nx + q[j, 1] * ny
+                qmin = min(qmin, w)
+                qmax = max(qmax, w)
+            if pmax < qmin or qmax < pmin:
+                return False
+    return True
+
+
+@njit(cache=True, inline="always")
+def _quad_quad_dist(p, q):
+    if _quads_overlap(p, q):
+        return 0.0
+    best = 1e300
+    for k in range(4):
+        for j in range(4):
+            d = _pt_seg_d2(p[k, 0], p[k, 1], q[j, 0], q[j, 1], q[(j + 1) % 4, 0], q[(j + 1) % 4, 1])
+            if d < best:
+                best = d
+            d = _pt_seg_d2(q[k, 0], q[k, 1], p[j, 0], p[j, 1], p[(j + 1) % 4, 0], p[(j + 1) % 4, 1])
+            if d < best:
+                best = d
+    return np.sqrt(best)
+
+
+# GEOS buffer parameters (shapely's defaults, as the devkit calls `buffer(width / 2, cap_style=flat)`):
+# BufferParameters quadrantSegments = 16 (fillet angle quantum pi / 2 / 16), OffsetSegmentGenerator
+# OFFSET_SEGMENT_SEPARATION_FACTOR = 1e-3 (outside turns whose offset points are closer get no fillet)
+_FILLET_ANGLE_QUANTUM = np.pi / 2.0 / 16.0
+_OFFSET_SEGMENT_SEPARATION_FACTOR = 1.0e-3
+
+
+@njit(cache=True, inline="always")
+def _put_quad(out, bb, c, x0, y0, x1, y1, x2, y2, x3, y3):
+    out[c, 0, 0] = x0
+    out[c, 0, 1] = y0
+    out[c, 1, 0] = x1
+    out[c, 1, 1] = y1
+    out[c, 2, 0] = x2
+    out[c, 2, 1] = y2
+    out[c, 3, 0] = x3
+    out[c, 3, 1] = y3
+    bb[c, 0] = min(min(x0, x1), min(x2, x3))
+    bb[c, 1] = min(min(y0, y1), min(y2, y3))
+    bb[c, 2] = max(max(x0, x1), max(x2, x3))
+    bb[c, 3] = max(max(y0, y1), max(y2, y3))
+
+
+@njit(cache=True)
+def _emit_clipped(out, bb, c, qx, qy, planes, n_planes):
+    """Emit the convex quad (qx, qy) [4] clipped to the half-planes (p - o) . n >= 0 of `planes[:n_planes]` (rows
+    ox, oy, nx, ny), fan-split into quads / triangles. Returns the new count, or -1 when `out` is full."""
+    cap = out.shape[0]
+    px = np.empty(12)
+    py = np.empty(12)
+    nx_ = np.empty(12)
+    ny_ = np.empty(12)
+    k = 4
+    for q in range(4):
+        px[q] = qx[q]
+        py[q] = qy[q]
+    for h in range(n_planes):
+        ox = planes[h, 0]
+        oy = planes[h, 1]
+        dx = planes[h, 2]
+        dy = planes[h, 3]
+        inside = True
+        for q in range(k):
+            if (px[q] - ox) * dx + (py[q] - oy) * dy < 0.0:
+                inside = False
+                break
+        if inside:
+            continue
+        m = 0
+        for q in range(k):
+            ax = px[q]
+            ay = py[q]
+            bx = px[(q + 1) % k]
+            by = py[(q + 1) % k]
+            fa = (ax - ox) * dx + (ay - oy) * dy
+            fb = (bx - ox) * dx + (by - oy) * dy
+            if fa >= 0.0:
+                nx_[m] = ax
+                ny_[m] = ay
+                m += 1
+            if (fa >= 0.0) != (fb >= 0.0):
+                t = fa / (fa - fb)
+                nx_[m] = ax + t * (bx - ax)
+                ny_[m] = ay + t * (by - ay)
+                m += 1
+        k = m
+        for q in range(k):
+            px[q] = nx_[q]
+            py[q] = ny_[q]
+        if k < 3:
+            return c
+    if k == 4:
+        if c >= cap:
+            return -1
+        _put_quad(out, bb, c, px[0], py[0], px[1], py[1], px[2], py[2], px[3], py[3])
+        return c + 1
+    for q in range(1, k - 1):
+        if c >= cap:
+            return -1
+        _put_quad(out, bb, c, px[0], py[0], px[q], py[q], px[q + 1], py[q + 1], px[q + 1], py[q + 1])
+        c += 1
+    return c
+
+
+@njit(cache=True, inline="always")
+def _orient(ax, ay, bx, by, cx, cy):
+    v = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
+    return 1 if v > 0.0 else (-1 if v < 0.0 else 0)
+
+
+@njit(cache=True)
+def _segments_intersect(ax, ay, bx, by, cx, cy, dx, dy):
+    o1 = _orient(ax, ay, bx, by, cx, cy)
+    o2 = _orient(ax, ay, bx, by, dx, dy)
+    o3 = _orient(cx, cy, dx, dy, ax, ay)
+    o4 = _orient(cx, cy, dx, dy, bx, by)
+    if o1 != o2 and o3 != o4:
+        return True
+    # collinear touching
+    if o1 == 0 and min(ax, bx) <= cx <= max(ax, bx) and min(ay, by) <= cy <= max(ay, by):
+        return True
+    if o2 == 0 and min(ax, bx) <= dx <= max(ax, bx) and min(ay, by) <= dy <= max(ay, by):
+        return True
+    if o3 == 0 and min(cx, dx) <= ax <= max(cx, dx) and min(cy, dy) <= ay <= max(cy, dy):
+        return True
+    if o4 == 0 and min(cx, dx) <= bx <= max(cx, dx) and min(cy, dy) <= by <= max(cy, dy):
+        return True
+    return False
+
+
+# GEOS OffsetSegmentGenerator: INSIDE_TURN_VERTEX_SNAP_DISTANCE_FACTOR = 1e-3, MAX_CLOSING_SEG_LEN_FACTOR = 80 (used
+# for round joins with >= 8 quadrant segments)
+_INSIDE_TURN_VERTEX_SNAP_DISTANCE_FACTOR = 1.0e-3
+_CLOSING_SEG_LEN_FACTOR = 80.0
+
+
+@njit(cache=True)
+def _end_sliver(out, bb, c, ux, uy, vx, vy, ex, ey, hw, qx, qy):
+    """The part of a buffered polyline beyond its flat cap at e (last segment v-e short after a turn at v) that GEOS
+    keeps: where the inner offsets of u-v and v-e do not intersect, GEOS joins them through a closing segment near
+    the corner, and the band of u-v's rectangle outside that segment and beyond the cap stays in the buffer."""
+    d0x = vx - ux
+    d0y = vy - uy
+    d1x = ex - vx
+    d1y = ey - vy
+    cr = d0x * d1y - d0y * d1x
+    if cr == 0.0:
+        return c
+    l0 = np.sqrt(d0x * d0x + d0y * d0y)
+    l1 = np.sqrt(d1x * d1x + d1y * d1y)
+    sg = 1.0 if cr > 0.0 else -1.0  # inner side: left for a left turn
+    n0x = -d0y / l0 * hw * sg
+    n0y = d0x / l0 * hw * sg
+    n1x = -d1y / l1 * hw * sg
+    n1y = d1x / l1 * hw * sg
+    ax = vx + n0x
+    ay = vy + n0y
+    bx = vx + n1x
+    by = vy + n1y
+    cx = ex + n1x
+    cy = ey + n1y
+    # beyond the cap at all?
+    if (ax - ex) * d1x + (ay - ey) * d1y <= 0.0:
+        return c
+    if np.sqrt((ax - bx) ** 2 + (ay - by) ** 2) < hw * _INSIDE_TURN_VERTEX_SNAP_DISTANCE_FACTOR:
+        m0x = ax
+        m0y = ay
+        m1x = cx
+        m1y = cy
+    else:
+        if _segments_intersect(ux + n0x, uy + n0y, ax, ay, bx, by, cx, cy):
+            return c
+        f = _CLOSING_SEG_LEN_FACTOR
+        m0x = (f * ax + vx) / (f + 1.0)
+        m0y = (f * ay + vy) / (f + 1.0)
+        m1x = (f * bx + vx) / (f + 1.0)
+        m1y = (f * by + vy) / (f + 1.0)
+    planes = np.empty((2, 4))
+    planes[0, 0] = ex
+    planes[0, 1] = ey
+    planes[0, 2] = d1x
+    planes[0, 3] = d1y
+    # the side of the closing line away from v
+    lx = m1x - m0x
+    ly = m1y - m0y
+    nx = -ly
+    ny = lx
+    if (vx - m0x) * nx + (vy - m0y) * ny > 0.0:
+        nx = -nx
+        ny = -ny
+    planes[1, 0] = m0x
+    planes[1, 1] = m0y
+    planes[1, 2] = nx
+    planes[1, 3] = ny
+    qx[0] = ux + n0x
+    qy[0] = uy + n0y
+    qx[1] = ax
+    qy[1] = ay
+    qx[2] = vx - n0x
+    qy[2] = vy - n0y
+    qx[3] = ux - n0x
+    qy[3] = uy - n0y
+    return _emit_clipped(out, bb, c, qx, qy, planes, 2)
+
+
+@njit(cache=True, inline="always")
+def _emit_tri(out, bb, c, ax, ay, bx, by, cx, cy, qx, qy, caps):
+    qx[0] = ax
+    qy[0] = ay
+    qx[1] = bx
+    qy[1] = by
+    qx[2] = cx
+    qy[2] = cy
+    qx[3] = cx
+    qy[3] = cy
+    return _emit_clipped(out, bb, c, qx, qy, caps, 2)
+
+
+@njit(cache=True)
+def _build_pieces(has_box, box, line, n, hw, out, bb, start):
+    """Convex pieces (quads; triangles repeat a vertex) of a box united with the polyline `line[:n]` buffered by hw
+    as GEOS buffers it (flat caps, round joins of 16 segments per quarter circle): each segment's rectangle and, at
+    each turning vertex, the fillet fan on the outer side. Written from `start`; returns the end, or -1 when `out`
+    is full."""
+    cap = out.shape[0]
+    c = start
+    if has_box:
+        if c >= cap:
+            return -1
+        _put_quad(out, bb, c, box[0, 0], box[0, 1], box[1, 0], box[1, 1], box[2, 0], box[2, 1], box[3, 0], box[3, 1])
+        c += 1
+    # GEOS drops repeated points
+    idx = np.empty(max(n, 1), dtype=np.int64)
+    m = 0
+    for k in range(n):
+        if m > 0 and line[k, 0] == line[idx[m - 1], 0] and line[k, 1] == line[idx[m - 1], 1]:
+            continue
+        idx[m] = k
+        m += 1
+    if m < 2:
+        return c
+    qx = np.empty(4)
+    qy = np.empty(4)
+    # GEOS's buffer never reaches beyond its flat caps (inner corners overshooting a cap form backward loops),
+    # except for the slivers of `_end_sliver`
+    caps = np.empty((2, 4))
+    caps[0, 0] = line[idx[0], 0]
+    caps[0, 1] = line[idx[0], 1]
+    caps[0, 2] = line[idx[1], 0] - line[idx[0], 0]
+    caps[0, 3] = line[idx[1], 1] - line[idx[0], 1]
+    caps[1, 0] = line[idx[m - 1], 0]
+    caps[1, 1] = line[idx[m - 1], 1]
+    caps[1, 2] = line[idx[m - 2], 0] - line[idx[m - 1], 0]
+    caps[1, 3] = line[idx[m - 2], 1] - line[idx[m - 1], 1]
+    if m >= 3:
+        for end in range(2):
+            if end == 0:
+                u = idx[m - 3]
+                v = idx[m - 2]
+                e = idx[m - 1]
+            else:
+                u = idx[2]
+                v = idx[1]
+                e = idx[0]
+            c = _end_sliver(out, bb, c, line[u, 0], line[u, 1], line[v, 0], line[v, 1], line[e, 0], line[e, 1], hw,
+                            qx, qy)
+            if c < 0:
+                return -1
+    for q in range(m - 1):
+        a = idx[q]
+        b = idx[q + 1]
+        ax = line[a, 0]
+        ay = line[a, 1]
+        bx = line[b, 0]
+        by = line[b, 1]
+        dx = bx - ax
+        dy = by - ay
+        L = np.sqrt(dx * dx + dy * dy)
+        ux = hw * dx / L  # OffsetSegmentGenerator::computeOffsetSegment (left side: (x - uy, y + ux))
+        uy = hw * dy / L
+        qx[0] = ax - uy
+        qy[0] = ay + ux
+        qx[1] = bx - uy
+        qy[1] = by + ux
+        qx[2] = bx + uy
+        qy[2] = by - ux
+        qx[3] = ax + uy
+        qy[3] = ay - ux
+        c = _emit_clipped(out, bb, c, qx, qy, caps, 2)
+        if c < 0:
+            return -1
+    for q in range(1, m - 1):
+        a = idx[q - 1]
+        v = idx[q]
+        b = idx[q + 1]
+        vx = line[v, 0]
+        vy = line[v, 1]
+        d0x = vx - line[a, 0]
+        d0y = vy - line[a, 1]
+        d1x = line[b, 0] - vx
+        d1y = line[b, 1] - vy
+        cr = d0x * d1y - d0y * d1x
+        if cr == 0.0:
+            continue
+        l0 = np.sqrt(d0x * d0x + d0y * d0y)
+        l1 = np.sqrt(d1x * d1x + d1y * d1y)
+        if cr < 0.0:  # right turn: the fillet is on the left (traversed forwards)
+            p0x = vx - hw * d0y / l0
+            p0y = vy + hw * d0x / l0
+            p1x = vx - hw * d1y / l1
+            p1y = vy + hw * d1x / l1
+        else:  # left turn: on the right (GEOS traverses the line backwards for it)
+            p0x = vx + hw * d1y / l1
+            p0y = vy - hw * d1x / l1
+            p1x = vx + hw * d0y / l0
+            p1y = vy - hw * d0x / l0
+        if np.sqrt((p0x - p1x) ** 2 + (p0y - p1y) ** 2) < hw * _OFFSET_SEGMENT_SEPARATION_FACTOR:
+            # GEOS joins the offset segments straight (no fillet points): the wedge between them stays covered
+            c = _emit_tri(out, bb, c, vx, vy, p0x, p0y, p1x, p1y, qx, qy, caps)
+            if c < 0:
+                return -1
+            continue
+        # OffsetSegmentGenerator::addDirectedFillet, clockwise
+        sa = np.arctan2(p0y - vy, p0x - vx)
+        ea = np.arctan2(p1y - vy, p1x - vx)
+        if sa <= ea:
+            sa += 2.0 * np.pi
+        total = abs(sa - ea)
+        nseg = int(total / _FILLET_ANGLE_QUANTUM + 0.5)
+        fx = p0x
+        fy = p0y
+        if nseg >= 1:
+            inc = total / nseg
+            for k in range(1, nseg):
+                ang = sa - k * inc
+                nx = vx + hw * np.cos(ang)
+                ny = vy + hw * np.sin(ang)
+                c = _emit_tri(out, bb, c, vx, vy, fx, fy, nx, ny, qx, qy, caps)
+                if c < 0:
+                    return -1
+                fx = nx
+                fy = ny
+        c = _emit_tri(out, bb, c, vx, vy, fx, fy, p1x, p1y, qx, qy, caps)
+        if c < 0:
+            return -1
+    return c
+
+
+@njit(cache=True)
+def _pieces_bounds(bb, a0, a1, out):
+    out[0] = 1e300
+    out[1] = 1e300
+    out[2] = -1e300
+    out[3] = -1e300
+    for k in range(a0, a1):
+        out[0] = min(out[0], bb[k, 0])
+        out[1] = min(out[1], bb[k, 1])
+        out[2] = max(out[2], bb[k, 2])
+        out[3] = max(out[3], bb[k, 3])
+
+
+@njit(cache=True, inline="always")
+def _disjoint(a, b):
+    return a[2] < b[0] or b[2] < a[0] or a[3] < b[1] or b[3] < a[1]
+
+
+@njit(cache=True)
+def _pieces_touch(P, Pbb, a0, a1, abb, Q, Qbb, b0, b1, bbb):
+    """Whether the unions of pieces P[a0:a1] and Q[b0:b1] (bounds abb, bbb) intersect."""
+    if _disjoint(abb, bbb):
+        return False
+    for i in range(a0, a1):
+        if _disjoint(Pbb[i], bbb):
+            continue
+        for j in range(b0, b1):
+            if _disjoint(Pbb[i], Qbb[j]):
+                continue
+            if _quads_overlap(P[i], Q[j]):
+                return True
+    return False
+
+
+@njit(cache=True)
+def _pieces_distance(P, Pbb, a0, a1, Q, Qbb, b0, b1):
+    """Distance between the unions of pieces P[a0:a1] and Q[b0:b1]."""
+    best = 1e300
+    for i in range(a0, a1):
+        for j in range(b0, b1):
+            gx = max(0.0, max(Qbb[j, 0] - Pbb[i, 2], Pbb[i, 0] - Qbb[j, 2]))
+            gy = max(0.0, max(Qbb[j, 1] - Pbb[i, 3], Pbb[i, 1] - Qbb[j, 3]))
+            if gx * gx + gy * gy > best * best:
+                continue
+            d = _quad_quad_dist(P[i], Q[j])
+            if d < best:
+                best = d
+                if best == 0.0:
+                    return 0.0
+    return best
+
+
+@njit(cache=True)
+def _box_corners_one(x, y, h, length, width, out):
+    c = np.cos(h)
+    s = np.sin(h)
+    hl = length / 2.0
+    hw = width / 2.0
+    # FL, RL, RR, FR (nuPlan OrientedBox), as _box_corners
+    out[0, 0] = x + c * hl - s * hw
+    out[0, 1] = y + s * hl + c * hw
+    out[1, 0] = x - c * hl - s * hw
+    out[1, 1] = y - s * hl + c * hw
+    out[2, 0] = x - c * hl + s * hw
+    out[2, 1] = y - s * hl - c * hw
+    out[3, 0] = x + c * hl + s * hw
+    out[3, 1] = y + s * hl - c * hw
+
+
+# ------------------------------------------------------------------------------------------------ the step
+@njit(cache=True)
+def _idm_step(g_vtx_ptr, g_vx, g_vy, g_vh, g_speed, g_haslight, g_curv0, g_out_ptr, g_out_idx, g_stop_ptr, g_stop_tri,
+              green, red, extend_route, ego_box, ego_cx, ego_cy, ego_speed, ego_heading, obj_boxes,
+              alive, path, n_path, route, n_route, s, v, target, length, width, pose, box, foot, n_foot,
+              lead_kind, lead_index, lead_gap, lead_speed, dt, min_gap, headway, a_max, b_max, min_path_len, radius,
+              piece_cap):
+    """One devkit `propagate_agents` call. Returns 0; 1 when a path outgrew the arrays, 2 when the footprint pieces
+    outgrew `piece_cap` (the caller retries on a fresh copy with more room)."""
     A = len(alive)
+    NP = path.shape[1]
     sqrt_ab = np.sqrt(a_max * b_max)
-    off = np.zeros(P_MAX)
+    tmp = np.zeros((NP + 1, 4))
+    togo = np.zeros((NP + 1, 4))
+    togo_xy = np.zeros((NP + 1, 2))
+    # 1. agents beyond the radius from the ego's centre are dropped for good
+    for i in range(A):
+        if alive[i] and np.sqrt((pose[i, 0] - ego_cx) ** 2 + (pose[i, 1] - ego_cy) ** 2) > radius:
+            alive[i] = False
+    # the occupancy map as convex pieces: agents' footprints (rebuilt at the end when an agent moves), the ego, the
+    # replayed objects
+    FP = np.empty((piece_cap, 4, 2))
+    FPbb = np.empty((piece_cap, 4))
+    fp0 = np.zeros(A, dtype=np.int64)
+    fp1 = np.zeros(A, dtype=np.int64)
+    fbb = np.zeros((A, 4))
+    fill = 0
+    for j in range(A):
+        if alive[j]:
+            e = _build_pieces(True, box[j], foot[j], n_foot[j], width[j] / 2.0, FP, FPbb, fill)
+            if e < 0:
+                return 2
+            fp0[j] = fill
+            fp1[j] = e
+            fill = e
+            _pieces_bounds(FPbb, fp0[j], fp1[j], fbb[j])
+    empty = np.zeros((1, 2))
+    EP = np.empty((1, 4, 2))
+    EPbb = np.empty((1, 4))
+    _build_pieces(True, ego_box, empty, 0, 0.0, EP, EPbb, 0)
+    K = obj_boxes.shape[0]
+    OP = np.empty((max(K, 1), 4, 2))
+    OPbb = np.empty((max(K, 1), 4))
+    for o in range(K):
+        _build_pieces(True, obj_boxes[o], empty, 0, 0.0, OP, OPbb, o)
+    TP = np.empty((40 * (NP + 2), 4, 2))
+    TPbb = np.empty((40 * (NP + 2), 4))
+    tbb = np.zeros(4)
+    SP = np.empty((1, 4, 2))
+    SPbb = np.empty((1, 4))
     for i in range(A):
         if not alive[i]:
             continue
-        # 1. route growth
-        n = n_lanes[i]
-        while True:
-            togo = _path_end(g_len, g_eff, lanes[i], n) - s[i]
-            if togo >= min_path_len + target[i] * headway or n >= P_MAX:
-                break
-            last = lanes[i, n - 1]
-            best = -1
-            best_c = 1e300
-            for q in range(g_out_ptr[last], g_out_ptr[last + 1]):
-                e = g_out_idx[q]
-                ok = green[e] if g_haslight[e] else not red[e]
-                if ok:
-                    c = abs(g_curv0[e])
-                    if c < best_c:
-                        best_c = c
-                        best = e
-            if best < 0:
-                break
-            lanes[i, n] = best
-            n += 1
-            if n_route[i] < R_MAX:
-                route[i, n_route[i]] = best
-                n_route[i] += 1
-            else:
-                for q in range(R_MAX - 1):
-                    route[i, q] = route[i, q + 1]
-                route[i, R_MAX - 1] = best
-        n_lanes[i] = n
-        # lane offsets of the path ahead
-        off[0] = 0.0
-        for k in range(1, n):
-            off[k] = off[k - 1] + g_len[lanes[i, k - 1]]
-        end_i = off[n - 1] + g_eff[lanes[i, n - 1]]
-        s_i = s[i]
+        n = n_path[i]
+        # 2. route extension (IDMAgent.plan_route)
+        if extend_route:
+            while path[i, n - 1, 3] - s[i] < min_path_len + target[i] * headway:
+                last = route[i, n_route[i] - 1]
+                best = -1
+                best_c = 1e300
+                for q in range(g_out_ptr[last], g_out_ptr[last + 1]):
+                    e = g_out_idx[q]
+                    ok = green[e] if g_haslight[e] else not red[e]
+                    if ok:
+                        c = abs(g_curv0[e])
+                        if c < best_c:
+                            best_c = c
+                            best = e
+                if best < 0:
+                    break
+                if n_route[i] < R_MAX:
+                    route[i, n_route[i]] = best
+                    n_route[i] += 1
+                else:
+                    for q in range(R_MAX - 1):
+                        route[i, q] = route[i, q + 1]
+                    route[i, R_MAX - 1] = best
+                m = _trim_up_to(path[i], n, _clamp(path[i], n, s[i]), tmp)
+                a = g_vtx_ptr[best]
+                b_ = g_vtx_ptr[best + 1]
+                if m + b_ - a > NP + 1:
+                    return 1
+                for q in range(a, b_):
+                    tmp[m, 0] = g_vx[q]
+                    tmp[m, 1] = g_vy[q]
+                    tmp[m, 2] = g_vh[q]
+                    m += 1
+                n = _create_path(tmp, m, path[i])
+                n_path[i] = n
+                s[i] = 0.0
+        # 3. leader: what the buffered path to go touches, nearest to the agent's footprint
         hw = width[i] / 2.0
-        f_lo = occ_lo[i]
-        f_hi = occ_hi[i]
-        best_gap = 1e300
+        m = _trim_up_to(path[i], n, _clamp(path[i], n, s[i]), togo)
+        for q in range(m):
+            togo_xy[q, 0] = togo[q, 0]
+            togo_xy[q, 1] = togo[q, 1]
+        nt = _build_pieces(False, box[i], togo_xy, m, hw, TP, TPbb, 0)
+        if nt < 0:
+            return 1
+        _pieces_bounds(TPbb, 0, nt, tbb)
+        i0 = fp0[i]
+        i1 = fp1[i]
+        best_d = 1e300
         best_v = 0.0
-        found = False
+        best_h = 0.0
+        kind = 0
+        idx = -1
         hi_ = pose[i, 2]
-        # 2a. other agents' footprints
         for j in range(A):
             if j == i or not alive[j]:
                 continue
-            nj = n_lanes[j]
-            lo_j = occ_lo[j]
-            hi_j = occ_hi[j]
-            # walk j's lanes: prev[1], prev[0], lanes[0..nj-1]
-            for q in range(-2, nj):
-                if q == -2:
-                    ln = prev[j, 1]
-                    if ln < 0 or prev[j, 0] < 0:
-                        continue
-                    start = -g_len[prev[j, 0]] - g_len[ln]
-                elif q == -1:
-                    ln = prev[j, 0]
-                    if ln < 0:
-                        continue
-                    start = -g_len[ln]
-                else:
-                    ln = lanes[j, q]
-                    start = 0.0
-                    for r in range(q):
-                        start += g_len[lanes[j, r]]
-                L = g_len[ln]
-                a_ = lo_j if lo_j > start else start
-                b_ = hi_j if hi_j < start + L else start + L
-                if b_ < a_:
-                    continue
-                la = a_ - start
-                lb = b_ - start
-                # same lane ahead of i
-                for k in range(n):
-                    if lanes[i, k] == ln:
-                        ia = off[k] + la
-                        ib = off[k] + lb
-                        gap = _interval_gap(ia, ib, s_i, end_i, f_lo, f_hi)
-                        if gap < best_gap:
-                            best_gap = gap
-                            dh = pose[j, 2] - hi_
-                            best_v = v[j] * np.cos(dh)
-                            found = True
-                    # conflicts of i's lane k with j's lane ln
-                    lk = lanes[i, k]
-                    for c in range(g_conf_ptr[lk], g_conf_ptr[lk + 1]):
-                        if g_conf_other[c] != ln:
-                            continue
-                        if lb < g_conf_int[c, 2] or la > g_conf_int[c, 3]:
-                            continue
-                        ia = off[k] + g_conf_int[c, 0]
-                        ib = off[k] + g_conf_int[c, 1]
-                        gap = _interval_gap(ia, ib, s_i, end_i, f_lo, f_hi)
-                        if gap < best_gap:
-                            best_gap = gap
-                            dh = pose[j, 2] - hi_
-                            best_v = v[j] * np.cos(dh)
-                            found = True
-        # 2b. ego and replayed objects (projected on the lanes their boxes touch)
-        for o in range(len(obj_lane)):
-            ln = obj_lane[o]
-            if obj_int[o, 3] < -hw or obj_int[o, 2] > hw:
+            if not _pieces_touch(TP, TPbb, 0, nt, tbb, FP, FPbb, fp0[j], fp1[j], fbb[j]):
                 continue
-            for k in range(n):
-                if lanes[i, k] == ln:
-                    ia = off[k] + obj_int[o, 0]
-                    ib = off[k] + obj_int[o, 1]
-                    gap = _interval_gap(ia, ib, s_i, end_i, f_lo, f_hi)
-                    if gap < best_gap:
-                        best_gap = gap
-                        best_v = obj_speed[o] * np.cos(obj_heading[o] - hi_)
-                        found = True
-        # 2c. stop lines of red connectors on the route
-        for q in range(n_route[i]):
-            rl = route[i, q]
-            if not red[rl]:
-                continue
-            for c in range(g_stop_ptr[rl], g_stop_ptr[rl + 1]):
-                ln = g_stop_lane[c]
-                if g_stop_int[c, 3] < -hw or g_stop_int[c, 2] > hw:
+            d = _pieces_distance(FP, FPbb, i0, i1, FP, FPbb, fp0[j], fp1[j])
+            if d < best_d:
+                best_d = d
+                best_v = v[j]
+                best_h = pose[j, 2] - hi_
+                kind = 1
+                idx = j
+        if _pieces_touch(TP, TPbb, 0, nt, tbb, EP, EPbb, 0, 1, EPbb[0]):
+            d = _pieces_distance(FP, FPbb, i0, i1, EP, EPbb, 0, 1)
+            if d < best_d:
+                best_d = d
+                best_v = ego_speed
+                best_h = ego_heading - hi_
+                kind = 2
+                idx = 0
+        for o in range(K):
+            if _pieces_touch(TP, TPbb, 0, nt, tbb, OP, OPbb, o, o + 1, OPbb[o]):
+                d = _pieces_distance(FP, FPbb, i0, i1, OP, OPbb, o, o + 1)
+                if d < best_d:
+                    best_d = d
+                    best_v = 0.0
+                    best_h = 0.0
+                    kind = 3
+                    idx = o
+        if extend_route:
+            for q in range(n_route[i]):
+                rl = route[i, q]
+                if not red[rl]:
                     continue
-                for k in range(n):
-                    if lanes[i, k] == ln:
-                        ia = off[k] + g_stop_int[c, 0]
-                        ib = off[k] + g_stop_int[c, 1]
-                        gap = _interval_gap(ia, ib, s_i, end_i, f_lo, f_hi)
-                        if gap < best_gap:
-                            best_gap = gap
+                for t in range(g_stop_ptr[rl], g_stop_ptr[rl + 1]):
+                    _build_pieces(True, g_stop_tri[t], empty, 0, 0.0, SP, SPbb, 0)
+                    if _pieces_touch(TP, TPbb, 0, nt, tbb, SP, SPbb, 0, 1, SPbb[0]):
+                        d = _pieces_distance(FP, FPbb, i0, i1, SP, SPbb, 0, 1)
+                        if d < best_d:
+                            best_d = d
                             best_v = 0.0
-                            found = True
-        if found:
-            rel = best_gap
-            v_lead = best_v
+                            best_h = 0.0
+                            kind = 4
+                            idx = t
+        if kind > 0:
+            rel = best_d
+            v_lead = best_v * np.cos(_principal(best_h))
             l_r = 0.0
         else:
-            rel = end_i - s_i
+            rel = path[i, n - 1, 3] - s[i]
             v_lead = 0.0
             l_r = length[i] / 2.0
-        # 3. IDM (forward Euler)
-        sl = g_speed[lanes[i, n - 1]]
+        lead_kind[i] = kind
+        lead_index[i] = idx
+        lead_gap[i] = rel
+        lead_speed[i] = v_lead
+        # 4. IDM (IDMAgent.propagate, IDMPolicy.solve_forward_euler_idm_policy)
+        sl = g_speed[route[i, n_route[i] - 1]]
         if sl > 0.0:
             target[i] = sl
         vi = v[i]
-        s_star = min_gap + vi * headway + vi * (vi - v_lead) / (2.0 * sqrt_ab)
-        s_alpha = rel - l_r
-        if s_alpha < min_gap:
-            s_alpha = min_gap
+        s_star = min_gap + vi * headway + (vi * (vi - v_lead)) / (2.0 * sqrt_ab)
+        s_alpha = max(rel - l_r, min_gap)
         acc = a_max * (1.0 - (vi / target[i]) ** IDM_ACCELERATION_EXPONENT - (s_star / s_alpha) ** 2)
-        if acc < -b_max:
-            acc = -b_max
-        if acc > a_max:
-            acc = a_max
-        s[i] = s_i + dt * vi
-        vn = vi + dt * acc
+        s[i] = s[i] + dt * vi
+        vn = vi + dt * min(max(-b_max, acc), a_max)
         v[i] = vn if vn > 0.0 else 0.0
-        # advance the lane window
-        while n > 1 and s[i] > g_len[lanes[i, 0]]:
-            s[i] -= g_len[lanes[i, 0]]
-            prev[i, 1] = prev[i, 0]
-            prev[i, 0] = lanes[i, 0]
-            for q in range(n - 1):
-                lanes[i, q] = lanes[i, q + 1]
-            lanes[i, n - 1] = -1
-            n -= 1
-        n_lanes[i] = n
-        end_i = _path_end(g_len, g_eff, lanes[i], n)
-        pb = s[i] if s[i] < end_i else end_i
-        x, y, h = _pose_on_lanes(g_vtx_ptr, g_vx, g_vy, g_vh, g_vs, lanes[i], n, pb)
+        # the box at the new progress and the projected footprint the others see
+        x, y, h = _state_at(path[i], n, _clamp(path[i], n, s[i]))
         pose[i, 0] = x
         pose[i, 1] = y
         pose[i, 2] = h
-        # 4. the footprint others see: box + path ahead for v * headway (clamped to the path end)
-        front = s[i] + length[i] / 2.0 + v[i] * headway
-        if front > end_i:
-            front = end_i
-        occ_lo[i] = pb - length[i] / 2.0
-        occ_hi[i] = front if front > pb + length[i] / 2.0 else pb + length[i] / 2.0
-
-
-@njit(cache=True)
-def _project_corners(g_vtx_ptr, g_vx, g_vy, g_vs, corners, pair_obj, pair_lane, out):
-    """Arc/lateral extents of object corners [K, 4, 2] on lanes: one row of `out` [P, 4] per (object, lane) pair."""
-    for p in range(len(pair_obj)):
-        o = pair_obj[p]
-        ln = pair_lane[p]
-        a = g_vtx_ptr[ln]
-        b = g_vtx_ptr[ln + 1]
-        s_lo = 1e300
-        s_hi = -1e300
-        l_lo = 1e300
-        l_hi = -1e300
-        for c in range(corners.shape[1]):
-            px = corners[o, c, 0]
-            py = corners[o, c, 1]
-            best = 1e300
-            barc = 0.0
-            blat = 0.0
-            for j in range(a, b - 1):
-                dx = g_vx[j + 1] - g_vx[j]
-                dy = g_vy[j + 1] - g_vy[j]
-                l2 = dx * dx + dy * dy
-                if l2 < 1e-12:
-                    l2 = 1e-12
-                rx = px - g_vx[j]
-                ry = py - g_vy[j]
-                t = (rx * dx + ry * dy) / l2
-                if t < 0.0:
-                    t = 0.0
-                elif t > 1.0:
-                    t = 1.0
-                ex = rx - t * dx
-                ey = ry - t * dy
-                d2 = ex * ex + ey * ey
-                if d2 < best:
-                    best = d2
-                    barc = g_vs[j] + t * np.sqrt(l2)
-                    cr = dx * ry - dy * rx
-                    blat = np.sqrt(d2) if cr >= 0 else -np.sqrt(d2)
-            if barc < s_lo:
-                s_lo = barc
-            if barc > s_hi:
-                s_hi = barc
-            if blat < l_lo:
-                l_lo = blat
-            if blat > l_hi:
-                l_hi = blat
-        out[p, 0] = s_lo
-        out[p, 1] = s_hi
-        out[p, 2] = l_lo
-        out[p, 3] = l_hi
+        _box_corners_one(x, y, h, length[i], width[i], box[i])
+        lo = _clamp(path[i], n, s[i] - length[i] / 2.0)
+        hi = _clamp(path[i], n, s[i] + length[i] / 2.0 + v[i] * headway)
+        n_foot[i] = _trim(path[i], n, lo, hi, foot[i])
+        e = _build_pieces(True, box[i], foot[i], n_foot[i], hw, FP, FPbb, fill)
+        if e < 0:
+            return 2
+        fp0[i] = fill
+        fp1[i] = e
+        fill = e
+        _pieces_bounds(FPbb, fp0[i], fp1[i], fbb[i])
+    return 0
 
 
 # ------------------------------------------------------------------------------------------------ python side
@@ -434,19 +1015,6 @@ def box_corners(x, y, h, length, width) -> np.ndarray:
     return out
 
 
-def project_objects(m: MapAPI, g: LaneGraph, corners: np.ndarray):
-    """(lane, [s_lo, s_hi, lat_lo, lat_hi]) of every object box (corners [K, 4, 2]) on every lane it touches."""
-    if len(corners) == 0:
-        return np.zeros(0, np.int64), np.zeros((0, 4)), np.zeros(0, np.int64)
-    polys = shapely.polygons(corners)
-    obj, lane = m._lane_tree.query(polys, predicate="intersects")
-    order = np.lexsort((lane, obj))
-    obj, lane = obj[order].astype(np.int64), lane[order].astype(np.int64)
-    out = np.zeros((len(obj), 4))
-    _project_corners(g.vtx_ptr, g.vx, g.vy, g.vs, np.ascontiguousarray(corners, dtype=np.float64), obj, lane, out)
-    return lane, out, obj
-
-
 def _nearest_pose(line, px, py, d=0.5):
     """nuPlan `get_nearest_pose_from_position` (heading from the projection to 0.5 m further)."""
     arc = line.project(shapely.Point(px, py))
@@ -460,6 +1028,38 @@ def _nearest_pose(line, px, py, d=0.5):
     return arc, p1.x, p1.y, h
 
 
+def starting_segment(m: MapAPI, x: float, y: float, h: float, lines: dict | None = None):
+    """nuPlan `get_starting_segment` + `get_nearest_pose_from_position`: (lane id, progress, snapped x, y, heading) of
+    a box centre, or None off the lanes and intersections."""
+    lines = {} if lines is None else lines
+    if m.objects_at(x, y, MapLayer.LANE):
+        cands = m.objects_at(x, y, MapLayer.LANE)
+    elif m.objects_at(x, y, MapLayer.INTERSECTION):
+        cands = m.objects_at(x, y, MapLayer.LANE_CONNECTOR)
+    else:
+        return None
+    if not cands:
+        return None
+    best = None
+    for lid in cands:
+        line = lines.setdefault(lid, shapely.LineString(m.lanes[lid].baseline.xy))
+        arc, px, py, ph = _nearest_pose(line, x, y)
+        diff = abs(ph - h)  # nuPlan compares raw headings
+        if best is None or diff < best[0]:
+            best = (diff, lid, arc, px, py, ph)
+    return best[1:]
+
+
+def _lane_states(g: LaneGraph, lane: int) -> np.ndarray:
+    a, b = g.vtx_ptr[lane], g.vtx_ptr[lane + 1]
+    return np.stack([g.vx[a:b], g.vy[a:b], g.vh[a:b], np.zeros(b - a)], -1)
+
+
+def _initial_capacity(g: LaneGraph) -> int:
+    counts = np.diff(g.vtx_ptr)
+    return int(max(64, 4 * counts.max() + 8))
+
+
 def spawn_agents(m: MapAPI, boxes: dict, ego_box_corners: np.ndarray, open_loop_corners: np.ndarray,
                  ego_speed: float, config: IDMConfig = IDMConfig()) -> IDMAgents:
     """Build IDM agents from the vehicles of iteration 0 (`boxes`: arrays x, y, heading, vx, vy, length, width,
@@ -471,54 +1071,48 @@ def spawn_agents(m: MapAPI, boxes: dict, ego_box_corners: np.ndarray, open_loop_
     lines = {}
     for k in range(len(boxes["x"])):
         x, y, h = float(boxes["x"][k]), float(boxes["y"][k]), float(boxes["heading"][k])
-        if m.objects_at(x, y, MapLayer.LANE):
-            cands = m.objects_at(x, y, MapLayer.LANE)
-        elif m.objects_at(x, y, MapLayer.INTERSECTION):
-            cands = m.objects_at(x, y, MapLayer.LANE_CONNECTOR)
-        else:
+        seg = starting_segment(m, x, y, h, lines)
+        if seg is None:
             continue
-        if not cands:
-            continue
-        best = None
-        for lid in cands:
-            line = lines.setdefault(lid, shapely.LineString(m.lanes[lid].baseline.xy))
-            arc, px, py, ph = _nearest_pose(line, x, y)
-            diff = abs(ph - h)  # nuPlan compares raw headings
-            if best is None or diff < best[0]:
-                best = (diff, lid, arc, px, py, ph)
-        _, lid, arc, px, py, ph = best
+        lid, arc, px, py, ph = seg
         if config.snap_threshold is not None and np.hypot(px - x, py - y) > config.snap_threshold:
             continue
         L, W = float(boxes["length"][k]), float(boxes["width"][k])
-        snapped = shapely.Polygon(box_corners(px, py, ph, L, W)[0])
+        corners = box_corners(px, py, ph, L, W)[0]
+        snapped = shapely.Polygon(corners)
         if any(snapped.intersects(o) for o in occ):
             continue
         occ.append(snapped)
         vx, vy = float(boxes["vx"][k]), float(boxes["vy"][k])
         speed = ego_speed if (np.isnan(vx) or np.isnan(vy)) else float(np.hypot(vx, vy))
-        lane = g.index[lid]
-        rows.append((int(boxes["track"][k]), lane, arc, speed, L, W, float(boxes["height"][k]), px, py, ph))
+        rows.append((int(boxes["track"][k]), g.index[lid], arc, speed, L, W, float(boxes["height"][k]), corners))
     A = len(rows)
-    lanes = np.full((A, P_MAX), -1, dtype=np.int64)
+    NP = _initial_capacity(g)
+    path = np.zeros((A, NP, 4))
+    n_path = np.zeros(A, dtype=np.int64)
     route = np.full((A, R_MAX), -1, dtype=np.int64)
-    out = IDMAgents(
-        track=np.array([r[0] for r in rows], dtype=np.int64), alive=np.ones(A, dtype=bool), lanes=lanes,
-        n_lanes=np.ones(A, dtype=np.int64), prev=np.full((A, 2), -1, dtype=np.int64), route=route,
-        n_route=np.ones(A, dtype=np.int64), s=np.array([r[2] for r in rows], dtype=np.float64),
+    pose = np.zeros((A, 3))
+    for k, r in enumerate(rows):
+        st = _lane_states(g, r[1])
+        n_path[k] = _create_path(st, len(st), path[k])
+        route[k, 0] = r[1]
+        # the devkit reports the agent at its path pose (`to_se2`: path interpolation at its clamped progress)
+        pose[k] = _state_at(path[k], n_path[k], _clamp(path[k], n_path[k], r[2]))
+    return IDMAgents(
+        track=np.array([r[0] for r in rows], dtype=np.int64), alive=np.ones(A, dtype=bool), path=path, n_path=n_path,
+        route=route, n_route=np.ones(A, dtype=np.int64), s=np.array([r[2] for r in rows], dtype=np.float64),
         v=np.array([r[3] for r in rows], dtype=np.float64),
         target=np.array([g.speed[r[1]] if g.speed[r[1]] > 0 else config.target_velocity for r in rows],
                         dtype=np.float64),
         length=np.array([r[4] for r in rows], dtype=np.float64), width=np.array([r[5] for r in rows], dtype=np.float64),
-        height=np.array([r[6] for r in rows], dtype=np.float64),
-        occ_lo=np.array([r[2] - r[4] / 2 for r in rows], dtype=np.float64),
-        occ_hi=np.array([r[2] + r[4] / 2 for r in rows], dtype=np.float64),
-        pose=np.array([[r[7], r[8], r[9]] for r in rows], dtype=np.float64).reshape(A, 3))
-    for k, r in enumerate(rows):
-        lanes[k, 0] = r[1]
-        route[k, 0] = r[1]
-        # the agent is observed at its path pose (nuPlan `to_se2`: path interpolation at its progress)
-        out.pose[k] = _pose_on_lanes(g.vtx_ptr, g.vx, g.vy, g.vh, g.vs, lanes[k], 1, min(r[2], g.eff_length[r[1]]))
-    return out
+        height=np.array([r[6] for r in rows], dtype=np.float64), pose=pose,
+        box=np.array([r[7] for r in rows], dtype=np.float64).reshape(A, 4, 2), foot=np.zeros((A, NP, 2)),
+        n_foot=np.zeros(A, dtype=np.int64), lead_kind=np.zeros(A, dtype=np.int64),
+        lead_index=np.full(A, -1, dtype=np.int64), lead_gap=np.zeros(A), lead_speed=np.zeros(A))
+
+
+# room for the occupancy map's convex pieces in one step (grown for good when a step needs more)
+_PIECE_CAPACITY = [16384]
 
 
 def step_agents(m: MapAPI, agents: IDMAgents, *, ego_corners: np.ndarray, ego_center: np.ndarray, ego_speed: float,
@@ -527,14 +1121,10 @@ def step_agents(m: MapAPI, agents: IDMAgents, *, ego_corners: np.ndarray, ego_ce
     """One step of all agents (a new IDMAgents; the input is not modified).
 
     `ego_corners` [4, 2] and `object_corners` [K, 4, 2]: the ego box and the replayed objects at the next
-    iteration; `green_ids` / `red_ids`: connector ids with that light at the next iteration.
+    iteration; `green_ids` / `red_ids`: connector ids with that light at the next iteration; `ego_speed` and
+    `ego_heading`: the ego's rear-axle speed and heading (what a leading ego's velocity is projected from).
     """
     g = lane_graph(m)
-    a = agents.copy()
-    # 1. agents beyond the radius from the ego's centre are dropped for good
-    if len(a.alive):
-        d = np.hypot(a.pose[:, 0] - ego_center[0], a.pose[:, 1] - ego_center[1])
-        a.alive[d > config.radius] = False
     green = np.zeros(len(g.ids), dtype=bool)
     red = np.zeros(len(g.ids), dtype=bool)
     for cid in green_ids:
@@ -545,15 +1135,62 @@ def step_agents(m: MapAPI, agents: IDMAgents, *, ego_corners: np.ndarray, ego_ce
         k = g.index.get(str(cid))
         if k is not None:
             red[k] = True
-    corners = np.concatenate([np.asarray(ego_corners, dtype=np.float64).reshape(1, 4, 2),
-                              np.asarray(object_corners, dtype=np.float64).reshape(-1, 4, 2)])
-    lane_i, ints, obj = project_objects(m, g, corners)
-    speed = np.where(obj == 0, ego_speed, 0.0)
-    heading = np.where(obj == 0, ego_heading, 0.0)
-    _idm_step(g.vtx_ptr, g.vx, g.vy, g.vh, g.vs, g.length, g.eff_length, g.speed, g.has_light, g.curvature0,
-              g.out_ptr, g.out_idx, g.stop_ptr, g.stop_lane, g.stop_int, g.conf_ptr, g.conf_other, g.conf_int,
-              green, red, lane_i, ints, speed, heading,
-              a.alive, a.lanes, a.n_lanes, a.prev, a.route, a.n_route, a.s, a.v, a.target, a.length, a.width,
-              a.occ_lo, a.occ_hi, a.pose, float(dt), config.min_gap_to_lead_agent, config.headway_time,
-              config.accel_max, config.decel_max, config.minimum_path_length)
-    return a
+    ego = np.ascontiguousarray(np.asarray(ego_corners, dtype=np.float64).reshape(4, 2))
+    objs = np.ascontiguousarray(np.asarray(object_corners, dtype=np.float64).reshape(-1, 4, 2))
+    cap = agents.capacity
+    while True:
+        a = agents.copy() if cap == agents.capacity else agents.grown(cap)
+        pieces = _PIECE_CAPACITY[0]
+        status = _idm_step(g.vtx_ptr, g.vx, g.vy, g.vh, g.speed, g.has_light, g.curvature0, g.out_ptr, g.out_idx,
+                           g.stop_ptr, g.stop_tri, green, red, bool(config.extend_route), ego,
+                           float(ego_center[0]), float(ego_center[1]), float(ego_speed), float(ego_heading), objs,
+                           a.alive, a.path, a.n_path, a.route, a.n_route, a.s, a.v, a.target, a.length, a.width,
+                           a.pose, a.box, a.foot, a.n_foot, a.lead_kind, a.lead_index, a.lead_gap, a.lead_speed,
+                           float(dt), config.min_gap_to_lead_agent,
+                           config.headway_time, config.accel_max, config.decel_max, config.minimum_path_length,
+                           float(config.radius), pieces)
+        if status == 0:
+            return a
+        if status == 1:
+            cap *= 2
+        else:
+            _PIECE_CAPACITY[0] = 2 * pieces
+
+
+def navsim_parked_vehicles(m: MapAPI, boxes: dict, agents: IDMAgents, snap_threshold: float | None) -> np.ndarray:
+    """NAVSIM's `add_open_loop_parked_vehicles` candidates among the vehicles of the current frame (`boxes` as for
+    `spawn_agents`): bool [N], True for a vehicle that is not an IDM agent and either stands still (< 0.1 m/s) with
+    its centre off the lanes and intersections, or sits further than `snap_threshold` from its starting segment's
+    baseline. NAVSIM shows those at their current pose unless their box overlaps an active agent's box at that step
+    (`parked_overlaps`)."""
+    n = len(boxes["x"])
+    out = np.zeros(n, dtype=bool)
+    active = set(np.asarray(agents.track).tolist())
+    lines = {}
+    for k in range(n):
+        if int(boxes["track"][k]) in active:
+            continue
+        x, y, h = float(boxes["x"][k]), float(boxes["y"][k]), float(boxes["heading"][k])
+        vx, vy = float(boxes["vx"][k]), float(boxes["vy"][k])
+        stationary = bool(np.hypot(vx, vy) < NAVSIM_STATIONARY_SPEED)  # NaN compares False, as in NAVSIM
+        in_lanes = bool(m.objects_at(x, y, MapLayer.LANE) or m.objects_at(x, y, MapLayer.INTERSECTION))
+        seg = starting_segment(m, x, y, h, lines)
+        deviation = None if seg is None else float(np.hypot(seg[2] - x, seg[3] - y))
+        far = deviation is not None and snap_threshold is not None and deviation > snap_threshold
+        out[k] = (stationary and not in_lanes) or far
+    return out
+
+
+def parked_overlaps(parked_corners: np.ndarray, agents: IDMAgents) -> np.ndarray:
+    """bool [P]: which parked boxes [P, 4, 2] overlap the box of an alive agent (NAVSIM then leaves them out)."""
+    parked_corners = np.asarray(parked_corners, dtype=np.float64).reshape(-1, 4, 2)
+    if len(parked_corners) == 0 or agents.num_alive == 0:
+        return np.zeros(len(parked_corners), dtype=bool)
+    alive = np.nonzero(agents.alive)[0]
+    boxes = box_corners(agents.pose[alive, 0], agents.pose[alive, 1], agents.pose[alive, 2], agents.length[alive],
+                        agents.width[alive])
+    tree = shapely.STRtree(shapely.polygons(boxes))
+    hit, _ = tree.query(shapely.polygons(parked_corners), predicate="intersects")
+    out = np.zeros(len(parked_corners), dtype=bool)
+    out[hit] = True
+    return out

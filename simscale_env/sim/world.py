@@ -24,7 +24,7 @@ from ..data.scenario import Scenario
 from ..data.schema import AGENT_CATEGORIES, TL_GREEN, TL_RED, VEHICLE
 from ..map.map_api import MapAPI
 from .bicycle import BicycleConfig, propagate
-from .idm import IDMAgents, IDMConfig, box_corners, spawn_agents, step_agents
+from .idm import IDMAgents, IDMConfig, box_corners, navsim_parked_vehicles, parked_overlaps, spawn_agents, step_agents
 from .lqr import BatchLQRTracker, LQRConfig
 from .state import (ACCELERATION_X, ANGULAR_ACCELERATION, ANGULAR_VELOCITY, STATE_SIZE, VELOCITY_X, check_states,
                     make_state)
@@ -63,6 +63,9 @@ class WorldState:
     ego: np.ndarray  # [11] rear-axle state (StateIndex order)
     idm: IDMAgents | None = None
     replay_mask: np.ndarray | None = None  # [M] tracks replayed from the log (reactive mode)
+    # NAVSIM's open-loop parked vehicles (IDMConfig.add_open_loop_parked_vehicles): tracks shown static at their
+    # iteration-0 pose while no agent overlaps them
+    parked: np.ndarray | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -181,6 +184,7 @@ class Simulation:
             raise ValueError(f"ego_state must have shape [{STATE_SIZE}], got {ego.shape}")
         idm = None
         replay = None
+        parked = None
         if self.config.agent_mode == "reactive":
             ag = self.scenario.agents
             f = self.frame(0)
@@ -196,7 +200,10 @@ class Simulation:
             if self.config.replay_unspawned_vehicles:
                 unspawned = np.setdiff1d(veh, idm.track)
                 replay[unspawned] = True
-        return WorldState(0, int(self.scenario.timestamps_us[self.frame(0)]), ego, idm, replay)
+            if self.config.idm.add_open_loop_parked_vehicles:
+                cand = veh[navsim_parked_vehicles(self.map, boxes, idm, self.config.idm.snap_threshold)]
+                parked = cand[~replay[cand]]
+        return WorldState(0, int(self.scenario.timestamps_us[self.frame(0)]), ego, idm, replay, parked)
 
     def step(self, world: WorldState, *, tracker: PlanTracker | None = None, control=None,
              ego_state=None) -> WorldState:
@@ -234,7 +241,7 @@ class Simulation:
                               ego_center=ego_center(world.ego, self.config.vehicle),
                               ego_speed=float(np.hypot(world.ego[3], world.ego[4])), ego_heading=float(world.ego[2]),
                               object_corners=ol, green_ids=green, red_ids=red, dt=idm_dt, config=self.config.idm)
-        return WorldState(it + 1, t1, new_ego, idm, world.replay_mask)
+        return WorldState(it + 1, t1, new_ego, idm, world.replay_mask, world.parked)
 
     # ------------------------------------------------------------------ observation
     def objects(self, world: WorldState) -> Objects:
@@ -265,7 +272,16 @@ class Simulation:
                       height=idm.height[alive], reactive=np.ones(len(alive), bool))
         sel = np.nonzero(ag.valid[f] & world.replay_mask)[0]
         del cols
-        return _concat(sim, self._from_log(f, sel, np.zeros(len(sel), bool)))
+        out = _concat(sim, self._from_log(f, sel, np.zeros(len(sel), bool)))
+        if world.parked is not None and len(world.parked):
+            # NAVSIM NavsimIDMAgents.get_observation: parked vehicles at their current-frame pose, unless an active
+            # agent's box overlaps theirs at this step
+            f0 = self.frame(0)
+            p = world.parked
+            keep = ~parked_overlaps(box_corners(ag.x[f0, p], ag.y[f0, p], ag.heading[f0, p], ag.length[f0, p],
+                                                ag.width[f0, p]), idm)
+            out = _concat(out, self._from_log(f0, p[keep], np.zeros(int(keep.sum()), bool)))
+        return out
 
     def _from_log(self, f: int, sel: np.ndarray, reactive: np.ndarray) -> Objects:
         ag = self.scenario.agents

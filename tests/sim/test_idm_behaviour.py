@@ -57,15 +57,19 @@ def test_red_light_stop_then_go(mini):
     hist = _run(m, agents, ego, 400, red=conns, cfg=IDMConfig(radius=500.0))
     stopped = hist[-1]
     assert stopped.v[0] < 0.05
-    # stopped before the stop line (which starts 1.5 m before the lane end), still on its lane
+    # stopped before the stop line (which starts 1.5 m before the lane end), still on its lane (no route extension
+    # through a red connector: its path is the lane, its progress the arc along it)
     front = stopped.s[0] + stopped.length[0] / 2
     assert lane.length - 1.5 - 3.0 <= front <= lane.length - 1.5
     go = _run(m, stopped, ego, 100, green=conns, cfg=IDMConfig(radius=500.0))[-1]
     assert go.v[0] > 3.0
+    from simscale_env.map import MapLayer
     from simscale_env.sim.lanegraph import lane_graph
 
     g = lane_graph(m)
-    assert g.ids[go.lanes[0, 0]] != "10005"  # it went through the junction
+    route = [g.ids[k] for k in go.route[0, :go.n_route[0]]]
+    assert route[0] == "10005" and route[1] in conns  # it went through the junction
+    assert "10005" not in m.objects_at(go.pose[0, 0], go.pose[0, 1], MapLayer.LANE)
 
 
 def test_cyclists_replay_in_reactive_mode(mini_builder, mini):
@@ -85,3 +89,23 @@ def test_cyclists_replay_in_reactive_mode(mini_builder, mini):
             w = sim.step(w, control=[0.0, 0.0])
         return
     pytest.fail("no mini scenario has a cyclist")
+
+
+def test_navsim_agents_stop_at_the_end_of_their_lane_and_ignore_lights(mini):
+    """NAVSIM's reactive agents (NAVSIM_IDM: no traffic-light status, so no route extension and no stop lines): on a
+    green junction they stop at the end of their first lane; nuPlan's drive through."""
+    from simscale_env.sim.idm import NAVSIM_IDM
+
+    m = load_map("us-nv-las-vegas-strip", mini / "maps")
+    lane = m.lane("10005")
+    conns = list(lane.outgoing_ids)
+    agents = spawn_agents(m, _boxes_on_lane(lane, [40.0], 10.0), np.zeros((0, 4, 2)), np.zeros((0, 4, 2)), 0.0,
+                          NAVSIM_IDM)
+    ego = tuple(lane.baseline.interpolate(5.0))
+    cfg = IDMConfig(**{**NAVSIM_IDM.__dict__, "radius": 500.0})
+    navsim = _run(m, agents, ego, 400, green=conns, cfg=cfg)[-1]
+    assert navsim.n_route[0] == 1 and navsim.v[0] < 0.05
+    # the devkit's path ends at the lane's second-to-last vertex; IDM stops the box centre before it
+    assert navsim.s[0] + navsim.length[0] / 2 <= navsim.path[0, navsim.n_path[0] - 1, 3] + 1e-9
+    nuplan = _run(m, agents, ego, 100, green=conns, cfg=IDMConfig(radius=500.0))[-1]
+    assert nuplan.n_route[0] > 1 and nuplan.v[0] > 3.0

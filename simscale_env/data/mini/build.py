@@ -28,9 +28,10 @@ import numpy as np
 import shapely
 
 from .gpkg_writer import write_gpkg, write_maps_json, write_stub_gpkg
+from ..schema import TL_RED
 from .locations import LOCATIONS, MAP_VERSION, STUB_LOCATIONS, build_location
 
-BUILDER_VERSION = 2
+BUILDER_VERSION = 3  # 3: lawful humans (issue 13): signal commitment, comfort bounds, smoothed paths
 NUM_LOGS = 12
 LOG_DURATION_S = 45.0
 TEST_LOGS = 4  # the last logs form the test split
@@ -42,6 +43,7 @@ HARD_TYPES = (
 )
 LOCATION_CYCLE = ("us-nv-las-vegas-strip", "us-ma-boston", "us-pa-pittsburgh-hazelwood")
 MAX_TRIES = 25
+MIN_HARD_TAGS = 2  # a test log needs this many tags of HARD_TYPES (mini-navhard)
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class LogPlan:
     seed: int
     construction: bool
     start_us: int
+    test: bool = False  # one of the last TEST_LOGS logs (mini-navtest, mini-navhard)
 
 
 def plan_logs(seed: int, n_logs: int = NUM_LOGS) -> list[LogPlan]:
@@ -62,7 +65,8 @@ def plan_logs(seed: int, n_logs: int = NUM_LOGS) -> list[LogPlan]:
         minute = (7 * k + seed) % 60
         start_us = int((1622700000 + k * 3600 + seed * 86400) * 1_000_000)
         name = f"2021.06.{day:02d}.{10 + k % 8:02d}.{minute:02d}.{(13 * k) % 60:02d}_veh-90_{k * 1000:05d}_{k * 1000 + 900:05d}"
-        plans.append(LogPlan(k, name, loc, seed * 1000 + k, construction=(k % 3 != 2 and k % 2 == 0), start_us=start_us))
+        plans.append(LogPlan(k, name, loc, seed * 1000 + k, construction=(k % 3 != 2 and k % 2 == 0), start_us=start_us,
+                             test=k >= n_logs - TEST_LOGS))
     return plans
 
 
@@ -82,6 +86,30 @@ def _movers_overlap(frames) -> bool:
         if np.any(a < b):
             return True
     return False
+
+
+def _ego_on_red(frames, map_api) -> float | None:
+    """The first time (s) the ego's box touches a connector whose light is red, among the connectors of the
+    roadblocks it drives through (NAVSIM's TLC: a red route connector under the ego's box), or None."""
+    from .traffic import EGO_LENGTH, EGO_WIDTH
+
+    lanes = map_api.lanes
+    rbs = {lanes[f.ego_elem].roadblock_id for f in frames}
+    polys = {}
+    for fr in frames:
+        red = [c for c, st in fr.lights.items() if st == TL_RED and lanes[str(c)].roadblock_id in rbs]
+        if not red:
+            continue
+        x, y, h = fr.ego[:3]
+        c, s = np.cos(h), np.sin(h)
+        box = shapely.Polygon([(x + c * dx * EGO_LENGTH / 2 - s * dy * EGO_WIDTH / 2,
+                                y + s * dx * EGO_LENGTH / 2 + c * dy * EGO_WIDTH / 2)
+                               for dx, dy in ((1, 1), (1, -1), (-1, -1), (-1, 1))])
+        for cid in red:
+            poly = polys.get(cid) or polys.setdefault(cid, lanes[str(cid)].polygon)
+            if poly.intersects(box):
+                return float(fr.t)
+    return None
 
 
 def generate_log(plan: LogPlan, out_db: Path, maps_root: Path) -> dict:
@@ -110,16 +138,21 @@ def generate_log(plan: LogPlan, out_db: Path, maps_root: Path) -> dict:
         if _movers_overlap(frames):
             reasons.append(f"seed {seed}: movers overlap")
             continue
+        t_red = _ego_on_red(frames, map_api)
+        if t_red is not None:
+            reasons.append(f"seed {seed}: the ego is on a red connector at t={t_red:.1f}s")
+            continue
         summary = write_log_db(
             out_db, log_name=plan.name, location=plan.location, city=loc.city, epsg=loc.epsg,
             start_us=plan.start_us, frames=frames, track_meta=world.track_meta, ego_track=world.ego.track,
             ego_future_elems=world.ego.elems, map_api=map_api, crosswalks=world.crosswalk_polys, seed=seed,
             duration_s=LOG_DURATION_S)
-        if len(summary["tags"]) < 2:
-            reasons.append(f"seed {seed}: only {len(summary['tags'])} scenario tags")
+        n_hard = sum(t[0] in HARD_TYPES for t in summary["tags"])
+        if len(summary["tags"]) < 2 or (plan.test and n_hard < MIN_HARD_TAGS):
+            reasons.append(f"seed {seed}: only {len(summary['tags'])} scenario tags ({n_hard} of the hard types)")
             out_db.unlink()
             continue
-        summary.update(seed=seed, attempts=attempt + 1, ego_stopped=float(np.mean(ego_v < 0.2)))
+        summary.update(seed=seed, attempts=attempt + 1, ego_stopped=float(np.mean(ego_v < 0.2)), rejected=reasons)
         return summary
     raise RuntimeError(f"log {plan.name}: no acceptable log in {MAX_TRIES} seeds: {reasons[-3:]}")
 

@@ -3,10 +3,18 @@
 This is the *log generator*, not the simulator: it plays the role of the real world that nuPlan recorded, so its
 models are chosen for plausible logs rather than fidelity to a benchmark (the simulator's IDM agents live in
 ``simscale_env.sim``). Vehicles follow lane baselines through the lane graph with an IDM, stop behind leaders, at
-red and yellow lights, at stop signs and for pedestrians in crosswalks, yield at unprotected turns, and change
-lanes (slow leaders, blocked lanes, lane drops, at random). Pedestrians walk along walkways and cross at
-crosswalks when the light or a gap allows. Signals run fixed four-phase cycles (through+right, then protected left,
-per axis) so that simultaneous greens never conflict.
+lights, at stop signs and for pedestrians in crosswalks, yield at unprotected turns, and change lanes (slow
+leaders, blocked lanes, lane drops, at random). Pedestrians walk along walkways and cross at crosswalks when the
+light or a gap allows. Signals run fixed two-phase cycles (north-south, east-west; left turns permissive), each
+phase green, then yellow, then an all-red clearance, so that simultaneous greens never conflict.
+
+The logs are lawful as NAVSIM scores a logged human (issue 13): a vehicle enters a signalised connector only when
+it commits to it, and it commits only when it can clear the connector (its rear past the connector's end) before
+the light turns red (the generator knows the signal timing), the way out is not blocked and, for a permissive left,
+the oncoming gap is open; otherwise it stops before the stop line (a permissive left waits at the line, not inside
+the junction). So no vehicle enters on red, stops past a stop line or is inside a connector when it turns red
+(NAVSIM's TLC penalises a route connector that is red under the ego's box). Accelerations, jerk and lane-change
+durations are bounded so that every manoeuvre stays inside EPDMS's comfort bounds (HC).
 
 Everything is driven by one ``numpy.random.Generator``: the same seed gives the same log.
 """
@@ -29,6 +37,23 @@ DT = 0.1  # simulation step of the generator; logs are written at 20 Hz by inter
 EGO_LENGTH, EGO_WIDTH, EGO_HEIGHT = 5.176, 2.297, 1.777  # nuPlan Pacifica
 EGO_REAR_TO_CENTER = 1.461
 
+# Comfort of generated manoeuvres, inside EPDMS's history-comfort bounds (navsim/planning/simulation/planner/
+# pdm_planner/scoring/pdm_comfort_metrics.py: lon. acceleration in [-4.05, 2.40] m/s^2, |lon. jerk| <= 4.13 m/s^3,
+# |yaw rate| <= 0.95 rad/s, |yaw acceleration| <= 1.93 rad/s^2, |lat. acceleration| <= 4.89 m/s^2), with margins
+MAX_DECEL = 3.8  # m/s^2: the hardest braking of any generated vehicle
+MAX_JERK = 3.5  # m/s^3: the fastest change of acceleration (per 0.1 s step: 0.35 m/s^2)
+LC_MAX_YAW_RATE = 0.25  # rad/s: peak yaw rate of a lane change (the quintic's lateral accel. / speed)
+LC_MAX_YAW_ACCEL = 0.6  # rad/s^2: peak yaw acceleration of a lane change (the quintic's lateral jerk / speed)
+PATH_SMOOTH_M = 3.0  # m: vehicles drive the lane graph's baselines averaged over +- this arc length
+PATH_SMOOTH_SAMPLES = 13
+_SMOOTH_OFFSETS = np.linspace(-PATH_SMOOTH_M, PATH_SMOOTH_M, PATH_SMOOTH_SAMPLES)
+LC_MIN_SPEED = 3.0  # m/s: no lane change below this speed except out of a dropping lane
+# Signal commitment: a vehicle commits to a signalised connector only if, accelerating at this share of its
+# maximum acceleration, its rear clears the connector (plus the margin) this long before the light turns red
+COMMIT_ACCEL_SHARE = 0.8
+COMMIT_TIME_MARGIN_S = 1.0
+COMMIT_CLEAR_MARGIN_M = 1.5
+
 
 # ---------------------------------------------------------------------------------------------- signals
 @dataclass
@@ -44,6 +69,13 @@ class SignalPlan:
     @property
     def cycle(self) -> float:
         return sum(self.greens) + len(self.greens) * (self.yellow + self.all_red)
+
+    def time_to_red(self, k: int, t: float) -> float:
+        """Seconds until phase `k`'s approaches turn red (0 while they are red)."""
+        ph, state, left = self.phase_state(t)
+        if ph != k or state == "red":
+            return 0.0
+        return left + (self.yellow if state == "green" else 0.0)
 
     def phase_state(self, t: float) -> tuple[int, str, float]:
         """(phase index, 'green'|'yellow'|'red', seconds left in that state)."""
@@ -91,13 +123,15 @@ class Mover:
     a_max: float = 1.5
     b_comf: float = 2.5
     s0: float = 2.0
-    cleared: set = field(default_factory=set)  # yield/stop connectors this mover may enter
+    cleared: set = field(default_factory=set)  # connectors this mover committed to (lights, yields, stops)
     stop_timer: float = 0.0
     is_ego: bool = False
     lc_cooldown: float = 0.0
     lc_count: int = 0
     alive: bool = True
     max_v: float = 30.0
+    prev: str | None = None  # the element behind elems[0] (for the smoothed pose)
+    pose_cache: tuple | None = None
 
 
 @dataclass
@@ -173,6 +207,8 @@ class TrafficWorld:
         self.statics: list[Static] = []
         self.track_meta: dict[int, dict] = {}
         self._route_cache: dict[int, tuple] = {}
+        self._pose_cache: dict[int, tuple] = {}
+        self._curvature: dict[str, float] = {}
         rng = self.rng
         # signal plans
         self.signals = {}
@@ -311,9 +347,48 @@ class TrafficWorld:
             sp = min(sp, nxt) if self.map.lanes[m.elems[1]].is_connector else sp
         return min(m.max_v, sp * m.v0_factor)
 
+    def _pose_geometry(self, m: Mover):
+        """(polyline through the element behind the mover, if any, and its route; arc of elems[0]'s start)."""
+        key = (m.prev, tuple(m.elems))
+        cached = self._pose_cache.get(id(m))
+        if cached is not None and cached[0] == key:
+            return cached[1], cached[2]
+        names = ([m.prev] if m.prev is not None else []) + list(m.elems)
+        pls = [self.map.lanes[e].baseline for e in names]
+        xy = np.concatenate([pl.xy if k == 0 else pl.xy[1:] for k, pl in enumerate(pls)])
+        pl = Polyline.from_xy(xy)
+        total = sum(p.length for p in pls)
+        off = pls[0].length * (pl.length / total) if m.prev is not None and total > 0 else 0.0
+        self._pose_cache[id(m)] = (key, pl, off)
+        return pl, off
+
+    def _smoothed(self, m: Mover) -> tuple[float, float, float]:
+        """Pose on the route baseline averaged over +-PATH_SMOOTH_M of arc (heading: the chord through the window's
+        ends, the exact tangent of the averaged path): the lane graph's curvature steps at connector ends become
+        ramps, so yaw rates change continuously (EPDMS's yaw acceleration bound)."""
+        pl, off = self._pose_geometry(m)
+        u = off + m.s + _SMOOTH_OFFSETS
+        xy = np.stack([np.interp(u, pl.s, pl.xy[:, 0]), np.interp(u, pl.s, pl.xy[:, 1])], axis=-1)
+        if u[0] < 0.0:  # extrapolate along the end tangents
+            lo = u < 0.0
+            xy[lo] += u[lo, None] * np.array([np.cos(pl.heading[0]), np.sin(pl.heading[0])])[None]
+        if u[-1] > pl.length:
+            hi = u > pl.length
+            xy[hi] += (u[hi] - pl.length)[:, None] * np.array([np.cos(pl.heading[-1]), np.sin(pl.heading[-1])])[None]
+        x, y = xy.mean(axis=0)
+        h = np.arctan2(xy[-1, 1] - xy[0, 1], xy[-1, 0] - xy[0, 0])
+        return float(x), float(y), float(h)
+
     def pose(self, m: Mover) -> tuple[float, float, float]:
-        bl = self.map.lanes[m.elems[0]].baseline
-        x, y, h = bl.interpolate(m.s)
+        key = (m.s, m.d, m.lc_t, m.lc_T, m.v, m.prev, m.elems[0])
+        if m.pose_cache is not None and m.pose_cache[0] == key:
+            return m.pose_cache[1]
+        out = self._pose(m)
+        m.pose_cache = (key, out)
+        return out
+
+    def _pose(self, m: Mover) -> tuple[float, float, float]:
+        x, y, h = self._smoothed(m)
         d = m.d + m.bias
         x, y = x - np.sin(h) * d, y + np.cos(h) * d
         if m.lc_T > 0 and m.lc_t < m.lc_T and m.v > 0.5:
@@ -625,10 +700,12 @@ class TrafficWorld:
                 self._maybe_change_lane(m, i, movers, poses, n)
         # integrate
         for i, m in enumerate(movers):
-            m.a = float(acc[i])
+            m.a = float(np.clip(acc[i], m.a - MAX_JERK * DT, m.a + MAX_JERK * DT))
             v_new = max(0.0, m.v + m.a * DT)
             ds = 0.5 * (m.v + v_new) * DT
             m.v = v_new
+            if v_new == 0.0:
+                m.a = max(m.a, 0.0)  # standing: no braking to carry over into the start
             m.s += ds
             if m.lc_T > 0:
                 m.lc_t += DT
@@ -641,6 +718,7 @@ class TrafficWorld:
             while m.s > lanes[m.elems[0]].length:
                 m.s -= lanes[m.elems[0]].length
                 done = m.elems.pop(0)
+                m.prev = done
                 m.cleared.discard(done)
                 if not m.elems:
                     m.alive = False
@@ -669,20 +747,20 @@ class TrafficWorld:
         lane = self.map.lanes[m.elems[0]]
         if lane.is_connector or (len(m.elems) > 1 and self.map.lanes[m.elems[1]].is_connector):
             conn = lane if lane.is_connector else self.map.lanes[m.elems[1]]
-            k = np.max(np.abs(conn.baseline.curvature())) if len(conn.baseline) > 2 else 0.0
+            k = self._max_curvature(conn.id)
             if k > 1e-3:
                 v_curve = np.sqrt(2.2 / k)
                 dist = 0.0 if lane.is_connector else lane.length - m.s
                 if m.v > v_curve:
                     a = min(a, -(m.v ** 2 - v_curve ** 2) / max(2 * dist, 1.0))
-        return float(np.clip(a, -6.0, m.a_max))
+        return float(np.clip(a, -MAX_DECEL, m.a_max))
 
     def _control_stop(self, m: Mover, i: int, movers, starts) -> float | None:
         """Arc (on elems[0]'s frame) where the mover must stop for a light, a stop sign or a yield, or None."""
         lanes = self.map.lanes
         cur = m.elems[0]
-        if (cur in self.yield_conns and cur not in self.stop_conns and m.s < 4.0 and m.v < 4.0
-                and not self._gap_ok(cur, m, movers)):
+        if (cur in self.yield_conns and cur not in self.stop_conns and cur not in self.conn_phase and m.s < 4.0
+                and m.v < 4.0 and not self._gap_ok(cur, m, movers)):
             return m.s + m.length / 2 + 0.3  # hold at the entrance of the junction until the gap reopens
         for k in range(1, min(len(m.elems), 4)):
             e = m.elems[k]
@@ -692,15 +770,15 @@ class TrafficWorld:
             if arc - m.s > max(60.0, m.v * 6):
                 return None
             if e in self.conn_phase:
-                st = self.light_status(e)
+                # signalised: commit (and then go whatever the light does) or stop before the line
                 if e in m.cleared:
                     return None
-                if st == TL_RED:
-                    return arc - 0.5
-                if st == TL_YELLOW:
-                    dist = arc - m.s - m.length / 2
-                    if dist > m.v ** 2 / (2 * 3.5) + m.v * 0.3:
-                        return arc - 0.5
+                dist = arc - m.s - m.length / 2  # front bumper to the stop line
+                go = self._can_clear(m, i, e, dist) and (e not in self.yield_conns or self._gap_ok(e, m, movers))
+                if go and dist <= self._commit_distance(m):
+                    m.cleared.add(e)
+                    return None
+                return None if go else arc - 0.5
             if e in self.yield_conns and e not in m.cleared:
                 near = arc - m.s - m.length / 2 < 3.0
                 stopped_enough = m.stop_timer > 1.0 or e not in self.stop_conns
@@ -710,11 +788,40 @@ class TrafficWorld:
                 if e in self.stop_conns:
                     return arc - 0.5
                 if not self._gap_ok(e, m, movers):
-                    # a permissive left turn on green pulls into the junction and waits there for a gap
-                    # (the IDM keeps s0 to the target: aim so that the centre ends 1.5 m past the line)
-                    return arc + m.length / 2 + m.s0 + 1.5 if e in self.conn_phase else arc - 0.5
+                    return arc - 0.5
             return None
         return None
+
+    def _max_curvature(self, lane_id: str) -> float:
+        k = self._curvature.get(lane_id)
+        if k is None:
+            bl = self.map.lanes[lane_id].baseline
+            k = self._curvature[lane_id] = float(np.max(np.abs(bl.curvature()))) if len(bl) > 2 else 0.0
+        return k
+
+    def _commit_distance(self, m: Mover) -> float:
+        """Distance (front bumper to stop line) from which a vehicle that may clear the junction commits to it:
+        beyond the IDM's desired gap to a standing obstacle, so that a vehicle that may not brakes gently."""
+        s_star = m.s0 + m.v * m.headway + m.v * m.v / (2 * np.sqrt(m.a_max * m.b_comf))
+        return s_star + 5.0
+
+    def _can_clear(self, m: Mover, i: int, conn: str, dist: float) -> bool:
+        """Whether `m`, `dist` metres before the stop line of signalised `conn`, clears the connector (its rear
+        past the end) `COMMIT_TIME_MARGIN_S` before the light turns red, and the way through is not blocked."""
+        left = self.signals[self.conn_node[conn]].time_to_red(self.conn_phase[conn], self.t)
+        if left <= 0.0:
+            return False
+        lane = self.map.lanes[conn]
+        through = max(dist, 0.0) + lane.length + m.length + COMMIT_CLEAR_MARGIN_M
+        # a leader standing (or crawling) before the far end of the junction blocks it: wait behind the line
+        lead_arc, lead_v, _ = self._lead
+        if lead_arc[i] - m.length / 2 < through + 6.0 and lead_v[i] < 2.0:
+            return False
+        vmax = max(0.5, self.v0(m))
+        k = self._max_curvature(conn)
+        if k > 1e-3:
+            vmax = min(vmax, float(np.sqrt(2.2 / k)))
+        return _travel_time(through, m.v, COMMIT_ACCEL_SHARE * m.a_max, vmax) + COMMIT_TIME_MARGIN_S <= left
 
     def _gap_ok(self, conn: str, me: Mover, movers) -> bool:
         conf = self.conflicts.get(conn, set())
@@ -734,7 +841,8 @@ class TrafficWorld:
             for e in o.elems[1:4]:
                 if dist > horizon:
                     break
-                if e in conf and not (e in self.yield_conns and e not in o.cleared) and self.light_status(e) != TL_RED:
+                if e in conf and not (e in self.yield_conns and e not in o.cleared) and (
+                        self.light_status(e) != TL_RED or e in o.cleared):
                     return False
                 dist += lanes[e].length
         return True
@@ -742,12 +850,13 @@ class TrafficWorld:
     def _maybe_change_lane(self, m: Mover, i: int, movers, poses, n) -> None:
         lanes = self.map.lanes
         lane = lanes[m.elems[0]]
-        if lane.is_connector or m.lc_T > 0 or m.lc_cooldown > 0 or m.category != VEHICLE or m.v < 1.0 and not (
+        if lane.is_connector or m.lc_T > 0 or m.lc_cooldown > 0 or m.category != VEHICLE or m.v < LC_MIN_SPEED and not (
                 m.elems[0] in self.dropping_lanes):
             return
         remaining = lane.length - m.s
-        need = m.v * 4.0 + 12.0
-        if remaining < need:
+        need = m.v * self._lc_duration(m, 3.5) + 12.0
+        # not once committed to (or deciding about) the signal ahead: the decision belongs to this lane
+        if remaining < need or remaining < self._commit_distance(m) + 15.0 and m.elems[0] not in self.dropping_lanes:
             return
         reason = None
         # leader in this lane
@@ -775,6 +884,7 @@ class TrafficWorld:
             tl = lanes[tgt]
             s_t, lat_t, _ = tl.baseline.project([poses[i, :2]])
             s_t = float(s_t[0])
+            need = m.v * self._lc_duration(m, float(lat_t[0])) + 12.0
             if tl.length - s_t < need:
                 continue
             if tgt in self.dropping_lanes and reason != "drop":
@@ -783,15 +893,25 @@ class TrafficWorld:
                 continue
             # switch to the target lane now; the lateral offset decays to 0
             m.elems = [tgt]
+            m.prev = None
             m.s = s_t
             m.d0 = m.d = float(lat_t[0])
-            m.lc_T = float(np.clip(3.0 + abs(m.d0) * 0.3, 3.5, 5.0))
+            m.lc_T = self._lc_duration(m, m.d0)
             m.lc_t = 0.0
             m.lc_cooldown = 8.0
             m.lc_count += 1
             m.cleared = set()
             self.extend_route(m, max(80.0, m.v * 6 + 40))
             return
+
+    @staticmethod
+    def _lc_duration(m: Mover, d0: float) -> float:
+        """Duration of a quintic lane change over `d0` metres at the mover's speed: long enough that its peak yaw
+        rate (lateral acceleration 5.77 d0 / T^2 over the speed) and yaw acceleration (lateral jerk 60 d0 / T^3 over
+        the speed) stay within LC_MAX_YAW_RATE and LC_MAX_YAW_ACCEL."""
+        d, v = abs(d0), max(m.v, 1.0)
+        return float(max(3.5 + d * 0.3, np.sqrt(5.77 * d / (LC_MAX_YAW_RATE * v)),
+                         np.cbrt(60.0 * d / (LC_MAX_YAW_ACCEL * v))))
 
     def _lane_gap_ok(self, m: Mover, tgt: str, s_t: float, movers, poses) -> bool:
         tl = self.map.lanes[tgt]
@@ -880,6 +1000,16 @@ class TrafficWorld:
         ex, ey, eh = self.pose(e)
         return Frame(self.t, a[:, 0].astype(int), a[:, 1].astype(int), a[:, 2:4], a[:, 4], a[:, 5:7], a[:, 7:10],
                      np.array([ex, ey, eh, e.v, e.a]), e.elems[0], e.lc_T > 0, self.lights_now())
+
+
+def _travel_time(dist: float, v: float, a: float, vmax: float) -> float:
+    """Seconds to cover `dist` from speed `v`, accelerating at `a` up to `vmax` (then cruising)."""
+    v = max(v, 0.0)
+    vmax = max(vmax, v)
+    d_acc = (vmax * vmax - v * v) / (2 * a)
+    if dist <= d_acc:
+        return float((-v + np.sqrt(v * v + 2 * a * dist)) / a)
+    return float((vmax - v) / a + (dist - d_acc) / vmax)
 
 
 def simulate(net: Network, map_api: MapAPI, spec: LogSpec) -> tuple[list[Frame], TrafficWorld]:
