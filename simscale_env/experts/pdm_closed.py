@@ -46,7 +46,7 @@ from ..sim.lqr import LQRConfig, track_references
 from ..sim.state import ACCELERATION_X, HEADING, VELOCITY_X, VELOCITY_Y, X, Y
 from ..sim.vehicle import PACIFICA, VehicleParameters
 from ..sim.world import Simulation, WorldState, ego_box
-from .route_correction import centerline_lanes, route_roadblock_correction
+from .route_correction import centerline_lanes, discrete_path, route_roadblock_correction
 
 RED_LIGHT = "red_light"
 
@@ -80,7 +80,7 @@ class PDMClosedConfig:
     max_bicycles: int = 10
     max_static: int = 50
     # route_utils.py route_roadblock_correction at the first call (pdm_closed_planner.py compute_planner_trajectory);
-    # False plans on the scenario's route as given (the behaviour before issue 13)
+    # False: no repair, the scenario's route (deduplicated) as it is
     route_correction: bool = True
     emergency_brake: bool = False  # tuplan's PDMEmergencyBrake (NAVSIM does not call it)
     brake_time_to_infraction_s: float = 2.0
@@ -108,14 +108,6 @@ class ExpertPlan:
 def plan_from_trajectory(trajectory: np.ndarray, origin: np.ndarray, step: int = 5) -> np.ndarray:
     """Poses every `step` samples (t > 0) of a global trajectory [T, 3], in the frame of `origin` (x, y, heading)."""
     return global_to_local(trajectory[step::step], origin[:3])
-
-
-def discrete_path(xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A baseline's discrete path as the devkit gives it (nuplan_map/utils.py extract_discrete_polyline): the vertices,
-    each with the heading towards its successor (the last one repeats the previous heading)."""
-    seg = np.diff(xy, axis=0)
-    h = np.arctan2(seg[:, 1], seg[:, 0])
-    return xy, np.append(h, h[-1])
 
 
 @dataclass(frozen=True, eq=False)
@@ -269,7 +261,8 @@ class PDMClosedPlanner:
             for lid in inside:
                 bl = m.lanes[lid].baseline
                 k = int(np.argmin(np.hypot(bl.xy[:, 0] - ego[X], bl.xy[:, 1] - ego[Y])))
-                errs.append(abs(float(wrap_angle(bl.heading[k] - ego[HEADING]))))
+                # _get_intersecting_lanes: the heading of the nearest vertex of the lane's discrete path
+                errs.append(abs(float(wrap_angle(discrete_path(bl.xy)[1][k] - ego[HEADING]))))
             return inside[int(np.argmin(errs))]
         poly = shapely.Polygon(ego_box(ego, self.vehicle))
         centre = shapely.Point(*poly.centroid.coords[0])

@@ -35,6 +35,14 @@ SEARCH_DEPTH_FORWARD = 30
 LOOP_AREA_THRESH = 1.0  # [m^2] remove_route_loops
 
 
+def discrete_path(xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A baseline's discrete path as the devkit gives it (nuplan_map/utils.py extract_discrete_polyline): the vertices,
+    each with the heading towards its successor (the last one repeats the previous heading)."""
+    seg = np.diff(xy, axis=0)
+    h = np.arctan2(seg[:, 1], seg[:, 0])
+    return xy, np.append(h, h[-1])
+
+
 def _roadblock_candidates(m, pose, route_set) -> tuple[str, list[str]]:
     """get_current_roadblock_candidates: (most promising roadblock id, candidate ids)."""
     x, y, h = float(pose[0]), float(pose[1]), float(pose[2])
@@ -58,7 +66,7 @@ def _roadblock_candidates(m, pose, route_set) -> tuple[str, list[str]]:
             bl = m.lanes[lid].baseline
             dist = np.hypot(bl.xy[:, 0] - x, bl.xy[:, 1] - y)
             k = int(np.argmin(dist))
-            herr = abs(float(wrap_angle(bl.heading[k] - h)))
+            herr = abs(float(wrap_angle(discrete_path(bl.xy)[1][k] - h)))  # the devkit's discrete_path heading
             disp = float(dist[k])
             best_disp = min(best_disp, disp)
             if herr < HEADING_ERROR_THRESH and disp < DISPLACEMENT_ERROR_THRESH:
