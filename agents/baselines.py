@@ -40,9 +40,25 @@ class StandStillAgent:
         return np.zeros((8, 3), np.float32)
 
 
+class LogReplayAgent:
+    """The logged human: submits the log's own next 4 s (`info["logged_plan"]`, the logged ego's poses 0.5 s apart
+    in the current rear-axle frame), tracked by the LQR like any plan. "The logged human" is the log itself, so it
+    runs from the logged start: `env_kwargs`, which `evaluation.evaluate` applies, turn perturbation off."""
+
+    name = "human"
+    env_kwargs = {"perturb": False}
+
+    def act(self, obs, info) -> np.ndarray:
+        if "logged_plan" not in info:
+            raise KeyError("info has no 'logged_plan' (not a SimScale env?)")
+        return np.asarray(info["logged_plan"], np.float32)
+
+
+AGENTS = {"pdm_closed": lambda: ExpertAgent("pdm_closed"), "recovery": lambda: ExpertAgent("recovery"),
+          "constant_velocity": ConstantVelocityAgent, "stand_still": StandStillAgent, "human": LogReplayAgent}
+
+
 def make_agent(name: str):
-    agents = {"pdm_closed": lambda: ExpertAgent("pdm_closed"), "recovery": lambda: ExpertAgent("recovery"),
-              "constant_velocity": ConstantVelocityAgent, "stand_still": StandStillAgent}
-    if name not in agents:
-        raise ValueError(f"unknown agent '{name}'; known: {', '.join(agents)}")
-    return agents[name]()
+    if name not in AGENTS:
+        raise ValueError(f"unknown agent '{name}'; known: {', '.join(AGENTS)}")
+    return AGENTS[name]()

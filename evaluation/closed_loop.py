@@ -1,7 +1,9 @@
 """Closed-loop evaluation: every scenario of a split, one perturbed episode each, episode EPDMS (NAVSIM's human
 filter against the logged drive), collision and off-road rates.
 
-    simscale evaluate --agents pdm_closed constant_velocity stand_still --split navhard
+    simscale evaluate --agents pdm_closed constant_velocity stand_still human --split navhard
+
+The logged human (`human`) starts at the logged state (its `env_kwargs`), the others at perturbed starts.
 """
 
 from __future__ import annotations
@@ -12,12 +14,19 @@ import numpy as np
 def evaluate(agent, env_id: str = "SimScale-navhard-v0", *, seed: int = 0, tokens=None, progress: bool = False,
              **env_kwargs) -> dict:
     """Run `agent` (an object with `act(obs, info)`) once per scenario token (default: all of the split) from the
-    perturbed start drawn with `seed + k`. Returns means and the per-episode summaries."""
+    perturbed start drawn with `seed + k`. An agent's own `env_kwargs` attribute (a dict; e.g. the logged human's
+    `{"perturb": False}`: it starts at the logged state) is applied first, then `env_kwargs`. Returns means and the
+    per-episode summaries."""
     import gymnasium as gym
 
     import simscale_env  # noqa: F401  (registration)
 
     kw = dict(observation_keys=("ego_status",))
+    own = getattr(agent, "env_kwargs", None) or {}
+    if not isinstance(own, dict):
+        raise TypeError(f"agent '{getattr(agent, 'name', type(agent).__name__)}': env_kwargs must be a dict, "
+                        f"got {type(own).__name__}")
+    kw.update(own)
     kw.update(env_kwargs)
     if getattr(agent, "name", "") in ("pdm_closed", "recovery"):
         if kw.get("pseudo_experts") is False:
@@ -38,10 +47,10 @@ def evaluate(agent, env_id: str = "SimScale-navhard-v0", *, seed: int = 0, token
             if term or trunc:
                 break
         ep = dict(info["episode"])  # the env's closed-loop summary, with the return "r" and length "l"
-        ep.update(token=tok, return_=ep["r"], terminated=bool(term))
+        ep.update(token=tok, return_=ep["r"], terminated=bool(term), perturbed=bool(info["perturbed"]))
         episodes.append(ep)
     env.close()
-    return {"agent": getattr(agent, "name", type(agent).__name__), "episodes": episodes,
+    return {"agent": getattr(agent, "name", type(agent).__name__), "episodes": episodes, "env_kwargs": own,
             "epdms": float(np.mean([e["epdms"] for e in episodes])),
             "collision_rate": float(np.mean([e["at_fault_collision"] for e in episodes])),
             "offroad_rate": float(np.mean([e["off_road"] for e in episodes])),

@@ -348,7 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
     rd.set_defaults(func=_cmd_render)
 
     ev = sub.add_parser("evaluate", help="closed-loop evaluation of agents on every scenario of a split")
-    ev.add_argument("--agents", nargs="+", default=["pdm_closed", "constant_velocity", "stand_still"])
+    from agents.baselines import AGENTS
+
+    ev.add_argument("--agents", nargs="+", default=["pdm_closed", "constant_velocity", "stand_still"],
+                    choices=list(AGENTS), metavar="AGENT",
+                    help=f"agents of agents.baselines: {', '.join(AGENTS)}; 'human' is the logged drive "
+                         f"(info['logged_plan']) from the logged start, the others start perturbed "
+                         f"(default: pdm_closed constant_velocity stand_still)")
     ev.add_argument("--split", default="navhard", choices=("navhard", "navtest", "navtrain"))
     ev.add_argument("--data", type=Path, default=None, help="mini dataset folder (default: the cache or env vars)")
     ev.add_argument("--seed", type=int, default=0)

@@ -33,7 +33,8 @@ Reward of a decision step t (documented, EPDMS-derived):
 
 `info["pseudo_expert"] = {"pdm_closed": poses [8, 3], "recovery": poses [8, 3]}` for the state just observed (the
 same action format), unless `pseudo_experts=False`. PDM-Closed is NAVSIM's; `expert_emergency_brake=True` adds
-tuplan's emergency brake.
+tuplan's emergency brake. `info["logged_plan"]`: the logged human's plan, the logged ego's next 8 poses (0.5 s apart,
+at the same times in the log) in the current rear-axle frame.
 """
 
 from __future__ import annotations
@@ -49,13 +50,14 @@ from gymnasium import spaces
 from ..data.openscene import load_split
 from ..data.paths import DataConfig
 from ..data.scenario import NAVSIM_SCENE_DURATION_S, ScenarioBuilder, extract_navsim_scenario, find_log_files
+from ..data.schema import DATABASE_ROW_INTERVAL_S
 from ..errors import UnknownTokenError
 from ..geometry import global_to_local
 from ..map import load_map
 from ..metrics import ScorerConfig, episode_summary, pseudo_simulate
 from ..metrics.epdms import score_states
 from ..metrics.geometry import polyline_project
-from ..metrics.pseudo_sim import scene_from_frames
+from ..metrics.pseudo_sim import logged_hc_past, scene_from_frames
 from ..render.camera import DEFAULT_CHANNELS, DEFAULT_SIZE
 from ..sim import SimConfig, Simulation
 from ..sim.bicycle import propagate
@@ -97,7 +99,7 @@ class EnvConfig:
     pseudo_experts: bool = True
     # the PDM-Closed pseudo-expert with tuplan's emergency brake (opt-in; NAVSIM's copy never calls it). Not the
     # default: replanned at 2 Hz it stops for collisions the reactive agents then avoid (mini-navhard
-    # `simscale evaluate`: PDM-Closed 0.863 without, 0.855 with; under the teleport sampler 0.885 and 0.843)
+    # `simscale evaluate`: PDM-Closed 0.880 without, 0.862 with; under the teleport sampler 0.843 and 0.838)
     expert_emergency_brake: bool = False
     plan_scoring: str | None = "non_reactive"  # pseudo-simulation of the submitted plan; None turns it off
     perturbation: PerturbationConfig | None = None  # default: the split's (PERTURBATION_DEFAULTS)
@@ -206,6 +208,7 @@ class SimScaleEnv(gym.Env):
             self.action_space = spaces.Box(CONTROL_LOW, CONTROL_HIGH, (2,), np.float32)
         self._maps: dict = {}
         self._human_cache: dict = {}
+        self._log_tails: dict = {}  # scenario -> the logged ego's poses after its end (`_log_tail`)
         self._renderers: dict = {}
         self._scenarios: dict = {}
         self.sim = None
@@ -291,6 +294,10 @@ class SimScaleEnv(gym.Env):
             log = np.stack([e.x[a:f0 + 1], e.y[a:f0 + 1], e.heading[a:f0 + 1]], -1)
             past = states_from_poses(perturbed_past(log, start, pert.speed_scale, n=n_past), start, sc.dt_s)
         self._past = deque(past, maxlen=n_keep)
+        # the past HC prepends to the whole episode in its summary: the one info["epdms"] prepends to the first plan
+        # (the logged human past at a logged start, the perturbed past the ego drove in at a perturbed start)
+        self._start_hc_past = (logged_hc_past(self.sim, self.world.iteration) if self._logged_state()
+                               else self._realised_past())
         line = self.sim.map.route_centerline(self.sim.scenario.route_roadblock_ids,
                                              tuple(self.world.ego[[X, Y, HEADING]]))
         self._cl_poly = line
@@ -508,13 +515,40 @@ class SimScaleEnv(gym.Env):
         from ..metrics import human_filter
 
         sim, w = self.sim, self.world
-        its = np.minimum(w.iteration + NAVSIM_FRAME_STEPS * np.arange(1, 9), sim.num_iterations - 1)
-        poses = global_to_local(np.stack([sim.logged_ego_state(int(i))[[X, Y, HEADING]] for i in its]),
-                                w.ego[[X, Y, HEADING]])
+        poses = self._logged_plan()
         human, _ = pseudo_simulate(sim, w, poses[None], agent_mode=self.config.plan_scoring,
                                    past_states=np.zeros((0, STATE_SIZE)))
         f = human_filter(scores, human, variant=self.config.human_filter)
         return f.scores, float(f.final[0])
+
+    def _logged_plan(self) -> np.ndarray:
+        """The logged human's next 4 s as a plan [8, 3]: the logged ego's poses 0.5 s, 1.0 s, ... 4.0 s after the
+        current iteration (NAVSIM's metric-cache human trajectory), in the current rear-axle frame (the action
+        format): `info["logged_plan"]`, and the human NAVSIM's filter scores at a logged start. Past the scenario's
+        end the poses come from the log itself (as NAVSIM's scene reads its future frames from the log); past the
+        log's end its last pose is repeated."""
+        sim, w = self.sim, self.world
+        sc = sim.scenario
+        its = w.iteration + NAVSIM_FRAME_STEPS * np.arange(1, 9)
+        f = sc.start_index + np.minimum(its, sim.num_iterations - 1)
+        poses = np.stack([sc.ego.x[f], sc.ego.y[f], sc.ego.heading[f]], -1)
+        beyond = its > sim.num_iterations - 1
+        if beyond.any():
+            poses[beyond] = self._log_tail()[its[beyond] - sim.num_iterations]
+        return global_to_local(poses, w.ego[[X, Y, HEADING]])
+
+    def _log_tail(self) -> np.ndarray:
+        """The logged ego's poses [40, 3] at the 40 iterations (4 s) after the scenario's last, from its log (cached
+        per scenario; the log's last pose where it ends)."""
+        sc = self.sim.scenario
+        key = (sc.log_name, sc.lidar_pc_tokens[-1])
+        if key not in self._log_tails:
+            db = self._builder.db(sc.log_name)
+            step = int(round(sc.dt_s / DATABASE_ROW_INTERVAL_S))  # lidar_pc rows per iteration (2 at 10 Hz)
+            idx = db.lidar_pc_index(sc.lidar_pc_tokens[-1]) + step * np.arange(1, 8 * NAVSIM_FRAME_STEPS + 1)
+            e = db.ego_arrays(np.minimum(idx, len(db.lidar_pc_timestamps) - 1))
+            self._log_tails[key] = np.stack([e["x"], e["y"], e["heading"]], -1)
+        return self._log_tails[key]
 
     def _score_segment(self, states, frames):
         """EPDMS sub-metrics of the executed step against the simulated objects (no HC: the step is too short)."""
@@ -530,7 +564,9 @@ class SimScaleEnv(gym.Env):
         return float(arc[1] - arc[0])
 
     def episode_summary(self) -> dict:
-        """Closed-loop EPDMS of the episode so far (NAVSIM's human filter against the logged drive)."""
+        """Closed-loop EPDMS of the episode so far (NAVSIM's human filter against the logged drive). HC prepends the
+        past before the start to the realised trajectory: the logged human past at a logged start, the perturbed past
+        at a perturbed start (the pasts `info["epdms"]` reads at the first step)."""
         key = (self.sim.scenario.token, self._worlds[-1].iteration, self.config.agent_mode)
         if key not in self._human_cache:  # the logged drive in the same world (independent of the perturbation)
             wh = [self.sim.reset()]
@@ -538,8 +574,9 @@ class SimScaleEnv(gym.Env):
                 wh.append(self.sim.step(wh[-1], ego_state=self.sim.logged_ego_state(i)))
             if len(self._human_cache) > 64:
                 self._human_cache.clear()
+            # the logged drive judged alone, without a past, as NAVSIM's human filter scores the human
             self._human_cache[key] = episode_summary(self.sim, wh)["scores"]
-        s = episode_summary(self.sim, self._worlds, human=self._human_cache[key])
+        s = episode_summary(self.sim, self._worlds, human=self._human_cache[key], past_states=self._start_hc_past)
         s.pop("scores")
         return s
 
@@ -637,7 +674,10 @@ class SimScaleEnv(gym.Env):
                 "perturbation": asdict(self.perturbation if self.perturbation is not None else Perturbation()),
                 "perturbed": self.perturbation is not None,
                 # why a sampled start is the logged one (no valid perturbed start), else None
-                "perturbation_error": self._pert_error}
+                "perturbation_error": self._pert_error,
+                # the log's own drive from here: the logged ego's next 8 poses 0.5 s apart, in the current rear-axle
+                # frame (the action format; `agents.baselines.LogReplayAgent` submits it)
+                "logged_plan": self._logged_plan().astype(np.float32)}
         if self.config.pseudo_experts:
             from ..experts import PDMClosedConfig, PDMClosedPlanner, recovery_plan
 

@@ -269,6 +269,13 @@ def _log_replay_scene(sim, world, T, near, route_ids, radius, centerline, past_s
                            past_states)
 
 
+def logged_hc_past(sim: Simulation, iteration: int) -> np.ndarray:
+    """The logged human past HC prepends at `iteration` (the last 1.5 s, sampled as NAVSIM samples it: what a
+    scoring scene holds by default); empty [0, 11] where the scenario's history is shorter."""
+    past = _human_past(sim, iteration)
+    return np.zeros((0, STATE_SIZE)) if past is None else past
+
+
 def _human_past(sim: Simulation, iteration: int) -> np.ndarray | None:
     sc = sim.scenario
     f = sc.start_index + iteration
@@ -386,18 +393,28 @@ def pseudo_simulate(sim: Simulation, world: WorldState, plans: np.ndarray, *, ag
 
 
 def episode_summary(sim: Simulation, worlds: list[WorldState], config: ScorerConfig = ScorerConfig(),
-                    human: "PlanScores | None" = None, filter_variant: str = "fixed") -> dict:
+                    human: "PlanScores | None" = None, filter_variant: str = "fixed",
+                    past_states: np.ndarray | None = None) -> dict:
     """The EPDMS sub-metrics over a realised closed-loop rollout (`worlds` at consecutive iterations).
 
     The scene holds what actually happened (the agents as simulated, the lights of the log); EP is the ego's
     progress along the route centreline normalised by the logged human's over the same iterations (the 5 m rule
-    applies). HC is the comfort of the realised trajectory itself (a perturbed start is not continuous with the
-    logged past). EC compares the realised trajectory with itself and is left out. With `human` (the `scores` of
-    the logged drive's own summary) NAVSIM's human false-positive filter is applied (`filter_variant`), and
-    `epdms` is the filtered score. Returns sub-scores, `epdms`
-    (multiplicative product x weighted / 14), and diagnostics."""
+    applies). HC is the comfort of the realised trajectory with `past_states` prepended, as NAVSIM prepends the
+    human past to a plan (`PDMScorer._calculate_history_comfort`): the ego's past [H, 11] before worlds[0],
+    sampled as NAVSIM samples the human past (`epdms.human_past_for_hc`; `logged_hc_past` gives the logged one,
+    `envs.history.hc_past` a perturbed one). None or an empty array: no past, and HC is 1 (`_history_comfort`). EC
+    compares the realised trajectory with itself and is left out. With `human` (the `scores` of the logged
+    drive's own summary) NAVSIM's human false-positive filter is applied (`filter_variant`), and `epdms` is the
+    filtered score. Returns sub-scores, `epdms` (multiplicative product x weighted / 14), and diagnostics."""
     if len(worlds) < 2:
         raise ValueError("an episode summary needs at least two world states")
+    past = None
+    if past_states is not None:
+        past = np.asarray(past_states, dtype=np.float64)
+        if past.ndim != 2 or past.shape[1] != STATE_SIZE:
+            raise ValueError(f"past_states must be [H, {STATE_SIZE}] ego states, got shape {past.shape}")
+        if len(past) == 0:
+            past = None
     states = np.stack([w.ego for w in worlds])[None]
     w0 = worlds[0]
     T = len(worlds)
@@ -437,7 +454,7 @@ def episode_summary(sim: Simulation, worlds: list[WorldState], config: ScorerCon
         obj_heading=np.array([seen[t][0].heading[seen[t][1]] for t in tracks]),
         obj_speed=np.array([np.hypot(seen[t][0].vx[seen[t][1]], seen[t][0].vy[seen[t][1]]) for t in tracks]),
         obj_corners=corners, obj_valid=valid, red_light_polygons=red, collided_track_ids=base.collided_track_ids,
-        human_past_states=None, name=sim.scenario.token)
+        human_past_states=past, name=sim.scenario.token)
     # human progress over the same iterations, on the same centreline
     sc = sim.scenario
     f0, f1 = sc.start_index + w0.iteration, sc.start_index + worlds[-1].iteration
