@@ -42,8 +42,8 @@ TRACKER_DT_US = 100_000
 def log_future_reference(db: LogDB, ts_us: int, horizon_samples: int = LOG_FUTURE_POSES,
                          step_rows: int = LOG_FUTURE_STEP_ROWS, dt_us: int = TRACKER_DT_US) -> np.ndarray:
     """LogFuturePlanner(num_poses=16, future_time_horizon=8.0): the logged state now and every 0.5 s for 8 s, as an
-    InterpolatedTrajectory sampled every 0.1 s from its start (tracker_utils.get_interpolated_reference_trajectory_poses).
-    Poses [T, 3] (rear axle)."""
+    InterpolatedTrajectory sampled every 0.1 s from its start
+    (tracker_utils.get_interpolated_reference_trajectory_poses). Poses [T, 3] (rear axle)."""
     ts = db.lidar_pc_timestamps
     e = db.ego_arrays()
     li = int(np.searchsorted(ts, ts_us))

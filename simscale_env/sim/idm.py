@@ -28,13 +28,20 @@ Each step, in spawn order, every agent (`IDMAgentManager.propagate_agents`):
    segment when positive.
 Agents are updated one after another and each sees the footprints the others already have (as in the devkit).
 
-Geometry is exact array code: a buffered polyline is the union of its segments' rectangles and discs at its interior
-vertices (GEOS approximates those joins by 16 segments per quarter circle, a difference below 1.2 mm on the outer side
-of a bend only); polygon tests are separating-axis tests and distances vertex-to-edge minima over convex pieces.
+Geometry is array code reproducing the shapely/GEOS polygons the devkit builds (`path.buffer(width / 2,
+cap_style=flat)`, GEOS 3.11 as shapely 2.0 ships it): a buffered polyline is a set of convex pieces, each segment's
+rectangle and, on the outer side of each turn, GEOS's fillet (16 segments per quarter circle, its point positions,
+its straight joins of nearly parallel offsets), clipped at the flat caps where an inner corner overshoots them (and
+with the sliver GEOS keeps there when the offsets do not meet). Intersections are separating-axis tests and distances
+vertex-to-edge minima over the pieces; only bounds-overlapping pieces are built and compared. GEOS's input-line
+simplification only removes vertices within 1 % of the half-width of the previous one and is not reproduced. Leaders
+at exactly the same distance (overlapping footprints) go to the first in the order agents (spawn order), ego,
+replayed objects, stop lines; the devkit's STRtree `nearest` breaks such ties by its tree layout.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -44,6 +51,8 @@ from numba import njit
 from ..data.schema import BARRIER, BICYCLE, CZONE_SIGN, GENERIC_OBJECT, PEDESTRIAN, TRAFFIC_CONE
 from ..map.map_api import MapAPI, MapLayer
 from .lanegraph import LaneGraph, lane_graph
+
+log = logging.getLogger(__name__)
 
 # nuplan/planning/script/config/simulation/observation/idm_agents_observation.yaml and idm_agents_builder.py
 DEVKIT_OPEN_LOOP_TYPES = (PEDESTRIAN, BARRIER, CZONE_SIGN, TRAFFIC_CONE, GENERIC_OBJECT)
@@ -143,14 +152,16 @@ class IDMAgents:
     def capacity(self) -> int:
         return int(self.path.shape[1])
 
-    def grown(self, capacity: int) -> "IDMAgents":
-        """The same state with room for `capacity` path points per agent."""
+    def grown(self, capacity: int, foot_capacity: int) -> "IDMAgents":
+        """A copy of the state with room for `capacity` path points and `foot_capacity` footprint points per
+        agent."""
         A, n = self.path.shape[:2]
-        path = np.zeros((A, capacity, 4))
+        path = np.zeros((A, max(capacity, n), 4))
         path[:, :n] = self.path
-        foot = np.zeros((A, capacity, 2))
-        foot[:, :n] = self.foot
-        return replace(self, path=path, foot=foot)
+        nf = self.foot.shape[1]
+        foot = np.zeros((A, max(foot_capacity, nf), 2))
+        foot[:, :nf] = self.foot
+        return replace(self.copy(), path=path, foot=foot)
 
 
 # ------------------------------------------------------------------------------------------------ path kernels
@@ -227,7 +238,7 @@ def _trim_up_to(path, n, p, out):
 @njit(cache=True)
 def _trim(path, n, start, end, out):
     """trim_path: [state at start] + the points strictly between + [state at end] (or the first / last two points).
-    Writes x, y into `out`; returns the count."""
+    Writes x, y into `out`; returns the count, or -1 when `out` is too short."""
     front = 0
     while front < n and not (path[front, 3] > start):
         front += 1
@@ -246,6 +257,8 @@ def _trim(path, n, start, end, out):
         out[1, 0] = path[1, 0]
         out[1, 1] = path[1, 1]
         return 2
+    if tail - front + 3 > out.shape[0]:
+        return -1
     x, y, _ = _state_at(path, n, start)
     out[0, 0] = x
     out[0, 1] = y
@@ -265,7 +278,6 @@ def _create_path(states, m, path):
     """create_path_from_se2: cumulative progress, points followed by a repeated one dropped, the last point dropped.
     Returns the count written into `path` (x, y, heading, progress)."""
     prog = 0.0
-    prev = 0.0
     n = 0
     for k in range(m - 1):
         dx = states[k + 1, 0] - states[k, 0]
@@ -277,33 +289,11 @@ def _create_path(states, m, path):
             path[n, 2] = states[k, 2]
             path[n, 3] = prog
             n += 1
-        prev = prog
         prog = nxt
     return n
 
 
 # ------------------------------------------------------------------------------------------------ geometry kernels
-@njit(cache=True, inline="always")
-def _seg_rect(ax, ay, bx, by, hw, out):
-    """Rectangle of segment a-b buffered by hw with flat ends (corners into out [4, 2]); False if degenerate."""
-    dx = bx - ax
-    dy = by - ay
-    L = np.sqrt(dx * dx + dy * dy)
-    if L == 0.0:
-        return False
-    nx = -dy / L * hw
-    ny = dx / L * hw
-    out[0, 0] = ax + nx
-    out[0, 1] = ay + ny
-    out[1, 0] = bx + nx
-    out[1, 1] = by + ny
-    out[2, 0] = bx - nx
-    out[2, 1] = by - ny
-    out[3, 0] = ax - nx
-    out[3, 1] = ay - ny
-    return True
-
-
 @njit(cache=True, inline="always")
 def _pt_seg_d2(px, py, ax, ay, bx, by):
     dx = bx - ax
@@ -321,35 +311,6 @@ def _pt_seg_d2(px, py, ax, ay, bx, by):
     ex = rx - t * dx
     ey = ry - t * dy
     return ex * ex + ey * ey
-
-
-@njit(cache=True, inline="always")
-def _pt_in_quad(px, py, q):
-    pos = False
-    neg = False
-    for k in range(4):
-        a0 = q[k, 0]
-        a1 = q[k, 1]
-        b0 = q[(k + 1) % 4, 0]
-        b1 = q[(k + 1) % 4, 1]
-        c = (b0 - a0) * (py - a1) - (b1 - a1) * (px - a0)
-        if c > 0.0:
-            pos = True
-        elif c < 0.0:
-            neg = True
-    return not (pos and neg)
-
-
-@njit(cache=True, inline="always")
-def _pt_quad_dist(px, py, q):
-    if _pt_in_quad(px, py, q):
-        return 0.0
-    best = 1e300
-    for k in range(4):
-        d = _pt_seg_d2(px, py, q[k, 0], q[k, 1], q[(k + 1) % 4, 0], q[(k + 1) % 4, 1])
-        if d < best:
-            best = d
-    return np.sqrt(best)
 
 
 @njit(cache=True, inline="always")
@@ -381,9 +342,8 @@ def _quads_overlap(p, q):
 
 
 @njit(cache=True, inline="always")
-def _quad_quad_dist(p, q):
-    if _quads_overlap(p, q):
-        return 0.0
+def _quad_quad_sep(p, q):
+    """Distance between two convex quads known not to overlap: the least vertex-to-edge distance."""
     best = 1e300
     for k in range(4):
         for j in range(4):
@@ -396,11 +356,21 @@ def _quad_quad_dist(p, q):
     return np.sqrt(best)
 
 
+@njit(cache=True, inline="always")
+def _quad_quad_dist(p, q):
+    if _quads_overlap(p, q):
+        return 0.0
+    return _quad_quad_sep(p, q)
+
+
 # GEOS buffer parameters (shapely's defaults, as the devkit calls `buffer(width / 2, cap_style=flat)`):
 # BufferParameters quadrantSegments = 16 (fillet angle quantum pi / 2 / 16), OffsetSegmentGenerator
 # OFFSET_SEGMENT_SEPARATION_FACTOR = 1e-3 (outside turns whose offset points are closer get no fillet)
 _FILLET_ANGLE_QUANTUM = np.pi / 2.0 / 16.0
 _OFFSET_SEGMENT_SEPARATION_FACTOR = 1.0e-3
+# turns below this cosine are far from GEOS's first fillet point (nSegs = round(angle / quantum) >= 1 from half a
+# quantum on): they are joined by one triangle without computing angles
+_COS_NO_FILLET = float(np.cos(0.45 * _FILLET_ANGLE_QUANTUM))
 
 
 @njit(cache=True, inline="always")
@@ -424,6 +394,17 @@ def _emit_clipped(out, bb, c, qx, qy, planes, n_planes):
     """Emit the convex quad (qx, qy) [4] clipped to the half-planes (p - o) . n >= 0 of `planes[:n_planes]` (rows
     ox, oy, nx, ny), fan-split into quads / triangles. Returns the new count, or -1 when `out` is full."""
     cap = out.shape[0]
+    inside = True
+    for h in range(n_planes):
+        for q in range(4):
+            if (qx[q] - planes[h, 0]) * planes[h, 2] + (qy[q] - planes[h, 1]) * planes[h, 3] < 0.0:
+                inside = False
+                break
+    if inside:  # the common case: nothing to clip
+        if c >= cap:
+            return -1
+        _put_quad(out, bb, c, qx[0], qy[0], qx[1], qy[1], qx[2], qy[2], qx[3], qy[3])
+        return c + 1
     px = np.empty(12)
     py = np.empty(12)
     nx_ = np.empty(12)
@@ -582,24 +563,43 @@ def _end_sliver(out, bb, c, ux, uy, vx, vy, ex, ey, hw, qx, qy):
 
 
 @njit(cache=True, inline="always")
-def _emit_tri(out, bb, c, ax, ay, bx, by, cx, cy, qx, qy, caps):
-    qx[0] = ax
-    qy[0] = ay
-    qx[1] = bx
-    qy[1] = by
-    qx[2] = cx
-    qy[2] = cy
-    qx[3] = cx
-    qy[3] = cy
+def _in_caps(x0, y0, x1, y1, x2, y2, x3, y3, sx, sy, sdx, sdy, ex, ey, edx, edy):
+    """Whether the quad lies ahead of the start cap plane and behind the end cap plane (nothing to clip)."""
+    return ((x0 - sx) * sdx + (y0 - sy) * sdy >= 0.0 and (x1 - sx) * sdx + (y1 - sy) * sdy >= 0.0
+            and (x2 - sx) * sdx + (y2 - sy) * sdy >= 0.0 and (x3 - sx) * sdx + (y3 - sy) * sdy >= 0.0
+            and (x0 - ex) * edx + (y0 - ey) * edy >= 0.0 and (x1 - ex) * edx + (y1 - ey) * edy >= 0.0
+            and (x2 - ex) * edx + (y2 - ey) * edy >= 0.0 and (x3 - ex) * edx + (y3 - ey) * edy >= 0.0)
+
+
+@njit(cache=True)
+def _emit_slow(out, bb, c, x0, y0, x1, y1, x2, y2, x3, y3, caps):
+    qx = np.empty(4)
+    qy = np.empty(4)
+    qx[0] = x0
+    qy[0] = y0
+    qx[1] = x1
+    qy[1] = y1
+    qx[2] = x2
+    qy[2] = y2
+    qx[3] = x3
+    qy[3] = y3
     return _emit_clipped(out, bb, c, qx, qy, caps, 2)
 
 
 @njit(cache=True)
-def _build_pieces(has_box, box, line, n, hw, out, bb, start):
+def _build_pieces(has_box, box, line, n, hw, out, bb, start, filt, n_filt):
+    """`_build_pieces_into` with its own scratch arrays."""
+    return _build_pieces_into(has_box, box, line, n, hw, out, bb, start, filt, n_filt, np.empty(max(n, 1), np.int64),
+                              np.empty(max(n, 1), np.bool_), np.empty(4), np.empty(4), np.empty((2, 4)))
+
+
+@njit(cache=True)
+def _build_pieces_into(has_box, box, line, n, hw, out, bb, start, filt, n_filt, idx, need, qx, qy, caps):
     """Convex pieces (quads; triangles repeat a vertex) of a box united with the polyline `line[:n]` buffered by hw
     as GEOS buffers it (flat caps, round joins of 16 segments per quarter circle): each segment's rectangle and, at
     each turning vertex, the fillet fan on the outer side. Written from `start`; returns the end, or -1 when `out`
-    is full."""
+    is full. With `n_filt` >= 0 only the pieces of segments whose bounds (+- hw) meet one of the bounds
+    `filt[:n_filt]` are made (the others cannot touch those)."""
     cap = out.shape[0]
     c = start
     if has_box:
@@ -608,7 +608,6 @@ def _build_pieces(has_box, box, line, n, hw, out, bb, start):
         _put_quad(out, bb, c, box[0, 0], box[0, 1], box[1, 0], box[1, 1], box[2, 0], box[2, 1], box[3, 0], box[3, 1])
         c += 1
     # GEOS drops repeated points
-    idx = np.empty(max(n, 1), dtype=np.int64)
     m = 0
     for k in range(n):
         if m > 0 and line[k, 0] == line[idx[m - 1], 0] and line[k, 1] == line[idx[m - 1], 1]:
@@ -617,11 +616,23 @@ def _build_pieces(has_box, box, line, n, hw, out, bb, start):
         m += 1
     if m < 2:
         return c
-    qx = np.empty(4)
-    qy = np.empty(4)
+    need[:m] = True
+    if n_filt >= 0:
+        for q in range(m - 1):
+            a = idx[q]
+            b = idx[q + 1]
+            x0 = min(line[a, 0], line[b, 0]) - hw
+            x1 = max(line[a, 0], line[b, 0]) + hw
+            y0 = min(line[a, 1], line[b, 1]) - hw
+            y1 = max(line[a, 1], line[b, 1]) + hw
+            hit = False
+            for f in range(n_filt):
+                if not (x1 < filt[f, 0] or filt[f, 2] < x0 or y1 < filt[f, 1] or filt[f, 3] < y0):
+                    hit = True
+                    break
+            need[q] = hit
     # GEOS's buffer never reaches beyond its flat caps (inner corners overshooting a cap form backward loops),
     # except for the slivers of `_end_sliver`
-    caps = np.empty((2, 4))
     caps[0, 0] = line[idx[0], 0]
     caps[0, 1] = line[idx[0], 1]
     caps[0, 2] = line[idx[1], 0] - line[idx[0], 0]
@@ -630,13 +641,25 @@ def _build_pieces(has_box, box, line, n, hw, out, bb, start):
     caps[1, 1] = line[idx[m - 1], 1]
     caps[1, 2] = line[idx[m - 2], 0] - line[idx[m - 1], 0]
     caps[1, 3] = line[idx[m - 2], 1] - line[idx[m - 1], 1]
+    sx = caps[0, 0]
+    sy = caps[0, 1]
+    sdx = caps[0, 2]
+    sdy = caps[0, 3]
+    ex = caps[1, 0]
+    ey = caps[1, 1]
+    edx = caps[1, 2]
+    edy = caps[1, 3]
     if m >= 3:
         for end in range(2):
             if end == 0:
+                if not need[m - 3]:
+                    continue
                 u = idx[m - 3]
                 v = idx[m - 2]
                 e = idx[m - 1]
             else:
+                if not need[1]:
+                    continue
                 u = idx[2]
                 v = idx[1]
                 e = idx[0]
@@ -645,6 +668,8 @@ def _build_pieces(has_box, box, line, n, hw, out, bb, start):
             if c < 0:
                 return -1
     for q in range(m - 1):
+        if not need[q]:
+            continue
         a = idx[q]
         b = idx[q + 1]
         ax = line[a, 0]
@@ -656,18 +681,19 @@ def _build_pieces(has_box, box, line, n, hw, out, bb, start):
         L = np.sqrt(dx * dx + dy * dy)
         ux = hw * dx / L  # OffsetSegmentGenerator::computeOffsetSegment (left side: (x - uy, y + ux))
         uy = hw * dy / L
-        qx[0] = ax - uy
-        qy[0] = ay + ux
-        qx[1] = bx - uy
-        qy[1] = by + ux
-        qx[2] = bx + uy
-        qy[2] = by - ux
-        qx[3] = ax + uy
-        qy[3] = ay - ux
-        c = _emit_clipped(out, bb, c, qx, qy, caps, 2)
-        if c < 0:
-            return -1
+        if _in_caps(ax - uy, ay + ux, bx - uy, by + ux, bx + uy, by - ux, ax + uy, ay - ux, sx, sy, sdx, sdy, ex, ey,
+                    edx, edy):
+            if c >= cap:
+                return -1
+            _put_quad(out, bb, c, ax - uy, ay + ux, bx - uy, by + ux, bx + uy, by - ux, ax + uy, ay - ux)
+            c += 1
+        else:
+            c = _emit_slow(out, bb, c, ax - uy, ay + ux, bx - uy, by + ux, bx + uy, by - ux, ax + uy, ay - ux, caps)
+            if c < 0:
+                return -1
     for q in range(1, m - 1):
+        if not (need[q - 1] or need[q]):
+            continue
         a = idx[q - 1]
         v = idx[q]
         b = idx[q + 1]
@@ -692,11 +718,19 @@ def _build_pieces(has_box, box, line, n, hw, out, bb, start):
             p0y = vy - hw * d1x / l1
             p1x = vx + hw * d0y / l0
             p1y = vy - hw * d0x / l0
-        if np.sqrt((p0x - p1x) ** 2 + (p0y - p1y) ** 2) < hw * _OFFSET_SEGMENT_SEPARATION_FACTOR:
+        # a turn well below half the fillet quantum gets no fillet points either (nSegs < 1): one triangle
+        small = (d0x * d1x + d0y * d1y) > l0 * l1 * _COS_NO_FILLET
+        if small or np.sqrt((p0x - p1x) ** 2 + (p0y - p1y) ** 2) < hw * _OFFSET_SEGMENT_SEPARATION_FACTOR:
             # GEOS joins the offset segments straight (no fillet points): the wedge between them stays covered
-            c = _emit_tri(out, bb, c, vx, vy, p0x, p0y, p1x, p1y, qx, qy, caps)
-            if c < 0:
-                return -1
+            if _in_caps(vx, vy, p0x, p0y, p1x, p1y, p1x, p1y, sx, sy, sdx, sdy, ex, ey, edx, edy):
+                if c >= cap:
+                    return -1
+                _put_quad(out, bb, c, vx, vy, p0x, p0y, p1x, p1y, p1x, p1y)
+                c += 1
+            else:
+                c = _emit_slow(out, bb, c, vx, vy, p0x, p0y, p1x, p1y, p1x, p1y, caps)
+                if c < 0:
+                    return -1
             continue
         # OffsetSegmentGenerator::addDirectedFillet, clockwise
         sa = np.arctan2(p0y - vy, p0x - vx)
@@ -713,15 +747,57 @@ def _build_pieces(has_box, box, line, n, hw, out, bb, start):
                 ang = sa - k * inc
                 nx = vx + hw * np.cos(ang)
                 ny = vy + hw * np.sin(ang)
-                c = _emit_tri(out, bb, c, vx, vy, fx, fy, nx, ny, qx, qy, caps)
-                if c < 0:
-                    return -1
+                if _in_caps(vx, vy, fx, fy, nx, ny, nx, ny, sx, sy, sdx, sdy, ex, ey, edx, edy):
+                    if c >= cap:
+                        return -1
+                    _put_quad(out, bb, c, vx, vy, fx, fy, nx, ny, nx, ny)
+                    c += 1
+                else:
+                    c = _emit_slow(out, bb, c, vx, vy, fx, fy, nx, ny, nx, ny, caps)
+                    if c < 0:
+                        return -1
                 fx = nx
                 fy = ny
-        c = _emit_tri(out, bb, c, vx, vy, fx, fy, p1x, p1y, qx, qy, caps)
-        if c < 0:
-            return -1
+        if _in_caps(vx, vy, fx, fy, p1x, p1y, p1x, p1y, sx, sy, sdx, sdy, ex, ey, edx, edy):
+            if c >= cap:
+                return -1
+            _put_quad(out, bb, c, vx, vy, fx, fy, p1x, p1y, p1x, p1y)
+            c += 1
+        else:
+            c = _emit_slow(out, bb, c, vx, vy, fx, fy, p1x, p1y, p1x, p1y, caps)
+            if c < 0:
+                return -1
     return c
+
+
+@njit(cache=True)
+def _bounds(has_box, box, line, n, hw):
+    """Bounds of a box united with a polyline buffered by hw (a superset of its pieces' bounds)."""
+    x0 = 1e300
+    y0 = 1e300
+    x1 = -1e300
+    y1 = -1e300
+    if has_box:
+        for k in range(4):
+            x0 = min(x0, box[k, 0])
+            y0 = min(y0, box[k, 1])
+            x1 = max(x1, box[k, 0])
+            y1 = max(y1, box[k, 1])
+    for k in range(n):
+        x0 = min(x0, line[k, 0] - hw)
+        y0 = min(y0, line[k, 1] - hw)
+        x1 = max(x1, line[k, 0] + hw)
+        y1 = max(y1, line[k, 1] + hw)
+    return x0, y0, x1, y1
+
+
+@njit(cache=True)
+def _quads_bounds(q, out):
+    for k in range(q.shape[0]):
+        out[k, 0] = min(min(q[k, 0, 0], q[k, 1, 0]), min(q[k, 2, 0], q[k, 3, 0]))
+        out[k, 1] = min(min(q[k, 0, 1], q[k, 1, 1]), min(q[k, 2, 1], q[k, 3, 1]))
+        out[k, 2] = max(max(q[k, 0, 0], q[k, 1, 0]), max(q[k, 2, 0], q[k, 3, 0]))
+        out[k, 3] = max(max(q[k, 0, 1], q[k, 1, 1]), max(q[k, 2, 1], q[k, 3, 1]))
 
 
 @njit(cache=True)
@@ -758,19 +834,61 @@ def _pieces_touch(P, Pbb, a0, a1, abb, Q, Qbb, b0, b1, bbb):
     return False
 
 
+@njit(cache=True, inline="always")
+def _gap2(ax0, ay0, ax1, ay1, bx0, by0, bx1, by1):
+    gx = max(0.0, max(bx0 - ax1, ax0 - bx1))
+    gy = max(0.0, max(by0 - ay1, ay0 - by1))
+    return gx * gx + gy * gy
+
+
 @njit(cache=True)
 def _pieces_distance(P, Pbb, a0, a1, Q, Qbb, b0, b1):
-    """Distance between the unions of pieces P[a0:a1] and Q[b0:b1]."""
-    best = 1e300
+    """Distance between the unions of pieces P[a0:a1] and Q[b0:b1]: a first bound from the pieces nearest by their
+    bounds, then every pair whose bounds are nearer than the best so far."""
+    px0 = py0 = 1e300
+    px1 = py1 = -1e300
     for i in range(a0, a1):
+        px0 = min(px0, Pbb[i, 0])
+        py0 = min(py0, Pbb[i, 1])
+        px1 = max(px1, Pbb[i, 2])
+        py1 = max(py1, Pbb[i, 3])
+    qx0 = qy0 = 1e300
+    qx1 = qy1 = -1e300
+    for j in range(b0, b1):
+        qx0 = min(qx0, Qbb[j, 0])
+        qy0 = min(qy0, Qbb[j, 1])
+        qx1 = max(qx1, Qbb[j, 2])
+        qy1 = max(qy1, Qbb[j, 3])
+    # the piece of P nearest (by bounds) to Q, and the piece of Q nearest to that one
+    bi = a0
+    g = 1e300
+    for i in range(a0, a1):
+        gi = _gap2(Pbb[i, 0], Pbb[i, 1], Pbb[i, 2], Pbb[i, 3], qx0, qy0, qx1, qy1)
+        if gi < g:
+            g = gi
+            bi = i
+    bj = b0
+    g = 1e300
+    for j in range(b0, b1):
+        gj = _gap2(Pbb[bi, 0], Pbb[bi, 1], Pbb[bi, 2], Pbb[bi, 3], Qbb[j, 0], Qbb[j, 1], Qbb[j, 2], Qbb[j, 3])
+        if gj < g:
+            g = gj
+            bj = j
+    best = _quad_quad_dist(P[bi], Q[bj])
+    if best == 0.0:
+        return 0.0
+    b2 = best * best
+    for i in range(a0, a1):
+        if _gap2(Pbb[i, 0], Pbb[i, 1], Pbb[i, 2], Pbb[i, 3], qx0, qy0, qx1, qy1) >= b2:
+            continue
         for j in range(b0, b1):
-            gx = max(0.0, max(Qbb[j, 0] - Pbb[i, 2], Pbb[i, 0] - Qbb[j, 2]))
-            gy = max(0.0, max(Qbb[j, 1] - Pbb[i, 3], Pbb[i, 1] - Qbb[j, 3]))
-            if gx * gx + gy * gy > best * best:
+            if _gap2(Pbb[i, 0], Pbb[i, 1], Pbb[i, 2], Pbb[i, 3], Qbb[j, 0], Qbb[j, 1], Qbb[j, 2], Qbb[j, 3]) >= b2:
                 continue
-            d = _quad_quad_dist(P[i], Q[j])
+            gij = _gap2(Pbb[i, 0], Pbb[i, 1], Pbb[i, 2], Pbb[i, 3], Qbb[j, 0], Qbb[j, 1], Qbb[j, 2], Qbb[j, 3])
+            d = _quad_quad_sep(P[i], Q[j]) if gij > 0.0 else _quad_quad_dist(P[i], Q[j])
             if d < best:
                 best = d
+                b2 = best * best
                 if best == 0.0:
                     return 0.0
     return best
@@ -796,12 +914,12 @@ def _box_corners_one(x, y, h, length, width, out):
 # ------------------------------------------------------------------------------------------------ the step
 @njit(cache=True)
 def _idm_step(g_vtx_ptr, g_vx, g_vy, g_vh, g_speed, g_haslight, g_curv0, g_out_ptr, g_out_idx, g_stop_ptr, g_stop_tri,
-              green, red, extend_route, ego_box, ego_cx, ego_cy, ego_speed, ego_heading, obj_boxes,
+              g_stop_bb, green, red, extend_route, ego_box, ego_cx, ego_cy, ego_speed, ego_heading, obj_boxes,
               alive, path, n_path, route, n_route, s, v, target, length, width, pose, box, foot, n_foot,
               lead_kind, lead_index, lead_gap, lead_speed, dt, min_gap, headway, a_max, b_max, min_path_len, radius,
-              piece_cap):
+              scratch_pieces, scratch_bb, scratch_togo, scratch_togo_bb):
     """One devkit `propagate_agents` call. Returns 0; 1 when a path outgrew the arrays, 2 when the footprint pieces
-    outgrew `piece_cap` (the caller retries on a fresh copy with more room)."""
+    outgrew `scratch_pieces`, 3 when a footprint outgrew `foot` (the caller retries on a fresh copy with more room)."""
     A = len(alive)
     NP = path.shape[1]
     sqrt_ab = np.sqrt(a_max * b_max)
@@ -812,37 +930,46 @@ def _idm_step(g_vtx_ptr, g_vx, g_vy, g_vh, g_speed, g_haslight, g_curv0, g_out_p
     for i in range(A):
         if alive[i] and np.sqrt((pose[i, 0] - ego_cx) ** 2 + (pose[i, 1] - ego_cy) ** 2) > radius:
             alive[i] = False
-    # the occupancy map as convex pieces: agents' footprints (rebuilt at the end when an agent moves), the ego, the
-    # replayed objects
-    FP = np.empty((piece_cap, 4, 2))
-    FPbb = np.empty((piece_cap, 4))
+    # the occupancy map as convex pieces, made when first needed: agents' footprints (remade when an agent moves),
+    # the ego, the replayed objects; bounds of all first
+    FP = scratch_pieces
+    FPbb = scratch_bb
+    piece_cap = FP.shape[0]
     fp0 = np.zeros(A, dtype=np.int64)
     fp1 = np.zeros(A, dtype=np.int64)
+    built = np.zeros(A, dtype=np.bool_)
     fbb = np.zeros((A, 4))
     fill = 0
+    nofilt = np.zeros((1, 4))
     for j in range(A):
         if alive[j]:
-            e = _build_pieces(True, box[j], foot[j], n_foot[j], width[j] / 2.0, FP, FPbb, fill)
-            if e < 0:
-                return 2
-            fp0[j] = fill
-            fp1[j] = e
-            fill = e
-            _pieces_bounds(FPbb, fp0[j], fp1[j], fbb[j])
+            b4 = _bounds(True, box[j], foot[j], n_foot[j], width[j] / 2.0)
+            fbb[j, 0], fbb[j, 1], fbb[j, 2], fbb[j, 3] = b4
     empty = np.zeros((1, 2))
     EP = np.empty((1, 4, 2))
+    EP[0] = ego_box
     EPbb = np.empty((1, 4))
-    _build_pieces(True, ego_box, empty, 0, 0.0, EP, EPbb, 0)
+    _quads_bounds(EP, EPbb)
     K = obj_boxes.shape[0]
-    OP = np.empty((max(K, 1), 4, 2))
-    OPbb = np.empty((max(K, 1), 4))
-    for o in range(K):
-        _build_pieces(True, obj_boxes[o], empty, 0, 0.0, OP, OPbb, o)
-    TP = np.empty((40 * (NP + 2), 4, 2))
-    TPbb = np.empty((40 * (NP + 2), 4))
+    OP = obj_boxes
+    OPbb = np.empty((K, 4))
+    _quads_bounds(OP, OPbb)
+    TP = scratch_togo
+    TPbb = scratch_togo_bb
     tbb = np.zeros(4)
-    SP = np.empty((1, 4, 2))
-    SPbb = np.empty((1, 4))
+    ST = g_stop_tri.shape[0]
+    SP = g_stop_tri
+    SPbb = g_stop_bb
+    # candidates of one agent: kind (1 agent, 2 ego, 3 object, 4 stop triangle), index, bounds
+    NW = max(NP, foot.shape[1]) + 8
+    w_idx = np.empty(NW, dtype=np.int64)
+    w_need = np.empty(NW, dtype=np.bool_)
+    w_qx = np.empty(4)
+    w_qy = np.empty(4)
+    w_caps = np.empty((2, 4))
+    cand_kind = np.empty(A + K + 1 + R_MAX * ST, dtype=np.int64)
+    cand_idx = np.empty(A + K + 1 + R_MAX * ST, dtype=np.int64)
+    cand_bb = np.empty((A + K + 1 + R_MAX * ST, 4))
     for i in range(A):
         if not alive[i]:
             continue
@@ -889,62 +1016,115 @@ def _idm_step(g_vtx_ptr, g_vx, g_vy, g_vh, g_speed, g_haslight, g_curv0, g_out_p
         for q in range(m):
             togo_xy[q, 0] = togo[q, 0]
             togo_xy[q, 1] = togo[q, 1]
-        nt = _build_pieces(False, box[i], togo_xy, m, hw, TP, TPbb, 0)
-        if nt < 0:
-            return 1
-        _pieces_bounds(TPbb, 0, nt, tbb)
-        i0 = fp0[i]
-        i1 = fp1[i]
-        best_d = 1e300
-        best_v = 0.0
-        best_h = 0.0
-        kind = 0
-        idx = -1
-        hi_ = pose[i, 2]
+        b4 = _bounds(False, box[i], togo_xy, m, hw)
+        tbb[0], tbb[1], tbb[2], tbb[3] = b4
+        nc = 0
         for j in range(A):
-            if j == i or not alive[j]:
-                continue
-            if not _pieces_touch(TP, TPbb, 0, nt, tbb, FP, FPbb, fp0[j], fp1[j], fbb[j]):
-                continue
-            d = _pieces_distance(FP, FPbb, i0, i1, FP, FPbb, fp0[j], fp1[j])
-            if d < best_d:
-                best_d = d
-                best_v = v[j]
-                best_h = pose[j, 2] - hi_
-                kind = 1
-                idx = j
-        if _pieces_touch(TP, TPbb, 0, nt, tbb, EP, EPbb, 0, 1, EPbb[0]):
-            d = _pieces_distance(FP, FPbb, i0, i1, EP, EPbb, 0, 1)
-            if d < best_d:
-                best_d = d
-                best_v = ego_speed
-                best_h = ego_heading - hi_
-                kind = 2
-                idx = 0
+            if j != i and alive[j] and not _disjoint(tbb, fbb[j]):
+                cand_kind[nc] = 1
+                cand_idx[nc] = j
+                cand_bb[nc] = fbb[j]
+                nc += 1
+        if not _disjoint(tbb, EPbb[0]):
+            cand_kind[nc] = 2
+            cand_idx[nc] = 0
+            cand_bb[nc] = EPbb[0]
+            nc += 1
         for o in range(K):
-            if _pieces_touch(TP, TPbb, 0, nt, tbb, OP, OPbb, o, o + 1, OPbb[o]):
-                d = _pieces_distance(FP, FPbb, i0, i1, OP, OPbb, o, o + 1)
-                if d < best_d:
-                    best_d = d
-                    best_v = 0.0
-                    best_h = 0.0
-                    kind = 3
-                    idx = o
+            if not _disjoint(tbb, OPbb[o]):
+                cand_kind[nc] = 3
+                cand_idx[nc] = o
+                cand_bb[nc] = OPbb[o]
+                nc += 1
         if extend_route:
             for q in range(n_route[i]):
                 rl = route[i, q]
                 if not red[rl]:
                     continue
                 for t in range(g_stop_ptr[rl], g_stop_ptr[rl + 1]):
-                    _build_pieces(True, g_stop_tri[t], empty, 0, 0.0, SP, SPbb, 0)
-                    if _pieces_touch(TP, TPbb, 0, nt, tbb, SP, SPbb, 0, 1, SPbb[0]):
-                        d = _pieces_distance(FP, FPbb, i0, i1, SP, SPbb, 0, 1)
-                        if d < best_d:
-                            best_d = d
-                            best_v = 0.0
-                            best_h = 0.0
-                            kind = 4
-                            idx = t
+                    if not _disjoint(tbb, SPbb[t]):
+                        cand_kind[nc] = 4
+                        cand_idx[nc] = t
+                        cand_bb[nc] = SPbb[t]
+                        nc += 1
+        best_d = 1e300
+        best_v = 0.0
+        best_h = 0.0
+        kind = 0
+        idx = -1
+        hi_ = pose[i, 2]
+        nt = 0
+        i0 = 0
+        i1 = 0
+        if nc > 0:
+            nt = _build_pieces_into(False, box[i], togo_xy, m, hw, TP, TPbb, 0, cand_bb, nc, w_idx, w_need, w_qx,
+                                    w_qy, w_caps)
+            if nt < 0:
+                return 1
+            _pieces_bounds(TPbb, 0, nt, tbb)
+            if not built[i]:
+                e = _build_pieces_into(True, box[i], foot[i], n_foot[i], hw, FP, FPbb, fill, nofilt, -1, w_idx, w_need,
+                                       w_qx, w_qy, w_caps)
+                if e < 0:
+                    return 2
+                fp0[i] = fill
+                fp1[i] = e
+                fill = e
+                built[i] = True
+            i0 = fp0[i]
+            i1 = fp1[i]
+        for c_ in range(nc):
+            ck = cand_kind[c_]
+            ci = cand_idx[c_]
+            if ck == 1:
+                if not built[ci]:
+                    e = _build_pieces_into(True, box[ci], foot[ci], n_foot[ci], width[ci] / 2.0, FP, FPbb, fill,
+                                           nofilt, -1, w_idx, w_need, w_qx, w_qy, w_caps)
+                    if e < 0:
+                        return 2
+                    fp0[ci] = fill
+                    fp1[ci] = e
+                    fill = e
+                    built[ci] = True
+                if not _pieces_touch(TP, TPbb, 0, nt, tbb, FP, FPbb, fp0[ci], fp1[ci], fbb[ci]):
+                    continue
+                d = _pieces_distance(FP, FPbb, i0, i1, FP, FPbb, fp0[ci], fp1[ci])
+                if d < best_d:
+                    best_d = d
+                    best_v = v[ci]
+                    best_h = pose[ci, 2] - hi_
+                    kind = 1
+                    idx = ci
+            elif ck == 2:
+                if not _pieces_touch(TP, TPbb, 0, nt, tbb, EP, EPbb, 0, 1, EPbb[0]):
+                    continue
+                d = _pieces_distance(FP, FPbb, i0, i1, EP, EPbb, 0, 1)
+                if d < best_d:
+                    best_d = d
+                    best_v = ego_speed
+                    best_h = ego_heading - hi_
+                    kind = 2
+                    idx = 0
+            elif ck == 3:
+                if not _pieces_touch(TP, TPbb, 0, nt, tbb, OP, OPbb, ci, ci + 1, OPbb[ci]):
+                    continue
+                d = _pieces_distance(FP, FPbb, i0, i1, OP, OPbb, ci, ci + 1)
+                if d < best_d:
+                    best_d = d
+                    best_v = 0.0
+                    best_h = 0.0
+                    kind = 3
+                    idx = ci
+            else:
+                if not _pieces_touch(TP, TPbb, 0, nt, tbb, SP, SPbb, ci, ci + 1, SPbb[ci]):
+                    continue
+                d = _pieces_distance(FP, FPbb, i0, i1, SP, SPbb, ci, ci + 1)
+                if d < best_d:
+                    best_d = d
+                    best_v = 0.0
+                    best_h = 0.0
+                    kind = 4
+                    idx = ci
         if kind > 0:
             rel = best_d
             v_lead = best_v * np.cos(_principal(best_h))
@@ -976,14 +1156,13 @@ def _idm_step(g_vtx_ptr, g_vx, g_vy, g_vh, g_speed, g_haslight, g_curv0, g_out_p
         _box_corners_one(x, y, h, length[i], width[i], box[i])
         lo = _clamp(path[i], n, s[i] - length[i] / 2.0)
         hi = _clamp(path[i], n, s[i] + length[i] / 2.0 + v[i] * headway)
-        n_foot[i] = _trim(path[i], n, lo, hi, foot[i])
-        e = _build_pieces(True, box[i], foot[i], n_foot[i], hw, FP, FPbb, fill)
-        if e < 0:
-            return 2
-        fp0[i] = fill
-        fp1[i] = e
-        fill = e
-        _pieces_bounds(FPbb, fp0[i], fp1[i], fbb[i])
+        nf = _trim(path[i], n, lo, hi, foot[i])
+        if nf < 0:
+            return 3
+        n_foot[i] = nf
+        built[i] = False
+        b4 = _bounds(True, box[i], foot[i], n_foot[i], hw)
+        fbb[i, 0], fbb[i, 1], fbb[i, 2], fbb[i, 3] = b4
     return 0
 
 
@@ -1055,9 +1234,15 @@ def _lane_states(g: LaneGraph, lane: int) -> np.ndarray:
     return np.stack([g.vx[a:b], g.vy[a:b], g.vh[a:b], np.zeros(b - a)], -1)
 
 
-def _initial_capacity(g: LaneGraph) -> int:
+def _initial_capacity(g: LaneGraph, lanes) -> int:
+    """Path points per agent to start with: twice the longest starting segment (a path is the rest of one segment
+    plus the next ones; a step that needs more grows the arrays)."""
     counts = np.diff(g.vtx_ptr)
-    return int(max(64, 4 * counts.max() + 8))
+    return int(max(64, 2 * max((counts[k] for k in lanes), default=0) + 16))
+
+
+# footprint points per agent to start with (grown when a step needs more)
+_FOOT_CAPACITY = 96
 
 
 def spawn_agents(m: MapAPI, boxes: dict, ego_box_corners: np.ndarray, open_loop_corners: np.ndarray,
@@ -1082,12 +1267,17 @@ def spawn_agents(m: MapAPI, boxes: dict, ego_box_corners: np.ndarray, open_loop_
         snapped = shapely.Polygon(corners)
         if any(snapped.intersects(o) for o in occ):
             continue
+        if np.diff(g.vtx_ptr)[g.index[lid]] < 3:
+            # a two-point baseline leaves the devkit's InterpolatedPath one point (it asserts); not an agent here
+            log.warning("vehicle %d: its starting segment %s has a two-point baseline; not made an IDM agent",
+                        int(boxes["track"][k]), lid)
+            continue
         occ.append(snapped)
         vx, vy = float(boxes["vx"][k]), float(boxes["vy"][k])
         speed = ego_speed if (np.isnan(vx) or np.isnan(vy)) else float(np.hypot(vx, vy))
         rows.append((int(boxes["track"][k]), g.index[lid], arc, speed, L, W, float(boxes["height"][k]), corners))
     A = len(rows)
-    NP = _initial_capacity(g)
+    NP = _initial_capacity(g, [r[1] for r in rows])
     path = np.zeros((A, NP, 4))
     n_path = np.zeros(A, dtype=np.int64)
     route = np.full((A, R_MAX), -1, dtype=np.int64)
@@ -1106,13 +1296,23 @@ def spawn_agents(m: MapAPI, boxes: dict, ego_box_corners: np.ndarray, open_loop_
                         dtype=np.float64),
         length=np.array([r[4] for r in rows], dtype=np.float64), width=np.array([r[5] for r in rows], dtype=np.float64),
         height=np.array([r[6] for r in rows], dtype=np.float64), pose=pose,
-        box=np.array([r[7] for r in rows], dtype=np.float64).reshape(A, 4, 2), foot=np.zeros((A, NP, 2)),
+        box=np.array([r[7] for r in rows], dtype=np.float64).reshape(A, 4, 2), foot=np.zeros((A, _FOOT_CAPACITY, 2)),
         n_foot=np.zeros(A, dtype=np.int64), lead_kind=np.zeros(A, dtype=np.int64),
         lead_index=np.full(A, -1, dtype=np.int64), lead_gap=np.zeros(A), lead_speed=np.zeros(A))
 
 
 # room for the occupancy map's convex pieces in one step (grown for good when a step needs more)
 _PIECE_CAPACITY = [16384]
+_SCRATCH: dict = {}
+
+
+def _scratch(shape) -> np.ndarray:
+    """A reused work array of this shape (the kernel's scratch space; its contents never outlive a call, and the
+    kernel holds the GIL, so calls never overlap)."""
+    a = _SCRATCH.get(shape)
+    if a is None:
+        a = _SCRATCH[shape] = np.empty(shape)
+    return a
 
 
 def step_agents(m: MapAPI, agents: IDMAgents, *, ego_corners: np.ndarray, ego_center: np.ndarray, ego_speed: float,
@@ -1138,21 +1338,26 @@ def step_agents(m: MapAPI, agents: IDMAgents, *, ego_corners: np.ndarray, ego_ce
     ego = np.ascontiguousarray(np.asarray(ego_corners, dtype=np.float64).reshape(4, 2))
     objs = np.ascontiguousarray(np.asarray(object_corners, dtype=np.float64).reshape(-1, 4, 2))
     cap = agents.capacity
+    fcap = agents.foot.shape[1]
     while True:
-        a = agents.copy() if cap == agents.capacity else agents.grown(cap)
+        a = agents.copy() if (cap, fcap) == (agents.capacity, agents.foot.shape[1]) else agents.grown(cap, fcap)
         pieces = _PIECE_CAPACITY[0]
+        sp, sb = _scratch((pieces, 4, 2)), _scratch((pieces, 4))
+        st, stb = _scratch((40 * (cap + 2), 4, 2)), _scratch((40 * (cap + 2), 4))
         status = _idm_step(g.vtx_ptr, g.vx, g.vy, g.vh, g.speed, g.has_light, g.curvature0, g.out_ptr, g.out_idx,
-                           g.stop_ptr, g.stop_tri, green, red, bool(config.extend_route), ego,
+                           g.stop_ptr, g.stop_tri, g.stop_bb, green, red, bool(config.extend_route), ego,
                            float(ego_center[0]), float(ego_center[1]), float(ego_speed), float(ego_heading), objs,
                            a.alive, a.path, a.n_path, a.route, a.n_route, a.s, a.v, a.target, a.length, a.width,
                            a.pose, a.box, a.foot, a.n_foot, a.lead_kind, a.lead_index, a.lead_gap, a.lead_speed,
                            float(dt), config.min_gap_to_lead_agent,
                            config.headway_time, config.accel_max, config.decel_max, config.minimum_path_length,
-                           float(config.radius), pieces)
+                           float(config.radius), sp, sb, st, stb)
         if status == 0:
             return a
         if status == 1:
             cap *= 2
+        elif status == 3:
+            fcap *= 2
         else:
             _PIECE_CAPACITY[0] = 2 * pieces
 

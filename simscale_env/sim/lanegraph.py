@@ -39,6 +39,7 @@ class LaneGraph:
     out_idx: np.ndarray
     stop_ptr: np.ndarray  # [L+1] per lane (connector): its stop-line triangles
     stop_tri: np.ndarray  # [T, 4, 2] triangles (last vertex repeated) of the stop-line polygons
+    stop_bb: np.ndarray  # [T, 4] their bounds (x0, y0, x1, y1)
 
 
 def _curvature3(p1, p2, p3) -> float:
@@ -124,13 +125,14 @@ def build_lane_graph(m: MapAPI) -> LaneGraph:
                 tri_cache[sid] = _triangles(m.stop_lines[sid].polygon)
             stop_tri += tri_cache[sid]
         stop_ptr.append(len(stop_tri))
+    tri = np.ascontiguousarray(np.array(stop_tri, dtype=np.float64).reshape(-1, 4, 2))
     return LaneGraph(
         ids=ids, index=index, vtx_ptr=ptr_a, vx=VX, vy=VY, vh=VH, vs=VS,
         length=np.array(length), eff_length=np.array(eff), speed=np.array(speed),
         is_connector=np.array(conn, dtype=bool), has_light=np.array(light, dtype=bool),
         curvature0=np.array(curv0), out_ptr=np.array(out_ptr, dtype=np.int64),
         out_idx=np.array(out_idx, dtype=np.int64), stop_ptr=np.array(stop_ptr, dtype=np.int64),
-        stop_tri=np.array(stop_tri, dtype=np.float64).reshape(-1, 4, 2))
+        stop_tri=tri, stop_bb=np.concatenate([tri.min(1), tri.max(1)], axis=1))
 
 
 def lane_graph(m: MapAPI) -> LaneGraph:

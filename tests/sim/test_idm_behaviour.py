@@ -109,3 +109,50 @@ def test_navsim_agents_stop_at_the_end_of_their_lane_and_ignore_lights(mini):
     assert navsim.s[0] + navsim.length[0] / 2 <= navsim.path[0, navsim.n_path[0] - 1, 3] + 1e-9
     nuplan = _run(m, agents, ego, 100, green=conns, cfg=IDMConfig(radius=500.0))[-1]
     assert nuplan.n_route[0] > 1 and nuplan.v[0] > 3.0
+
+
+def test_navsim_parked_vehicles_rule(mini):
+    """NAVSIM's add_open_loop_parked_vehicles: a vehicle that is not an IDM agent is shown open-loop when it stands
+    still off the lanes and intersections (or sits beyond the snap threshold from its baseline), unless an active
+    agent's box overlaps it."""
+    from simscale_env.map import MapLayer
+    from simscale_env.sim.idm import NAVSIM_IDM, navsim_parked_vehicles, parked_overlaps
+
+    m = load_map("us-nv-las-vegas-strip", mini / "maps")
+    lane = m.lane("10005")
+    on_lane = _boxes_on_lane(lane, [40.0], 10.0)
+    agents = spawn_agents(m, on_lane, np.zeros((0, 4, 2)), np.zeros((0, 4, 2)), 0.0, NAVSIM_IDM)
+    assert agents.num_alive == 1
+    # two vehicles far off the map (no lane, no intersection): one parked, one moving
+    x0, y0 = lane.baseline.xy[0] + np.array([500.0, 500.0])
+    assert not m.objects_at(x0, y0, MapLayer.LANE) and not m.objects_at(x0, y0, MapLayer.INTERSECTION)
+    boxes = {k: np.concatenate([on_lane[k], np.asarray(v, dtype=float)]) for k, v in {
+        "x": [x0, x0 + 10], "y": [y0, y0], "heading": [0.0, 0.0], "vx": [0.05, 3.0], "vy": [0.0, 0.0],
+        "length": [4.6, 4.6], "width": [1.9, 1.9], "height": [1.6, 1.6], "track": [1, 2]}.items()}
+    parked = navsim_parked_vehicles(m, boxes, agents, NAVSIM_IDM.snap_threshold)
+    assert parked.tolist() == [False, True, False]  # the IDM agent itself is never a parked vehicle
+    over = box_corners(agents.pose[0, 0], agents.pose[0, 1], agents.pose[0, 2], 4.6, 1.9)
+    far = box_corners(x0, y0, 0.0, 4.6, 1.9)
+    assert parked_overlaps(np.concatenate([over, far]), agents).tolist() == [True, False]
+
+
+def test_a_step_that_outgrows_the_arrays_grows_them_and_gives_the_same_result(mini):
+    """Paths and footprints live in fixed-size arrays; a step that needs more room is redone with larger ones."""
+    from dataclasses import replace
+
+    m = load_map("us-nv-las-vegas-strip", mini / "maps")
+    lane = m.lane("10005")
+    arcs = [lane.length - 25.0, lane.length - 40.0]
+    agents = spawn_agents(m, _boxes_on_lane(lane, arcs, 10.0), np.zeros((0, 4, 2)), np.zeros((0, 4, 2)), 0.0)
+    tight = replace(agents, path=agents.path[:, :int(agents.n_path.max())].copy(), foot=agents.foot[:, :2].copy())
+    ego = tuple(lane.baseline.interpolate(5.0))
+    conns = list(lane.outgoing_ids)
+    big = _run(m, agents, ego, 30, green=conns, cfg=IDMConfig(radius=500.0))[-1]
+    small = _run(m, tight, ego, 30, green=conns, cfg=IDMConfig(radius=500.0))[-1]
+    assert small.capacity > tight.capacity and small.foot.shape[1] > 2
+    assert big.n_route.max() > 1  # the route grew through the junction
+    for k in ("s", "v", "pose", "box", "n_path", "n_route", "route", "lead_gap"):
+        assert np.array_equal(getattr(big, k), getattr(small, k)), k
+    # the inputs were not touched (growing copies every array)
+    assert tight.capacity == int(agents.n_path.max()) and np.array_equal(tight.s, agents.s)
+    assert not tight.lead_gap.any() and np.array_equal(agents.s, arcs)
