@@ -110,3 +110,30 @@ def test_logs_are_plausible(mini_logs, mini):
             assert m.is_in_drivable_area(pts).all(), p
             assert np.isfinite(ego["vx"]).all() and ego["vx"].max() < 25.0
     assert ped_on_crosswalk > 0
+
+
+def test_a_dataset_of_another_builder_version_is_regenerated_not_resumed(tmp_path):
+    """The logs' names do not change between builder versions: what an older builder (or another seed) left is
+    removed before building, a build of this version and seed in progress is resumed, a finished one is kept."""
+    import json
+
+    from simscale_env.data.mini.build import BUILD_MARKER, BUILDER_VERSION, clear_stale
+
+    def old_build(out, version, seed=0, marker=""):
+        db = out / "nuplan-v1.1" / "splits" / "mini" / "log.db"
+        db.parent.mkdir(parents=True)
+        db.write_bytes(b"old")
+        (out / BUILD_MARKER).write_text(marker)
+        (out / "manifest.json").write_text(json.dumps({"builder_version": version, "seed": seed}))
+        return db
+
+    stale = old_build(tmp_path / "a", BUILDER_VERSION - 1)
+    assert clear_stale(tmp_path / "a", 0) and not stale.exists() and not (tmp_path / "a" / "manifest.json").exists()
+    other_seed = old_build(tmp_path / "b", BUILDER_VERSION, seed=1)
+    assert clear_stale(tmp_path / "b", 0) and not other_seed.exists()
+    done = old_build(tmp_path / "c", BUILDER_VERSION)
+    assert not clear_stale(tmp_path / "c", 0) and done.exists()
+    in_progress = old_build(tmp_path / "d", BUILDER_VERSION - 1, marker=f"builder_version={BUILDER_VERSION} seed=0\n")
+    (tmp_path / "d" / "manifest.json").unlink()
+    assert not clear_stale(tmp_path / "d", 0) and in_progress.exists()
+    assert not clear_stale(tmp_path / "e", 0)  # nothing there

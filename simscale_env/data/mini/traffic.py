@@ -41,7 +41,8 @@ EGO_REAR_TO_CENTER = 1.461
 # pdm_planner/scoring/pdm_comfort_metrics.py: lon. acceleration in [-4.05, 2.40] m/s^2, |lon. jerk| <= 4.13 m/s^3,
 # |yaw rate| <= 0.95 rad/s, |yaw acceleration| <= 1.93 rad/s^2, |lat. acceleration| <= 4.89 m/s^2), with margins
 MAX_DECEL = 3.8  # m/s^2: the hardest braking of any generated vehicle
-MAX_JERK = 3.5  # m/s^3: the fastest change of acceleration (per 0.1 s step: 0.35 m/s^2)
+MAX_JERK = 2.0  # m/s^3: the fastest change of acceleration (per 0.1 s step: 0.2 m/s^2; the comfort filters
+# amplify a jerk onset at a window's edge about 2x: 2.5 already breaks 4.13 in some 5.5 s windows)
 LC_MAX_YAW_RATE = 0.25  # rad/s: peak yaw rate of a lane change (the quintic's lateral accel. / speed)
 LC_MAX_YAW_ACCEL = 0.6  # rad/s^2: peak yaw acceleration of a lane change (the quintic's lateral jerk / speed)
 PATH_SMOOTH_M = 3.0  # m: vehicles drive the lane graph's baselines averaged over +- this arc length
@@ -438,6 +439,8 @@ class TrafficWorld:
             while s < lane.length - 8:
                 if rng.random() < min(0.95, spec.density * 0.35):
                     v = (lane.speed_limit_mps or 11.0) * float(rng.uniform(0.6, 0.9))
+                    if lane.length - s < v * v / (2 * 2.0) + 10.0:
+                        break  # could not stop comfortably before the lane's end (a red light, a stop sign)
                     self.spawn_vehicle(lid, s, v)
                     s += float(rng.uniform(14, 40)) + v * 1.2
                 else:
@@ -701,6 +704,9 @@ class TrafficWorld:
         # integrate
         for i, m in enumerate(movers):
             m.a = float(np.clip(acc[i], m.a - MAX_JERK * DT, m.a + MAX_JERK * DT))
+            # soft landing: brake no harder than the jerk limit can release before standstill (|a| <= sqrt(2 J v)),
+            # else the acceleration would jump back to 0 when the vehicle stops
+            m.a = max(m.a, -float(np.sqrt(2.0 * MAX_JERK * m.v)))
             v_new = max(0.0, m.v + m.a * DT)
             ds = 0.5 * (m.v + v_new) * DT
             m.v = v_new
@@ -740,7 +746,8 @@ class TrafficWorld:
         v0 = max(0.5, self.v0(m))
         # slow down for curvature ahead (comfortable lateral acceleration)
         s_star = m.s0 + max(0.0, m.v * m.headway + m.v * (m.v - v_lead) / (2 * np.sqrt(m.a_max * m.b_comf)))
-        gap = max(gap, 0.05)
+        # jerk-limited: braking starts only once the acceleration has ramped down, so look that much further ahead
+        gap = max(gap - m.v * max(m.a, 0.0) / MAX_JERK, 0.05)
         a = m.a_max * (1 - (m.v / v0) ** 4 - (s_star / gap) ** 2) if np.isfinite(gap) else m.a_max * (
             1 - (m.v / v0) ** 4)
         # curvature limit
