@@ -1,10 +1,19 @@
 """`simscale bench experts`: closed-loop sanity of the pseudo-experts on every scenario of mini-navhard.
 
+A scenario is NAVSIM's scene of its token, as the env loads it by default (`scene_window="navsim"`,
+`data.scenario.extract_navsim_scenario`): iteration 0 is the token's frame, 1.5 s of past before it, the episode
+runs to 12 s after the token where the log has it (`--nuplan-window`: nuPlan's challenge window, 15 s from 3 s
+before the token, as before issue 13).
 Each scenario is started `--starts` times (default 3) from navhard perturbations of the logged ego (seeded per
-scenario; the split's window sampler, SimScale's model, or `--teleport`) and driven to its end with reactive IDM agents by (a) PDM-Closed replanning every step (10 Hz, as nuPlan's
-closed loop) and (b) the recovery expert replanning every 0.5 s; (c) the human log is replayed from the unperturbed
-start in the same reactive world. Episode sub-metrics come from `episode_summary` (EP against the human's progress)
-with NAVSIM's human filter against (c), as NAVSIM's evaluation applies it. Rates and means are over starts.
+scenario; the split's window sampler, SimScale's model, or `--teleport`) and driven to its end with reactive IDM
+agents by (a) PDM-Closed replanning every step (10 Hz, as nuPlan's closed loop) and (b) the recovery expert
+replanning every 0.5 s; (c) the human log is replayed from the unperturbed start in the same reactive world.
+Episode sub-metrics come from `episode_summary` (EP against the human's progress) with NAVSIM's human filter against
+(c) judged alone without a past, as NAVSIM's evaluation applies it. HC prepends the past before the start, as the
+env's episode summary does (`envs.history`): the perturbed past the ego drove in to a perturbed start
+(`start_past_states`, sampled by `hc_past`) for (a) and (b), the logged past (`logged_hc_past`) for the reported
+human (c), itself filtered against (c) judged alone, as the env scores the logged human. Rates and means are over
+starts.
 
 Starts: a perturbation is kept when it passes the sampler's checks (on the road, clear of objects and of red
 connectors, not leaving the road within the reaction time) and PDM-Closed's first label, its 8 poses scored as
@@ -54,6 +63,8 @@ def main(argv) -> int:
                     help="the window sampler's window in seconds (default: the split's, 2 s)")
     ap.add_argument("--teleport", action="store_true",
                     help="the teleport sampler (independent offsets) instead of the split's window sampler")
+    ap.add_argument("--nuplan-window", dest="nuplan_window", action="store_true",
+                    help="nuPlan's challenge window (15 s from 3 s before the token) instead of NAVSIM's scene")
     args = ap.parse_args(argv)
     if args.starts < 1:
         ap.error("--starts must be >= 1")
@@ -65,10 +76,12 @@ def main(argv) -> int:
     from simscale_env.data import ScenarioBuilder
     from simscale_env.data.openscene import load_split
     from simscale_env.data.paths import DataConfig, ensure_mini
+    from simscale_env.envs.history import hc_past, start_past_states
     from simscale_env.experts import (PDMClosedConfig, PDMClosedPlanner, drive, logged_reference, recovery_plan,
                                       valid_start)
     from simscale_env.map import load_map
     from simscale_env.metrics import episode_summary
+    from simscale_env.metrics.pseudo_sim import logged_hc_past
     from simscale_env.sim import SimConfig, Simulation
     from simscale_env.sim.perturb import PERTURBATION_DEFAULTS, PerturbationError, logged_travel, sample_perturbation
 
@@ -90,7 +103,7 @@ def main(argv) -> int:
     brakes: list[bool] = []
     t_start = time.perf_counter()
     for n, tok in enumerate(tokens):
-        sc = builder.load(tok)
+        sc = builder.load(tok) if args.nuplan_window else load_navsim_scenario(builder, tok)
         m = load_map(sc.map_location, cfg.nuplan_maps_root)
         sim = Simulation(sc, m, SimConfig(agent_mode="reactive"))
         steps = min(args.steps or sim.num_iterations - 1, sim.num_iterations - 1)
@@ -127,20 +140,22 @@ def main(argv) -> int:
         wh = [sim.reset()]
         for i in range(1, steps + 1):
             wh.append(sim.step(wh[-1], ego_state=sim.logged_ego_state(i)))
-        s_h = episode_summary(sim, wh)
-        human = s_h["scores"]
+        human = episode_summary(sim, wh)["scores"]  # the filter's human: judged alone, without a past
+        s_h = episode_summary(sim, wh, human=human, past_states=logged_hc_past(sim, 0))
         ref = logged_reference(sim, 0, 4.0)
         moves = float(np.interp(4.0, ref.times, ref.s) - np.interp(0.0, ref.times, ref.s)) >= 5.0
         for j, (p, start) in enumerate(starts):
+            # the past HC prepends: the perturbed past the ego drove in to this start (as the env's summary)
+            past = hc_past(start_past_states(sc, start, p), start, sim.reset(start).time_us, sc.dt_s)
             # (a) PDM-Closed, every step: NAVSIM's (the env's pseudo-expert) and, beside it, with tuplan's brake
-            s_pdm = run_pdm(sim, start, steps, human, PDMClosedConfig(), times=plan_times)
-            s_brk = (run_pdm(sim, start, steps, human, PDMClosedConfig(emergency_brake=True), braked=brakes)
-                     if args.brake_variant else None)
+            s_pdm = run_pdm(sim, start, steps, human, PDMClosedConfig(), times=plan_times, past=past)
+            s_brk = (run_pdm(sim, start, steps, human, PDMClosedConfig(emergency_brake=True), braked=brakes,
+                             past=past) if args.brake_variant else None)
             # (b) recovery, every 0.5 s
             first = []
             ws_r = drive(sim, sim.reset(start), lambda s, w: recovery_plan(s, w, fallback=PDMClosedPlanner()),
                          steps, replan_every=5, on_plan=lambda w, plan: first.append(plan) if not first else None)
-            s_rec = episode_summary(sim, ws_r, human=human)
+            s_rec = episode_summary(sim, ws_r, human=human, past_states=past)
             rejoined = closed_loop_rejoin(ref, ws_r)
             rows.append({"token": tok, "type": sc.scenario_type, "pdm": s_pdm, "brake": s_brk, "rec": s_rec,
                          "human": s_h, "moves": moves, "rec_source": first[0].source if first else "",
@@ -195,15 +210,33 @@ def main(argv) -> int:
         "plan_ms": round(1000 * float(np.mean(plan_times)), 2),
         "plan_ms_p95": round(1000 * float(np.percentile(plan_times, 95)), 2),
         "perturbation": "teleport" if pert.window_s is None else f"window {pert.window_s:g} s",
+        "scene_window": "nuplan" if args.nuplan_window else "navsim",
         "seconds": round(time.perf_counter() - t_start, 1),
     }
     print(json.dumps(out))
     return 0
 
 
-def run_pdm(sim, start, steps, human, config, times=None, braked=None) -> dict:
-    """The episode summary of PDM-Closed (`config`) replanning every step from `start`; appends each call's time to
-    `times` and whether it braked to `braked`."""
+def load_navsim_scenario(builder, token):
+    """NAVSIM's scene of `token` as the env loads it (`scene_window="navsim"`): a tagged scenario's log, else the
+    split's log holding that frame."""
+    from simscale_env.data.scenario import NAVSIM_SCENE_DURATION_S, extract_navsim_scenario
+    from simscale_env.errors import UnknownTokenError
+
+    try:
+        ref = builder.ref(token)
+        db, kind = builder.db(ref.log_name), ref.scenario_type
+    except UnknownTokenError:  # a NAVSIM token need not be a tagged nuPlan scenario: any 2 Hz frame
+        db = next((builder.db(n) for n in sorted(builder.log_files) if token in builder.db(n).lidar_pc_tokens), None)
+        if db is None:
+            raise
+        kind = None
+    return extract_navsim_scenario(db, token, scenario_type=kind, duration_s=NAVSIM_SCENE_DURATION_S)
+
+
+def run_pdm(sim, start, steps, human, config, times=None, braked=None, past=None) -> dict:
+    """The episode summary of PDM-Closed (`config`) replanning every step from `start` (HC with `past` prepended);
+    appends each call's time to `times` and whether it braked to `braked`."""
     from simscale_env.experts import PDMClosedPlanner, drive
     from simscale_env.metrics import episode_summary
 
@@ -218,7 +251,8 @@ def run_pdm(sim, start, steps, human, config, times=None, braked=None) -> dict:
             braked.append(out.source == "emergency_brake")
         return out
 
-    return episode_summary(sim, drive(sim, sim.reset(start), timed, steps, replan_every=1), human=human)
+    return episode_summary(sim, drive(sim, sim.reset(start), timed, steps, replan_every=1), human=human,
+                           past_states=past)
 
 
 def closed_loop_rejoin(ref, worlds, dt: float = 0.1, horizon_s: float = 4.0, position_m: float = 0.5,

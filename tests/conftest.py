@@ -49,3 +49,14 @@ def mini_builder(mini):
     from simscale_env.data import ScenarioBuilder
 
     return ScenarioBuilder(mini / "nuplan-v1.1" / "splits" / "mini")
+
+
+def find_ref(builder, predicate, *, what: str, scenario_types=None, tokens=None):
+    """The first scenario ref of `builder` (in its order; optionally only of `scenario_types` / among `tokens`) whose
+    loaded Scenario satisfies `predicate(ref, scenario)`. Tests pick their scenes by the property they need rather than
+    by a hard-coded token, so that a regenerated mini dataset keeps them meaningful; `what` names the property, and a
+    dataset without such a scene fails the test loudly (never skips it)."""
+    for ref in builder.refs(scenario_types=scenario_types, tokens=tokens):
+        if predicate(ref, builder.load(ref)):
+            return ref
+    pytest.fail(f"no mini scenario with {what} (scenario_types={scenario_types}, tokens={tokens})")

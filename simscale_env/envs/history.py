@@ -73,3 +73,21 @@ def hc_past(past: np.ndarray, now: np.ndarray, time_us: int, dt: float) -> np.nd
     step = int(round(dt * 1e6))
     times = int(time_us) - step * np.arange(len(past), -1, -1, dtype=np.int64)
     return human_past_for_hc(seq, times)
+
+
+def start_past_states(scenario, start: np.ndarray, perturbation=None) -> np.ndarray:
+    """The ego's past states [n, 11] before iteration 0 of `scenario` (0.1 s apart, oldest first, up to `PAST_S`):
+    the logged states at the logged start (`perturbation` None), else the perturbed past the ego drove in to the
+    perturbed `start` state (`sim.perturb.perturbed_past`: the log's path at the perturbed speed with the offset
+    blended in, kinematics from `states_from_poses`)."""
+    from ..sim.perturb import perturbed_past
+
+    e = scenario.ego
+    f0 = scenario.start_index
+    n_keep = int(round(PAST_S / scenario.dt_s))
+    n_past = min(n_keep, f0)
+    if perturbation is None:
+        return logged_past_states(scenario, f0, n_past)
+    a = max(0, f0 - 2 * n_keep)  # enough logged path for a past driven up to 2x faster
+    log = np.stack([e.x[a:f0 + 1], e.y[a:f0 + 1], e.heading[a:f0 + 1]], -1)
+    return states_from_poses(perturbed_past(log, start, perturbation.speed_scale, n=n_past), start, scenario.dt_s)

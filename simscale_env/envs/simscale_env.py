@@ -6,7 +6,11 @@ has it; `scene_window="nuplan"` gives nuPlan's challenge window (15 s from 3 s b
 a past (`envs.history`): the logged one at a logged start, the perturbed past the ego drove in at a perturbed start,
 then the realised states. `info["epdms"]` at a logged start is NAVSIM's stage-1 score (human false-positive filter
 against the logged human, `human_filter=`); at a perturbed start and later states stage-2 semantics (no filter);
-`info["epdms_stage"]` says which.
+`info["epdms_stage"]` says which. Plans are scored on the route PDM-Closed repairs at the episode's start
+(`experts.route_correction`, NAVSIM's metric-cache route: on-route lanes for DDC, centreline for EP and LK; red
+lights stay the scenario route's), and EP is normalised by PDM-Closed's dense trajectory; at a logged start that
+trajectory is planned on the log's objects, as NAVSIM's metric cache plans it (`route_correction=False`: the
+scenario's route as logged).
 
 One decision step = `replan_interval` seconds (default 0.5 s, 5 simulation steps at 10 Hz). The default action is a
 NAVSIM plan: 8 poses (x, y, heading) 0.5 s apart in the current rear-axle frame, tracked by the LQR + bicycle for one
@@ -62,12 +66,12 @@ from ..render.camera import DEFAULT_CHANNELS, DEFAULT_SIZE
 from ..sim import SimConfig, Simulation
 from ..sim.bicycle import propagate
 from ..sim.perturb import (PERTURBATION_DEFAULTS, Perturbation, PerturbationConfig, PerturbationError,
-                           apply_perturbation, check_start, logged_travel, perturbed_past,
+                           apply_perturbation, check_start, logged_travel,
                            sample_perturbation)
 from ..sim.plans import plan_to_reference
 from ..sim.state import ACCELERATION_X, ACCELERATION_Y, HEADING, STATE_SIZE, VELOCITY_X, VELOCITY_Y, X, Y
 from ..sim.world import PlanTracker, ego_box
-from .history import PAST_S, hc_past, logged_past_states, states_from_poses
+from .history import PAST_S, hc_past, start_past_states
 
 OBSERVATION_KEYS = ("cameras", "ego_status", "bev", "agents", "route")
 MAX_AGENTS = 64
@@ -124,6 +128,11 @@ class EnvConfig:
     # filter against the logged human's 4 s ("fixed": NAVSIM since 2025-09-29; "pre_fix": the earlier code, whose
     # final score stays unfiltered; None: off). Perturbed starts and later states are stage-2 semantics: no filter
     human_filter: str | None = "fixed"
+    # the route plans are scored on (info["epdms"], the reward's plan terms): True (default) NAVSIM's, the scenario's
+    # route as PDM-Closed repairs it at the episode's start (navsim/planning/simulation/planner/pdm_planner/utils/
+    # route_utils.py route_roadblock_correction, kept by the metric cache as route_lane_ids and the centreline;
+    # `experts.route_correction`); False: the scenario's route as logged
+    route_correction: bool = True
 
     def __post_init__(self):
         if self.scene_window not in ("navsim", "nuplan"):
@@ -283,17 +292,8 @@ class SimScaleEnv(gym.Env):
         # the ego's past before iteration 0 (`envs.history`): its states over the last 1.5 s (0.1 s apart), which the
         # ego status's past poses and HC read; the log's at a logged start, else the perturbed past the ego drove in
         # (`perturbed_past`: the log's path at the perturbed speed with the offset blended in), then the realised ones
-        e = sc.ego
-        f0 = sc.start_index
-        n_keep = int(round(PAST_S / sc.dt_s))
-        n_past = min(n_keep, f0)
-        if pert is None:
-            past = logged_past_states(sc, f0, n_past)
-        else:
-            a = max(0, f0 - 2 * n_keep)  # enough logged path for a past driven up to 2x faster
-            log = np.stack([e.x[a:f0 + 1], e.y[a:f0 + 1], e.heading[a:f0 + 1]], -1)
-            past = states_from_poses(perturbed_past(log, start, pert.speed_scale, n=n_past), start, sc.dt_s)
-        self._past = deque(past, maxlen=n_keep)
+        past = start_past_states(sc, start, pert)
+        self._past = deque(past, maxlen=int(round(PAST_S / sc.dt_s)))
         # the past HC prepends to the whole episode in its summary: the one info["epdms"] prepends to the first plan
         # (the logged human past at a logged start, the perturbed past the ego drove in at a perturbed start)
         self._start_hc_past = (logged_hc_past(self.sim, self.world.iteration) if self._logged_state()
@@ -305,10 +305,34 @@ class SimScaleEnv(gym.Env):
         self._cl_s = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(self._centerline, axis=0).T))])
         self._progress_norm = self._human_progress()
         self._pdm = None
+        self._stage1_ref = None
         self._last_plan = None
         obs = self._observe()
         info = self._info()
+        self._score_route = self._scoring_route()
         return obs, info
+
+    @property
+    def scoring_route_roadblock_ids(self) -> list[str]:
+        """The route this episode's plans are scored on (roadblock ids): the scenario's route repaired from the start
+        state (`route_correction`)."""
+        if self.sim is None:
+            raise RuntimeError("call reset() first")
+        return list(self._score_route)
+
+    def _scoring_route(self) -> list[str]:
+        """The route plans are scored on this episode: the scenario's route repaired from the start state as
+        PDM-Closed repairs it at its first call (NAVSIM's metric cache keeps that route): the label's own route when
+        PDM-Closed has just planned from this state, else the same repair computed here."""
+        sc, m = self.sim.scenario, self.sim.map
+        route = [r for r in dict.fromkeys(sc.route_roadblock_ids) if r in m.roadblocks]
+        if not self.config.route_correction:
+            return route
+        if self._pdm is not None and "route_roadblock_ids" in self._pdm.info:
+            return list(self._pdm.info["route_roadblock_ids"])
+        from ..experts.route_correction import route_roadblock_correction
+
+        return route_roadblock_correction(m, self.world.ego[[X, Y, HEADING]], route)
 
     def _start(self, w0, spec):
         cfg = self.config
@@ -482,16 +506,38 @@ class SimScaleEnv(gym.Env):
         return hc_past(np.array(list(self._past)).reshape(-1, STATE_SIZE), self.world.ego, self.world.time_us,
                        self.sim.scenario.dt_s)
 
+    def _reference(self):
+        """The PDM-Closed plan EP is normalised by: at a logged start NAVSIM's metric-cache trajectory, PDM-Closed
+        planned from the logged state on the log's objects (`navsim/planning/metric_caching/
+        metric_cache_processor.py`; the world's reactive agents, spawned on their lanes, differ slightly from the
+        log at t0) without tuplan's emergency brake, computed once per episode (the label when it is that plan);
+        elsewhere the label (None without pseudo-experts: EP is then the plan's own progress check)."""
+        if not self._logged_state():
+            return self._pdm
+        if self._stage1_ref is None:
+            if self._pdm is not None and self.sim.config.agent_mode == "non_reactive" and \
+                    not self.config.expert_emergency_brake:
+                self._stage1_ref = self._pdm
+            else:
+                from dataclasses import replace
+
+                from ..experts import PDMClosedConfig, PDMClosedPlanner
+
+                log_sim = Simulation(self.sim.scenario, self.sim.map,
+                                     replace(self.sim.config, agent_mode="non_reactive"))
+                self._stage1_ref = PDMClosedPlanner(PDMClosedConfig()).plan(log_sim, log_sim.reset(self.world.ego))
+        return self._stage1_ref
+
     def _score_plan(self, plan):
         kw = {}
-        if self._pdm is not None:
+        p = self._reference()
+        if p is not None:
             # EP against PDM-Closed's dense trajectory (40 poses 0.1 s apart from its start pose), as NAVSIM
             # normalises against metric_cache.trajectory (navsim/evaluate/pdm_score.py)
-            p = self._pdm
             kw = dict(reference_plan=global_to_local(p.trajectory[1:], self.world.ego[[X, Y, HEADING]]),
                       reference_interval_s=0.1, reference_start_pose=p.trajectory[0])
         scores, _ = pseudo_simulate(self.sim, self.world, plan[None], agent_mode=self.config.plan_scoring,
-                                    past_states=self._realised_past(), **kw)
+                                    past_states=self._realised_past(), route_roadblock_ids=self._score_route, **kw)
         return scores
 
     def _score_control(self, control):
@@ -503,7 +549,7 @@ class SimScaleEnv(gym.Env):
         states = np.stack(st)[None]
         mode = self.config.plan_scoring
         scene = scoring_scene(self.sim, self.world, ego_states=states[0], agent_mode=mode,
-                              past_states=self._realised_past())
+                              past_states=self._realised_past(), route_roadblock_ids=self._score_route)
         return score_states(scene, states)
 
     def _human_filtered(self, scores):
@@ -517,7 +563,7 @@ class SimScaleEnv(gym.Env):
         sim, w = self.sim, self.world
         poses = self._logged_plan()
         human, _ = pseudo_simulate(sim, w, poses[None], agent_mode=self.config.plan_scoring,
-                                   past_states=np.zeros((0, STATE_SIZE)))
+                                   past_states=np.zeros((0, STATE_SIZE)), route_roadblock_ids=self._score_route)
         f = human_filter(scores, human, variant=self.config.human_filter)
         return f.scores, float(f.final[0])
 

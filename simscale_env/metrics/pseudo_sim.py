@@ -5,6 +5,10 @@
   intersections, car parks), the route's lanes, the route centreline, the objects over the next 4 s (log replay,
   constant velocity, or reactive IDM agents reacting to a given ego trajectory), the red lights on the route per
   step, the tracks already touching the ego at t0 (ignored by NC and TTC), and the human past for HC.
+  `route_roadblock_ids` gives the route the on-route lanes (DDC) and the centreline (EP, LK) come from: NAVSIM's
+  metric cache holds PDM-Closed's route, repaired at its first call (`experts.route_correction`); the red lights
+  stay those of the scenario's own route, as the metric cache's (`_load_route_dicts` of the scenario's roadblocks).
+  Default: the scenario's route.
 - :func:`pseudo_simulate`: plans (poses in the rear-axle frame) -> 41 states by the LQR + bicycle -> scores.
 - :func:`episode_summary`: the same sub-metrics over a realised rollout.
 """
@@ -87,34 +91,49 @@ def near_map_indices(m, point, radius: float = MAP_RADIUS) -> np.ndarray:
     return cache[key]
 
 
-def route_centerline_xy(sim: Simulation, ego: np.ndarray) -> np.ndarray:
-    line = sim.map.route_centerline(sim.scenario.route_roadblock_ids, (ego[X], ego[Y], ego[HEADING]))
+def _route(sim: Simulation, route_roadblock_ids=None) -> list[str]:
+    """The route's roadblock ids on the map (`route_roadblock_ids`, default the scenario's), in order, once each."""
+    ids = sim.scenario.route_roadblock_ids if route_roadblock_ids is None else route_roadblock_ids
+    return [r for r in dict.fromkeys(str(r) for r in ids) if r in sim.map.roadblocks]
+
+
+def route_lane_set(sim: Simulation, route_roadblock_ids=None) -> frozenset:
+    """The on-route lanes and connectors of `route_roadblock_ids` (default the scenario's route)."""
+    return frozenset(sim.map.route_lane_ids(_route(sim, route_roadblock_ids)))
+
+
+def route_centerline_xy(sim: Simulation, ego: np.ndarray, route_roadblock_ids=None) -> np.ndarray:
+    """The centreline [P, 2] of `route_roadblock_ids` (default the scenario's route) from the ego's lane."""
+    ids = sim.scenario.route_roadblock_ids if route_roadblock_ids is None else route_roadblock_ids
+    line = sim.map.route_centerline(ids, (ego[X], ego[Y], ego[HEADING]))
     return np.asarray(line.xy)
 
 
 def navsim_reactive_traffic(sim: Simulation, world: WorldState, *, num_steps: int = NUM_STEPS,
                             radius: float = MAP_RADIUS, centerline: np.ndarray | None = None,
-                            past_states: np.ndarray | None = None):
+                            past_states: np.ndarray | None = None, route_roadblock_ids=None):
     """NAVSIM's reactive traffic (`navsim_cache.NavsimReactiveTraffic`) at `world`: fresh IDM agents with
     `idm.NAVSIM_IDM` spawned from the vehicles the world shows now, the other objects replaying the log; its
     `.scene(ego_states)` is the scoring scene of one plan."""
     from .navsim_cache import NavsimReactiveTraffic
 
     base = scoring_scene(sim, world, agent_mode="non_reactive", num_steps=num_steps, radius=radius,
-                         centerline=centerline, past_states=past_states)
+                         centerline=centerline, past_states=past_states, route_roadblock_ids=route_roadblock_ids)
     return NavsimReactiveTraffic.from_world(sim, world, base, num_steps=num_steps + 1)
 
 
 def scoring_scene(sim: Simulation, world: WorldState, *, ego_states: np.ndarray | None = None,
                   agent_mode: str | None = None, num_steps: int = NUM_STEPS, radius: float = MAP_RADIUS,
                   centerline: np.ndarray | None = None, past_states: np.ndarray | None = None,
-                  reactive: str = REACTIVE_SEMANTICS) -> ScoringScene:
+                  reactive: str = REACTIVE_SEMANTICS, route_roadblock_ids=None) -> ScoringScene:
     """The scene seen from `world` over `num_steps` steps. `agent_mode` defaults to the simulation's; "reactive"
     needs `ego_states` [num_steps + 1, 11] (the agents react to that ego trajectory), with `reactive` semantics:
     "navsim" (default) NAVSIM's reactive traffic of plan scoring (`navsim_reactive_traffic`), "world" the
     simulation's own IDM agents continued from `world` (the closed-loop world's devkit semantics, `SimConfig.idm`).
     `past_states` [H, 11] (0.1 s apart, ending before the current state) replace the logged human past for HC, e.g.
-    the realised past of a closed-loop ego."""
+    the realised past of a closed-loop ego. `route_roadblock_ids`: the route of the on-route lanes and the
+    centreline (PDM-Closed's repaired route, as NAVSIM's metric cache; default the scenario's); the red lights are
+    the scenario route's."""
     mode = agent_mode or sim.config.agent_mode
     if reactive not in REACTIVE_MODES:
         raise ValueError(f"reactive must be one of {REACTIVE_MODES}, got {reactive!r}")
@@ -122,13 +141,22 @@ def scoring_scene(sim: Simulation, world: WorldState, *, ego_states: np.ndarray 
         if ego_states is None:
             raise ValueError("a reactive scoring scene needs ego_states (the trajectory the agents react to)")
         return navsim_reactive_traffic(sim, world, num_steps=num_steps, radius=radius, centerline=centerline,
-                                       past_states=past_states).scene(ego_states)
+                                       past_states=past_states,
+                                       route_roadblock_ids=route_roadblock_ids).scene(ego_states)
     m = sim.map
     ego = world.ego
     c = ego_box(ego).mean(axis=0)
     layers = _map_layers(m)
     near = near_map_indices(m, c, radius)
-    route_ids = frozenset(m.route_lane_ids([r for r in sim.scenario.route_roadblock_ids if r in m.roadblocks]))
+    route_key = None if route_roadblock_ids is None else tuple(_route(sim, route_roadblock_ids))
+    light_ids = route_lane_set(sim)
+    route_ids = light_ids if route_key is None else route_lane_set(sim, route_key)
+
+    def _centerline():
+        if centerline is None and route_key is not None:
+            return route_centerline_xy(sim, ego, route_key)
+        return centerline
+
     # objects per step
     T = num_steps + 1
     last = sim.num_iterations - 1
@@ -146,11 +174,12 @@ def scoring_scene(sim: Simulation, world: WorldState, *, ego_states: np.ndarray 
     elif mode == "non_reactive":
         # the same world is often scored several times in a row (the submitted plan, the experts' checks)
         key = (id(sim), id(world), world.iteration, world.ego.tobytes(), T, float(radius),
-               None if centerline is None else id(centerline))
+               None if centerline is None else np.asarray(centerline).tobytes(), route_key)
         hit = _SCENE_CACHE.get("key") == key
         if not hit:
             _SCENE_CACHE["key"] = key
-            _SCENE_CACHE["scene"] = _log_replay_scene(sim, world, T, near, route_ids, radius, centerline, None)
+            _SCENE_CACHE["scene"] = _log_replay_scene(sim, world, T, near, route_ids, radius, _centerline(), None,
+                                                      light_ids)
             _SCENE_CACHE["sim"] = sim  # keep the ids alive
             _SCENE_CACHE["world"] = world
         scene = _SCENE_CACHE["scene"]
@@ -164,22 +193,24 @@ def scoring_scene(sim: Simulation, world: WorldState, *, ego_states: np.ndarray 
         for t in range(T):
             it = min(world.iteration + t, last)
             frames.append(osim.objects(WorldState(it, 0, ego, None, None)))
-    return scene_from_frames(sim, world, frames, near=near, route_ids=route_ids, centerline=centerline,
-                             past_states=past_states)
+    return scene_from_frames(sim, world, frames, near=near, route_ids=route_ids, centerline=_centerline(),
+                             past_states=past_states, light_ids=light_ids)
 
 
 def scene_from_frames(sim: Simulation, world: WorldState, frames, *, near=None, route_ids=None, centerline=None,
-                      past_states=None, radius: float = MAP_RADIUS) -> ScoringScene:
+                      past_states=None, radius: float = MAP_RADIUS, light_ids=None) -> ScoringScene:
     """A scoring scene from per-step `Objects` (e.g. the agents as simulated over an executed step), starting at
     `world`: tracks by first appearance, each typed, headed and timed by its first sighting (NAVSIM's
-    unique_objects). `past_states` [H, 11] replace the logged human past for HC (an empty array: no HC)."""
+    unique_objects). `past_states` [H, 11] replace the logged human past for HC (an empty array: no HC).
+    `route_ids`: the on-route lanes (default the scenario route's); `light_ids`: the lanes whose red lights count
+    (default `route_ids`)."""
     from ..data.schema import AGENT_CATEGORIES
 
     m = sim.map
     if near is None:
         near = near_map_indices(m, ego_box(world.ego).mean(axis=0), radius)
     if route_ids is None:
-        route_ids = frozenset(m.route_lane_ids([r for r in sim.scenario.route_roadblock_ids if r in m.roadblocks]))
+        route_ids = route_lane_set(sim)
     T = len(frames)
     tracks = []
     seen = {}
@@ -202,21 +233,22 @@ def scene_from_frames(sim: Simulation, world: WorldState, frames, *, near=None, 
     speed = np.array([np.hypot(seen[t][0].vx[seen[t][1]], seen[t][0].vy[seen[t][1]]) for t in tracks])
     is_agent = np.array([ag.category[t] in AGENT_CATEGORIES for t in tracks], dtype=bool)
     return _assemble_scene(sim, world, tracks, corners, valid, heading, speed, is_agent, near, frozenset(route_ids),
-                           centerline, past_states)
+                           centerline, past_states, light_ids)
 
 
 def _assemble_scene(sim, world, tracks, corners, valid, heading, speed, is_agent, near, route_ids, centerline,
-                    past_states) -> ScoringScene:
+                    past_states, light_ids=None) -> ScoringScene:
     """The rest of a scoring scene around its objects: red lights on the route per step, the tracks (and red
     connectors the ego is inside) already touching the ego at t0 (PDMObservation.update; ignored by NC and TTC),
     the human past for HC, the map and the centreline."""
     ag = sim.scenario.agents
     T = corners.shape[0]
     last = sim.num_iterations - 1
+    light_ids = route_ids if light_ids is None else light_ids
     red = []
     for t in range(T):
         it = min(world.iteration + t, last)
-        red.append(tuple(sorted(sim.red_light_polygons(it, route_ids).items())))
+        red.append(tuple(sorted(sim.red_light_polygons(it, light_ids).items())))
     ego_poly = shapely.Polygon(ego_box(world.ego))
     collided = set()
     if len(tracks) and valid[0].any():
@@ -238,7 +270,8 @@ def _assemble_scene(sim, world, tracks, corners, valid, heading, speed, is_agent
         collided_track_ids=frozenset(collided), human_past_states=past, name=sim.scenario.token)
 
 
-def _log_replay_scene(sim, world, T, near, route_ids, radius, centerline, past_states) -> ScoringScene:
+def _log_replay_scene(sim, world, T, near, route_ids, radius, centerline, past_states,
+                      light_ids=None) -> ScoringScene:
     """`scoring_scene` for log replay, vectorized over the window's frames (same tracks, order and values as the
     per-frame construction: tracks by first appearance, then column)."""
     from ..data.schema import AGENT_CATEGORIES
@@ -266,7 +299,7 @@ def _log_replay_scene(sim, world, T, near, route_ids, radius, centerline, past_s
     speed = np.hypot(np.nan_to_num(ag.vx[f_first, tracks]), np.nan_to_num(ag.vy[f_first, tracks]))
     is_agent = np.isin(ag.category[tracks], np.asarray(AGENT_CATEGORIES))
     return _assemble_scene(sim, world, tracks, corners, v, heading, speed, is_agent, near, route_ids, centerline,
-                           past_states)
+                           past_states, light_ids)
 
 
 def logged_hc_past(sim: Simulation, iteration: int) -> np.ndarray:
@@ -324,7 +357,7 @@ def pseudo_simulate(sim: Simulation, world: WorldState, plans: np.ndarray, *, ag
                     plan_interval_s: float = 0.5, config: ScorerConfig = ScorerConfig(),
                     past_states: np.ndarray | None = None, reference_interval_s: float | None = None,
                     reference_start_pose: np.ndarray | None = None, scene: ScoringScene | None = None,
-                    reactive: str = REACTIVE_SEMANTICS) -> tuple[PlanScores, np.ndarray]:
+                    reactive: str = REACTIVE_SEMANTICS, route_roadblock_ids=None) -> tuple[PlanScores, np.ndarray]:
     """Score plans [N, K, 3] from `world`: interpolate to 4 s at 10 Hz, track with the LQR + bicycle, score against
     the agents in `agent_mode` ("non_reactive": log replay, "reactive": IDM agents reacting to each plan's ego,
     "constant_velocity"). Reactive agents follow NAVSIM's reactive traffic by default (`reactive="navsim"`; "world"
@@ -338,12 +371,14 @@ def pseudo_simulate(sim: Simulation, world: WorldState, plans: np.ndarray, *, ag
     the ego's projection on PDM-Closed's path, not at the ego (`reference_start_pose`, global x, y, heading;
     default the ego's pose). `scene`: a prebuilt
     non-reactive scene to score in (e.g. NAVSIM's metric cache, `navsim_cache.metric_cache_scene`) instead of the
-    simulation's log. Returns (scores, states [N, 41, 11])."""
+    simulation's log. `route_roadblock_ids`: the route of the on-route lanes and the centreline (NAVSIM scores on
+    PDM-Closed's repaired route, `experts.route_correction`; default the scenario's: see `scoring_scene`).
+    Returns (scores, states [N, 41, 11])."""
     plans = np.asarray(plans, dtype=np.float64)
     if plans.ndim == 2:
         plans = plans[None]
     states = plan_states(world, plans, plan_interval_s=plan_interval_s, lqr=sim.config.lqr)
-    cl = route_centerline_xy(sim, world.ego) if scene is None else scene.centerline
+    cl = route_centerline_xy(sim, world.ego, route_roadblock_ids) if scene is None else scene.centerline
     reference = ref_states = None
     if reference_plan is not None:
         ref_states = plan_states(world, np.asarray(reference_plan)[None],
@@ -361,11 +396,13 @@ def pseudo_simulate(sim: Simulation, world: WorldState, plans: np.ndarray, *, ag
         if reactive not in REACTIVE_MODES:
             raise ValueError(f"reactive must be one of {REACTIVE_MODES}, got {reactive!r}")
         if reactive == "navsim":
-            scene_of = navsim_reactive_traffic(sim, world, centerline=cl, past_states=past_states).scene
+            scene_of = navsim_reactive_traffic(sim, world, centerline=cl, past_states=past_states,
+                                               route_roadblock_ids=route_roadblock_ids).scene
         else:
             def scene_of(st):
                 return scoring_scene(sim, world, ego_states=st, agent_mode="reactive", centerline=cl,
-                                     past_states=past_states, reactive="world")
+                                     past_states=past_states, reactive="world",
+                                     route_roadblock_ids=route_roadblock_ids)
         parts = []
         for i in range(len(plans)):
             scene = scene_of(states[i])
@@ -382,7 +419,8 @@ def pseudo_simulate(sim: Simulation, world: WorldState, plans: np.ndarray, *, ag
                                                                      scores.multiplicative_metrics_prod, config, None))
     else:
         if scene is None:
-            scene = scoring_scene(sim, world, agent_mode=agent_mode, centerline=cl, past_states=past_states)
+            scene = scoring_scene(sim, world, agent_mode=agent_mode, centerline=cl, past_states=past_states,
+                                  route_roadblock_ids=route_roadblock_ids)
         elif past_states is not None:
             past = np.asarray(past_states, dtype=np.float64)
             scene = replace(scene, human_past_states=past if len(past) else None, _cache=scene._cache)

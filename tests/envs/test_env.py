@@ -181,7 +181,7 @@ def test_expert_beats_standing_still():
     env = gym.make("SimScale-navhard-v0", **SMALL)
 
     def run(policy):
-        obs, info = env.reset(seed=5, options={"scenario_token": "e43314dd932dc329"})
+        obs, info = env.reset(seed=5, options={"scenario_token": "5f579fdb03767689"})
         total = 0.0
         while True:
             obs, r, term, trunc, info = env.step(policy(info))
@@ -293,7 +293,21 @@ def test_window_perturbations_through_the_env():
         assert abs(p["lateral"]) <= travel * np.tan(np.radians(20.0)) + 1e-9
         assert abs(p["longitudinal"]) <= 0.5 * travel + 1e-9
         assert p["heading"] * p["lateral"] >= 0 and abs(np.tan(p["heading"])) <= 2 * abs(p["lateral"]) / travel + 1e-9
-    assert drawn >= 5 and standing >= 1
+    assert drawn >= 5
+    # a log standing over the window (every mini-navhard ego drives: one made to stand by editing its past)
+    import dataclasses
+
+    from simscale_env.data.scenario import EgoTrack
+
+    tok = u.tokens[0]
+    sc = u._scenario(tok)
+    f0 = sc.start_index
+    kw = {f: np.array(getattr(sc.ego, f)) for f in sc.ego.__dataclass_fields__}
+    for f in ("x", "y"):
+        kw[f][:f0 + 1] = kw[f][f0]
+    u._scenarios[tok] = dataclasses.replace(sc, ego=EgoTrack(**kw))
+    obs, info = env.reset(seed=0, options={"scenario_token": tok})
+    assert not info["perturbed"] and "standing ego" in info["perturbation_error"], info["perturbation_error"]
     env.close()
 
 
@@ -357,7 +371,7 @@ def test_reset_label_is_the_one_valid_start_judged():
 
     env = gym.make("SimScale-navhard-v0", **SMALL)
     u = env.unwrapped
-    obs, info = env.reset(seed=0, options={"scenario_token": "e43314dd932dc329"})
+    obs, info = env.reset(seed=0, options={"scenario_token": "5f579fdb03767689"})
     assert info["perturbed"]
     fresh = PDMClosedPlanner().plan(u.sim, u.world)
     np.testing.assert_array_equal(info["pseudo_expert"]["pdm_closed"], fresh.poses.astype(np.float32))

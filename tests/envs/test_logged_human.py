@@ -18,7 +18,9 @@ from simscale_env.metrics.pseudo_sim import episode_summary
 from simscale_env.sim.state import HEADING, X, Y
 
 SMALL = dict(cameras=("CAM_F0",), width=64, height=32, observation_keys=("ego_status",), pseudo_experts=False)
-MOVING = "e43314dd932dc329"  # mini-navhard, 12 m/s on a curved road
+MOVING = "5f579fdb03767689"  # mini-navhard, 12.5 m/s on a curved road
+# mini-navhard, 13 m/s on a curved road, whose logged human fails no sub-score (MOVING's fails TTC)
+CLEAN = "548475be2f57654e"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -33,7 +35,7 @@ def test_logged_plan_is_navsims_future_trajectory_at_the_logged_start(mini):
     of the current frame), as NAVSIM's metric cache holds the human's."""
     loader = NavsimSceneLoader(mini / "navsim_logs" / "mini", load_split(mini / "splits" / "mini-navhard.yaml"))
     env = gym.make("SimScale-navhard-v0", perturb=False, **SMALL)
-    for tok in (MOVING, "0321f158b9f55632"):
+    for tok in (MOVING, "223f6c4e48feb977"):  # moving; stopping behind a lead
         obs, info = env.reset(seed=0, options={"scenario_token": tok})
         assert info["logged_plan"].shape == (8, 3) and info["logged_plan"].dtype == np.float32
         np.testing.assert_allclose(info["logged_plan"], loader.scene(tok).future_trajectory(8), atol=1e-3)
@@ -42,7 +44,8 @@ def test_logged_plan_is_navsims_future_trajectory_at_the_logged_start(mini):
 
 def test_logged_plan_past_the_scenario_end_reads_the_log():
     """Near the episode's end the plan reaches past the scenario: its poses come from the log, so the plan keeps the
-    logged speed (12.5 m/s here) instead of stopping at the scenario's last pose."""
+    logged speed (about 13 m/s here, the log's speed at the scenario's end) instead of stopping at the scenario's
+    last pose."""
     env = gym.make("SimScale-navhard-v0", perturb=False, **SMALL)
     obs, info = env.reset(seed=0, options={"scenario_token": MOVING})
     u = env.unwrapped
@@ -52,7 +55,10 @@ def test_logged_plan_past_the_scenario_end_reads_the_log():
     plan = info["logged_plan"].astype(np.float64)
     assert u.world.iteration + 40 > u.sim.num_iterations - 1  # the plan's last poses are past the scenario
     steps = np.hypot(*np.diff(np.vstack([[0.0, 0.0], plan[:, :2]]), axis=0).T)
-    np.testing.assert_allclose(steps / 0.5, 12.5, atol=0.3)
+    e = u.sim.scenario.ego
+    v_end = float(np.hypot(e.vx[-1], e.vy[-1]))
+    assert v_end > 10.0
+    np.testing.assert_allclose(steps / 0.5, v_end, atol=0.3)
     env.close()
 
 
@@ -63,7 +69,7 @@ def test_human_agent_reproduces_the_log_from_the_logged_start():
     assert isinstance(agent, LogReplayAgent) and agent.name == "human" and agent.env_kwargs == {"perturb": False}
     env = gym.make("SimScale-navhard-v0", **{**SMALL, **agent.env_kwargs})
     u = env.unwrapped
-    obs, info = env.reset(seed=0, options={"scenario_token": MOVING})
+    obs, info = env.reset(seed=0, options={"scenario_token": CLEAN})
     assert not info["perturbed"]
     err = []
     while True:

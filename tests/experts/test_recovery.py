@@ -200,17 +200,29 @@ def test_standing_log_out_of_reach_falls_back_instead_of_a_partial_plan(arterial
     assert not any(np.isfinite(c["rejoined_s"]) for c in plan.info["candidates"])
 
 
-def test_recovery_pulls_away_with_a_log_that_starts_moving(mini_builder, mini):
-    """Mini-navhard 0321f158b9f55632: the logged ego waits at a crossing and pulls away after 3.3 s (0.97 m/s at
-    4 s). From the logged start itself, and from 1.5 m behind it on its path, the closed-loop ego pulls away with
-    it and is on its path at its speed at 4 s. (Judged against the raw log, the LQR's own lag on this stop-and-go
+@pytest.fixture(scope="module")
+def pull_away_ref(mini_builder):
+    """The first mini scene whose logged ego stands at 2 s and pulls away by 4 s (> 0.9 m/s): stop-and-go."""
+    from tests.conftest import find_ref
+
+    def stands_then_moves(ref, sc):
+        v = sc.ego.speed[sc.start_index:]
+        return len(v) > 40 and v[20] < 0.05 and v[40] > 0.9
+
+    return find_ref(mini_builder, stands_then_moves, what="a logged ego standing at 2 s and moving at 4 s")
+
+
+def test_recovery_pulls_away_with_a_log_that_starts_moving(mini_builder, mini, pull_away_ref):
+    """A mini scene whose logged ego waits (standing at 2 s) and pulls away before 4 s (> 0.9 m/s at 4 s; with
+    builder version 3, ab039fbab189cedc: 0.02 m/s at 2 s, 1.07 m/s at 4 s). From the logged start itself, and from
+    1.5 m behind it on its path, the closed-loop ego pulls away with it and is on its path at its speed at 4 s. (Judged against the raw log, the LQR's own lag on this stop-and-go
     log rejected the log itself, and time-shifted candidates put the start off at every replan: the ego from the
     logged start was still standing at 4 s.)"""
     from simscale_env.experts import drive, logged_reference
     from simscale_env.map import load_map
     from simscale_env.sim.perturb import Perturbation, apply_perturbation
 
-    sc = mini_builder.load("0321f158b9f55632")
+    sc = mini_builder.load(pull_away_ref)
     m = load_map(sc.map_location, mini / "maps")
     sim = Simulation(sc, m, SimConfig(agent_mode="non_reactive"))
     ref = logged_reference(sim, 0)
@@ -222,14 +234,14 @@ def test_recovery_pulls_away_with_a_log_that_starts_moving(mini_builder, mini):
         assert abs(lat[0]) <= 0.5 and abs(ws[40].ego[3] - v_log) <= 0.5
 
 
-def test_follow_candidate_is_the_log_at_the_current_offset(mini_builder, mini):
+def test_follow_candidate_is_the_log_at_the_current_offset(mini_builder, mini, pull_away_ref):
     """The follow candidates are the logged poses themselves from now on, shifted by the ego's along-track offset;
-    for an ego on the log, the log."""
+    for an ego on the log, the log (a stop-and-go log: the shift is along the log's path, not in time)."""
     from simscale_env.experts import logged_reference
     from simscale_env.experts.recovery import _candidate_trajectories
     from simscale_env.map import load_map
 
-    sc = mini_builder.load("0321f158b9f55632")
+    sc = mini_builder.load(pull_away_ref)
     m = load_map(sc.map_location, mini / "maps")
     sim = Simulation(sc, m, SimConfig(agent_mode="non_reactive"))
     ref = logged_reference(sim, 0)
@@ -278,20 +290,23 @@ def test_bench_closed_loop_rejoin_criterion(arterial):
 
 
 def test_valid_start_judges_the_8_pose_label_as_navsim_scores_it(mini_builder, mini):
-    """Mini-navhard 7ffc94b8da34b707, 2.9 m right of the lane at 16 m/s heading 11 deg for the edge: PDM-Closed's own
-    dense trajectory is safe, but its 8 poses (the env's action, 0.5 s apart) miss the first turn and leave the road,
-    so the start has no valid pseudo-expert label. A perturbed start beside the log of 3dd6077c2060ab88 is valid."""
+    """Mini-navhard 30bb305ded833e1d (on the curve; builder version 3), started 1 m left of the lane, 2.9 m ahead, at
+    the logged 13 m/s heading 11 deg right: PDM-Closed's own dense trajectory is safe, but its 8 poses (the env's
+    action, 0.5 s apart) leave the road, so the start has no valid pseudo-expert label. (A sampled start, pinned: it
+    sits near the edge of the region where this happens, as the earlier 7ffc94b8da34b707 one did.) A perturbed start
+    0.5 m beside the log of the same scene is valid."""
     from simscale_env.experts import PDMClosedPlanner, valid_start
     from simscale_env.map import load_map
+    from simscale_env.metrics.pseudo_sim import pseudo_simulate
     from simscale_env.sim.perturb import Perturbation, apply_perturbation
 
-    sc = mini_builder.load("7ffc94b8da34b707")
+    sc = mini_builder.load("30bb305ded833e1d")
     m = load_map(sc.map_location, mini / "maps")
     sim = Simulation(sc, m, SimConfig(agent_mode="reactive"))
-    start = apply_perturbation(sim.reset().ego, Perturbation(-2.946625, 2.872605, -0.198035, 1.285211), m)
+    start = apply_perturbation(sim.reset().ego, Perturbation(1.0, 2.9, np.radians(-11.0), 1.0), m)
     plan = PDMClosedPlanner().plan(sim, sim.reset(start))
     assert plan.scores.multiplicative_metrics_prod.max() == 1.0
     assert not valid_start(sim, sim.reset(start), plan)
-    sc = mini_builder.load("3dd6077c2060ab88")
-    sim = Simulation(sc, load_map(sc.map_location, mini / "maps"), SimConfig(agent_mode="reactive"))
+    label, _ = pseudo_simulate(sim, sim.reset(start), plan.poses[None], agent_mode="non_reactive")
+    assert label.drivable_area_compliance[0] == 0  # the 8 poses leave the road
     assert valid_start(sim, sim.reset(apply_perturbation(sim.reset().ego, Perturbation(lateral=0.5), sim.map)))

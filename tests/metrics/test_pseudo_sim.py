@@ -9,13 +9,40 @@ from simscale_env.metrics.geometry import boxes_overlap
 from simscale_env.metrics.pseudo_sim import episode_summary, plan_states, pseudo_simulate, scoring_scene
 from simscale_env.sim import SimConfig, Simulation
 
-# ego stopped, a vehicle 13 m behind in the same lane at 3.8 m/s
-FOLLOWER_SCENE = "801e633ee636c444"
+# the ego waits at a red light (mini "waiting_for_pedestrian_to_cross"); the mini dataset's generated traffic leaves
+# nobody behind it, so a vehicle is added to its log 13 m behind the rear axle in the ego's lane at 3.8 m/s
+FOLLOWER_SCENE = "908f77e47ad844ad"
+FOLLOWER_GAP_M, FOLLOWER_SPEED = 13.0, 3.8
+
+
+def _with_follower(sc):
+    """`sc` with a logged vehicle (category 0) driving straight along the ego's heading at FOLLOWER_SPEED, its centre
+    FOLLOWER_GAP_M behind the ego's rear axle at iteration 0, valid at every frame."""
+    import dataclasses
+
+    ag, e, f0 = sc.agents, sc.ego, sc.start_index
+    T = ag.valid.shape[0]
+    h = float(e.heading[f0])
+    t = (np.asarray(sc.timestamps_us, dtype=np.float64) - float(sc.timestamps_us[f0])) * 1e-6
+    d = -FOLLOWER_GAP_M + FOLLOWER_SPEED * t
+    col = {"x": float(e.x[f0]) + d * np.cos(h), "y": float(e.y[f0]) + d * np.sin(h), "z": np.zeros(T),
+           "heading": np.full(T, h), "vx": np.full(T, FOLLOWER_SPEED * np.cos(h)),
+           "vy": np.full(T, FOLLOWER_SPEED * np.sin(h)), "length": np.full(T, 4.6), "width": np.full(T, 1.9),
+           "height": np.full(T, 1.6)}
+    kw = {f: getattr(ag, f) for f in ag.__dataclass_fields__}
+    for f, v in col.items():
+        kw[f] = np.concatenate([getattr(ag, f), np.asarray(v, dtype=getattr(ag, f).dtype)[:, None]], axis=1)
+    kw["valid"] = np.concatenate([ag.valid, np.ones((T, 1), dtype=bool)], axis=1)
+    kw["category"] = np.append(ag.category, np.array([0], dtype=ag.category.dtype))
+    kw["track_tokens"] = tuple(ag.track_tokens) + ("follower0000000",)
+    if ag.log_order is not None:
+        kw["log_order"] = np.concatenate([ag.log_order, np.full((T, 1), -1, dtype=ag.log_order.dtype)], axis=1)
+    return dataclasses.replace(sc, agents=type(ag)(**kw))
 
 
 @pytest.fixture(scope="module")
 def follower_sim(mini, mini_builder):
-    sc = mini_builder.load(FOLLOWER_SCENE)
+    sc = _with_follower(mini_builder.load(FOLLOWER_SCENE))
     return Simulation(sc, load_map(sc.map_location, mini / "maps"), SimConfig(agent_mode="reactive"))
 
 
@@ -94,7 +121,7 @@ def _rollout(sim, ego_states):
 
 
 def test_episode_summary_of_the_logged_drive_and_of_leaving_the_road(mini, mini_builder):
-    sc = mini_builder.load("55de40def0f04b05")  # ego driving at 4.4 m/s along its lane
+    sc = mini_builder.load("b40fd3ef802da69b")  # ego driving at 4.7 m/s along its lane
     sim = Simulation(sc, load_map(sc.map_location, mini / "maps"), SimConfig(agent_mode="non_reactive"))
     n = 41
     logged = np.stack([sim.logged_ego_state(i) for i in range(n)])
@@ -135,3 +162,33 @@ def test_reactive_reference_plan_is_scored_against_each_plans_traffic(follower_s
     # batched and one at a time agree
     one, _ = pseudo_simulate(sim, w, plans[1:], agent_mode="reactive", reference_plan=ref)
     assert one.pdm_score()[0] == scores.pdm_score()[1]
+
+
+def test_scoring_on_pdm_closeds_repaired_route(golden_dir):
+    """`route_roadblock_ids`: the on-route lanes (DDC) and the centreline come from the given route, the red lights
+    from the scenario's own (as NAVSIM's metric cache). On the golden scenes the route PDM-Closed repairs gives
+    NAVSIM's `metric_cache.route_lane_ids` (the file's `route_lane_ids`); in three of them (the ego waits before
+    the logged route's first roadblock) the logged route does not."""
+    import json
+
+    from simscale_env.experts.route_correction import route_roadblock_correction
+    from simscale_env.golden.oracle import GoldenFolder
+    from simscale_env.golden.scores import _Scenes
+    from simscale_env.metrics.navsim_cache import frame_ego_state, navsim_frames
+
+    folder = golden_dir / "oracle_mini"
+    scenes = json.loads((folder / "navsim_scores_nonreactive.json").read_text())["scenes"]
+    opened = _Scenes(GoldenFolder.open(folder))
+    differs = 0
+    for tok, s in scenes.items():
+        frames, cur = navsim_frames(opened.frames(s["log"]), tok)
+        sim = opened.simulation(s["log"], tok)
+        world = sim.reset(ego_state=frame_ego_state(frames[cur]))
+        route = route_roadblock_correction(sim.map, world.ego[:3], sim.scenario.route_roadblock_ids)
+        logged = scoring_scene(sim, world, agent_mode="non_reactive")
+        fixed = scoring_scene(sim, world, agent_mode="non_reactive", route_roadblock_ids=route)
+        assert fixed.route_lane_ids == frozenset(s["route_lane_ids"]), tok
+        assert fixed.red_light_polygons == logged.red_light_polygons
+        np.testing.assert_array_equal(fixed.centerline, sim.map.route_centerline(route, tuple(world.ego[:3])).xy)
+        differs += logged.route_lane_ids != frozenset(s["route_lane_ids"])
+    assert differs == 3

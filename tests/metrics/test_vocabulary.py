@@ -60,7 +60,10 @@ def test_vocabulary_file_round_trip_and_errors(tmp_path):
 
 
 def test_labels_are_the_engine_scores_in_float16(mini, mini_builder, tmp_path):
-    tok = "55de40def0f04b05"
+    # a straight road where the logged ego brakes from 4.5 m/s to a stop within ~8 m (mini
+    # low_magnitude_speed, builder version 3): the 4.4 m/s straight plan stays on the road, PDM-Closed's own plan
+    # progresses no further than 2 m/s for 4 s, and the standing plan still rolls while the LQR brakes
+    tok = "05643bd9def6aa52"
     sc = mini_builder.load(tok)
     sim = Simulation(sc, load_map(sc.map_location, mini / "maps"), SimConfig(agent_mode="non_reactive"))
     t = np.arange(1, 41)[:, None] * 0.1

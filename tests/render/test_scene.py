@@ -11,20 +11,25 @@ from simscale_env.render import BEVRenderer, CameraRenderer, camera_models, mosa
 from simscale_env.render.synth import StaticScene
 from simscale_env.sim import SimConfig, Simulation
 
-TOKEN = "799cce364d3ff14a"  # changing_lane on the arterial: road ahead, vehicles around
 
 
 @pytest.fixture(scope="module")
-def frame(mini, mini_builder):
-    sc = mini_builder.load(TOKEN)
+def scene_ref(mini_builder):
+    """A lane change in traffic (the first `changing_lane` scene): road ahead, vehicles around."""
+    return mini_builder.refs(scenario_types=["changing_lane"])[0]
+
+
+@pytest.fixture(scope="module")
+def frame(mini, mini_builder, scene_ref):
+    sc = mini_builder.load(scene_ref)
     sim = Simulation(sc, load_map(sc.map_location, mini / "maps"), SimConfig(agent_mode="non_reactive"))
     w = sim.reset()
     r = CameraRenderer(sim.map, sc.cameras, ("CAM_F0", "CAM_B0"), 240, 112, backend="cpu")
     return sim, w, r, r.render(w.ego, sim.objects(w))
 
 
-def test_rig_from_the_camera_table(mini_builder):
-    sc = mini_builder.load(TOKEN)
+def test_rig_from_the_camera_table(mini_builder, scene_ref):
+    sc = mini_builder.load(scene_ref)
     cams = camera_models(sc.cameras, ("CAM_L0", "CAM_F0", "CAM_R0"), 480, 224)
     f0 = cams[1]
     assert f0.K[0, 0] == pytest.approx(1545.0 / 4) and f0.K[0, 2] == pytest.approx(240.0)
