@@ -163,3 +163,50 @@ class GoldenFolder:
     def devkit_maps(self):
         p = self.root / "devkit_maps.json"
         return (p, _read_json(p)) if p.exists() else (p, None)
+
+
+class GoldenScenes:
+    """The logs, OpenScene frames, maps and NAVSIM-scene simulations of a golden folder, each opened once."""
+
+    def __init__(self, folder: GoldenFolder):
+        self.folder = folder
+        self._db: dict = {}
+        self._frames: dict = {}
+        self._by_token: dict = {}
+        self._maps: dict = {}
+
+    def frames(self, log_name: str) -> list:
+        """The OpenScene frame list of a log."""
+        from ..data.openscene import load_log
+
+        if log_name not in self._frames:
+            self._frames[log_name] = load_log(self.folder.navsim_log_path(log_name))
+        return self._frames[log_name]
+
+    def frame(self, log_name: str, token: str) -> dict:
+        """The OpenScene frame of a scene token."""
+        from ..errors import UnknownTokenError
+
+        if log_name not in self._by_token:
+            self._by_token[log_name] = {f["token"]: f for f in self.frames(log_name)}
+        frame = self._by_token[log_name].get(token)
+        if frame is None:
+            raise UnknownTokenError(self.folder.navsim_log_path(log_name), f"scene token {token} not in the log")
+        return frame
+
+    def simulation(self, log_name: str, token: str):
+        """A non-reactive simulation whose iteration 0 is the token's frame (NAVSIM's current frame), 1.5 s of
+        history before it and NAVSIM's 4 s horizon after it."""
+        from ..data.nuplan_db import LogDB
+        from ..data.scenario import extract_scenario
+        from ..map import load_map
+        from ..metrics.navsim_cache import NAVSIM_HORIZON_S
+        from ..sim import SimConfig, Simulation
+
+        if log_name not in self._db:
+            self._db[log_name] = LogDB(self.folder.log_path(log_name))
+        sc = extract_scenario(self._db[log_name], token, offset_s=0.0, history_s=1.5,
+                              duration_s=NAVSIM_HORIZON_S + 0.5)
+        if sc.map_location not in self._maps:
+            self._maps[sc.map_location] = load_map(sc.map_location, self.folder.maps_root)
+        return Simulation(sc, self._maps[sc.map_location], SimConfig(agent_mode="non_reactive"))

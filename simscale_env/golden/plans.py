@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .oracle import GoldenFolder
+from .oracle import GoldenFolder, GoldenScenes
 from .report import CheckResult, Mismatch
 
 log = logging.getLogger(__name__)
@@ -37,48 +37,26 @@ HEADER = ("token", "max error 8-pose [m]", "max error 40-step [m]", "match")
 
 
 class _Planner:
-    """Logs, OpenScene pickles, maps and plans of a golden folder, each made once."""
+    """Our PDM-Closed plans at the scenes of a golden folder, each made once."""
 
     def __init__(self, folder: GoldenFolder):
-        self.folder = folder
-        self._db: dict = {}
-        self._frames: dict = {}
-        self._maps: dict = {}
+        self.scenes = GoldenScenes(folder)
         self._plans: dict = {}
-
-    def _frame(self, log_name: str, token: str) -> dict:
-        from ..data.openscene import load_log
-        from ..errors import UnknownTokenError
-
-        if log_name not in self._frames:
-            self._frames[log_name] = {f["token"]: f for f in load_log(self.folder.navsim_log_path(log_name))}
-        frame = self._frames[log_name].get(token)
-        if frame is None:
-            raise UnknownTokenError(self.folder.navsim_log_path(log_name), f"scene token {token} not in the log")
-        return frame
 
     def plan(self, log_name: str, token: str) -> tuple[np.ndarray, np.ndarray]:
         """(8 poses [8, 3], 40 poses [40, 3]) of our PDM-Closed at NAVSIM's start, in its rear-axle frame."""
         if (log_name, token) in self._plans:
             return self._plans[(log_name, token)]
-        from ..data.nuplan_db import LogDB
-        from ..data.scenario import extract_scenario
         from ..experts import PDMClosedPlanner
         from ..geometry import global_to_local
-        from ..map import load_map
-        from ..metrics.navsim_cache import NAVSIM_HORIZON_S, frame_ego_state
-        from ..sim import SimConfig, Simulation
+        from ..metrics.navsim_cache import frame_ego_state
+        from ..sim import Simulation
 
-        if log_name not in self._db:
-            self._db[log_name] = LogDB(self.folder.log_path(log_name))
-        frame = self._frame(log_name, token)
-        sc = extract_scenario(self._db[log_name], token, offset_s=0.0, history_s=1.5,
-                              duration_s=NAVSIM_HORIZON_S + 0.5)
+        frame = self.scenes.frame(log_name, token)
+        base = self.scenes.simulation(log_name, token)
         # NavSimScenario.get_route_roadblock_ids: the current frame's roadblock ids
-        sc = dataclasses.replace(sc, route_roadblock_ids=tuple(str(r) for r in frame["roadblock_ids"]))
-        if sc.map_location not in self._maps:
-            self._maps[sc.map_location] = load_map(sc.map_location, self.folder.maps_root)
-        sim = Simulation(sc, self._maps[sc.map_location], SimConfig(agent_mode="non_reactive"))
+        sc = dataclasses.replace(base.scenario, route_roadblock_ids=tuple(str(r) for r in frame["roadblock_ids"]))
+        sim = Simulation(sc, base.map, base.config)
         ego = frame_ego_state(frame)
         plan = PDMClosedPlanner().plan(sim, sim.reset(ego_state=ego))
         dense = global_to_local(plan.trajectory[1:], ego[:3])

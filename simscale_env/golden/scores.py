@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import MissingFileError, SchemaError, UnknownTokenError
 from ..metrics.constants import ScorerConfig
-from .oracle import GoldenFolder
+from .oracle import GoldenFolder, GoldenScenes
 from .report import CheckResult, Mismatch
 
 log = logging.getLogger(__name__)
@@ -70,38 +70,6 @@ def _agree(field: str, ours, golden) -> bool:
     return abs(float(ours) - float(golden)) <= TOLERANCE
 
 
-class _Scenes:
-    """Logs, OpenScene pickles, maps and simulations of a golden folder, opened once."""
-
-    def __init__(self, folder: GoldenFolder):
-        self.folder = folder
-        self._db: dict = {}
-        self._frames: dict = {}
-        self._maps: dict = {}
-
-    def frames(self, log_name: str) -> list:
-        from ..data.openscene import load_log
-
-        if log_name not in self._frames:
-            self._frames[log_name] = load_log(self.folder.navsim_log_path(log_name))
-        return self._frames[log_name]
-
-    def simulation(self, log_name: str, token: str):
-        from ..data.nuplan_db import LogDB
-        from ..data.scenario import extract_scenario
-        from ..map import load_map
-        from ..metrics.navsim_cache import NAVSIM_HORIZON_S
-        from ..sim import SimConfig, Simulation
-
-        if log_name not in self._db:
-            self._db[log_name] = LogDB(self.folder.log_path(log_name))
-        sc = extract_scenario(self._db[log_name], token, offset_s=0.0, history_s=1.5,
-                              duration_s=NAVSIM_HORIZON_S + 0.5)
-        if sc.map_location not in self._maps:
-            self._maps[sc.map_location] = load_map(sc.map_location, self.folder.maps_root)
-        return Simulation(sc, self._maps[sc.map_location], SimConfig(agent_mode="non_reactive"))
-
-
 def _parse_cell(cell: str) -> tuple[str, str, str]:
     parts = cell.split("|")
     if len(parts) != 3 or parts[1] not in MODES or parts[2] not in FILTERS:
@@ -109,7 +77,7 @@ def _parse_cell(cell: str) -> tuple[str, str, str]:
     return parts[0], parts[1], parts[2]
 
 
-def score_scene(scenes: _Scenes, token: str, scene: dict, cells: list[str], dense_reference=None,
+def score_scene(scenes: GoldenScenes, token: str, scene: dict, cells: list[str], dense_reference=None,
                 config: ScorerConfig = ScorerConfig(), path: Path | str = "navsim_scores") -> dict:
     """Our values of the requested cells of one golden scene: {cell: {sub-score: value}}. EP is normalised against
     the scene's dense PDM-Closed trajectory (`dense_reference` where the scene has none), else its 8-pose one."""
@@ -181,7 +149,7 @@ def check_scores(folder: GoldenFolder) -> CheckResult:
     if folder.log_dir is None or folder.navsim_log_dir is None or folder.maps_root is None:
         result.skipped = "the folder lacks logs/, navsim_logs/ or maps.tar.xz"
         return result
-    scenes = _Scenes(folder)
+    scenes = GoldenScenes(folder)
     # a file may leave the dense PDM-Closed trajectory to another one of the same scenes (the shared reactive file)
     dense = {}
     for _, data in folder.scores():

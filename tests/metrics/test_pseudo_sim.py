@@ -173,12 +173,12 @@ def test_scoring_on_pdm_closeds_repaired_route(golden_dir):
 
     from simscale_env.experts.route_correction import route_roadblock_correction
     from simscale_env.golden.oracle import GoldenFolder
-    from simscale_env.golden.scores import _Scenes
+    from simscale_env.golden import GoldenScenes
     from simscale_env.metrics.navsim_cache import frame_ego_state, navsim_frames
 
     folder = golden_dir / "oracle_mini"
     scenes = json.loads((folder / "navsim_scores_nonreactive.json").read_text())["scenes"]
-    opened = _Scenes(GoldenFolder.open(folder))
+    opened = GoldenScenes(GoldenFolder.open(folder))
     differs = 0
     for tok, s in scenes.items():
         frames, cur = navsim_frames(opened.frames(s["log"]), tok)
