@@ -16,7 +16,8 @@ human (c), itself filtered against (c) judged alone, as the env scores the logge
 starts.
 
 Starts: a perturbation is kept when it passes the sampler's checks (on the road, clear of objects and of red
-connectors, not leaving the road within the reaction time) and PDM-Closed's first label, its 8 poses scored as
+connectors, not leaving the road within the reaction time), the perturbed past the ego drove in passes EPDMS's
+comfort checks (as the env's `comfortable_past`), and PDM-Closed's first label, its 8 poses scored as
 NAVSIM scores a submitted plan, is safe (`valid_start`: NC, DAC, DDC, TLC all 1, TLC after NAVSIM's human filter):
 SimScale likewise keeps only states with a valid pseudo-expert (about half of the sampled scenes, SimScale issue
 #10). Redraws are counted
@@ -76,7 +77,7 @@ def main(argv) -> int:
     from simscale_env.data import ScenarioBuilder
     from simscale_env.data.openscene import load_split
     from simscale_env.data.paths import DataConfig, ensure_mini
-    from simscale_env.envs.history import hc_past, start_past_states
+    from simscale_env.envs.history import hc_past, past_is_comfortable, start_past_states
     from simscale_env.experts import (PDMClosedConfig, PDMClosedPlanner, drive, logged_reference, recovery_plan,
                                       valid_start)
     from simscale_env.map import load_map
@@ -123,13 +124,14 @@ def main(argv) -> int:
                 except PerturbationError as exc:
                     print(f"[{n + 1}/{len(tokens)}] {tok}: skipped ({exc})", file=sys.stderr)
                     break
-                if valid_start(sim, sim.reset(cand)):
+                # as the env (comfortable_past): the perturbed past HC prepends passes the comfort checks
+                if past_is_comfortable(sc, cand, p) and valid_start(sim, sim.reset(cand)):
                     start = (p, cand)
                     break
                 rejected += 1
             else:
-                print(f"[{n + 1}/{len(tokens)}] {tok}: no valid start in {args.max_draws} draws (PDM-Closed has no "
-                      f"safe label from any: valid_start)", file=sys.stderr)
+                print(f"[{n + 1}/{len(tokens)}] {tok}: no valid start in {args.max_draws} draws (an uncomfortable "
+                      f"perturbed past or no safe PDM-Closed label: comfortable_past, valid_start)", file=sys.stderr)
             if start is None:
                 break
             starts.append(start)

@@ -91,3 +91,15 @@ def start_past_states(scenario, start: np.ndarray, perturbation=None) -> np.ndar
     a = max(0, f0 - 2 * n_keep)  # enough logged path for a past driven up to 2x faster
     log = np.stack([e.x[a:f0 + 1], e.y[a:f0 + 1], e.heading[a:f0 + 1]], -1)
     return states_from_poses(perturbed_past(log, start, perturbation.speed_scale, n=n_past), start, scenario.dt_s)
+
+
+def past_is_comfortable(scenario, start: np.ndarray, perturbation) -> bool:
+    """Whether the perturbed past driven into `start` (`start_past_states`, sampled as HC prepends it by `hc_past`)
+    passes EPDMS's comfort checks (`metrics.epdms.comfort_checks`)."""
+    from ..metrics.epdms import comfort_checks
+
+    past = start_past_states(scenario, start, perturbation)
+    hist = hc_past(past, start, int(scenario.timestamps_us[scenario.start_index]), scenario.dt_s)
+    if len(hist) < 2:
+        return True
+    return bool(np.all(comfort_checks(np.vstack([hist, np.asarray(start, dtype=np.float64)[None]]))))

@@ -59,7 +59,7 @@ from ..errors import UnknownTokenError
 from ..geometry import global_to_local
 from ..map import load_map
 from ..metrics import ScorerConfig, episode_summary, pseudo_simulate
-from ..metrics.epdms import comfort_checks, score_states
+from ..metrics.epdms import score_states
 from ..metrics.geometry import polyline_project
 from ..metrics.pseudo_sim import logged_hc_past, scene_from_frames
 from ..render.camera import DEFAULT_CHANNELS, DEFAULT_SIZE
@@ -71,7 +71,7 @@ from ..sim.perturb import (PERTURBATION_DEFAULTS, Perturbation, PerturbationConf
 from ..sim.plans import plan_to_reference
 from ..sim.state import ACCELERATION_X, ACCELERATION_Y, HEADING, STATE_SIZE, VELOCITY_X, VELOCITY_Y, X, Y
 from ..sim.world import PlanTracker, ego_box
-from .history import PAST_S, hc_past, start_past_states
+from .history import PAST_S, hc_past, past_is_comfortable, start_past_states
 
 OBSERVATION_KEYS = ("cameras", "ego_status", "bev", "agents", "route")
 MAX_AGENTS = 64
@@ -381,7 +381,7 @@ class SimScaleEnv(gym.Env):
             except PerturbationError as exc:
                 self._pert_error = str(exc)
                 return None, w0.ego.copy()  # no valid perturbation: the logged start (reported in info)
-            if cfg.comfortable_past and not self._past_is_comfortable(p, new):
+            if cfg.comfortable_past and not past_is_comfortable(self.sim.scenario, new, p):
                 why = "the perturbed past breaks the comfort bounds (comfortable_past)"
                 continue
             if not cfg.valid_start:
@@ -394,16 +394,6 @@ class SimScaleEnv(gym.Env):
         self._pert_error = (f"{self.sim.scenario.token}: {why} in the last of {cfg.max_start_draws} perturbed "
                             f"starts")
         return None, w0.ego.copy()
-
-    def _past_is_comfortable(self, perturbation, start: np.ndarray) -> bool:
-        """Whether the perturbed past driven into `start` (sampled as HC prepends it) passes EPDMS's comfort
-        checks."""
-        sc = self.sim.scenario
-        past = start_past_states(sc, start, perturbation)
-        hist = hc_past(past, start, int(sc.timestamps_us[sc.start_index]), sc.dt_s)
-        if len(hist) < 2:
-            return True
-        return bool(np.all(comfort_checks(np.vstack([hist, start[None]]))))
 
     def _human_progress(self) -> float:
         sc = self.sim.scenario

@@ -379,21 +379,11 @@ def test_reset_label_is_the_one_valid_start_judged():
     env.close()
 
 
-def _past_comfortable(u) -> bool:
-    """The perturbed past HC prepends at this start, through EPDMS's comfort checks."""
-    from simscale_env.envs.history import hc_past, start_past_states
-    from simscale_env.metrics.epdms import comfort_checks
-
-    sc = u.sim.scenario
-    start = u.world.ego
-    past = start_past_states(sc, start, u.perturbation)
-    hist = hc_past(past, start, int(sc.timestamps_us[sc.start_index]), sc.dt_s)
-    return bool(np.all(comfort_checks(np.vstack([hist, start[None]]))))
-
-
 def test_perturbed_starts_have_a_comfortable_past():
     """comfortable_past (default) redraws starts whose perturbed past breaks the comfort bounds; without it, some of
     mini-navhard's seed-0 starts do (a lateral offset blended into 1.5 s of past is a swerve HC charges to any agent)."""
+    from simscale_env.envs.history import past_is_comfortable
+
     counts = {}
     for flag in (True, False):
         env = gym.make("SimScale-navhard-v0", observation_keys=("ego_status",), comfortable_past=flag)
@@ -404,7 +394,7 @@ def test_perturbed_starts_have_a_comfortable_past():
             if u.perturbation is None:
                 continue
             perturbed += 1
-            bad += not _past_comfortable(u)
+            bad += not past_is_comfortable(u.sim.scenario, u.world.ego, u.perturbation)
         env.close()
         counts[flag] = (bad, perturbed)
     assert counts[True][0] == 0 and counts[True][1] >= len(u.tokens) // 2, counts
