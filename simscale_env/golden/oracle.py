@@ -156,6 +156,24 @@ class GoldenFolder:
         for p in self.score_files:
             yield p, _read_json(p)
 
+    def scene_skip_reason(self) -> str | None:
+        """Why the score and plan checks cannot run on this folder (None when they can)."""
+        if not self.score_files:
+            return "no navsim_scores_*.json"
+        if self.log_dir is None or self.navsim_log_dir is None or self.maps_root is None:
+            return "the folder lacks logs/, navsim_logs/ or maps.tar.xz"
+        return None
+
+    def dense_plans(self, key: str = "pdm_closed_40x0p1s") -> dict:
+        """{(token, time_us): NAVSIM's dense PDM-Closed trajectory} over every score file: a file may leave it to
+        another one of the same scenes (the shared reactive file has none)."""
+        out = {}
+        for _, data in self.scores():
+            for token, scene in (data.get("scenes") or {}).items():
+                if isinstance(scene, dict) and key in scene:
+                    out.setdefault((token, scene.get("time_us")), scene[key])
+        return out
+
     def devkit_scenarios(self):
         p = self.root / "devkit_scenarios.json"
         return (p, _read_json(p)) if p.exists() else (p, None)

@@ -75,18 +75,10 @@ def check_plans(folder: GoldenFolder) -> CheckResult:
     """Every scene of every `navsim_scores_*.json` of `folder`: our PDM-Closed's 8 poses and 40 steps against
     NAVSIM's. `compared` counts scenes; one mismatch per (file, scene, plan) off by more than `TOLERANCE_M`."""
     result = CheckResult("plans")
-    files = folder.score_files
-    if not files:
-        result.skipped = "no navsim_scores_*.json"
+    result.skipped = folder.scene_skip_reason()
+    if result.skipped:
         return result
-    if folder.log_dir is None or folder.navsim_log_dir is None or folder.maps_root is None:
-        result.skipped = "the folder lacks logs/, navsim_logs/ or maps.tar.xz"
-        return result
-    dense_of = {}
-    for _, data in folder.scores():
-        for token, scene in data["scenes"].items():
-            if DENSE_KEY in scene:
-                dense_of.setdefault((token, scene.get("time_us")), scene[DENSE_KEY])
+    dense_of = folder.dense_plans(DENSE_KEY)
     planner = _Planner(folder)
     for path, data in folder.scores():
         rows = []

@@ -142,20 +142,12 @@ def score_scene(scenes: GoldenScenes, token: str, scene: dict, cells: list[str],
 def check_scores(folder: GoldenFolder) -> CheckResult:
     """Every sub-score of every cell of every `navsim_scores_*.json` of `folder` against our scorer."""
     result = CheckResult("score_cells")
-    files = folder.score_files
-    if not files:
-        result.skipped = "no navsim_scores_*.json"
-        return result
-    if folder.log_dir is None or folder.navsim_log_dir is None or folder.maps_root is None:
-        result.skipped = "the folder lacks logs/, navsim_logs/ or maps.tar.xz"
+    result.skipped = folder.scene_skip_reason()
+    if result.skipped:
         return result
     scenes = GoldenScenes(folder)
     # a file may leave the dense PDM-Closed trajectory to another one of the same scenes (the shared reactive file)
-    dense = {}
-    for _, data in folder.scores():
-        for token, scene in data["scenes"].items():
-            if DENSE_REFERENCE_KEY in scene:
-                dense.setdefault((token, scene.get("time_us")), scene[DENSE_REFERENCE_KEY])
+    dense = folder.dense_plans(DENSE_REFERENCE_KEY)
     for path, data in folder.scores():
         agree = {f: 0 for f in SUB_SCORES}
         total = {f: 0 for f in SUB_SCORES}
