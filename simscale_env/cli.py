@@ -24,13 +24,41 @@ import numpy as np
 from .errors import SimScaleError
 
 
+class _LogToStderr:
+    """Shows a library logger's INFO messages (progress) on stderr while a command runs."""
+
+    def __init__(self, name: str, prefix: str = "", enabled: bool = True):
+        import logging
+
+        self.logger = logging.getLogger(name)
+        self.handler = logging.StreamHandler(sys.stderr) if enabled else None
+        if self.handler is not None:
+            self.handler.setFormatter(logging.Formatter(prefix + "%(message)s"))
+        self.level = self.logger.level
+
+    def __enter__(self):
+        import logging
+
+        if self.handler is not None:
+            self.logger.addHandler(self.handler)
+            self.logger.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc):
+        if self.handler is not None:
+            self.logger.removeHandler(self.handler)
+            self.logger.setLevel(self.level)
+        return False
+
+
 def _cmd_build_mini(args) -> int:
     from .data.mini.build import build_mini, is_complete
 
     if args.if_missing and is_complete(args.out, args.seed):
         print(f"mini dataset already built in {args.out}", file=sys.stderr)
         return 0
-    build_mini(args.out, args.seed, workers=args.workers, progress=not args.quiet)
+    with _LogToStderr("simscale_env.data.mini", enabled=not args.quiet):
+        build_mini(args.out, args.seed, workers=args.workers, progress=not args.quiet)
     return 0
 
 
@@ -83,25 +111,11 @@ def _split_logs(args):
 
 
 def _cmd_check_golden(args) -> int:
-    import logging
-
     from .golden.check import CHECKS, check_golden, total_mismatches
     from .golden.report import format_results
 
-    logger = logging.getLogger("simscale_env.golden")
-    handler = None
-    if not args.quiet:  # progress on stderr
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("check-golden: %(message)s"))
-        logger.addHandler(handler)
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    try:
+    with _LogToStderr("simscale_env.golden", "check-golden: ", enabled=not args.quiet):  # progress on stderr
         summary, results = check_golden(args.dir, args.cache)
-    finally:
-        logger.setLevel(level)
-        if handler is not None:
-            logger.removeHandler(handler)
     for line in format_results([c[2] for c in CHECKS], results, max_mismatches=max(0, args.max_mismatches)):
         print(line)
     print(json.dumps(summary))

@@ -1,5 +1,5 @@
-"""Shared fixtures: the golden devkit data (a copy of ../shared/reference/golden, committed as test fixtures) and the
-mini dataset, built once per session into the cache (SIMSCALE_MINI, else SIMSCALE_CACHE/mini)."""
+"""Shared fixtures: the small golden devkit data (tests/fixtures/golden, a copy of parts of ../shared/reference/golden),
+the shared oracle_mini golden folder (read in place from ../shared) and the mini dataset, built once per session into the cache (SIMSCALE_MINI, else SIMSCALE_CACHE/mini)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,23 @@ DEVKIT_TINY = GOLDEN / "devkit_tiny"
 TINY_LOG = DEVKIT_TINY / "nuplan-v1.1" / "splits" / "mini" / "2021.05.12.22.00.38_veh-35_01008_01518.db"
 TINY_MAPS = DEVKIT_TINY / "maps"
 TINY_TAG = "950c604d0f20a842"
+# the shared golden folder of the real nuplan-devkit and NAVSIM on frozen mini logs (15 MB, not copied into git):
+# SIMSCALE_ORACLE_MINI, else ../shared/reference/golden/oracle_mini beside the repository (as CI lays it out)
+ORACLE_MINI = Path(os.environ.get("SIMSCALE_ORACLE_MINI")
+                   or Path(__file__).resolve().parents[2] / "shared" / "reference" / "golden" / "oracle_mini")
+
+
+@pytest.fixture(scope="session")
+def oracle_mini_dir() -> Path:
+    """The shared oracle_mini folder. Missing: a failure under CI (which always has shared/ beside the clone), else
+    a skip that says where it was looked for."""
+    if not (ORACLE_MINI / "README.md").exists():
+        msg = (f"golden folder oracle_mini not found at {ORACLE_MINI} (set SIMSCALE_ORACLE_MINI to "
+               f"shared/reference/golden/oracle_mini)")
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return ORACLE_MINI
 
 
 @pytest.fixture(scope="session")

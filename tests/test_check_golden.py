@@ -1,5 +1,5 @@
 """`simscale check-golden` on the golden folder of real nuplan-devkit / NAVSIM outputs
-(tests/fixtures/golden/oracle_mini) and on reduced, corrupted and edited copies of it."""
+(../shared/reference/golden/oracle_mini) and on reduced, corrupted and edited copies of it."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ import pytest
 
 from simscale_env.cli import main
 from simscale_env.golden.check import CHECKS, SUMMARY_KEYS
-from tests.conftest import GOLDEN
+from tests.conftest import ORACLE_MINI
 
-ORACLE = GOLDEN / "oracle_mini"
+ORACLE = ORACLE_MINI
+
+pytestmark = pytest.mark.usefixtures("oracle_mini_dir")
 # what the map and scenario comparisons cover on oracle_mini (every field of every object, every point query)
 MAP_VALUES = 21008
 SCENARIO_VALUES = 186

@@ -167,14 +167,14 @@ TOLERANCE = 1e-6  # as simscale_env.golden.scores compares EP and the scores
 
 
 @pytest.fixture(scope="module")
-def golden_env_args(golden_dir, tmp_path_factory):
+def golden_env_args(oracle_mini_dir, tmp_path_factory):
     """The env's arguments for the frozen golden logs (a split of the 12 scenes NAVSIM scored) and the scenes."""
     import json
 
     from simscale_env.data.openscene import write_split
     from simscale_env.golden.oracle import GoldenFolder
 
-    folder = golden_dir / "oracle_mini"
+    folder = oracle_mini_dir
     g = GoldenFolder.open(folder)
     scenes = json.loads((folder / "navsim_scores_nonreactive.json").read_text())["scenes"]
     logs = sorted({s["log"] for s in scenes.values()})

@@ -1,4 +1,4 @@
-"""PDM-Closed against NAVSIM's own plans (tests/fixtures/golden/oracle_mini/navsim_scores_*.json: the
+"""PDM-Closed against NAVSIM's own plans (../shared/reference/golden/oracle_mini/navsim_scores_*.json: the
 `metric_cache.trajectory` of NAVSIM 0a380a9 in 12 mini-navtest scenes)."""
 
 from __future__ import annotations
@@ -10,9 +10,11 @@ import pytest
 
 from simscale_env.golden.oracle import GoldenFolder
 from simscale_env.golden.plans import check_plans
-from tests.conftest import GOLDEN
+from tests.conftest import ORACLE_MINI
 
-ORACLE = GOLDEN / "oracle_mini"
+ORACLE = ORACLE_MINI
+
+pytestmark = pytest.mark.usefixtures("oracle_mini_dir")
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Scoring as NAVSIM scores: every cell of the shared NAVSIM score files (tests/fixtures/golden/oracle_mini,
+"""Scoring as NAVSIM scores: every cell of the shared NAVSIM score files (../shared/reference/golden/oracle_mini,
 `navsim_scores_*.json`: NAVSIM 0a380a9's pdm_score of three plans in 12 mini-navtest scenes, log replay and
 NAVSIM's reactive IDM traffic, with and without the human filter), and the pieces of NAVSIM's metric cache."""
 
@@ -12,9 +12,11 @@ import pytest
 from simscale_env.golden.oracle import GoldenFolder
 from simscale_env.golden.scores import SUB_SCORES, check_scores
 from simscale_env.metrics.navsim_cache import FrameObjects, interpolate_detections
-from tests.conftest import GOLDEN
+from tests.conftest import ORACLE_MINI
 
-ORACLE = GOLDEN / "oracle_mini"
+ORACLE = ORACLE_MINI
+
+pytestmark = pytest.mark.usefixtures("oracle_mini_dir")
 
 
 @pytest.fixture(scope="module")

@@ -164,7 +164,7 @@ def test_reactive_reference_plan_is_scored_against_each_plans_traffic(follower_s
     assert one.pdm_score()[0] == scores.pdm_score()[1]
 
 
-def test_scoring_on_pdm_closeds_repaired_route(golden_dir):
+def test_scoring_on_pdm_closeds_repaired_route(oracle_mini_dir):
     """`route_roadblock_ids`: the on-route lanes (DDC) and the centreline come from the given route, the red lights
     from the scenario's own (as NAVSIM's metric cache). On the golden scenes the route PDM-Closed repairs gives
     NAVSIM's `metric_cache.route_lane_ids` (the file's `route_lane_ids`); in three of them (the ego waits before
@@ -176,7 +176,7 @@ def test_scoring_on_pdm_closeds_repaired_route(golden_dir):
     from simscale_env.golden import GoldenScenes
     from simscale_env.metrics.navsim_cache import frame_ego_state, navsim_frames
 
-    folder = golden_dir / "oracle_mini"
+    folder = oracle_mini_dir
     scenes = json.loads((folder / "navsim_scores_nonreactive.json").read_text())["scenes"]
     opened = GoldenScenes(GoldenFolder.open(folder))
     differs = 0

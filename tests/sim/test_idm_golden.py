@@ -1,4 +1,4 @@
-"""IDM agents as nuplan-devkit runs them: the five shared devkit traces (tests/fixtures/golden/oracle_mini/idm_traces/,
+"""IDM agents as nuplan-devkit runs them: the five shared devkit traces (../shared/reference/golden/oracle_mini/idm_traces/,
 settings in its README) reproduced record by record (every step, the ego and every agent within 1e-6, the same agents
 at every step), through `simscale_env.golden.traces.check_traces` as `simscale check-golden` runs it."""
 
@@ -7,9 +7,9 @@ import pytest
 from simscale_env.data import LogDB
 from simscale_env.golden.oracle import GoldenFolder
 from simscale_env.golden.traces import TOLERANCE, check_traces, compare_trace
-from tests.conftest import GOLDEN
+from tests.conftest import ORACLE_MINI
 
-ORACLE_MINI = GOLDEN / "oracle_mini"
+pytestmark = pytest.mark.usefixtures("oracle_mini_dir")
 TOKENS = sorted(p.stem for p in (ORACLE_MINI / "idm_traces").glob("*.json"))
 
 

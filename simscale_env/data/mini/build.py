@@ -17,9 +17,9 @@ scenario tags; otherwise the next seed of a fixed sequence is tried.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -35,6 +35,7 @@ from .locations import LOCATIONS, MAP_VERSION, STUB_LOCATIONS, build_location
 BUILDER_VERSION = 3  # 3: lawful humans (issue 13): signal commitment, comfort bounds, smoothed paths
 NUM_LOGS = 12
 LOG_DURATION_S = 45.0
+log = logging.getLogger(__name__)
 TEST_LOGS = 4  # the last logs form the test split
 # scenario types that make mini-navhard (interactions, turns, lane changes, curves, vulnerable road users)
 HARD_TYPES = (
@@ -226,12 +227,12 @@ def build_mini(out: str | Path, seed: int = 0, *, workers: int | None = None, pr
         raise FileExistsError(f"{out}: not empty and not a SimScale mini dataset (no {BUILD_MARKER} or manifest.json); "
                               f"refusing to build the mini dataset into it: pass an empty or new folder")
     out.mkdir(parents=True, exist_ok=True)
-    if clear_stale(out, seed) and progress:
-        print(f"{out}: built by another builder version or seed; regenerating", file=sys.stderr, flush=True)
+    if clear_stale(out, seed):
+        log.warning("%s: built by another builder version or seed; regenerating", out)
     marker.write_text(_stamp(seed))
     maps_root = out / "maps"
     maps_root.mkdir(parents=True, exist_ok=True)
-    say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
+    say = log.info if progress else log.debug  # progress; the CLI shows INFO on stderr
     # maps
     for name, loc in LOCATIONS.items():
         p = maps_root / name / MAP_VERSION / "map.gpkg"
