@@ -6,6 +6,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SIMSCALE_CACHE ?= $(CURDIR)/.cache
 export SIMSCALE_CACHE
+# the checkout's .cache/mini by default: a plain gym.make("SimScale-navhard-v0") in a script run with this .venv finds
+# it too (resolution order: README "Where the data is found", simscale_env/data/paths.py)
 MINI := $(SIMSCALE_CACHE)/mini
 # numba compiles kernels once and keeps them on disk
 export NUMBA_CACHE_DIR ?= $(SIMSCALE_CACHE)/numba

@@ -57,6 +57,13 @@ class LogReplayAgent:
 AGENTS = {"pdm_closed": lambda: ExpertAgent("pdm_closed"), "recovery": lambda: ExpertAgent("recovery"),
           "constant_velocity": ConstantVelocityAgent, "stand_still": StandStillAgent, "human": LogReplayAgent}
 
+# one line per agent, for `simscale evaluate --help`
+DESCRIPTIONS = {"pdm_closed": "NAVSIM's PDM-Closed pseudo-expert (info['pseudo_expert']['pdm_closed'])",
+                "recovery": "the recovery pseudo-expert: back onto the logged trajectory, else PDM-Closed",
+                "constant_velocity": "straight ahead at the current speed",
+                "stand_still": "asks to stay where it is (the LQR brakes)",
+                "human": "the logged human: the log's own next 4 s (info['logged_plan']), from the logged start"}
+
 
 def make_agent(name: str):
     if name not in AGENTS:

@@ -7,6 +7,16 @@ Each mode runs whole episodes (resets and episode summaries included) in steady 
 are run once before timing and then repeated for at least --min-seconds, so scenario loading from the .db, map
 loading, scene-chunk synthesis and the human reference replay (cached per scenario) are not timed.
 Targets (issue 7): >= 200, >= 30, >= 10.
+
+Reset time (issue 14): per mode, `env.reset` alone, timed with `time.perf_counter`: `reset_ms_cold_<mode>` is the
+first reset of the mode's fresh env (scenario loading from the .db, map loading, the first expert and spawn work; only
+the first mode's also pays process-wide first uses such as loading the numba kernels from their cache); then one
+warm-up reset on each scene of the split, then `--resets` resets with seeds 0, 1, ... (scenes and perturbed starts
+drawn as a user's resets draw them), whose median and 95th percentile are `reset_ms_p50_<mode>` /
+`reset_ms_p95_<mode>` (mode: no_cameras, experts, cameras as above). `reset_ms_p50` / `reset_ms_p95` /
+`reset_ms_cold` without a suffix are the default kwargs without cameras, what
+`gym.make("SimScale-navhard-v0", observation_keys=("ego_status",))` gives: pseudo-experts, plan scoring and the
+expert start check on, i.e. mode (b). Targets (issue 14): p50 <= 30 ms, p95 <= 150 ms without cameras.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ def main(argv) -> int:
     ap.add_argument("--episodes", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--min-seconds", type=float, default=3.0, help="time each mode for at least this long")
+    ap.add_argument("--resets", type=int, default=40, help="timed resets per mode (after a warm-up on every scene)")
     args = ap.parse_args(argv)
     os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
     if args.data:
@@ -59,6 +70,23 @@ def main(argv) -> int:
     for key, kw in modes.items():
         env = gym.make("SimScale-navhard-v0", **kw)
         expert = kw["pseudo_experts"]
+        mode = key.removeprefix("steps_per_s_")
+        t = time.perf_counter()
+        env.reset(seed=0)
+        out[f"reset_ms_cold_{mode}"] = round((time.perf_counter() - t) * 1e3, 1)
+        for tok in env.unwrapped.tokens:  # warm-up: every scene once (scenario and map loads, per-scene caches)
+            env.reset(seed=0, options={"scenario_token": tok})
+        times = []
+        for s_ in range(args.resets):
+            t = time.perf_counter()
+            env.reset(seed=s_)
+            times.append((time.perf_counter() - t) * 1e3)
+        if times:
+            out[f"reset_ms_p50_{mode}"] = round(float(np.percentile(times, 50)), 1)
+            out[f"reset_ms_p95_{mode}"] = round(float(np.percentile(times, 95)), 1)
+            print(f"reset ({mode}): cold {out[f'reset_ms_cold_{mode}']} ms; {args.resets} resets after a warm-up on "
+                  f"{len(env.unwrapped.tokens)} scenes: p50 {out[f'reset_ms_p50_{mode}']} ms, "
+                  f"p95 {out[f'reset_ms_p95_{mode}']} ms, max {max(times):.1f} ms", file=sys.stderr)
 
         def run(seed):
             obs, info = env.reset(seed=seed)
@@ -82,6 +110,9 @@ def main(argv) -> int:
         out[key] = round(steps / dt, 1)
         print(f"{key}: {steps} steps in {dt:.1f} s ({args.episodes} episodes x {passes})", file=sys.stderr)
         env.close()
+    for k in ("p50", "p95", "cold"):  # the issue's figures: default kwargs without cameras (mode b)
+        if f"reset_ms_{k}_experts" in out:
+            out[f"reset_ms_{k}"] = out[f"reset_ms_{k}_experts"]
     out["cameras"] = 3
     out["resolution"] = "480x224"
     print(json.dumps(out))

@@ -46,7 +46,7 @@ def evaluate(agent, env_id: str = "SimScale-navhard-v0", *, seed: int = 0, token
             obs, r, term, trunc, info = env.step(agent.act(obs, info))
             if term or trunc:
                 break
-        ep = dict(info["episode"])  # the env's closed-loop summary, with the return "r" and length "l"
+        ep = dict(info["epdms_episode"])  # the env's closed-loop summary, with the return "r" and length "l"
         ep.update(token=tok, return_=ep["r"], terminated=bool(term), perturbed=bool(info["perturbed"]))
         episodes.append(ep)
     env.close()

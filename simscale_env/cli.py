@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SimScaleError
+from .errors import DataError, MissingFileError, SimScaleError
 
 
 class _LogToStderr:
@@ -54,11 +54,11 @@ class _LogToStderr:
 def _cmd_build_mini(args) -> int:
     from .data.mini.build import build_mini, is_complete
 
-    if args.if_missing and is_complete(args.out, args.seed):
+    if args.if_missing and is_complete(args.out, args.seed, args.logs):
         print(f"mini dataset already built in {args.out}", file=sys.stderr)
         return 0
     with _LogToStderr("simscale_env.data.mini", enabled=not args.quiet):
-        build_mini(args.out, args.seed, workers=args.workers, progress=not args.quiet)
+        build_mini(args.out, args.seed, workers=args.workers, progress=not args.quiet, logs=args.logs)
     return 0
 
 
@@ -160,6 +160,12 @@ def _cmd_render(args) -> int:
 
     with LogDB(args.log) as db:
         sc = extract_scenario(db, args.token)
+    channels = tuple(c for c in args.channels.split(",") if c)
+    have = sorted(cam.channel for cam in sc.cameras)
+    missing = [c for c in channels if c not in have]
+    if missing or not channels:
+        raise DataError(args.log, f"--channels {args.channels!r}: {missing or 'no channel'} not in the log's camera "
+                                  f"table (has {', '.join(have)})")
     maps = args.maps
     if maps is None:
         cand = Path(args.log).resolve().parents[3] / "maps" if len(Path(args.log).resolve().parents) > 3 else None
@@ -167,13 +173,14 @@ def _cmd_render(args) -> int:
     m = load_map(sc.map_location, maps)
     sim = Simulation(sc, m, SimConfig(agent_mode="non_reactive"))
     if not 0 <= args.iteration < sim.num_iterations:
-        raise SystemExit(f"simscale render: --iteration must be in [0, {sim.num_iterations})")
+        raise SimScaleError(f"render: --iteration must be in [0, {sim.num_iterations}) for scenario {args.token}, "
+                            f"got {args.iteration}")
     w = sim.reset()
     if args.iteration:
         w = type(w)(args.iteration, int(sc.iteration_timestamps_us[args.iteration]),
                     sim.logged_ego_state(args.iteration), None, None)
     recon = load_reconstruction(args.reconstructions, [sc.log_name, sc.map_location]) if args.reconstructions else None
-    out, backend = _write_frame(sim, w, args.out, tuple(args.channels.split(",")), args.width, args.height,
+    out, backend = _write_frame(sim, w, args.out, channels, args.width, args.height,
                                 seed=args.seed, backend=args.backend, reconstruction=recon)
     print(json.dumps({"token": args.token, "iteration": args.iteration, "cameras": list(out.channels),
                       "gaussians": out.num_gaussians, "backend": backend, "out": str(args.out)}))
@@ -214,6 +221,9 @@ def _cmd_evaluate(args) -> int:
     from evaluation import evaluate, format_table
 
     if args.data:
+        if not args.data.is_dir():
+            raise MissingFileError(args.data, "mini dataset folder not found (build one with `simscale data build-mini "
+                                              "--out DIR`)")
         os.environ["SIMSCALE_MINI"] = str(args.data)
     results = [evaluate(make_agent(name), f"SimScale-{args.split}-v0", seed=args.seed, progress=not args.quiet)
                for name in args.agents]
@@ -255,7 +265,7 @@ def _cmd_demo(args) -> int:
         frames.append(env.render())
         if term or trunc:
             break
-    ep = info["episode"]
+    ep = info["epdms_episode"]
     names = [("no_at_fault_collisions", "NC"), ("drivable_area_compliance", "DAC"),
              ("driving_direction_compliance", "DDC"), ("traffic_light_compliance", "TLC"),
              ("ego_progress", "EP"), ("time_to_collision_within_bound", "TTC"), ("lane_keeping", "LK"),
@@ -271,31 +281,109 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `PROG: error: MESSAGE (see PROG --help)` on stderr, exit status 2 (the usage
+    block argparse prints before the error would make a user error several lines)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {' '.join(str(message).split())} (see {self.prog} --help)\n")
+
+
+def _int_at_least(lo: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {text!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {v}")
+        return v
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (np.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return v
+
+
+def _token(text: str) -> str:
+    try:
+        ok = len(text) == 16 and len(bytes.fromhex(text)) == 8
+    except ValueError:
+        ok = False
+    if not ok:
+        raise argparse.ArgumentTypeError(f"expected a 16-character hex token, got {text!r}")
+    return text
+
+
+def _listing(title: str, items: dict) -> str:
+    """A 'title:' block of `name  description` lines, wrapped, for a RawDescriptionHelpFormatter description."""
+    import textwrap
+
+    width = max(map(len, items)) + 2
+    lines = [f"{title}:"]
+    for name, text in items.items():
+        wrapped = textwrap.wrap(text, 110 - width - 2) or [""]
+        lines.append(f"  {name:<{width}}{wrapped[0]}")
+        lines += [" " * (width + 2) + w for w in wrapped[1:]]
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="simscale", description="SimScale-Gym: driving simulation over nuPlan/NAVSIM.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="simscale", description="SimScale-Gym: driving simulation over nuPlan/NAVSIM. A user error "
+                                               "(missing or corrupt file, unknown name, bad value) is one line on "
+                                               "stderr and exit status 2.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of:")
+    seed = _int_at_least(0)
 
     data = sub.add_parser("data", help="datasets: build the mini dataset, summarize data")
-    dsub = data.add_subparsers(dest="data_command", required=True)
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND", help="one of:")
     b = dsub.add_parser("build-mini", help="generate the embedded mini dataset in real nuPlan/NAVSIM format")
-    b.add_argument("--out", required=True, type=Path, help="output folder (created)")
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--workers", type=int, default=None, help="processes (default: one per core)")
+    b.add_argument("--out", required=True, type=Path,
+                   help="output folder (created; an existing one must be empty or an earlier mini build)")
+    b.add_argument("--seed", type=seed, default=0, help="generator seed (default 0)")
+    b.add_argument("--workers", type=_int_at_least(1), default=None, help="processes (default: one per core)")
     b.add_argument("--if-missing", action="store_true", help="do nothing if a complete build is already there")
-    b.add_argument("--quiet", action="store_true")
+    from .data.mini.build import NUM_LOGS, TEST_LOGS
+
+    def mini_logs(text: str) -> int:
+        v = _int_at_least(1)(text)
+        if v > NUM_LOGS:
+            raise argparse.ArgumentTypeError(f"expected an integer from 1 to {NUM_LOGS}, got {v}")
+        return v
+
+    b.add_argument("--logs", type=mini_logs, default=NUM_LOGS, metavar="N",
+                   help=f"build only the first N of the {NUM_LOGS} logs (the same files as in the full build), e.g. a "
+                        f"small dataset for tests; the splits hold what was built (the test splits need N > "
+                        f"{NUM_LOGS - TEST_LOGS}); a build of another N in --out is replaced (default {NUM_LOGS})")
+    b.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     b.set_defaults(func=_cmd_build_mini)
     i = dsub.add_parser("info", help="summarize a .db log, a folder of logs or a dataset root")
-    i.add_argument("path", type=Path)
+    i.add_argument("path", type=Path, help="a nuPlan .db log, a folder of logs or a dataset root")
     i.add_argument("--json", action="store_true", help="print the summary as JSON")
     i.set_defaults(func=_cmd_info)
 
-    bench = sub.add_parser("bench", help="run a benchmark from benchmarks/ (prints one JSON line at the end)")
-    bench.add_argument("name")
+    from benchmarks import BENCHMARKS, describe
+
+    names = sorted(BENCHMARKS)
+    bench = sub.add_parser("bench", help="run a benchmark from benchmarks/ (prints one JSON line at the end)",
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           description="Runs benchmarks/bench_NAME.py: progress on stderr, one JSON line of figures "
+                                       "on stdout.\n`simscale bench NAME --help` lists a benchmark's own flags.\n\n"
+                                       + _listing("benchmarks", {n: describe(n) for n in names}))
+    bench.add_argument("name", choices=names, metavar="NAME", help=f"the benchmark: {', '.join(names)}")
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark")
     bench.set_defaults(func=_cmd_bench)
 
     ce = sub.add_parser("check-epdms", help="score golden NAVSIM cases (epdms-navsim-golden/1) and compare")
-    ce.add_argument("file", type=Path)
+    ce.add_argument("file", type=Path, help="a JSON file of golden cases (the format of "
+                                            "tests/fixtures/golden/epdms_navsim_cases.json)")
     ce.set_defaults(func=_cmd_check_epdms)
 
     cg = sub.add_parser("check-golden", help="compare against a golden folder of nuplan-devkit/NAVSIM outputs (the "
@@ -311,14 +399,14 @@ def build_parser() -> argparse.ArgumentParser:
                          "whose files are absent is skipped and said so)")
     cg.add_argument("--cache", type=Path, default=None, metavar="DIR",
                     help="where the compressed archives are extracted, once (default: $SIMSCALE_CACHE/golden)")
-    cg.add_argument("--max-mismatches", type=int, default=200, metavar="N",
+    cg.add_argument("--max-mismatches", type=_int_at_least(0), default=200, metavar="N",
                     help="print at most N mismatch lines per kind, then a '... K more' line (the JSON counts stay "
                          "exact; default 200)")
     cg.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     cg.set_defaults(func=_cmd_check_golden)
 
     vocab = sub.add_parser("vocab", help="trajectory vocabularies and per-scene EPDMS labels (GTRS-style)")
-    vsub = vocab.add_subparsers(dest="vocab_command", required=True)
+    vsub = vocab.add_subparsers(dest="vocab_command", required=True, metavar="COMMAND", help="one of:")
     for name, helptext in (("build", "k-means over the human plans of a split -> .npy [K, poses, 3]"),
                            ("label", "score a vocabulary in every scene of a split -> DIR/<token>.npz (float16)")):
         v = vsub.add_parser(name, help=helptext)
@@ -326,69 +414,86 @@ def build_parser() -> argparse.ArgumentParser:
         v.add_argument("--data", type=Path, default=None, help="nuPlan data root (default: env vars or the mini "
                                                                  "dataset)")
         v.add_argument("--maps", type=Path, default=None, help="nuPlan maps root (with --data)")
-        v.add_argument("--out", required=True, type=Path)
-        v.add_argument("--interval", type=float, default=0.1, help="seconds between vocabulary poses")
-        v.add_argument("--quiet", action="store_true")
+        v.add_argument("--out", required=True, type=Path,
+                       help="the vocabulary .npy to write" if name == "build" else "folder of per-scene label files")
+        v.add_argument("--interval", type=_positive_float, default=0.1, help="seconds between vocabulary poses")
+        v.add_argument("--quiet", action="store_true", help="no progress bars")
         if name == "build":
-            v.add_argument("--k", type=int, default=8192, help="vocabulary size")
-            v.add_argument("--poses", type=int, default=40)
-            v.add_argument("--stride", type=float, default=0.5, help="seconds between human plans along a log")
-            v.add_argument("--iterations", type=int, default=30)
-            v.add_argument("--seed", type=int, default=0)
+            v.add_argument("--k", type=_int_at_least(1), default=8192, help="vocabulary size")
+            v.add_argument("--poses", type=_int_at_least(1), default=40, help="poses per plan (default 40)")
+            v.add_argument("--stride", type=_positive_float, default=0.5,
+                           help="seconds between human plans along a log")
+            v.add_argument("--iterations", type=_int_at_least(0), default=30, help="k-means iterations")
+            v.add_argument("--seed", type=seed, default=0, help="k-means seed")
             v.set_defaults(func=_cmd_vocab_build)
         else:
-            v.add_argument("--vocab", required=True, type=Path)
+            v.add_argument("--vocab", required=True, type=Path, help="the vocabulary .npy (`simscale vocab build`)")
             v.add_argument("--agents", default="non_reactive", choices=("non_reactive", "reactive",
-                                                                        "constant_velocity"))
-            v.add_argument("--limit", type=int, default=None, help="label only the first N scenes")
+                                                                        "constant_velocity"),
+                           help="how the other agents move while a plan is scored (default non_reactive)")
+            v.add_argument("--limit", type=_int_at_least(1), default=None, help="label only the first N scenes")
             v.add_argument("--ep-reference", default="pdm_closed", choices=("pdm_closed", "joint"),
                            help="EP normalisation: pairwise vs PDM-Closed (SimScale/GTRS) or joint over the vocabulary")
             v.set_defaults(func=_cmd_vocab_label)
 
     rd = sub.add_parser("render", help="render a scenario's cameras (Gaussian splatting), a BEV and a mosaic")
     rd.add_argument("--log", required=True, type=Path, help="nuPlan .db log")
-    rd.add_argument("--token", required=True, help="lidar_pc token the scenario is anchored at")
-    rd.add_argument("--out", required=True, type=Path)
+    rd.add_argument("--token", required=True, type=_token, help="lidar_pc token the scenario is anchored at")
+    rd.add_argument("--out", required=True, type=Path, help="output folder (created): CAM_*.png, bev.png, mosaic.png")
     rd.add_argument("--maps", type=Path, default=None, help="nuPlan maps root (default: beside the log's dataset, "
                                                             "or NUPLAN_MAPS_ROOT)")
-    rd.add_argument("--iteration", type=int, default=0)
+    rd.add_argument("--iteration", type=_int_at_least(0), default=0,
+                    help="the scenario iteration (0.1 s steps) to render, at the logged ego state (default 0)")
     rd.add_argument("--channels", default=ALL_CHANNELS, help="comma-separated camera channels (default: all eight)")
-    rd.add_argument("--width", type=int, default=480)
-    rd.add_argument("--height", type=int, default=224)
-    rd.add_argument("--seed", type=int, default=0, help="seed of the synthesised scene")
-    rd.add_argument("--backend", default="auto", choices=("auto", "cpu", "gsplat"))
+    rd.add_argument("--width", type=_int_at_least(8), default=480, help="image width in pixels (default 480)")
+    rd.add_argument("--height", type=_int_at_least(8), default=224, help="image height in pixels (default 224)")
+    rd.add_argument("--seed", type=seed, default=0, help="seed of the synthesised scene")
+    rd.add_argument("--backend", default="auto", choices=("auto", "cpu", "gsplat"),
+                    help="rasterizer: gsplat on CUDA, the CPU one, or auto (gsplat when CUDA is available)")
     rd.add_argument("--reconstructions", type=Path, default=None,
                     help="folder of 3DGS PLYs named <log_name>.ply or <map location>.ply (map coordinates)")
     rd.set_defaults(func=_cmd_render)
 
-    ev = sub.add_parser("evaluate", help="closed-loop evaluation of agents on every scenario of a split")
-    from agents.baselines import AGENTS
+    from agents.baselines import AGENTS, DESCRIPTIONS
 
+    ev = sub.add_parser("evaluate", help="closed-loop evaluation of agents on every scenario of a split",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="One episode per scenario of the split (seed + k), episode EPDMS with NAVSIM's "
+                                    "human filter,\ncollision and off-road rates; a table, then one JSON line.\n\n"
+                                    + _listing("agents (--agents)", {n: DESCRIPTIONS.get(n, "") for n in AGENTS}))
     ev.add_argument("--agents", nargs="+", default=["pdm_closed", "constant_velocity", "stand_still"],
                     choices=list(AGENTS), metavar="AGENT",
                     help=f"agents of agents.baselines: {', '.join(AGENTS)}; 'human' is the logged drive "
                          f"(info['logged_plan']) from the logged start, the others start perturbed "
                          f"(default: pdm_closed constant_velocity stand_still)")
-    ev.add_argument("--split", default="navhard", choices=("navhard", "navtest", "navtrain"))
+    ev.add_argument("--split", default="navhard", choices=("navhard", "navtest", "navtrain"),
+                    help="the split (default navhard)")
     ev.add_argument("--data", type=Path, default=None, help="mini dataset folder (default: the cache or env vars)")
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--quiet", action="store_true")
+    ev.add_argument("--seed", type=seed, default=0, help="episode k starts from seed + k (default 0)")
+    ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(func=_cmd_evaluate)
 
     demo = sub.add_parser("demo", help="the main job of `make demo`")
     demo.add_argument("--data", type=Path, default=None, help="mini dataset folder (default: the cache)")
     demo.add_argument("--out", type=Path, default=Path(".cache") / "demo", help="where the video goes")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=seed, default=0, help="reset seed of the episode (default 0)")
     demo.set_defaults(func=_cmd_demo)
     return p
 
 
 def main(argv=None) -> int:
+    """Run a command. Its user errors (every SimScaleError, and OS errors such as an output path that is a file) are
+    one line `simscale: error: ...` on stderr with exit status 2; argparse misuse too (a SystemExit(2) from the
+    parser, as `--help` is a SystemExit(0))."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except SimScaleError as exc:
-        print(f"simscale: error: {exc}", file=sys.stderr)
+        print(f"simscale: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the user's paths: permissions, a file where a folder should be, a full disk
+        msg = f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
+        print(f"simscale: error: {' '.join(msg.split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("simscale: interrupted", file=sys.stderr)

@@ -38,6 +38,11 @@ class UnsafePickleError(DataError):
     """A pickle tried to load something beyond plain data (lists, dicts, numbers, strings, numpy arrays)."""
 
 
+class OutputFolderError(DataError, FileExistsError):
+    """An output folder that holds something else (files this package did not write, or a file where a folder should
+    be): the package never writes into it."""
+
+
 class UnknownTokenError(DataError, KeyError):
     """A token (scenario, lidar_pc, scene, ...) that is not in the data."""
 

@@ -1,5 +1,7 @@
 """Shared fixtures: the small golden devkit data (tests/fixtures/golden, a copy of parts of ../shared/reference/golden),
-the shared oracle_mini golden folder (read in place from ../shared) and the mini dataset, built once per session into the cache (SIMSCALE_MINI, else SIMSCALE_CACHE/mini)."""
+the shared oracle_mini golden folder (read in place from ../shared) and the mini dataset, found as the library finds it
+(`simscale_env.data.paths.ensure_mini`: SIMSCALE_MINI, which `make test` sets, else the resolution order of the
+README's "Where the data is found"), built there once if missing."""
 
 from __future__ import annotations
 

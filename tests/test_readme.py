@@ -23,3 +23,4 @@ def test_readme_python_examples_run(mini, tmp_path, monkeypatch, capsys):
             raise AssertionError(f"README python block {k + 1} failed: {exc!r}\n{code}") from exc
     out = capsys.readouterr().out
     assert "(3, 224, 480, 3)" in out  # the quick start's camera observation shape, as the README prints it
+    assert "ep_epdms_mean" in out  # the PPO recipe logs the episode EPDMS (SB3's table)

@@ -4,10 +4,23 @@ Opens the file with the SQLite URI ``mode=ro`` so that nothing can ever be writt
 the published schema (every table and column of :data:`~simscale_env.data.schema.NUPLAN_SCHEMA`), and answers
 the queries the simulator needs with numpy arrays. Tokens are 16-hex strings everywhere outside this module.
 The queries follow nuplan/database/nuplan_db/nuplan_scenario_queries.py.
+
+Every value a reader uses is checked where its table is read (vectorized over the fetched column): a NULL, text or
+blob in a numeric column, a non-finite coordinate or a non-BLOB token raises :class:`SchemaError` naming the file,
+``table.column``, the row (rowid and token) and what was expected, so that nothing malformed reaches the simulation
+as NaN or as a late ``TypeError``.
+
+A database in WAL journal mode (header bytes 18/19 == 2) without pending changes in a ``-wal`` file is opened with
+``immutable=1``: SQLite then needs no ``-shm`` index, so it reads in a read-only folder and creates no ``-shm``/``-wal``
+beside the log. With a non-empty ``-wal``, the log is read through SQLite's WAL machinery; where that cannot work (no
+``-shm`` and a folder SQLite cannot write to) the error says so and how to convert the log.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import re
 import sqlite3
 from dataclasses import dataclass
 from functools import cached_property
@@ -15,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CorruptFileError, MissingFileError, SchemaError, UnknownTokenError
+from ..errors import CorruptFileError, DataError, MissingFileError, SchemaError, UnknownTokenError
 from ..geometry import yaw_from_quaternion
 from .safe_pickle import safe_loads
 from .schema import (
@@ -27,7 +40,10 @@ from .schema import (
     TRAFFIC_LIGHT_STATUS,
 )
 
+log = logging.getLogger(__name__)
+
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+_FLOAT_TYPES = frozenset((float, int))
 
 
 def token_to_bytes(token: str, what: str = "token") -> bytes:
@@ -42,6 +58,21 @@ def token_to_bytes(token: str, what: str = "token") -> bytes:
 
 def _hex(b) -> str | None:
     return None if b is None else bytes(b).hex()
+
+
+def _describe(v) -> str:
+    """A stored SQLite value as a user would name it in an error message."""
+    if v is None:
+        return "NULL"
+    if isinstance(v, str):
+        return f"text {v[:40]!r}"
+    if isinstance(v, bytes):
+        return f"a {len(v)}-byte blob"
+    return repr(v)
+
+
+def _is_finite_number(v) -> bool:
+    return type(v) in _FLOAT_TYPES and math.isfinite(v)
 
 
 @dataclass(frozen=True)
@@ -114,20 +145,32 @@ class LogDB:
         if not self.path.is_file():
             raise CorruptFileError(self.path, "expected a nuPlan .db file, found a folder")
         with open(self.path, "rb") as fh:
-            head = fh.read(16)
-        if head != _SQLITE_MAGIC:
+            head = fh.read(20)
+        if head[:16] != _SQLITE_MAGIC:
             raise CorruptFileError(self.path, "not an SQLite database (bad header); expected a nuPlan .db log")
+        # header bytes 18/19 (file format write/read version) are 2 in WAL journal mode
+        self.wal_mode = len(head) == 20 and 2 in (head[18], head[19])
+        wal = Path(f"{self.path}-wal")
+        self._pending_wal = self.wal_mode and wal.is_file() and wal.stat().st_size > 0
         uri = self.path.resolve().as_uri() + "?mode=ro"
+        if self.wal_mode and not self._pending_wal:
+            # everything is in the .db: read it as a fixed file, so that SQLite neither needs a -shm index (which a
+            # read-only folder cannot hold) nor leaves -shm/-wal files beside the user's log
+            uri += "&immutable=1"
+            log.debug("%s: WAL-mode database without a pending -wal: opened immutable", self.path)
         try:
             self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
             self._conn.execute("PRAGMA query_only = ON")
         except sqlite3.Error as exc:
-            raise CorruptFileError(self.path, f"cannot open as SQLite: {exc}") from exc
+            raise self._sqlite_error(exc) from exc
         self._check_schema()
 
     # ------------------------------------------------------------------ plumbing
     def close(self) -> None:
+        """Close the connection; tables already read stay, and a later query reopens the file (so a LogDB that
+        ScenarioBuilder's open-log cache closed keeps working for whoever still holds it)."""
         self._conn.close()
+        self._closed = True
 
     def __enter__(self):
         return self
@@ -147,16 +190,75 @@ class LogDB:
         return self.path.stem
 
     def execute(self, sql: str, params=()) -> list[tuple]:
+        if self.__dict__.get("_closed"):
+            self._closed = False
+            self.__init__(self.path)  # reopen (as unpickling does); cached tables are kept
         try:
             return self._conn.execute(sql, params).fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise CorruptFileError(self.path, f"SQLite error ({exc}); the file may be truncated or corrupt") from exc
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
+            raise self._sqlite_error(exc, sql) from exc
+
+    def _sqlite_error(self, exc: Exception, sql: str | None = None) -> DataError:
+        if isinstance(exc, UnicodeDecodeError):  # the sqlite3 module decodes TEXT values as UTF-8
+            m = re.search(r"\bFROM (\w+)", sql or "")
+            where = f"table '{m.group(1)}'" if m else "the schema"
+            return CorruptFileError(self.path, f"{where} holds text that is not valid UTF-8 ({exc}); the file may be "
+                                               f"corrupt")
+        if self._pending_wal and not Path(f"{self.path}-shm").exists():
+            return DataError(self.path, (
+                f"is a WAL-mode SQLite database (journal_mode=WAL) whose changes in {self.path.name}-wal are not yet "
+                f"in the .db, and SQLite cannot create its {self.path.name}-shm index beside it (a read-only "
+                f"folder?): SQLite error ({exc}). Copy the .db with its -wal into a writable folder and run "
+                f"`sqlite3 {self.path.name} 'PRAGMA journal_mode=DELETE'` there (this merges the -wal into the .db "
+                f"and leaves a plain database), then use the copy"))
+        return CorruptFileError(self.path, f"SQLite error ({exc}); the file may be truncated or corrupt")
+
+    # ------------------------------------------------------------------ value checks
+    # A column as fetched (a tuple of Python values) -> a numpy array, or SchemaError at its first bad value naming
+    # table.column, the row (rowid, token) and what was expected. The common, clean case costs one C-level pass
+    # (set(map(type, ...))) and, for floats, one np.isfinite.
+    def _bad_value(self, table: str, column: str, value, rowid, token, expected: str) -> SchemaError:
+        row = f"rowid {rowid}" + (f", token {bytes(token).hex()}" if isinstance(token, bytes) else "")
+        return SchemaError(self.path, f"{table}.{column} must be {expected}, got {_describe(value)} ({row})")
+
+    def _floats(self, table: str, column: str, values, rowids, tokens=()) -> np.ndarray:
+        if set(map(type, values)) <= _FLOAT_TYPES:
+            a = np.array(values, dtype=np.float64)
+            bad = ~np.isfinite(a)
+            if not bad.any():
+                return a
+            i = int(np.argmax(bad))
+        else:
+            i = next(k for k, v in enumerate(values) if not _is_finite_number(v))
+        raise self._bad_value(table, column, values[i], rowids[i], tokens[i] if tokens else None, "a finite number")
+
+    def _ints(self, table: str, column: str, values, rowids, tokens=()) -> np.ndarray:
+        if set(map(type, values)) <= {int}:
+            return np.array(values, dtype=np.int64)
+        i = next(k for k, v in enumerate(values) if type(v) is not int)
+        raise self._bad_value(table, column, values[i], rowids[i], tokens[i] if tokens else None, "an integer")
+
+    def _blobs(self, table: str, column: str, values, rowids, tokens=(), *, nullable: bool = False) -> None:
+        ok = {bytes, type(None)} if nullable else {bytes}
+        if set(map(type, values)) <= ok:
+            return
+        i = next(k for k, v in enumerate(values) if type(v) not in ok)
+        raise self._bad_value(table, column, values[i], rowids[i], tokens[i] if tokens else None,
+                              "a token (BLOB)" + (" or NULL" if nullable else ""))
+
+    def _texts(self, table: str, column: str, values, rowids, tokens=(), *, nullable: bool = False) -> None:
+        ok = {str, type(None)} if nullable else {str}
+        if set(map(type, values)) <= ok:
+            return
+        i = next(k for k, v in enumerate(values) if type(v) not in ok)
+        raise self._bad_value(table, column, values[i], rowids[i], tokens[i] if tokens else None,
+                              "text" + (" or NULL" if nullable else ""))
 
     def _check_schema(self) -> None:
         try:
             tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        except sqlite3.DatabaseError as exc:
-            raise CorruptFileError(self.path, f"SQLite error ({exc}); the file may be truncated or corrupt") from exc
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
+            raise self._sqlite_error(exc) from exc
         for table, columns in NUPLAN_SCHEMA.items():
             if table not in tables:
                 raise SchemaError(self.path, f"missing table '{table}' of the nuPlan schema")
@@ -196,10 +298,14 @@ class LogDB:
     @cached_property
     def log(self) -> LogRecord:
         rows = self.execute(
-            "SELECT token, vehicle_name, date, timestamp, logfile, location, map_version FROM log")
+            "SELECT token, vehicle_name, date, timestamp, logfile, location, map_version, rowid FROM log LIMIT 1")
         if not rows:
             raise SchemaError(self.path, "table 'log' is empty")
         r = rows[0]
+        self._blobs("log", "token", (r[0],), (r[7],))
+        if r[3] is not None:
+            self._ints("log", "timestamp", (r[3],), (r[7],), (r[0],))
+        self._texts("log", "map_version", (r[6],), (r[7],), (r[0],))
         return LogRecord(_hex(r[0]), r[1], r[2], int(r[3] or 0), r[4], r[5], r[6])
 
     @property
@@ -208,7 +314,9 @@ class LogDB:
 
     @cached_property
     def lidar_token(self) -> bytes | None:
-        rows = self.execute("SELECT token FROM lidar WHERE channel = ?", (LIDAR_CHANNEL,))
+        rows = self.execute("SELECT token, rowid FROM lidar WHERE channel = ?", (LIDAR_CHANNEL,))
+        if rows:
+            self._blobs("lidar", "token", (rows[0][0],), (rows[0][1],))
         return rows[0][0] if rows else None
 
     @cached_property
@@ -216,16 +324,19 @@ class LogDB:
         """The 20 Hz master clock: every lidar_pc of the merged lidar, ordered by timestamp."""
         if self.lidar_token is not None:
             rows = self.execute(
-                "SELECT lp.token, lp.timestamp, lp.ego_pose_token, lp.scene_token, lp.filename FROM lidar_pc AS lp "
-                "WHERE lp.lidar_token = ? ORDER BY lp.timestamp ASC", (self.lidar_token,))
+                "SELECT lp.token, lp.timestamp, lp.ego_pose_token, lp.scene_token, lp.filename, lp.rowid "
+                "FROM lidar_pc AS lp WHERE lp.lidar_token = ? ORDER BY lp.timestamp ASC", (self.lidar_token,))
         else:
-            rows = self.execute(
-                "SELECT token, timestamp, ego_pose_token, scene_token, filename FROM lidar_pc ORDER BY timestamp ASC")
-        tokens = [bytes(r[0]) for r in rows]
+            rows = self.execute("SELECT token, timestamp, ego_pose_token, scene_token, filename, rowid FROM lidar_pc "
+                                "ORDER BY timestamp ASC")
+        cols = list(zip(*rows)) if rows else [()] * 6
+        self._blobs("lidar_pc", "token", cols[0], cols[5])
+        self._blobs("lidar_pc", "scene_token", cols[3], cols[5], cols[0], nullable=True)
+        tokens = list(cols[0])
         return {
             "token": tokens,
             "hex": [t.hex() for t in tokens],
-            "timestamp": np.array([r[1] for r in rows], dtype=np.int64),
+            "timestamp": self._ints("lidar_pc", "timestamp", cols[1], cols[5], cols[0]),
             "ego_pose_token": [r[2] for r in rows],
             "scene_token": [_hex(r[3]) for r in rows],
             "filename": [r[4] for r in rows],
@@ -255,21 +366,24 @@ class LogDB:
     @cached_property
     def _ego(self) -> dict:
         """Ego poses at every lidar_pc (the lidar_pc timestamp is used, as in the devkit)."""
+        lp = self._lidar_pc  # validates lidar_pc (timestamps, tokens) first
+        names = ("x", "y", "z", "qw", "qx", "qy", "qz", "vx", "vy", "acceleration_x", "acceleration_y",
+                 "angular_rate_z")
         rows = self.execute(
-            "SELECT lp.timestamp, ep.x, ep.y, ep.z, ep.qw, ep.qx, ep.qy, ep.qz, ep.vx, ep.vy, ep.vz, "
-            "ep.acceleration_x, ep.acceleration_y, ep.acceleration_z, ep.angular_rate_x, ep.angular_rate_y, "
-            "ep.angular_rate_z, ep.epsg FROM lidar_pc AS lp INNER JOIN ego_pose AS ep ON lp.ego_pose_token = ep.token "
+            "SELECT lp.timestamp, ep.rowid, ep.token, ep.epsg, " + ", ".join(f"ep.{c}" for c in names)
+            + " FROM lidar_pc AS lp INNER JOIN ego_pose AS ep ON lp.ego_pose_token = ep.token "
             + ("WHERE lp.lidar_token = ? " if self.lidar_token is not None else "")
             + "ORDER BY lp.timestamp ASC",
             (self.lidar_token,) if self.lidar_token is not None else ())
-        a = np.array([[np.nan if v is None else v for v in r[:17]] for r in rows], dtype=np.float64).reshape(-1, 17)
-        if len(a) != len(self.lidar_pc_timestamps):
+        if len(rows) != len(lp["token"]):
             raise SchemaError(self.path, "some lidar_pc rows reference a missing ego_pose (ego_pose_token)")
+        cols = list(zip(*rows)) if rows else [()] * (4 + len(names))
+        a = {c: self._floats("ego_pose", c, cols[4 + j], cols[1], cols[2]) for j, c in enumerate(names)}
         return {
-            "timestamp": a[:, 0].astype(np.int64), "x": a[:, 1], "y": a[:, 2], "z": a[:, 3],
-            "heading": yaw_from_quaternion(a[:, 4], a[:, 5], a[:, 6], a[:, 7]),
-            "vx": a[:, 8], "vy": a[:, 9], "ax": a[:, 11], "ay": a[:, 12], "yaw_rate": a[:, 16],
-            "epsg": rows[0][17] if rows else None,
+            "timestamp": lp["timestamp"].copy(), "x": a["x"], "y": a["y"], "z": a["z"],
+            "heading": yaw_from_quaternion(a["qw"], a["qx"], a["qy"], a["qz"]),
+            "vx": a["vx"], "vy": a["vy"], "ax": a["acceleration_x"], "ay": a["acceleration_y"],
+            "yaw_rate": a["angular_rate_z"], "epsg": rows[0][3] if rows else None,
         }
 
     def ego_arrays(self, indices=None) -> dict[str, np.ndarray]:
@@ -283,24 +397,33 @@ class LogDB:
         return {k: e[k][idx] for k in keys}
 
     def ego_pose_by_token(self, token: str) -> tuple[float, float, float]:
-        rows = self.execute("SELECT x, y, qw, qx, qy, qz FROM ego_pose WHERE token = ?",
+        rows = self.execute("SELECT x, y, qw, qx, qy, qz, rowid, token FROM ego_pose WHERE token = ?",
                             (token_to_bytes(token, "ego_pose token"),))
         if not rows:
             raise UnknownTokenError(self.path, f"unknown ego_pose token {token}")
-        x, y, qw, qx, qy, qz = rows[0]
-        return float(x), float(y), float(yaw_from_quaternion(qw, qx, qy, qz))
+        r = rows[0]
+        x, y, qw, qx, qy, qz = (float(self._floats("ego_pose", c, (r[j],), (r[6],), (r[7],))[0])
+                                for j, c in enumerate(("x", "y", "qw", "qx", "qy", "qz")))
+        return x, y, float(yaw_from_quaternion(qw, qx, qy, qz))
 
     @cached_property
     def scenes(self) -> list[SceneRecord]:
         """Scenes ordered by name (the devkit orders them so; the first two and last two never yield scenarios)."""
         rows = self.execute(
-            "SELECT s.token, s.name, s.roadblock_ids, s.goal_ego_pose_token, ep.x, ep.y, ep.qw, ep.qx, ep.qy, ep.qz "
+            "SELECT s.token, s.name, s.roadblock_ids, s.goal_ego_pose_token, s.rowid, ep.rowid, ep.token, "
+            "ep.x, ep.y, ep.qw, ep.qx, ep.qy, ep.qz "
             "FROM scene AS s LEFT JOIN ego_pose AS ep ON ep.token = s.goal_ego_pose_token ORDER BY s.name ASC")
+        cols = list(zip(*rows)) if rows else [()] * 13
+        self._blobs("scene", "token", cols[0], cols[4])
+        self._blobs("scene", "goal_ego_pose_token", cols[3], cols[4], cols[0], nullable=True)
+        self._texts("scene", "roadblock_ids", cols[2], cols[4], cols[0], nullable=True)
         out = []
-        for tok, name, rb, goal_tok, x, y, qw, qx, qy, qz in rows:
+        for tok, name, rb, goal_tok, _, ep_rowid, ep_tok, *pose in rows:
             goal = None
-            if goal_tok is not None and x is not None:
-                goal = (float(x), float(y), float(yaw_from_quaternion(qw, qx, qy, qz)))
+            if ep_rowid is not None:  # the goal ego_pose exists: its pose must be numbers
+                x, y, qw, qx, qy, qz = (float(self._floats("ego_pose", c, (v,), (ep_rowid,), (ep_tok,))[0])
+                                        for c, v in zip(("x", "y", "qw", "qx", "qy", "qz"), pose))
+                goal = (x, y, float(yaw_from_quaternion(qw, qx, qy, qz)))
             out.append(SceneRecord(_hex(tok), name, split_roadblock_ids(rb), goal, _hex(goal_tok)))
         return out
 
@@ -313,16 +436,26 @@ class LogDB:
     @cached_property
     def scenario_tags(self) -> list[ScenarioTagRecord]:
         rows = self.execute(
-            "SELECT st.token, st.lidar_pc_token, st.type, st.agent_track_token, lp.timestamp FROM scenario_tag AS st "
-            "INNER JOIN lidar_pc AS lp ON lp.token = st.lidar_pc_token ORDER BY lp.timestamp ASC, st.type ASC")
-        return [ScenarioTagRecord(_hex(r[0]), _hex(r[1]), r[2], _hex(r[3]), int(r[4])) for r in rows]
+            "SELECT st.token, st.lidar_pc_token, st.type, st.agent_track_token, lp.timestamp, st.rowid, lp.rowid "
+            "FROM scenario_tag AS st INNER JOIN lidar_pc AS lp ON lp.token = st.lidar_pc_token "
+            "ORDER BY lp.timestamp ASC, st.type ASC")
+        cols = list(zip(*rows)) if rows else [()] * 7
+        self._blobs("scenario_tag", "token", cols[0], cols[5])
+        self._blobs("scenario_tag", "agent_track_token", cols[3], cols[5], cols[0], nullable=True)
+        self._texts("scenario_tag", "type", cols[2], cols[5], cols[0])
+        ts = self._ints("lidar_pc", "timestamp", cols[4], cols[6], cols[1])
+        return [ScenarioTagRecord(_hex(r[0]), _hex(r[1]), r[2], _hex(r[3]), int(t)) for r, t in zip(rows, ts)]
 
     @cached_property
     def cameras(self) -> tuple[CameraCalibration, ...]:
         rows = self.execute(
-            "SELECT token, channel, model, translation, rotation, intrinsic, distortion, width, height FROM camera")
+            "SELECT token, channel, model, translation, rotation, intrinsic, distortion, width, height, rowid "
+            "FROM camera")
+        cols = list(zip(*rows)) if rows else [()] * 10
+        self._blobs("camera", "token", cols[0], cols[9])
+        self._texts("camera", "channel", cols[1], cols[9], cols[0])
         out = []
-        for tok, ch, model, tr, rot, intr, dist, w, h in rows:
+        for tok, ch, model, tr, rot, intr, dist, w, h, rowid in rows:
             src = f"camera[{ch}]"
 
             def arr(blob, name, shape):
@@ -334,6 +467,7 @@ class LogDB:
 
             if w is None or h is None:
                 raise SchemaError(self.path, f"{src}: width and height must be set, got {w!r} x {h!r}")
+            w, h = (int(self._ints("camera", c, (v,), (rowid,), (tok,))[0]) for c, v in (("width", w), ("height", h)))
             out.append(CameraCalibration(
                 token=_hex(tok), channel=ch, model=model, translation=arr(tr, "translation", (3,)),
                 rotation=arr(rot, "rotation", (4,)), intrinsic=arr(intr, "intrinsic", (3, 3)),
@@ -360,11 +494,13 @@ class LogDB:
     def _tracks(self) -> dict:
         cat_code = {n: i for i, n in enumerate(CATEGORIES)}
         toks, cats = [], []
-        for tok, name in self.execute(
-                "SELECT t.token, c.name FROM track AS t INNER JOIN category AS c ON c.token = t.category_token"):
-            if name not in cat_code:
-                raise SchemaError(self.path, f"category name '{name}' is not one of {CATEGORIES}")
-            toks.append(bytes(tok))
+        rows = self.execute("SELECT t.token, c.name, t.rowid FROM track AS t "
+                            "INNER JOIN category AS c ON c.token = t.category_token")
+        self._blobs("track", "token", [r[0] for r in rows], [r[2] for r in rows])
+        for tok, name, _ in rows:
+            if not isinstance(name, str) or name not in cat_code:
+                raise SchemaError(self.path, f"category name {name!r} is not one of {CATEGORIES}")
+            toks.append(tok)
             cats.append(cat_code[name])
         return {"index": {t: i for i, t in enumerate(toks)}, "hex": np.array([t.hex() for t in toks], dtype="<U16"),
                 "category": np.array(cats, dtype=np.int8)}
@@ -385,25 +521,23 @@ class LogDB:
                 "SELECT lidar_pc_token, track_token, x, y, z, width, length, height, vx, vy, yaw, token, rowid "
                 f"FROM lidar_box WHERE lidar_pc_token IN ({ph})", toks) if toks else []
             cols = list(zip(*rows)) if rows else [()] * 13
+            self._blobs("lidar_box", "token", cols[11], cols[12])
+            self._blobs("lidar_box", "track_token", cols[1], cols[12], cols[11])
             tindex = self._tracks["index"]
-            try:
-                tidx = np.fromiter((tindex[bytes(t)] for t in cols[1]), dtype=np.int64, count=len(rows))
-            except KeyError as exc:
-                raise SchemaError(self.path, f"lidar_box references a track missing from 'track': {exc}") from None
-            blk = {"lidx": np.fromiter((pos[bytes(t)] for t in cols[0]), dtype=np.int64, count=len(rows)),
+            tidx = np.fromiter((tindex.get(t, -1) for t in cols[1]), dtype=np.int64, count=len(rows))
+            if (tidx < 0).any():
+                i = int(np.argmax(tidx < 0))
+                raise SchemaError(self.path, f"lidar_box.track_token {cols[1][i].hex()} is not in table 'track' "
+                                             f"(rowid {cols[12][i]}, token {cols[11][i].hex()})")
+            blk = {"lidx": np.fromiter((pos[t] for t in cols[0]), dtype=np.int64, count=len(rows)),
                    "tidx": tidx, "token": list(cols[11]), "rowid": np.array(cols[12], dtype=np.int64)}
             for j, k in enumerate(("x", "y", "z", "width", "length", "height", "vx", "vy", "yaw")):
-                blk[k] = np.array(cols[2 + j], dtype=np.float64)  # NULL -> nan
+                blk[k] = self._floats("lidar_box", k, cols[2 + j], cols[12], cols[11])
         else:
-            rows = self.execute("SELECT lidar_pc_token, lane_connector_id, status FROM traffic_light_status "
-                                f"WHERE lidar_pc_token IN ({ph})", toks) if toks else []
-            cols = list(zip(*rows)) if rows else [()] * 3
-            try:
-                conn = np.array(cols[1], dtype=np.int64)
-            except (TypeError, ValueError):
-                bad = next((c for c in cols[1] if not isinstance(c, int)), None)
-                raise SchemaError(self.path, f"traffic_light_status.lane_connector_id must be an integer, "
-                                             f"got {bad!r}") from None
+            rows = self.execute("SELECT lidar_pc_token, lane_connector_id, status, rowid, token "
+                                f"FROM traffic_light_status WHERE lidar_pc_token IN ({ph})", toks) if toks else []
+            cols = list(zip(*rows)) if rows else [()] * 5
+            conn = self._ints("traffic_light_status", "lane_connector_id", cols[1], cols[3], cols[4])
             # unknown strings (e.g. 'GREEN') silently become unknown, as in the devkit
             blk = {"lidx": np.fromiter((pos[bytes(t)] for t in cols[0]), dtype=np.int64, count=len(rows)),
                    "lane_connector_id": conn,
@@ -475,9 +609,14 @@ class LogDB:
         if len(ts) == 0:
             return []
         rows = self.execute(
-            "SELECT token, camera_token, filename_jpg, timestamp FROM image WHERE timestamp BETWEEN ? AND ? "
+            "SELECT token, camera_token, filename_jpg, timestamp, rowid FROM image WHERE timestamp BETWEEN ? AND ? "
             "ORDER BY timestamp", (int(ts.min()) - 50_000, int(ts.max()) + 50_000))
-        recs = [ImageRecord(_hex(r[0]), _hex(r[1]), cams.get(_hex(r[1]), "?"), r[2], int(r[3])) for r in rows]
+        cols = list(zip(*rows)) if rows else [()] * 5
+        self._blobs("image", "token", cols[0], cols[4])
+        self._blobs("image", "camera_token", cols[1], cols[4], cols[0])
+        its = self._ints("image", "timestamp", cols[3], cols[4], cols[0])
+        recs = [ImageRecord(_hex(r[0]), _hex(r[1]), cams.get(_hex(r[1]), "?"), r[2], int(t))
+                for r, t in zip(rows, its)]
         recs = [r for r in recs if r.channel in want]
         its = np.array([r.timestamp for r in recs], dtype=np.int64)
         out = []

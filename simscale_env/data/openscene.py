@@ -9,9 +9,8 @@ restricted unpickler.
 
 from __future__ import annotations
 
-import os
+import logging
 import pickle
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -21,7 +20,10 @@ import yaml
 
 from ..errors import CorruptFileError, MissingFileError, SchemaError, UnknownTokenError
 from ..geometry import global_to_local, quaternion_to_matrix, wrap_angle, yaw_from_quaternion
+from .atomic import atomic_write, atomic_write_text, is_temporary
 from .safe_pickle import safe_load_file
+
+log = logging.getLogger(__name__)
 
 NAVSIM_INTERVAL_LENGTH = 0.5  # navsim/common/dataclasses.py NAVSIM_INTERVAL_LENGTH
 OPENSCENE_SAMPLE_INTERVAL = 10  # every 10th lidar_pc (2 Hz), create_openscene_metadata.py
@@ -48,32 +50,126 @@ class SplitSpec:
         return self.num_history_frames + self.num_future_frames
 
 
-def load_split(path: str | Path) -> SplitSpec:
+MAX_SPLIT_BYTES = 64 * 1024 * 1024  # the largest NAVSIM scene filter (navtrain, 103k tokens) is ~2.5 MB
+# keys of NAVSIM's SceneFilter (navsim/common/dataclasses.py) and its hydra YAMLs that we read or knowingly ignore
+_SPLIT_IGNORED_KEYS = {"_target_", "_convert_", "include_synthetic_scenes", "synthetic_scene_tokens",
+                       "reactive_synthetic_initial_tokens", "non_reactive_synthetic_initial_tokens", "all_mapping",
+                       "data_split", "defaults"}
+_SPLIT_EXPECTED = ("a NAVSIM scene_filter YAML: a mapping with `tokens:` (a list of scene tokens) and/or `log_names:` "
+                   "(a list of log names; write `tokens: null` / `log_names: null` explicitly to select every scene)")
+
+
+def _read_yaml(path: Path):
+    """The plain data of a YAML file, refusing what only hostile or broken files hold: anchors and aliases (an alias
+    bomb expands a few hundred bytes into gigabytes), files over MAX_SPLIT_BYTES, and anything unreadable."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_SPLIT_BYTES:
+            raise CorruptFileError(path, f"{size / 2**20:.1f} MB is too large for a split YAML "
+                                         f"(at most {MAX_SPLIT_BYTES // 2**20} MB)")
+        with open(path, "rb") as fh:  # bounded: a device or FIFO reports no size
+            raw = fh.read(MAX_SPLIT_BYTES + 1)
+        if len(raw) > MAX_SPLIT_BYTES:
+            raise CorruptFileError(path, f"more than {MAX_SPLIT_BYTES // 2**20} MB: too large for a split YAML")
+    except OSError as exc:
+        raise CorruptFileError(path, f"cannot read the split file ({exc})") from exc
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        if b"&" in raw or b"*" in raw:  # cheap: events are not expanded, and the first anchor/alias stops the scan
+            for ev in yaml.parse(raw, Loader=loader):
+                if isinstance(ev, yaml.AliasEvent) or getattr(ev, "anchor", None) is not None:
+                    what = "alias" if isinstance(ev, yaml.AliasEvent) else "anchor"
+                    line = ev.start_mark.line + 1 if ev.start_mark is not None else "?"
+                    raise CorruptFileError(path, f"line {line}: YAML {what} '{ev.anchor}' refused (split files are "
+                                                 f"plain data; anchors and aliases can expand without bound)")
+        return yaml.load(raw, Loader=loader)
+    except CorruptFileError:
+        raise
+    except yaml.YAMLError as exc:
+        raise CorruptFileError(path, f"not valid YAML ({exc})") from exc
+    except Exception as exc:  # values the safe constructor cannot build (a bad date, a 5000-digit int, deep nesting)
+        raise CorruptFileError(path, f"not valid YAML ({type(exc).__name__}: {exc})") from exc
+
+
+def _split_int(path: Path, data: dict, key: str, default, minimum: int, *, nullable: bool = False):
+    v = data.get(key, default)
+    if v is None and nullable:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise SchemaError(path, f"field '{key}' is {v!r} ({type(v).__name__}); expected an integer >= {minimum}"
+                                + (" or null" if nullable else ""))
+    if v < minimum:
+        raise SchemaError(path, f"field '{key}' is {v}; expected an integer >= {minimum}")
+    return v
+
+
+def _split_names(path: Path, data: dict, key: str, what: str) -> tuple[str, ...] | None:
+    v = data.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, list):
+        raise SchemaError(path, f"field '{key}' is a {type(v).__name__} ({str(v)[:40]!r}); expected a list of {what} "
+                                f"or null")
+    for i, x in enumerate(v):
+        if not isinstance(x, str) or not x:
+            hint = " (quote it: YAML reads unquoted digits as a number)" if isinstance(x, (int, float)) else ""
+            raise SchemaError(path, f"field '{key}' entry {i} is {x!r} ({type(x).__name__}); expected a non-empty "
+                                    f"string, one of the {what}{hint}")
+    return tuple(v)
+
+
+def load_split(path: str | Path, _seen: tuple = ()) -> SplitSpec:
     """Read a NAVSIM split YAML: a `scene_filter` file (keys log_names, tokens, num_history_frames, ...) or a
-    `train_test_split` file whose `defaults` names one in a `scene_filter/` folder beside it."""
+    `train_test_split` file whose `defaults` names one in a `scene_filter/` folder beside it.
+
+    As NAVSIM's SceneFilter, a null `tokens` / `log_names` selects every scene / log, but the file must name at least
+    one of them: an empty file or a mapping without either is an error, not a split of every scene. Anchors and
+    aliases, files over 64 MB and fields of the wrong type raise (CorruptFileError / SchemaError naming the field)."""
     path = Path(path)
     if not path.exists():
         raise MissingFileError(path, "split file not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise CorruptFileError(path, f"not valid YAML ({exc})") from exc
+    if path.is_dir():
+        raise CorruptFileError(path, f"is a folder; expected {_SPLIT_EXPECTED}")
+    data = _read_yaml(path)
+    if data is None:
+        raise SchemaError(path, f"the split file is empty; expected {_SPLIT_EXPECTED}")
     if not isinstance(data, dict):
-        raise SchemaError(path, "expected a mapping with log_names/tokens")
+        raise SchemaError(path, f"found a YAML {type(data).__name__}; expected {_SPLIT_EXPECTED}")
     if "defaults" in data and "tokens" not in data and "log_names" not in data:
-        for d in data["defaults"] or []:
+        defaults = data["defaults"]
+        for d in defaults if isinstance(defaults, list) else ():
             if isinstance(d, dict) and "scene_filter" in d:
-                return load_split(path.parent / "scene_filter" / f"{d['scene_filter']}.yaml")
-        raise SchemaError(path, "split file names no scene_filter")
-    frame_interval = data.get("frame_interval")
-    return SplitSpec(
-        name=path.stem, num_history_frames=int(data.get("num_history_frames", 4)),
-        num_future_frames=int(data.get("num_future_frames", 10)),
-        frame_interval=None if frame_interval is None else int(frame_interval),
-        has_route=bool(data.get("has_route", True)),
-        max_scenes=data.get("max_scenes"),
-        log_names=tuple(str(x) for x in data["log_names"]) if data.get("log_names") is not None else None,
-        tokens=tuple(str(x) for x in data["tokens"]) if data.get("tokens") is not None else None)
+                name = d["scene_filter"]
+                if not isinstance(name, str) or not name:
+                    raise SchemaError(path, f"defaults: scene_filter is {name!r}; expected the name of a YAML in "
+                                            f"{path.parent / 'scene_filter'}")
+                target = path.parent / "scene_filter" / f"{name}.yaml"
+                key = str(target.resolve())
+                if key in _seen or len(_seen) > 8:
+                    raise SchemaError(path, f"defaults: scene_filter '{name}' loops back to a file already read")
+                return load_split(target, _seen + (str(path.resolve()), key))
+        raise SchemaError(path, "defaults names no scene_filter (expected `defaults: [{scene_filter: NAME}]` with "
+                                "scene_filter/NAME.yaml beside it)")
+    if "tokens" not in data and "log_names" not in data:
+        raise SchemaError(path, f"the split has neither `tokens:` nor `log_names:` (keys: "
+                                f"{sorted(map(str, data))[:8]}); expected {_SPLIT_EXPECTED}")
+    has_route = data.get("has_route", True)
+    if not isinstance(has_route, bool):
+        raise SchemaError(path, f"field 'has_route' is {has_route!r} ({type(has_route).__name__}); expected true or "
+                                f"false")
+    spec = SplitSpec(
+        name=path.stem, num_history_frames=_split_int(path, data, "num_history_frames", 4, 1),
+        num_future_frames=_split_int(path, data, "num_future_frames", 10, 0),
+        frame_interval=_split_int(path, data, "frame_interval", None, 1, nullable=True),
+        has_route=has_route, max_scenes=_split_int(path, data, "max_scenes", None, 0, nullable=True),
+        log_names=_split_names(path, data, "log_names", "log names"),
+        tokens=_split_names(path, data, "tokens", "scene tokens"))
+    unknown = sorted(str(k) for k in data if k not in SplitSpec.__dataclass_fields__ and k not in _SPLIT_IGNORED_KEYS)
+    if unknown:
+        log.warning("%s: ignoring keys %s (not fields of NAVSIM's SceneFilter)", path, unknown[:8])
+    if spec.tokens is None and spec.log_names is None:
+        log.info("%s: tokens and log_names are null: the split selects every scene of every log", path)
+    return spec
 
 
 def write_split(path: str | Path, *, log_names: Sequence[str], tokens: Sequence[str], num_history_frames: int = 4,
@@ -85,15 +181,100 @@ def write_split(path: str | Path, *, log_names: Sequence[str], tokens: Sequence[
             "num_history_frames": num_history_frames, "num_future_frames": num_future_frames, "frame_interval": 1,
             "has_route": True, "max_scenes": None, "log_names": list(log_names), "tokens": list(tokens)}
     text = (f"# {comment}\n" if comment else "") + yaml.safe_dump(data, sort_keys=False)
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, text)
 
 
 # ---------------------------------------------------------------------------------------------- reading
+# value checks of the frame fields this package reads: (key, trailing shape, allowed dtype kinds, finite)
+_FRAME_ARRAYS = (("ego2global_translation", (3,), "iuf", True), ("ego2global_rotation", (4,), "iuf", True),
+                 ("ego_dynamic_state", (4,), "iuf", True), ("driving_command", (4,), "biuf", True),
+                 ("timestamp", (), "iu", False))
+_FRAME_STRINGS = ("token", "log_name", "map_location")
+
+
+def _bad_value(v, shape: tuple, kinds: str, finite: bool) -> str | None:
+    """Why one frame value is not a numeric array of `shape` (None when it is)."""
+    if isinstance(v, (str, bytes, dict)) or v is None:
+        return f"a {type(v).__name__}"
+    try:
+        a = np.asarray(v)
+    except Exception as exc:  # ragged lists
+        return f"not an array ({type(exc).__name__})"
+    if a.dtype.kind not in kinds:
+        return f"an array of {a.dtype}" if a.dtype.kind != "O" else f"a {type(v).__name__} holding non-numbers"
+    if a.shape != shape:
+        return f"of shape {a.shape}"
+    if finite and a.dtype.kind == "f" and not np.isfinite(a).all():
+        return "not finite"
+    return None
+
+
+def _check_frames(path, frames: list) -> None:
+    """Raise CorruptFileError naming the frame and key whose value has the wrong type or shape. One vectorised pass
+    per key over the whole log; the per-frame search runs only on a bad log."""
+    n = len(frames)
+    for key, shape, kinds, finite in _FRAME_ARRAYS:
+        vals = [f[key] for f in frames]
+        try:
+            a = np.asarray(vals)
+            ok = (a.dtype.kind in kinds and a.shape == (n, *shape)
+                  and (not finite or a.dtype.kind != "f" or bool(np.isfinite(a).all())))
+        except Exception:
+            ok = False
+        if not ok:
+            for k, v in enumerate(vals):
+                why = _bad_value(v, shape, kinds, finite)
+                if why:
+                    what = "an integer" if shape == () else f"{shape[0]} finite numbers"
+                    raise CorruptFileError(path, f"frame {k}: '{key}' is {why}; expected {what}")
+    for key in _FRAME_STRINGS:
+        for k, f in enumerate(frames):
+            if not isinstance(f[key], str):
+                raise CorruptFileError(path, f"frame {k}: '{key}' is a {type(f[key]).__name__}; expected a string")
+    for k, f in enumerate(frames):
+        rb = f["roadblock_ids"]
+        if not isinstance(rb, (list, tuple, np.ndarray)) or not all(isinstance(r, str) for r in rb):
+            raise CorruptFileError(path, f"frame {k}: 'roadblock_ids' is {str(rb)[:40]!r}; expected a list of "
+                                         f"roadblock id strings")
+        cams = f["cams"]
+        if not isinstance(cams, dict) or not all(
+                isinstance(c, dict) and isinstance(c.get("data_path", ""), str) for c in cams.values()):
+            raise CorruptFileError(path, f"frame {k}: 'cams' is not a mapping of channel -> {{data_path: str, ...}}")
+        anns = f.get("anns")
+        if anns is not None:
+            _check_anns(path, k, anns)
+
+
+def _check_anns(path, k: int, anns) -> None:
+    if not isinstance(anns, dict):
+        raise CorruptFileError(path, f"frame {k}: 'anns' is a {type(anns).__name__}; expected a dict")
+    sizes = {}
+    for key, width in (("gt_boxes", 7), ("gt_velocity_3d", 3)):
+        if key not in anns:
+            continue
+        v = anns[key]
+        try:
+            a = None if isinstance(v, (str, bytes, dict)) or v is None else np.asarray(v)
+        except Exception:  # ragged lists
+            a = None
+        if a is None or a.dtype.kind not in "iuf" or a.size % width or (a.ndim != 2 and a.size):
+            raise CorruptFileError(path, f"frame {k}: 'anns.{key}' is not an [N, {width}] array of numbers")
+        sizes[key] = a.size // width
+    for key in ("gt_names", "track_tokens"):
+        if key in anns:
+            v = anns[key]
+            if isinstance(v, (str, bytes, dict)) or not hasattr(v, "__len__"):
+                raise CorruptFileError(path, f"frame {k}: 'anns.{key}' is a {type(v).__name__}; expected a list "
+                                             f"of strings")
+            sizes[key] = len(v)
+    if len(set(sizes.values())) > 1:
+        raise CorruptFileError(path, f"frame {k}: the annotation arrays disagree on the number of boxes ({sizes})")
+
+
 def load_log(path: str | Path) -> list[dict]:
-    """One OpenScene log: the list of frame dicts, through the restricted unpickler."""
+    """One OpenScene log: the list of frame dicts, through the restricted unpickler. A frame without a key this package
+    reads is a SchemaError; one whose value has the wrong type or shape (a string for the pose, a None timestamp, a
+    3-vector for the quaternion) a CorruptFileError naming the frame and key."""
     frames = safe_load_file(path)
     if not isinstance(frames, list):
         raise SchemaError(path, f"expected a list of frame dicts, found {type(frames).__name__}")
@@ -103,6 +284,7 @@ def load_log(path: str | Path) -> list[dict]:
         missing = [key for key in REQUIRED_FRAME_KEYS if key not in f]
         if missing:
             raise SchemaError(path, f"frame {k} lacks keys {missing}")
+    _check_frames(path, frames)
     return frames
 
 
@@ -176,7 +358,7 @@ class NavsimSceneLoader:
             raise MissingFileError(self.root, "navsim_logs folder not found")
         self.split = split or SplitSpec("all")
         self.sensor_blobs = Path(sensor_blobs) if sensor_blobs else None
-        files = sorted(self.root.glob("*.pkl"))
+        files = sorted(f for f in self.root.glob("*.pkl") if not is_temporary(f.name))  # not a writer's temporary
         if self.split.log_names is not None:
             want = set(self.split.log_names)
             files = [f for f in files if f.stem in want]
@@ -318,8 +500,6 @@ def db_to_openscene(db, map_api=None, *, sample_interval: int = OPENSCENE_SAMPLE
 def write_openscene_log(frames: list[dict], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".pkl", dir=path.parent)
-    with os.fdopen(fd, "wb") as fh:
+    with atomic_write(path) as fh:  # a hidden temporary beside `path`, renamed into place
         pickle.dump(frames, fh, protocol=4)
-    os.replace(tmp, path)
     return path

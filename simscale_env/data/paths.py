@@ -3,34 +3,149 @@
 - ``NUPLAN_DATA_ROOT``: holds ``nuplan-v1.1/splits/<split>/*.db``
 - ``NUPLAN_MAPS_ROOT``: holds ``nuplan-maps-v1.0.json`` and ``<location>/<version>/map.gpkg``
 - ``OPENSCENE_DATA_ROOT``: holds ``navsim_logs/<split>/*.pkl`` and ``sensor_blobs/<split>/...``
-- ``SIMSCALE_MINI`` (or ``SIMSCALE_CACHE``/mini, default ``~/.cache/simscale/mini``): the mini dataset, built on
-  first use.
+
+Resolution order (:meth:`DataConfig.resolve`, what ``gym.make("SimScale-navhard-v0")`` uses), the first that applies:
+
+1. explicit arguments: ``data_root=`` / ``maps_root=`` (both, or the environment variable for the other);
+2. ``NUPLAN_DATA_ROOT`` / ``NUPLAN_MAPS_ROOT`` (both must be set);
+3. otherwise the mini dataset (:func:`mini_root`):
+
+   a. ``SIMSCALE_MINI``: that folder, built there if it is not complete;
+   b. ``$SIMSCALE_CACHE/mini``, if it holds a complete build;
+   c. the repository checkout's ``.cache/mini`` (what ``make demo`` and ``make test`` build; found beside the package
+      when it is installed editable from a checkout), if complete;
+   d. ``~/.cache/simscale/mini``, if complete;
+   e. none complete: a build, resumed where an interrupted one left off among b-d, else started in
+      ``$SIMSCALE_CACHE/mini`` if ``SIMSCALE_CACHE`` is set, else the checkout's ``.cache/mini`` (when running from
+      a checkout), else ``~/.cache/simscale/mini``. A WARNING names the folder and the size and time to expect
+      before it starts, and a progress bar counts the logs (on a terminal).
+
+"Complete" means a ``manifest.json`` of the current builder version (``mini.build.is_complete``): an older or
+half-finished build is never used silently.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+log = logging.getLogger(__name__)
+
+# what to expect from a build of the mini dataset (measured: `du -sh .cache/mini`, `simscale data build-mini` on two
+# cores; builder version 3)
+MINI_SIZE_MB = 200
+MINI_BUILD_MINUTES = "2-3"
+
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("SIMSCALE_CACHE", Path.home() / ".cache" / "simscale"))
+    return Path(os.environ.get("SIMSCALE_CACHE") or Path.home() / ".cache" / "simscale")
+
+
+def checkout_root() -> Path | None:
+    """The repository checkout this package runs from (an editable install or the source tree), else None."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "pyproject.toml").is_file() and (root / "simscale_env").is_dir() else None
+
+
+def mini_candidates() -> list[tuple[Path, str]]:
+    """The folders searched for a complete mini dataset, in order, each with the reason it is searched (steps b-d of
+    the module docstring; without ``SIMSCALE_MINI``, which is used alone)."""
+    cands: list[tuple[Path, str]] = []
+    if os.environ.get("SIMSCALE_CACHE"):
+        cands.append((Path(os.environ["SIMSCALE_CACHE"]) / "mini", "SIMSCALE_CACHE/mini"))
+    checkout = checkout_root()
+    if checkout is not None:
+        cands.append((checkout / ".cache" / "mini", "the checkout's .cache/mini (make demo)"))
+    cands.append((Path.home() / ".cache" / "simscale" / "mini", "~/.cache/simscale/mini"))
+    out, seen = [], set()
+    for p, why in cands:
+        key = os.path.abspath(p)
+        if key not in seen:
+            seen.add(key)
+            out.append((p, why))
+    return out
+
+
+def _locate_mini() -> tuple[Path, str, bool]:
+    """(folder, why it was chosen, whether it holds a complete build): the resolution order's step 3."""
+    from .mini.build import BUILD_MARKER, NUM_LOGS, is_complete
+
+    env = os.environ.get("SIMSCALE_MINI")
+    if env:  # the user's choice: any finished build, also a small one (`build-mini --logs N`)
+        return Path(env), "SIMSCALE_MINI", is_complete(env)
+    cands = mini_candidates()
+    for p, why in cands:
+        if is_complete(p, logs=NUM_LOGS):  # found, not named: only a full build (a small one lacks the test splits)
+            return p, why, True
+    for p, why in cands:  # resume an interrupted build rather than start another copy
+        if (p / BUILD_MARKER).exists():
+            return p, f"{why}, resuming an interrupted build", False
+    if os.environ.get("SIMSCALE_CACHE"):
+        return cands[0][0], "SIMSCALE_CACHE/mini", False
+    checkout = checkout_root()
+    if checkout is not None:
+        return checkout / ".cache" / "mini", "the checkout's .cache/mini", False
+    return Path.home() / ".cache" / "simscale" / "mini", "~/.cache/simscale/mini", False
 
 
 def mini_root() -> Path:
-    env = os.environ.get("SIMSCALE_MINI")
-    return Path(env) if env else cache_dir() / "mini"
+    """The mini dataset's folder by the resolution order (module docstring): where it is, else where it would be
+    built. Nothing is built."""
+    return _locate_mini()[0]
 
 
 def ensure_mini(root: str | Path | None = None, seed: int = 0, progress: bool = True) -> Path:
-    """The mini dataset folder, built first if it is missing or incomplete."""
+    """The mini dataset folder (`root`, else :func:`mini_root`), built first if it is missing or incomplete: a
+    WARNING names the folder, size and time before the build starts, and with `progress` a bar counts the logs."""
     from .mini.build import build_mini, is_complete
 
-    root = Path(root) if root is not None else mini_root()
-    if not is_complete(root):
-        build_mini(root, seed, progress=progress)
+    if root is not None:
+        root, why, complete = Path(root), "the given folder", is_complete(root)
+    else:
+        root, why, complete = _locate_mini()
+    if complete:
+        log.debug("mini dataset: %s (%s)", root, why)
+        return root
+    log.warning("the SimScale mini dataset is not built yet: building it into %s (%s): about %d MB, %s minutes on "
+                "two cores, once. Set SIMSCALE_MINI to a folder holding a built copy (e.g. a checkout's .cache/mini "
+                "after `make demo`) to use that instead, or NUPLAN_DATA_ROOT and NUPLAN_MAPS_ROOT for your own data",
+                root, why, MINI_SIZE_MB, MINI_BUILD_MINUTES)
+    bar = _progress_bar(progress)
+    try:
+        build_mini(root, seed, progress=progress, on_log=bar.update_to if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
     return root
+
+
+class _LogBar:
+    """A tqdm bar over the logs of a build (shown on a terminal only: tqdm's ``disable=None``)."""
+
+    def __init__(self):
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(total=None, desc="building the mini dataset", unit="log", disable=None)
+
+    def update_to(self, done: int, total: int) -> None:
+        if self._bar.total != total:
+            self._bar.total = total
+        self._bar.n = done
+        self._bar.refresh()
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _progress_bar(progress: bool) -> _LogBar | None:
+    if not progress:
+        return None
+    try:
+        return _LogBar()
+    except ImportError:  # tqdm is a dependency; a broken install still builds, without the bar
+        return None
 
 
 @dataclass(frozen=True)
@@ -71,12 +186,20 @@ class DataConfig:
     @staticmethod
     def resolve(nuplan_data_root=None, nuplan_maps_root=None, openscene_root=None, split: str = "mini",
                 build_mini_if_missing: bool = True) -> "DataConfig":
-        data = nuplan_data_root or os.environ.get("NUPLAN_DATA_ROOT")
-        maps = nuplan_maps_root or os.environ.get("NUPLAN_MAPS_ROOT")
-        osr = openscene_root or os.environ.get("OPENSCENE_DATA_ROOT")
+        """The data locations by the resolution order of the module docstring: the arguments, else the NUPLAN_*
+        variables, else the mini dataset (found, or built with a warning unless `build_mini_if_missing` is False).
+        A `nuplan_data_root` that holds a complete mini dataset needs no maps root (its ``maps/``)."""
+        from .mini.build import is_complete
+
+        data = nuplan_data_root or os.environ.get("NUPLAN_DATA_ROOT") or None
+        maps = nuplan_maps_root or os.environ.get("NUPLAN_MAPS_ROOT") or None
+        osr = openscene_root or os.environ.get("OPENSCENE_DATA_ROOT") or None
         if data is None and maps is None:
             root = ensure_mini() if build_mini_if_missing else mini_root()
             return DataConfig(root, root / "maps", root, "mini", True)
+        if maps is None and is_complete(data):  # data_root=".cache/mini": a mini dataset is self-contained
+            root = Path(data)
+            return DataConfig(root, root / "maps", Path(osr) if osr else root, "mini", True)
         from ..errors import MissingFileError
 
         if data is None or maps is None:

@@ -18,7 +18,9 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import MissingFileError, UnknownTokenError
+from ..cache import LRUCache
+from ..errors import MissingFileError, SchemaError, UnknownTokenError
+from .atomic import is_temporary
 from .nuplan_db import CameraCalibration, LogDB
 from .schema import DATABASE_ROW_INTERVAL_S, TL_UNKNOWN
 
@@ -256,7 +258,13 @@ def extract_window(db: LogDB, indices: np.ndarray, start_index: int, *, token: s
 
 def _scene_of(db: LogDB, idx: int):
     tok = db._lidar_pc["scene_token"][idx]
-    return db.scene(tok) if tok is not None else None
+    if tok is None:
+        return None
+    try:
+        return db.scene(tok)
+    except UnknownTokenError:
+        raise SchemaError(db.path, f"lidar_pc {db.lidar_pc_tokens[idx]} references scene_token {tok}, which is not "
+                                   f"in table 'scene'") from None
 
 
 def extract_scenario(db: LogDB, token: str, *, scenario_type: str | None = None,
@@ -367,7 +375,9 @@ def scenario_refs_in_log(db: LogDB, *, require_goal: bool = True) -> list[Scenar
 
 
 def find_log_files(data_root: str | Path, split: str | None = None) -> list[Path]:
-    """`.db` logs under `data_root` (a folder of .db files, or a nuPlan root with nuplan-v1.1/splits/<split>/)."""
+    """`.db` logs under `data_root` (a folder of .db files, or a nuPlan root with nuplan-v1.1/splits/<split>/).
+    Hidden names, writers' temporaries and SQLite's `-journal`/`-wal` siblings are never logs (`atomic.is_temporary`):
+    what an interrupted writer leaves behind is skipped."""
     root = Path(data_root)
     if not root.exists():
         raise MissingFileError(root, "data folder not found")
@@ -381,9 +391,14 @@ def find_log_files(data_root: str | Path, split: str | None = None) -> list[Path
     for c in cands:
         if c.is_dir():
             files = sorted(c.rglob("*.db")) if c.name == "splits" else sorted(c.glob("*.db"))
+            files = [f for f in files if not any(is_temporary(part) for part in f.relative_to(c).parts)]
             if files:
                 return files
     raise MissingFileError(root, "no nuPlan .db logs found (looked in nuplan-v1.1/splits/<split>/ and the folder)")
+
+
+def _close_log(name: str, db: LogDB) -> None:  # a module function: the builder stays picklable
+    db.close()
 
 
 class ScenarioBuilder:
@@ -395,22 +410,33 @@ class ScenarioBuilder:
     """
 
     def __init__(self, logs: str | Path | Iterable[str | Path], *, split: str | None = None,
-                 require_goal: bool = True):
+                 require_goal: bool = True, max_open_logs: int | None = 16):
         if isinstance(logs, (str, Path)):
             files = find_log_files(logs, split)
         else:
             files = [Path(p) for p in logs]
         self.log_files = {f.stem: f for f in files}
         self.require_goal = require_goal
-        self._dbs: dict[str, LogDB] = {}
+        # open logs, least recently used closed first (`max_open_logs`, None: unbounded): a LogDB keeps its tables in
+        # memory once read, and a split of nuPlan's trainval spans hundreds of logs. A LogDB that `db` returned stays
+        # open until `max_open_logs` other logs have been used after it
+        if max_open_logs is not None and (not isinstance(max_open_logs, int) or max_open_logs < 1):
+            raise ValueError(f"max_open_logs must be a positive integer or None (unbounded), got {max_open_logs!r}")
+        self._dbs: LRUCache[str, LogDB] = LRUCache(max_open_logs, on_evict=_close_log)
         self._refs: list[ScenarioRef] | None = None
 
     def db(self, log_name: str) -> LogDB:
-        if log_name not in self._dbs:
+        db = self._dbs.get(log_name)
+        if db is None:
             if log_name not in self.log_files:
                 raise UnknownTokenError(None, f"unknown log '{log_name}'")
-            self._dbs[log_name] = LogDB(self.log_files[log_name])
-        return self._dbs[log_name]
+            db = LogDB(self.log_files[log_name])
+            self._dbs[log_name] = db
+        return db
+
+    def close(self) -> None:
+        """Close every open log (they reopen on the next use)."""
+        self._dbs.clear(evict=True)
 
     def all_refs(self) -> list[ScenarioRef]:
         if self._refs is None:
@@ -435,6 +461,41 @@ class ScenarioBuilder:
             tk = set(tokens)
             out = [r for r in out if r.token in tk]
         return out[:limit] if limit is not None else out
+
+    def missing_tokens(self, tokens: Sequence[str], *, tagged: bool = False) -> list[str]:
+        """The `tokens` (in their order) that are no lidar_pc of the merged lidar in any of the builder's logs, or with
+        `tagged`, no scenario of :meth:`all_refs`. Cheap: one indexed SQL lookup per log (or its cached token index)
+        instead of reading every lidar_pc table."""
+        if tagged:
+            known = {r.token for r in self.all_refs()}
+            return [t for t in tokens if t not in known]
+        todo: dict[bytes, str] = {}
+        for t in tokens:
+            try:
+                b = bytes.fromhex(t)
+            except (TypeError, ValueError):  # not hex: no lidar_pc token
+                continue
+            if b.hex() == t:  # tokens are lower-case hex, as LogDB.lidar_pc_tokens spells them
+                todo[b] = t
+        found: set[str] = set()
+        for name in sorted(self.log_files):
+            if not todo:
+                break
+            db = self.db(name)
+            lidar = " WHERE lidar_token = ?" if db.lidar_token is not None else ""
+            head = (db.lidar_token,) if db.lidar_token is not None else ()
+            if "_lidar_pc" in db.__dict__:  # already read: its token index answers
+                hits = [b for b, t in todo.items() if t in db._lidar_pc["index"]]
+            elif len(todo) > 256:  # many tokens: one scan of the log's token column beats that many lookups
+                hits = [b for b in (bytes(r[0]) for r in db.execute("SELECT token FROM lidar_pc" + lidar, head))
+                        if b in todo]
+            else:  # a few: indexed lookups
+                want = list(todo)
+                cond = (lidar + " AND" if lidar else " WHERE") + " token IN ({})"
+                hits = [bytes(r[0]) for r in db.execute(
+                    "SELECT token FROM lidar_pc" + cond.format(",".join("?" * len(want))), head + tuple(want))]
+            found.update(t for t in (todo.pop(b, None) for b in hits) if t is not None)
+        return [t for t in tokens if t not in found]
 
     def ref(self, token: str) -> ScenarioRef:
         for r in self.all_refs():

@@ -30,10 +30,13 @@ Reward of a decision step t (documented, EPDMS-derived):
   actions, the control held for 4 s), weighted as EPDMS weighs them against EP (5 : 2 : 2 over 5), spread over the N
   decision steps of the episode; 0 when plan scoring is off;
 - termination on an at-fault collision (NC_t < 1) or leaving the drivable area (DAC_t = 0); truncation at the episode
-  length or the scenario's end. `info["episode"]` then holds the closed-loop episode summary (`episode_summary`,
-  with NAVSIM's human filter against the logged drive) plus the return "r" and length "l" that SB3 and gymnasium's
-  episode statistics read (so SB3 logs returns without a Monitor; SB3's Monitor and gymnasium's
-  RecordEpisodeStatistics would replace or refuse the key: give the latter another `stats_key`).
+  length or the scenario's end. `info["epdms_episode"]` then holds the closed-loop episode summary
+  (`episode_summary`, with NAVSIM's human filter against the logged drive) plus the return "r" and length "l"; no
+  wrapper writes that key, so it survives SB3's Monitor (`PPO(..., env)` and `make_vec_env` add one), its vec envs
+  and gymnasium's RecordEpisodeStatistics. A copy goes under `info["episode"]`, which SB3 vec envs without a Monitor
+  read "r" and "l" from; SB3's Monitor replaces that key, and gymnasium's RecordEpisodeStatistics refuses it unless
+  given another `stats_key` (e.g. `RecordEpisodeStatistics(env, stats_key="stats")`). `step()` after termination or
+  truncation raises until `reset()`.
 
 `info["pseudo_expert"] = {"pdm_closed": poses [8, 3], "recovery": poses [8, 3]}` for the state just observed (the
 same action format), unless `pseudo_experts=False`. PDM-Closed is NAVSIM's; `expert_emergency_brake=True` adds
@@ -51,6 +54,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from ..cache import CacheSizes, LRUCache
 from ..data.openscene import load_split
 from ..data.paths import DataConfig
 from ..data.scenario import NAVSIM_SCENE_DURATION_S, ScenarioBuilder, extract_navsim_scenario, find_log_files
@@ -137,8 +141,12 @@ class EnvConfig:
     # route_utils.py route_roadblock_correction, kept by the metric cache as route_lane_ids and the centreline;
     # `experts.route_correction`); False: the scenario's route as logged
     route_correction: bool = True
+    # bounds of the env's LRU caches (scenarios, renderers, maps, open logs, ...): a CacheSizes or a dict of some of
+    # its fields, e.g. {"scenarios": 16}; None entries are unbounded (`simscale_env.cache.CacheSizes`)
+    cache_sizes: CacheSizes = CacheSizes()
 
     def __post_init__(self):
+        object.__setattr__(self, "cache_sizes", CacheSizes.coerce(self.cache_sizes))
         if self.scene_window not in ("navsim", "nuplan"):
             raise ValueError(f"scene_window must be 'navsim' or 'nuplan', got {self.scene_window!r}")
         if not (np.isfinite(self.navsim_duration_s) and self.navsim_duration_s >= 0.5):
@@ -155,6 +163,20 @@ class EnvConfig:
         if self.plan_scoring not in (None, "non_reactive", "reactive", "constant_velocity"):
             raise ValueError(f"plan_scoring must be None, 'non_reactive', 'reactive' or 'constant_velocity', "
                              f"got {self.plan_scoring!r}")
+        for name in ("width", "height", "bev_size", "max_start_draws"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if isinstance(self.replan_interval, bool) or not isinstance(self.replan_interval, (int, float, np.number)) \
+                or not np.isfinite(self.replan_interval):
+            raise ValueError(f"replan_interval must be a positive multiple of 0.1 s, got {self.replan_interval!r}")
+        if isinstance(self.terminal_penalty, bool) or not isinstance(self.terminal_penalty, (int, float, np.number)) \
+                or not np.isfinite(self.terminal_penalty):
+            raise ValueError(f"terminal_penalty must be a finite number, got {self.terminal_penalty!r}")
+        if "cameras" in self.observation_keys and not self.cameras:
+            raise ValueError("cameras must name at least one camera channel when observation_keys has 'cameras'")
+        if not self.observation_keys:
+            raise ValueError(f"observation_keys must name at least one of {OBSERVATION_KEYS}")
         steps = self.replan_interval / 0.1
         if abs(steps - round(steps)) > 1e-9 or round(steps) < 1:
             raise ValueError(f"replan_interval must be a positive multiple of 0.1 s, got {self.replan_interval}")
@@ -190,11 +212,22 @@ class SimScaleEnv(gym.Env):
         if self.split.log_names is not None:
             wanted = set(self.split.log_names)
             logs = [p for p in logs if p.stem in wanted]
-        self._builder = ScenarioBuilder(logs)
+        self._builder = ScenarioBuilder(logs, max_open_logs=cfg.cache_sizes.open_logs)
         self.tokens = list(self.split.tokens) if self.split.tokens is not None else [r.token for r in
                                                                                      self._builder.refs()]
         if not self.tokens:
             raise UnknownTokenError(split_file, "the split lists no scenario tokens")
+        if self.split.tokens is not None:  # here, not at the first reset() that draws a missing one
+            # navsim window: any lidar_pc of the split's logs (`_scenario`); nuplan window: a tagged scenario
+            missing = self._builder.missing_tokens(self.tokens, tagged=cfg.scene_window == "nuplan")
+            if missing:
+                kind = "tagged scenarios" if cfg.scene_window == "nuplan" else "lidar_pc tokens"
+                absent = [n for n in self.split.log_names or () if n not in self._builder.log_files]
+                raise UnknownTokenError(split_file, (
+                    f"{len(missing)} of the split's {len(self.tokens)} tokens are not {kind} of its "
+                    f"{len(self._builder.log_files)} logs under {self._data.nuplan_data_root}: "
+                    f"{', '.join(map(str, missing[:5]))}{', ...' if len(missing) > 5 else ''}"
+                    + (f" ({len(absent)} of its log_names are not in the data, e.g. {absent[0]})" if absent else "")))
         self._pert_cfg = cfg.perturbation or PERTURBATION_DEFAULTS.get(cfg.split, PerturbationConfig())
         self._k = int(round(cfg.replan_interval / 0.1))
         n_cam = len(cfg.cameras)
@@ -219,11 +252,13 @@ class SimScaleEnv(gym.Env):
             self.action_space = spaces.Box(np.tile(PLAN_LOW, (8, 1)), np.tile(PLAN_HIGH, (8, 1)), (8, 3), np.float32)
         else:
             self.action_space = spaces.Box(CONTROL_LOW, CONTROL_HIGH, (2,), np.float32)
-        self._maps: dict = {}
-        self._human_cache: dict = {}
-        self._log_tails: dict = {}  # scenario -> the logged ego's poses after its end (`_log_tail`)
-        self._renderers: dict = {}
-        self._scenarios: dict = {}
+        sizes = cfg.cache_sizes  # LRU-bounded: a large split must not keep every scenario, map or renderer it met
+        self._maps = LRUCache(sizes.maps)
+        self._human_cache = LRUCache(sizes.human)
+        self._log_tails = LRUCache(sizes.log_tails)  # scenario -> the logged ego's poses after its end (`_log_tail`)
+        self._renderers = LRUCache(sizes.renderers)
+        self._scenarios = LRUCache(sizes.scenarios)
+        self._sims = LRUCache(sizes.scenarios)  # token -> (Simulation, its logged world at iteration 0): `_simulation`
         self.sim = None
         self.world = None
 
@@ -250,6 +285,19 @@ class SimScaleEnv(gym.Env):
             else:
                 self._scenarios[token] = self._builder.load(token)
         return self._scenarios[token]
+
+    def _simulation(self, token, sc, m):
+        """(Simulation, its logged world at iteration 0) of a scenario, kept (LRU) as long as scenarios are
+        (`CacheSizes.scenarios`):
+        a Simulation holds no episode state (`Simulation.reset` and `step` are pure), and it keeps the ego-independent
+        work of spawning the IDM agents, which every perturbed reset repeats for its candidate starts."""
+        hit = self._sims.get(token)
+        if hit is not None and hit[0].scenario is sc and hit[0].map is m:
+            return hit
+        sim = Simulation(sc, m, SimConfig(agent_mode=self.config.agent_mode))
+        hit = (sim, sim.reset())
+        self._sims[token] = hit
+        return hit
 
     def _renderer(self):
         from ..render.renderer import CameraRenderer, load_reconstruction
@@ -280,15 +328,18 @@ class SimScaleEnv(gym.Env):
                                           f"({len(self.tokens)} tokens)")
         sc = self._scenario(token)
         m = self._map(sc.map_location)
-        self.sim = Simulation(sc, m, SimConfig(agent_mode=cfg.agent_mode))
-        w0 = self.sim.reset()
+        self.sim, w0 = self._simulation(token, sc, m)
         self._route_lanes = m.route_lane_ids([r for r in sc.route_roadblock_ids if r in m.roadblocks])
         self._pert_error = None
         self._start_plan = None
+        self._start_world = None
         pert, start = self._start(w0, options.get("perturbation", "sample"))
-        self.world = self.sim.reset(start)
+        # the world valid_start judged (Simulation.reset is pure: resetting again to `start` gives the same world)
+        self.world = self._start_world if self._start_world is not None else self.sim.reset(start)
+        self._start_world = None
         self.perturbation = pert
         self._steps = 0
+        self._done = False  # set by step() at termination or truncation
         self._return = 0.0
         left = (self.sim.num_iterations - 1) // self._k
         self._n_steps = min(cfg.episode_steps or left, left)
@@ -390,6 +441,7 @@ class SimScaleEnv(gym.Env):
             plan = PDMClosedPlanner(PDMClosedConfig(emergency_brake=cfg.expert_emergency_brake)).plan(self.sim, w)
             if valid_start(self.sim, w, plan):
                 self._start_plan = plan  # the label info serves at reset: judged here, not planned twice
+                self._start_world = w
                 return p, new
         self._pert_error = (f"{self.sim.scenario.token}: {why} in the last of {cfg.max_start_draws} perturbed "
                             f"starts")
@@ -409,8 +461,8 @@ class SimScaleEnv(gym.Env):
     def step(self, action):
         if self.sim is None:
             raise RuntimeError("call reset() before step()")
-        if self._steps >= self._n_steps:
-            raise RuntimeError("the episode is over; call reset()")
+        if self._done or self._steps >= self._n_steps:
+            raise RuntimeError("the episode is over (terminated or truncated); call reset()")
         cfg = self.config
         a = self._check_action(action)
         w = self.world
@@ -479,14 +531,27 @@ class SimScaleEnv(gym.Env):
             info["epdms_stage"] = stage
         if terminated or truncated:
             # the closed-loop summary, with the return and length under gymnasium's / SB3's episode keys
-            info["episode"] = {**self.episode_summary(), "r": self._return, "l": self._steps}
+            self._done = True
+            summary = {**self.episode_summary(), "r": self._return, "l": self._steps}
+            # "epdms_episode": the key no wrapper writes (SB3's Monitor replaces info["episode"], gymnasium's
+            # RecordEpisodeStatistics refuses it unless given another stats_key); "episode" for SB3 vec envs without
+            # a Monitor, which read "r" and "l" from it
+            info["epdms_episode"] = summary
+            info["episode"] = dict(summary)
         return obs, reward, terminated, truncated, info
 
     def _check_action(self, action) -> np.ndarray:
-        a = np.asarray(action, dtype=np.float64)
         sp = self.action_space
+        what = "8 poses (x, y, heading)" if self.config.action_type == "plan" else "(acceleration, steering rate)"
+        expected = f"a real-valued (float or integer) array of shape {sp.shape} ({what})"
+        try:
+            raw = np.asarray(action)
+        except (ValueError, TypeError) as exc:  # ragged nested sequences
+            raise ValueError(f"action must be {expected}, got {type(action).__name__} ({exc})") from None
+        if action is None or raw.dtype.kind not in "iuf":  # complex, bool, strings, objects, dates
+            raise TypeError(f"action must be {expected}, got {type(action).__name__} of dtype {raw.dtype}")
+        a = raw.astype(np.float64)
         if a.shape != sp.shape:
-            what = "8 poses (x, y, heading)" if self.config.action_type == "plan" else "(acceleration, steering rate)"
             raise ValueError(f"action must have shape {sp.shape} ({what}), got {a.shape}")
         if not np.all(np.isfinite(a)):
             raise ValueError(f"action contains NaN or infinite values: {a.tolist()}")
@@ -626,8 +691,6 @@ class SimScaleEnv(gym.Env):
             wh = [self.sim.reset()]
             for i in range(1, self._worlds[-1].iteration + 1):
                 wh.append(self.sim.step(wh[-1], ego_state=self.sim.logged_ego_state(i)))
-            if len(self._human_cache) > 64:
-                self._human_cache.clear()
             # the logged drive judged alone, without a past, as NAVSIM's human filter scores the human
             self._human_cache[key] = episode_summary(self.sim, wh)["scores"]
         s = episode_summary(self.sim, self._worlds, human=self._human_cache[key], past_states=self._start_hc_past)

@@ -34,6 +34,15 @@ REQUIRED_LAYERS: dict[str, tuple[str, ...]] = {
     "intersections": (),
     "stop_polygons": ("stop_polygon_type_fid",),
 }
+# Columns the lane graph and roadblocks are built from (map_api.MapAPI._build): a NULL there would silently drop
+# an edge of the graph (a connector without its exit lane, a lane outside every roadblock), so it is a MapError.
+# lanes_polygons' fid is the lane id; speed limits, boundaries, intersections, turn types and stop lines may be NULL.
+NOT_NULL_COLUMNS: dict[str, tuple[str, ...]] = {
+    "lanes_polygons": ("lane_group_fid", "lane_index"),
+    "lane_connectors": ("exit_lane_fid", "entry_lane_fid", "lane_group_connector_fid"),
+    "gen_lane_connectors_scaled_width_polygons": ("lane_connector_fid",),
+    "lane_group_connectors": ("from_lane_group_fid", "to_lane_group_fid"),
+}
 # Read when present (drivable area, crosswalk and walkway queries); an empty layer stands in when absent.
 OPTIONAL_LAYERS = ("crosswalks", "walkways", "road_segments", "generic_drivable_areas", "carpark_areas")
 
@@ -67,7 +76,7 @@ def _fid_str(v) -> str | None:
             return None
         try:
             return str(int(float(v)))
-        except ValueError:
+        except (ValueError, OverflowError):  # not a number, or inf
             return v
     try:
         f = float(v)
@@ -75,7 +84,7 @@ def _fid_str(v) -> str | None:
         return str(v)
     if np.isnan(f):
         return None
-    return str(int(f))
+    return str(int(f)) if np.isfinite(f) else str(f)  # an infinite id matches nothing
 
 
 def read_maps_json(maps_root: str | Path) -> dict:
@@ -139,19 +148,39 @@ def read_meta(path: str | Path) -> dict[str, str]:
     layers = list_layers(path)
     if "meta" not in layers:
         raise SchemaError(path, "GeoPackage has no 'meta' layer (expected key/value rows with projectedCoordSystem)")
-    meta, _fids, _geom, fields = raw.read(path, layer="meta", read_geometry=False, return_fids=True)
-    names = list(meta["fields"])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            meta, _fids, _geom, fields = raw.read(path, layer="meta", read_geometry=False, return_fids=True)
+    except Exception as exc:  # pyogrio/GDAL errors on a damaged file
+        raise CorruptFileError(path, f"cannot read layer 'meta' ({exc})") from exc
+    names = [str(n) for n in meta["fields"]]
     if "key" not in names or "value" not in names:
         raise SchemaError(path, "layer 'meta' lacks the 'key'/'value' columns")
     keys, values = fields[names.index("key")], fields[names.index("value")]
-    return {str(k): str(v) for k, v in zip(keys, values)}
+    return {str(k): ("" if v is None else str(v)) for k, v in zip(keys, values)}
 
 
 def projected_crs(path: str | Path) -> str:
+    """The `meta` layer's projectedCoordSystem, checked: a CRS pyproj knows, and a projected one (metres)."""
+    import pyproj
+
     meta = read_meta(path)
     if "projectedCoordSystem" not in meta:
         raise SchemaError(path, "layer 'meta' has no 'projectedCoordSystem' row")
-    return meta["projectedCoordSystem"]
+    value = meta["projectedCoordSystem"].strip()
+    expected = "expected a projected CRS such as 'epsg:32611' (the map's UTM zone)"
+    if not value:
+        raise MapError(path, f"meta projectedCoordSystem is empty; {expected}")
+    try:
+        crs = pyproj.CRS.from_user_input(value)
+    except pyproj.exceptions.CRSError as exc:
+        raise MapError(path, f"meta projectedCoordSystem '{value[:80]}' is not a known CRS ({exc}); {expected}") \
+            from None
+    if not crs.is_projected:
+        raise MapError(path, f"meta projectedCoordSystem '{value[:80]}' ({crs.name}) is not a projected CRS; "
+                             f"{expected}")
+    return value
 
 
 _TRANSFORMERS: dict = {}
@@ -175,10 +204,45 @@ def reproject(geoms: np.ndarray, src: str, dst: str) -> np.ndarray:
     tr = _transformer(src, dst)
 
     def fn(xy):
-        x, y = tr.transform(xy[:, 0], xy[:, 1])
+        x, y = tr.transform(xy[:, 0], xy[:, 1], errcheck=True)
         return np.column_stack([x, y])
 
     return shapely.transform(geoms, fn)
+
+
+def null_rows(layer: Layer, column: str) -> np.ndarray:
+    """Indices of the rows whose `column` is NULL (NaN in a float column, None/NaN/blank in an object column)."""
+    a = layer.fields[column]
+    if a.dtype.kind == "f":
+        return np.flatnonzero(np.isnan(a))
+    if a.dtype.kind == "O":
+        return np.flatnonzero([v is None or (isinstance(v, float) and np.isnan(v)) or
+                               (isinstance(v, str) and not v.strip()) for v in a])
+    return np.zeros(0, dtype=np.int64)  # integer columns hold no NULLs
+
+
+def check_ids(path: str | Path, layer: Layer) -> None:
+    """MapError naming the file, layer, column and rows if a float-typed *_fid column holds a non-integer (1.5, inf):
+    ids are integers, stored as REAL in some devkit layers (baseline_paths). NULL (NaN) is left to check_not_null."""
+    for col, a in layer.fields.items():
+        if not col.endswith("_fid") or a.dtype.kind != "f":
+            continue
+        with np.errstate(invalid="ignore"):
+            bad = np.flatnonzero(np.isinf(a) | (np.isfinite(a) & (a != np.round(a))))
+        if len(bad):
+            fids = ", ".join(str(f) for f in layer.fids[bad[:5]]) + (", ..." if len(bad) > 5 else "")
+            raise MapError(path, f"layer '{layer.name}', column '{col}' holds {float(a[bad[0]])} in {len(bad)} "
+                                 f"row(s) (fid {fids}); expected an integer id")
+
+
+def check_not_null(path: str | Path, layer: Layer, columns) -> None:
+    """MapError naming the file, layer, column and the first offending rows (by fid) if any of `columns` is NULL."""
+    for col in columns:
+        bad = null_rows(layer, col)
+        if len(bad):
+            fids = ", ".join(str(f) for f in layer.fids[bad[:5]]) + (", ..." if len(bad) > 5 else "")
+            raise MapError(path, f"layer '{layer.name}', column '{col}' is NULL in {len(bad)} row(s) (fid {fids}); "
+                                 f"the lane graph needs an id there")
 
 
 def read_layer(path: str | Path, layer: str, dst_crs: str, *, required: tuple[str, ...] = (),
@@ -203,11 +267,25 @@ def read_layer(path: str | Path, layer: str, dst_crs: str, *, required: tuple[st
     if geom is None:
         geoms = np.array([None] * len(fids), dtype=object)
     else:
+        import pyproj
+
         crs = meta.get("crs")
         if not crs:
             raise SchemaError(path, f"layer '{layer}' declares no CRS")
-        geoms = shapely.from_wkb(geom)
-        geoms = reproject(geoms, crs, dst_crs)
+        try:
+            geoms = shapely.from_wkb(geom)
+        except shapely.errors.GEOSException as exc:
+            raise CorruptFileError(path, f"layer '{layer}' holds unreadable geometries ({exc})") from exc
+        empty = np.flatnonzero(shapely.is_missing(geoms))
+        if len(empty):
+            fids_s = ", ".join(str(int(f)) for f in fids[empty[:5]]) + (", ..." if len(empty) > 5 else "")
+            raise CorruptFileError(path, f"layer '{layer}' has {len(empty)} NULL or unreadable geometries "
+                                         f"(fid {fids_s})")
+        try:
+            geoms = reproject(geoms, crs, dst_crs)
+        except pyproj.exceptions.ProjError as exc:  # CRSError included
+            raise CorruptFileError(path, f"layer '{layer}' cannot be reprojected from its CRS '{str(crs)[:80]}' to "
+                                         f"'{dst_crs}' ({exc})") from exc
     return Layer(layer, np.array([str(int(f)) for f in fids], dtype=object), geoms,
                  {n: f for n, f in zip(names, fields)})
 

@@ -26,13 +26,17 @@ import numpy as np
 import shapely
 from shapely import STRtree
 
+from ..cache import LRUCache
 from ..errors import MapError, SchemaError, UnknownMapObjectError
 from ..geometry import wrap_angle
 from .gpkg import (
+    NOT_NULL_COLUMNS,
     OPTIONAL_LAYERS,
     REQUIRED_LAYERS,
     Layer,
     _fid_str,
+    check_ids,
+    check_not_null,
     empty_layer,
     list_layers,
     projected_crs,
@@ -118,6 +122,9 @@ class MapAPI:
             read[name] = read_layer(self.path, name, self.crs, required=cols, layers=layers)
         for name in OPTIONAL_LAYERS:
             read[name] = read_layer(self.path, name, self.crs, layers=layers) if name in layers else empty_layer(name)
+        for name, layer in read.items():
+            check_ids(self.path, layer)
+            check_not_null(self.path, layer, NOT_NULL_COLUMNS.get(name, ()))
         self._layers = read
         self._build()
 
@@ -161,7 +168,7 @@ class MapAPI:
             incoming.setdefault(en, []).append(cid)
 
         stop = L["stop_polygons"]
-        self.stop_lines = {fid: Area(fid, MapLayer.STOP_LINE, g, {"type": int(t) if t is not None else None})
+        self.stop_lines = {fid: Area(fid, MapLayer.STOP_LINE, g, {"type": None if _fid_str(t) is None else int(t)})
                            for fid, g, t in zip(stop.fids, stop.geoms, stop.fields["stop_polygon_type_fid"])}
 
         # connector polygons
@@ -461,7 +468,10 @@ def _speed(v) -> float | None:
     return None if np.isnan(f) or f <= 0 else f
 
 
-_CACHE: dict = {}
+# loaded maps, per process, least recently used dropped first (a real nuPlan city is tens of MB in memory):
+# `set_map_cache_size` changes the bound
+MAP_CACHE_SIZE = 8
+_CACHE: LRUCache = LRUCache(MAP_CACHE_SIZE)
 _LOCK = threading.Lock()
 
 
@@ -478,11 +488,15 @@ def load_map(location: str, maps_root: str | Path | None = None, version: str | 
     path = resolve_map_file(root, location, version)
     key = (str(path.resolve()), path.stat().st_mtime_ns)
     with _LOCK:
-        if key not in _CACHE:
-            _CACHE[key] = MapAPI(path, location, path.parent.name)
-        return _CACHE[key]
+        return _CACHE.get_or_create(key, lambda: MapAPI(path, location, path.parent.name))
 
 
 def clear_map_cache() -> None:
     with _LOCK:
         _CACHE.clear()
+
+
+def set_map_cache_size(maxsize: int | None) -> None:
+    """Keep at most `maxsize` loaded maps per process (None: unbounded; default MAP_CACHE_SIZE)."""
+    with _LOCK:
+        _CACHE.resize(maxsize)

@@ -378,7 +378,11 @@ def pseudo_simulate(sim: Simulation, world: WorldState, plans: np.ndarray, *, ag
     if plans.ndim == 2:
         plans = plans[None]
     states = plan_states(world, plans, plan_interval_s=plan_interval_s, lqr=sim.config.lqr)
-    cl = route_centerline_xy(sim, world.ego, route_roadblock_ids) if scene is None else scene.centerline
+    # the default route's centreline is left to a log-replay or constant-velocity scene, which computes the same one
+    # (`scoring_scene`): every scoring of one world then shares the cached log-replay scene (valid_start, recovery)
+    own = scene is None and route_roadblock_ids is None and agent_mode != "reactive"
+    cl = None if own else (route_centerline_xy(sim, world.ego, route_roadblock_ids) if scene is None
+                           else scene.centerline)
     reference = ref_states = None
     if reference_plan is not None:
         ref_states = plan_states(world, np.asarray(reference_plan)[None],

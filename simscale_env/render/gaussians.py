@@ -14,6 +14,7 @@ of SH DC coefficients (`dc_activation="sigmoid"`, recognised automatically from 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,91 +173,142 @@ def write_ply(path: str | Path, g: Gaussians, *, comment: str | None = None) -> 
     return path
 
 
+_PLY_FORMATS = ("ascii", "binary_little_endian", "binary_big_endian")
+_PLY_REQUIRED = ("x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2",
+                 "rot_0", "rot_1", "rot_2", "rot_3")
+_PLY_MAX_HEADER = 1 << 20  # bytes; 3DGS headers are a few kB
+
+
+def _ply_header(f, path: Path) -> tuple[str, list[str], list[tuple[str, str]], int]:
+    """Parse the header up to end_header: (format, comments, vertex properties (name, numpy type), vertex count).
+    Every malformed line is a CorruptFileError naming the file and the line; a well-formed PLY that is no 3DGS
+    vertex set (list properties, an element before `vertex`, an unsupported format) is a SchemaError."""
+    if f.readline(16).strip() != b"ply":
+        raise CorruptFileError(path, "not a PLY file (missing 'ply' magic)")
+    fmt = None
+    comments, props = [], []
+    n = None
+    in_vertex = False
+    other_before = 0
+    while True:
+        line = f.readline(_PLY_MAX_HEADER)
+        if not line:
+            raise CorruptFileError(path, "PLY header has no end_header")
+        if f.tell() > _PLY_MAX_HEADER:
+            raise CorruptFileError(path, f"PLY header longer than {_PLY_MAX_HEADER} bytes (no end_header?)")
+        text = line.decode("ascii", errors="replace").strip()
+        parts = text.split()
+        if not parts:
+            continue
+        if parts[0] == "end_header":
+            break
+        if parts[0] == "format":
+            if len(parts) < 2 or parts[1] not in _PLY_FORMATS:
+                raise CorruptFileError(path, f"bad PLY format line '{text[:80]}'; expected 'format "
+                                             f"binary_little_endian 1.0' ({', '.join(_PLY_FORMATS)})")
+            fmt = parts[1]
+        elif parts[0] == "comment":
+            comments.append(" ".join(parts[1:]))
+        elif parts[0] == "element":
+            if len(parts) != 3 or not re.fullmatch(r"[0-9]+", parts[2]):
+                raise CorruptFileError(path, f"bad PLY element line '{text[:80]}'; expected 'element <name> <count>' "
+                                             f"with a non-negative integer count")
+            in_vertex = parts[1] == "vertex"
+            if in_vertex:
+                if n is not None:
+                    raise CorruptFileError(path, "PLY header declares the vertex element twice")
+                n = int(parts[2])
+            elif n is None:
+                other_before += 1
+        elif parts[0] == "property" and in_vertex:
+            if len(parts) >= 2 and parts[1] == "list":
+                raise SchemaError(path, "vertex list properties are not 3DGS PLY")
+            if len(parts) != 3:
+                raise CorruptFileError(path, f"bad PLY property line '{text[:80]}'; expected 'property <type> <name>'")
+            if parts[1] not in _PLY_TYPES:
+                raise SchemaError(path, f"unknown PLY property type '{parts[1]}'")
+            if any(parts[2] == nm for nm, _ in props):
+                raise CorruptFileError(path, f"PLY vertex property '{parts[2]}' is declared twice")
+            props.append((parts[2], _PLY_TYPES[parts[1]]))
+    if fmt is None:
+        raise CorruptFileError(path, "PLY header has no format line")
+    if fmt != "binary_little_endian":
+        raise SchemaError(path, f"only binary_little_endian 3DGS PLY is supported, got format '{fmt}'")
+    if n is None or other_before:
+        raise SchemaError(path, "the vertex element must be the first element")
+    return fmt, comments, props, n
+
+
 def read_ply(path: str | Path, *, dc_activation: str = "auto") -> Gaussians:
     """Read a 3DGS PLY into post-activation Gaussians. `dc_activation`: "sh" (graphdeco: colour = C0 dc + 0.5),
     "sigmoid" (nerfstudio degree-0 exports: colour = sigmoid(dc)), or "auto" (sigmoid when the file has no f_rest
-    and a header comment names nerfstudio)."""
+    and a header comment names nerfstudio).
+
+    Hostile files get a CorruptFileError or SchemaError naming the file: the vertex count is checked against the
+    file's size before anything is allocated, and non-finite stored values are rejected."""
     path = Path(path)
     if not path.exists():
         raise MissingFileError(path, "Gaussian PLY not found")
     if dc_activation not in ("auto", "sh", "sigmoid"):
         raise ValueError(f"dc_activation must be 'auto', 'sh' or 'sigmoid', got {dc_activation!r}")
     with open(path, "rb") as f:
-        if f.readline().strip() != b"ply":
-            raise CorruptFileError(path, "not a PLY file (missing 'ply' magic)")
-        fmt = None
-        comments, props = [], []
-        n = None
-        in_vertex = False
-        other_before = 0
-        while True:
-            line = f.readline()
-            if not line:
-                raise CorruptFileError(path, "PLY header has no end_header")
-            parts = line.decode("ascii", errors="replace").strip().split()
-            if not parts:
-                continue
-            if parts[0] == "end_header":
-                break
-            if parts[0] == "format":
-                fmt = parts[1]
-            elif parts[0] == "comment":
-                comments.append(" ".join(parts[1:]))
-            elif parts[0] == "element":
-                in_vertex = parts[1] == "vertex"
-                if in_vertex:
-                    n = int(parts[2])
-                elif n is None:
-                    other_before += 1
-            elif parts[0] == "property" and in_vertex:
-                if parts[1] == "list":
-                    raise SchemaError(path, "vertex list properties are not 3DGS PLY")
-                if parts[1] not in _PLY_TYPES:
-                    raise SchemaError(path, f"unknown PLY property type '{parts[1]}'")
-                props.append((parts[2], _PLY_TYPES[parts[1]]))
-        if fmt != "binary_little_endian":
-            raise SchemaError(path, f"only binary_little_endian 3DGS PLY is supported, got format '{fmt}'")
-        if n is None or other_before:
-            raise SchemaError(path, "the vertex element must be the first element")
+        _fmt, comments, props, n = _ply_header(f, path)
+        names = [nm for nm, _ in props]
+        missing = [r for r in _PLY_REQUIRED if r not in names]
+        if missing:
+            raise SchemaError(path, f"missing 3DGS vertex properties: {', '.join(missing)}")
+        rest = [nm for nm in names if nm.startswith("f_rest_")]
+        n_rest = len(rest)
+        if rest != [f"f_rest_{i}" for i in range(n_rest)]:
+            raise SchemaError(path, f"f_rest properties must be f_rest_0..f_rest_{n_rest - 1} in order, got "
+                                    f"{', '.join(rest[:6])}{', ...' if n_rest > 6 else ''}")
+        k = n_rest // 3 + 1
+        if n_rest % 3 or int(round(np.sqrt(k))) ** 2 != k or k > 25:
+            raise SchemaError(path, f"{n_rest} f_rest properties do not match an SH degree d <= 4 (3((d+1)^2 - 1))")
         dtype = np.dtype([(nm, "<" + t) for nm, t in props])
-        raw = f.read(n * dtype.itemsize)
-        if len(raw) < n * dtype.itemsize:
-            raise CorruptFileError(path, f"truncated: {n} vertices need {n * dtype.itemsize} bytes, got {len(raw)}")
+        need = n * dtype.itemsize
+        left = os.fstat(f.fileno()).st_size - f.tell()
+        if need > left:
+            raise CorruptFileError(path, f"truncated or bad vertex count: {n} vertices of {dtype.itemsize} bytes "
+                                         f"need {need} bytes, the file has {left} after the header")
+        raw = f.read(need)
+        if len(raw) < need:
+            raise CorruptFileError(path, f"truncated: {n} vertices need {need} bytes, got {len(raw)}")
         v = np.frombuffer(raw, dtype=dtype, count=n)
-    names = set(dtype.names)
-    required = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2",
-                "rot_0", "rot_1", "rot_2", "rot_3"]
-    missing = [r for r in required if r not in names]
-    if missing:
-        raise SchemaError(path, f"missing 3DGS vertex properties: {', '.join(missing)}")
-    rest = sorted((nm for nm in names if nm.startswith("f_rest_")), key=lambda s: int(s.split("_")[-1]))
-    n_rest = len(rest)
-    if n_rest % 3 or int(round(np.sqrt(n_rest // 3 + 1))) ** 2 != n_rest // 3 + 1:
-        raise SchemaError(path, f"{n_rest} f_rest properties do not match an SH degree (3((d+1)^2 - 1))")
-    k = n_rest // 3 + 1
     means = np.stack([v["x"], v["y"], v["z"]], -1).astype(np.float32)
     dc = np.stack([v["f_dc_0"], v["f_dc_1"], v["f_dc_2"]], -1).astype(np.float64)
+    fr = np.stack([v[nm] for nm in rest], -1).astype(np.float32).reshape(n, 3, k - 1) if k > 1 else None
+    quats = np.stack([v["rot_0"], v["rot_1"], v["rot_2"], v["rot_3"]], -1).astype(np.float64)
+    log_scales = np.stack([v["scale_0"], v["scale_1"], v["scale_2"]], -1).astype(np.float64)
+    opacity = v["opacity"].astype(np.float64)
+    # NaN/inf in any stored value the set is built from (one pass over arrays built anyway)
+    bad = [name for name, a in (("x/y/z", means), ("f_dc_*", dc), ("f_rest_*", fr), ("rot_*", quats),
+                                ("scale_*", log_scales), ("opacity", opacity))
+           if a is not None and not np.isfinite(a).all()]
+    if bad:
+        raise CorruptFileError(path, f"non-finite values in vertex properties {', '.join(bad)}")
     mode = dc_activation
     if mode == "auto":
         mode = "sigmoid" if (k == 1 and any("nerfstudio" in c.lower() for c in comments)) else "sh"
-    if mode == "sigmoid":
-        dc = (_sigmoid(dc) - 0.5) / SH_C0  # the same colour through the SH path
-    sh = np.zeros((n, k, 3), np.float32)
-    sh[:, 0] = dc
-    if k > 1:
-        fr = np.stack([v[nm] for nm in rest], -1).astype(np.float32).reshape(n, 3, k - 1)
-        sh[:, 1:] = np.transpose(fr, (0, 2, 1))
-    quats = np.stack([v["rot_0"], v["rot_1"], v["rot_2"], v["rot_3"]], -1).astype(np.float64)
-    norm = np.linalg.norm(quats, axis=-1, keepdims=True)
-    quats = np.where(norm > 0, quats / np.where(norm > 0, norm, 1), np.array([1.0, 0, 0, 0]))
-    scales = np.exp(np.stack([v["scale_0"], v["scale_1"], v["scale_2"]], -1).astype(np.float64))
-    opac = _sigmoid(v["opacity"].astype(np.float64))
-    g = Gaussians.create(means, quats, scales, opac, sh)
+    with np.errstate(over="ignore"):
+        if mode == "sigmoid":
+            dc = (_sigmoid(dc) - 0.5) / SH_C0  # the same colour through the SH path
+        sh = np.zeros((n, k, 3), np.float32)
+        sh[:, 0] = dc
+        if k > 1:
+            sh[:, 1:] = np.transpose(fr, (0, 2, 1))
+        norm = np.linalg.norm(quats, axis=-1, keepdims=True)
+        quats = np.where(norm > 0, quats / np.where(norm > 0, norm, 1), np.array([1.0, 0, 0, 0]))
+        scales = np.exp(log_scales)
+        opac = _sigmoid(opacity)
+        g = Gaussians.create(means, quats, scales, opac, sh)
     raw = np.stack([v["opacity"], v["scale_0"], v["scale_1"], v["scale_2"], v["rot_0"], v["rot_1"], v["rot_2"],
                     v["rot_3"]], -1).astype(np.float32)
     g = Gaussians(g.means, g.quats, g.scales, g.opacities, g.sh, raw if mode == "sh" else None)
     if not (np.all(np.isfinite(g.means)) and np.all(np.isfinite(g.sh))):
         raise CorruptFileError(path, "non-finite means or colours")
+    if not (np.all(np.isfinite(g.scales)) and np.all(np.isfinite(g.quats))):
+        raise CorruptFileError(path, "scales or rotations overflow float32 (scale_i or rot_i far out of range)")
     return g
 
 

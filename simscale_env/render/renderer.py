@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cache import LRUCache
 from ..errors import MissingFileError
 from .camera import DEFAULT_CHANNELS, DEFAULT_SIZE, camera_models, view_matrices
 from .gaussians import Gaussians, read_ply
@@ -23,7 +24,8 @@ from .raster import covariances, rasterize_cpu
 from .synth import StaticScene, actor_gaussians, sky_background
 
 BACKENDS = ("auto", "cpu", "gsplat")
-_STATIC_SCENES: dict = {}
+# map-synthesised backgrounds per (map, seed), least recently used dropped first
+_STATIC_SCENES: LRUCache = LRUCache(4)
 
 
 @functools.lru_cache(maxsize=1)
@@ -79,11 +81,8 @@ class CameraRenderer:
         if self.backend == "gsplat" and not gsplat_available():
             raise RuntimeError("backend 'gsplat' needs CUDA (torch.cuda.is_available()) and the gsplat package")
         key = (id(map_api), str(map_api.path), int(seed))
-        if key not in _STATIC_SCENES:
-            if len(_STATIC_SCENES) >= 4:
-                _STATIC_SCENES.pop(next(iter(_STATIC_SCENES)))
-            _STATIC_SCENES[key] = StaticScene(map_api, seed)
-        self.static = _STATIC_SCENES[key]  # shared by renderers of the same map (chunks are generated once)
+        # shared by renderers of the same map (chunks are generated once); the key's map stays alive in the scene
+        self.static = _STATIC_SCENES.get_or_create(key, lambda: StaticScene(map_api, seed))
         self.origin = self.static.origin
         self.radius = radius
         self.near, self.far = near, far

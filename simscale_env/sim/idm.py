@@ -1245,49 +1245,117 @@ def _initial_capacity(g: LaneGraph, lanes) -> int:
 _FOOT_CAPACITY = 96
 
 
-def spawn_agents(m: MapAPI, boxes: dict, ego_box_corners: np.ndarray, open_loop_corners: np.ndarray,
-                 ego_speed: float, config: IDMConfig = IDMConfig()) -> IDMAgents:
-    """Build IDM agents from the vehicles of iteration 0 (`boxes`: arrays x, y, heading, vx, vy, length, width,
-    height, track (column index), in the log's row order), as nuPlan's `build_idm_agents_on_map_rails`."""
+@dataclass(frozen=True, eq=False)
+class SpawnCandidates:
+    """The part of `spawn_agents` (and of `navsim_parked_vehicles`) that does not depend on the ego, for one set of
+    vehicle boxes and replayed objects: each vehicle's starting segment, its snapped box and path, and which snapped
+    boxes overlap a replayed object or each other. A simulation prepares it once per scenario (`prepare_spawn`), so
+    a reset only checks the snapped boxes against the ego box; the agents are the same as without it."""
+
+    boxes: dict
+    segments: list  # per vehicle: `starting_segment` (None off the lanes and intersections)
+    candidate: np.ndarray  # [N] bool: a starting segment within the snap threshold
+    lane: np.ndarray  # [N] lane-graph index of the starting segment (-1 where no candidate)
+    polygons: np.ndarray  # [N] shapely polygons of the snapped boxes (None where no candidate)
+    corners: np.ndarray  # [N, 4, 2] snapped box corners
+    hits_objects: np.ndarray  # [N] bool: the snapped box intersects a replayed object's box
+    hits: list  # per vehicle: the (earlier and later) vehicles whose snapped boxes its snapped box intersects
+    two_point: np.ndarray  # [N] bool: the starting segment's baseline has fewer than 3 points
+    paths: list  # per candidate: its InterpolatedPath rows [n, 4] (None elsewhere)
+    poses: np.ndarray  # [N, 3] the path pose at the clamped progress
+
+
+def prepare_spawn(m: MapAPI, boxes: dict, open_loop_corners: np.ndarray,
+                  config: IDMConfig = IDMConfig()) -> SpawnCandidates:
+    """The ego-independent part of `spawn_agents` for these vehicles (`boxes`) and replayed objects."""
     g = lane_graph(m)
-    occ = [shapely.Polygon(c) for c in np.asarray(ego_box_corners).reshape(-1, 4, 2)]
-    occ += [shapely.Polygon(c) for c in np.asarray(open_loop_corners).reshape(-1, 4, 2)]
-    rows = []
+    n = len(boxes["x"])
     lines = {}
-    for k in range(len(boxes["x"])):
+    segs, cand = [], np.zeros(n, dtype=bool)
+    lane = np.full(n, -1, dtype=np.int64)
+    corners = np.zeros((n, 4, 2))
+    two_point = np.zeros(n, dtype=bool)
+    paths: list = [None] * n
+    poses = np.zeros((n, 3))
+    for k in range(n):
         x, y, h = float(boxes["x"][k]), float(boxes["y"][k]), float(boxes["heading"][k])
         seg = starting_segment(m, x, y, h, lines)
+        segs.append(seg)
         if seg is None:
             continue
         lid, arc, px, py, ph = seg
         if config.snap_threshold is not None and np.hypot(px - x, py - y) > config.snap_threshold:
             continue
-        L, W = float(boxes["length"][k]), float(boxes["width"][k])
-        corners = box_corners(px, py, ph, L, W)[0]
-        snapped = shapely.Polygon(corners)
-        if any(snapped.intersects(o) for o in occ):
+        cand[k] = True
+        lane[k] = g.index[lid]
+        corners[k] = box_corners(px, py, ph, float(boxes["length"][k]), float(boxes["width"][k]))[0]
+        two_point[k] = np.diff(g.vtx_ptr)[g.index[lid]] < 3
+        if not two_point[k]:
+            st = _lane_states(g, lane[k])
+            buf = np.zeros((len(st), 4))
+            npath = _create_path(st, len(st), buf)
+            paths[k] = buf[:npath]
+            poses[k] = _state_at(buf, npath, _clamp(buf, npath, arc))
+    polys = np.full(n, None, dtype=object)
+    idx = np.nonzero(cand)[0]
+    hits_objects = np.zeros(n, dtype=bool)
+    hits: list = [np.zeros(0, dtype=np.int64) for _ in range(n)]
+    if len(idx):
+        polys[idx] = shapely.polygons(corners[idx])
+        ol = np.asarray(open_loop_corners, dtype=np.float64).reshape(-1, 4, 2)
+        if len(ol):
+            a, _ = shapely.STRtree(shapely.polygons(ol)).query(polys[idx], predicate="intersects")
+            hits_objects[idx[a]] = True
+        a, b = shapely.STRtree(polys[idx]).query(polys[idx], predicate="intersects")
+        for i in range(len(idx)):
+            hits[idx[i]] = np.sort(idx[b[a == i]])
+    return SpawnCandidates(boxes, segs, cand, lane, polys, corners, hits_objects, hits, two_point, paths, poses)
+
+
+def spawn_agents(m: MapAPI, boxes: dict, ego_box_corners: np.ndarray, open_loop_corners: np.ndarray,
+                 ego_speed: float, config: IDMConfig = IDMConfig(),
+                 prepared: SpawnCandidates | None = None) -> IDMAgents:
+    """Build IDM agents from the vehicles of iteration 0 (`boxes`: arrays x, y, heading, vx, vy, length, width,
+    height, track (column index), in the log's row order), as nuPlan's `build_idm_agents_on_map_rails`.
+    `prepared`: `prepare_spawn(m, boxes, open_loop_corners, config)` computed beforehand (reused across egos)."""
+    g = lane_graph(m)
+    prep = prepared if prepared is not None else prepare_spawn(m, boxes, open_loop_corners, config)
+    n = len(boxes["x"])
+    idx = np.nonzero(prep.candidate)[0]
+    hits_ego = np.zeros(n, dtype=bool)
+    ego = shapely.polygons(np.asarray(ego_box_corners, dtype=np.float64).reshape(-1, 4, 2))
+    if len(idx) and len(ego):
+        hits_ego[idx] = shapely.intersects(prep.polygons[idx][:, None], ego[None, :]).any(axis=1)
+    accepted = np.zeros(n, dtype=bool)
+    rows = []
+    for k in idx.tolist():
+        # dropped if the snapped box overlaps the ego, a replayed object or an agent accepted before it
+        if hits_ego[k] or prep.hits_objects[k] or accepted[prep.hits[k]].any():
             continue
-        if np.diff(g.vtx_ptr)[g.index[lid]] < 3:
+        if prep.two_point[k]:
             # a two-point baseline leaves the devkit's InterpolatedPath one point (it asserts); not an agent here
             log.warning("vehicle %d: its starting segment %s has a two-point baseline; not made an IDM agent",
-                        int(boxes["track"][k]), lid)
+                        int(boxes["track"][k]), prep.segments[k][0])
             continue
-        occ.append(snapped)
+        accepted[k] = True
         vx, vy = float(boxes["vx"][k]), float(boxes["vy"][k])
         speed = ego_speed if (np.isnan(vx) or np.isnan(vy)) else float(np.hypot(vx, vy))
-        rows.append((int(boxes["track"][k]), g.index[lid], arc, speed, L, W, float(boxes["height"][k]), corners))
+        rows.append((int(boxes["track"][k]), int(prep.lane[k]), prep.segments[k][1], speed,
+                     float(boxes["length"][k]), float(boxes["width"][k]), float(boxes["height"][k]), k))
     A = len(rows)
     NP = _initial_capacity(g, [r[1] for r in rows])
     path = np.zeros((A, NP, 4))
     n_path = np.zeros(A, dtype=np.int64)
     route = np.full((A, R_MAX), -1, dtype=np.int64)
     pose = np.zeros((A, 3))
-    for k, r in enumerate(rows):
-        st = _lane_states(g, r[1])
-        n_path[k] = _create_path(st, len(st), path[k])
-        route[k, 0] = r[1]
+    for a, r in enumerate(rows):
+        p = prep.paths[r[7]]
+        path[a, :len(p)] = p
+        n_path[a] = len(p)
+        route[a, 0] = r[1]
         # the devkit reports the agent at its path pose (`to_se2`: path interpolation at its clamped progress)
-        pose[k] = _state_at(path[k], n_path[k], _clamp(path[k], n_path[k], r[2]))
+        pose[a] = prep.poses[r[7]]
+    sel = np.array([r[7] for r in rows], dtype=np.int64)
     return IDMAgents(
         track=np.array([r[0] for r in rows], dtype=np.int64), alive=np.ones(A, dtype=bool), path=path, n_path=n_path,
         route=route, n_route=np.ones(A, dtype=np.int64), s=np.array([r[2] for r in rows], dtype=np.float64),
@@ -1296,7 +1364,7 @@ def spawn_agents(m: MapAPI, boxes: dict, ego_box_corners: np.ndarray, open_loop_
                         dtype=np.float64),
         length=np.array([r[4] for r in rows], dtype=np.float64), width=np.array([r[5] for r in rows], dtype=np.float64),
         height=np.array([r[6] for r in rows], dtype=np.float64), pose=pose,
-        box=np.array([r[7] for r in rows], dtype=np.float64).reshape(A, 4, 2), foot=np.zeros((A, _FOOT_CAPACITY, 2)),
+        box=prep.corners[sel].reshape(A, 4, 2).copy(), foot=np.zeros((A, _FOOT_CAPACITY, 2)),
         n_foot=np.zeros(A, dtype=np.int64), lead_kind=np.zeros(A, dtype=np.int64),
         lead_index=np.full(A, -1, dtype=np.int64), lead_gap=np.zeros(A), lead_speed=np.zeros(A))
 
@@ -1362,12 +1430,13 @@ def step_agents(m: MapAPI, agents: IDMAgents, *, ego_corners: np.ndarray, ego_ce
             _PIECE_CAPACITY[0] = 2 * pieces
 
 
-def navsim_parked_vehicles(m: MapAPI, boxes: dict, agents: IDMAgents, snap_threshold: float | None) -> np.ndarray:
+def navsim_parked_vehicles(m: MapAPI, boxes: dict, agents: IDMAgents, snap_threshold: float | None,
+                           prepared: SpawnCandidates | None = None) -> np.ndarray:
     """NAVSIM's `add_open_loop_parked_vehicles` candidates among the vehicles of the current frame (`boxes` as for
     `spawn_agents`): bool [N], True for a vehicle that is not an IDM agent and either stands still (< 0.1 m/s) with
     its centre off the lanes and intersections, or sits further than `snap_threshold` from its starting segment's
     baseline. NAVSIM shows those at their current pose unless their box overlaps an active agent's box at that step
-    (`parked_overlaps`)."""
+    (`parked_overlaps`). `prepared`: the vehicles' `prepare_spawn` (their starting segments, reused)."""
     n = len(boxes["x"])
     out = np.zeros(n, dtype=bool)
     active = set(np.asarray(agents.track).tolist())
@@ -1379,7 +1448,7 @@ def navsim_parked_vehicles(m: MapAPI, boxes: dict, agents: IDMAgents, snap_thres
         vx, vy = float(boxes["vx"][k]), float(boxes["vy"][k])
         stationary = bool(np.hypot(vx, vy) < NAVSIM_STATIONARY_SPEED)  # NaN compares False, as in NAVSIM
         in_lanes = bool(m.objects_at(x, y, MapLayer.LANE) or m.objects_at(x, y, MapLayer.INTERSECTION))
-        seg = starting_segment(m, x, y, h, lines)
+        seg = prepared.segments[k] if prepared is not None else starting_segment(m, x, y, h, lines)
         deviation = None if seg is None else float(np.hypot(seg[2] - x, seg[3] - y))
         far = deviation is not None and snap_threshold is not None and deviation > snap_threshold
         out[k] = (stationary and not in_lanes) or far

@@ -24,7 +24,8 @@ from ..data.scenario import Scenario
 from ..data.schema import AGENT_CATEGORIES, TL_GREEN, TL_RED, VEHICLE
 from ..map.map_api import MapAPI
 from .bicycle import BicycleConfig, propagate
-from .idm import IDMAgents, IDMConfig, box_corners, navsim_parked_vehicles, parked_overlaps, spawn_agents, step_agents
+from .idm import (IDMAgents, IDMConfig, box_corners, navsim_parked_vehicles, parked_overlaps, prepare_spawn,
+                  spawn_agents, step_agents)
 from .lqr import BatchLQRTracker, LQRConfig
 from .state import (ACCELERATION_X, ANGULAR_ACCELERATION, ANGULAR_VELOCITY, STATE_SIZE, VELOCITY_X, check_states,
                     make_state)
@@ -135,6 +136,7 @@ class Simulation:
         self._agent_cat = np.isin(ag.category, np.asarray(AGENT_CATEGORIES, dtype=np.int8))
         self._vx = np.nan_to_num(ag.vx)  # unknown log velocities read as 0 (once, not per step)
         self._vy = np.nan_to_num(ag.vy)
+        self._spawn = None  # iteration 0's vehicles and their ego-independent spawn work (`_spawn_inputs`)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -186,6 +188,23 @@ class Simulation:
         replay = None
         parked = None
         if self.config.agent_mode == "reactive":
+            veh, boxes, ol, prep = self._spawn_inputs()
+            idm = spawn_agents(self.map, boxes, ego_box(ego, self.config.vehicle)[None], ol, float(ego[3]),
+                               self.config.idm, prepared=prep)
+            replay = self._open_loop.copy()
+            if self.config.replay_unspawned_vehicles:
+                unspawned = np.setdiff1d(veh, idm.track)
+                replay[unspawned] = True
+            if self.config.idm.add_open_loop_parked_vehicles:
+                cand = veh[navsim_parked_vehicles(self.map, boxes, idm, self.config.idm.snap_threshold, prep)]
+                parked = cand[~replay[cand]]
+        return WorldState(0, int(self.scenario.timestamps_us[self.frame(0)]), ego, idm, replay, parked)
+
+    def _spawn_inputs(self):
+        """(vehicle columns, their boxes, the replayed objects' corners, `idm.prepare_spawn`) at iteration 0: what
+        spawning the IDM agents needs that does not depend on the ego, computed once per simulation (a perturbed
+        reset spawns the agents for several candidate starts)."""
+        if self._spawn is None:
             ag = self.scenario.agents
             f = self.frame(0)
             veh = np.nonzero(ag.valid[f] & (ag.category == VEHICLE))[0]
@@ -194,16 +213,8 @@ class Simulation:
                                                           "height")}
             boxes["track"] = veh
             ol, _ = self._log_boxes(0, self._open_loop)
-            idm = spawn_agents(self.map, boxes, ego_box(ego, self.config.vehicle)[None], ol, float(ego[3]),
-                               self.config.idm)
-            replay = self._open_loop.copy()
-            if self.config.replay_unspawned_vehicles:
-                unspawned = np.setdiff1d(veh, idm.track)
-                replay[unspawned] = True
-            if self.config.idm.add_open_loop_parked_vehicles:
-                cand = veh[navsim_parked_vehicles(self.map, boxes, idm, self.config.idm.snap_threshold)]
-                parked = cand[~replay[cand]]
-        return WorldState(0, int(self.scenario.timestamps_us[self.frame(0)]), ego, idm, replay, parked)
+            self._spawn = (veh, boxes, ol, prepare_spawn(self.map, boxes, ol, self.config.idm))
+        return self._spawn
 
     def step(self, world: WorldState, *, tracker: PlanTracker | None = None, control=None,
              ego_state=None) -> WorldState:

@@ -170,7 +170,7 @@ def test_bad_calibration_and_light_rows_name_the_field(tmp_path, tiny_log):
     c.close()
     assert n > 0
     with LogDB(p2) as db:
-        with pytest.raises(SchemaError, match="lane_connector_id must be an integer, got None"):
+        with pytest.raises(SchemaError, match="lane_connector_id must be an integer, got NULL"):
             extract_scenario(db, TINY_TAG)
 
 

@@ -8,6 +8,7 @@ import gymnasium as gym
 import simscale_env  # noqa: F401
 from simscale_env.envs import ENV_IDS, SB3ObservationWrapper, save_video
 from simscale_env.errors import UnknownTokenError
+from tests.helpers import same
 
 SMALL = dict(cameras=("CAM_F0",), width=64, height=32)
 
@@ -49,22 +50,12 @@ def _episode(seed, **kw):
             return trace
 
 
-def _same(a, b):
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    if isinstance(a, np.ndarray):
-        return np.array_equal(a, b)
-    if isinstance(a, float) and np.isnan(a):
-        return isinstance(b, float) and np.isnan(b)
-    return a == b
 
 
 def test_same_seed_same_episode_different_seed_different_start():
     a, b = _episode(3), _episode(3)
     assert len(a) == len(b) > 5
-    assert _same(a, b)  # observations, rewards, flags and infos, bit for bit
+    assert same(a, b)  # observations, rewards, flags and infos, bit for bit
     env = gym.make("SimScale-navhard-v0", pseudo_experts=False, **SMALL)
     starts = {tuple(sorted((env.reset(seed=s, options={"scenario_token": env.unwrapped.tokens[0]})[1]
                             ["perturbation"] or {}).items())) for s in range(4)}

@@ -9,9 +9,13 @@ Layout (the same as a nuPlan + NAVSIM installation, so every reader takes one co
     OUT/splits/mini-navtrain.yaml, mini-navtest.yaml, mini-navhard.yaml   (NAVSIM scene_filter format)
     OUT/manifest.json                                                     (written last: the build is complete)
 
-Every file is written atomically; an interrupted build resumes with the logs it already has. A generated log is
-accepted only if its movers never overlap, its ego moves for most of the log and stays on the map, and it has
-scenario tags; otherwise the next seed of a fixed sequence is tried.
+Every file is written to a hidden temporary beside it and renamed into place (`data.atomic`; the finders skip hidden
+names and temporaries); an interrupted build (even by SIGKILL) resumes with the logs it already has, removes the
+temporaries it left and finishes with the same bytes as an uninterrupted build. `logs=N` builds the first N logs
+only (a small dataset for tests; the marker and manifest record N).
+
+A generated log is accepted only if its movers never overlap, its ego moves for most of the log and stays on the
+map, and it has scenario tags; otherwise the next seed of a fixed sequence is tried.
 """
 
 from __future__ import annotations
@@ -21,13 +25,15 @@ import logging
 import os
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import shapely
 
+from ...errors import OutputFolderError
+from ..atomic import atomic_write_text, is_temporary, kill_point
 from ..schema import TL_RED
 from .gpkg_writer import write_gpkg, write_maps_json, write_stub_gpkg
 from .locations import LOCATIONS, MAP_VERSION, STUB_LOCATIONS, build_location
@@ -123,6 +129,8 @@ def generate_log(plan: LogPlan, out_db: Path, maps_root: Path) -> dict:
     loc = LOCATIONS[plan.location]
     net = build_location(plan.location)
     map_api = MapAPI(maps_root / plan.location / MAP_VERSION / "map.gpkg", plan.location, MAP_VERSION)
+    # written under a hidden name until accepted: a rejected (or interrupted) log never has the log's name
+    candidate = out_db.with_name(f".{out_db.name}.candidate")
     reasons = []
     for attempt in range(MAX_TRIES):
         seed = plan.seed + 100_003 * attempt
@@ -145,26 +153,33 @@ def generate_log(plan: LogPlan, out_db: Path, maps_root: Path) -> dict:
             reasons.append(f"seed {seed}: the ego is on a red connector at t={t_red:.1f}s")
             continue
         summary = write_log_db(
-            out_db, log_name=plan.name, location=plan.location, city=loc.city, epsg=loc.epsg,
+            candidate, log_name=plan.name, location=plan.location, city=loc.city, epsg=loc.epsg,
             start_us=plan.start_us, frames=frames, track_meta=world.track_meta, ego_track=world.ego.track,
             ego_future_elems=world.ego.elems, map_api=map_api, crosswalks=world.crosswalk_polys, seed=seed,
             duration_s=LOG_DURATION_S)
         n_hard = sum(t[0] in HARD_TYPES for t in summary["tags"])
         if len(summary["tags"]) < 2 or (plan.test and n_hard < MIN_HARD_TAGS):
             reasons.append(f"seed {seed}: only {len(summary['tags'])} scenario tags ({n_hard} of the hard types)")
-            out_db.unlink()
+            candidate.unlink()
             continue
+        os.replace(candidate, out_db)
         summary.update(seed=seed, attempts=attempt + 1, ego_stopped=float(np.mean(ego_v < 0.2)), rejected=reasons)
         return summary
     raise RuntimeError(f"log {plan.name}: no acceptable log in {MAX_TRIES} seeds: {reasons[-3:]}")
 
 
-def _log_job(args) -> tuple[str, dict, float]:
-    plan, out_db, maps_root, navsim_path = args
+def _db_job(args) -> tuple[str, dict, float]:
+    plan, out_db, maps_root = args
     t0 = time.perf_counter()
     summary = generate_log(plan, out_db, maps_root)
-    _write_navsim(out_db, maps_root, navsim_path)
     return plan.name, summary, time.perf_counter() - t0
+
+
+def _navsim_job(args) -> tuple[str, float]:
+    name, db_path, maps_root, navsim_path = args
+    t0 = time.perf_counter()
+    _write_navsim(db_path, maps_root, navsim_path)
+    return name, time.perf_counter() - t0
 
 
 def _write_navsim(db_path: Path, maps_root: Path, out_pkl: Path) -> None:
@@ -178,58 +193,93 @@ def _write_navsim(db_path: Path, maps_root: Path, out_pkl: Path) -> None:
 
 
 BUILD_MARKER = ".simscale-mini"  # written first by build_mini: the folder is ours to (re)build into
+PARTIAL = "logs.partial.json"  # the summaries of the logs generated so far (a resumed build keeps them)
+_SUBFOLDERS = ("maps", "nuplan-v1.1", "navsim_logs", "splits")
 
 
-def is_complete(out: str | Path, seed: int | None = None) -> bool:
+def is_complete(out: str | Path, seed: int | None = None, logs: int | None = None) -> bool:
+    """Whether `out` holds a finished build (`manifest.json`) of this builder version, and of `seed` and of `logs`
+    logs where they are given (a manifest without `num_logs`, from before that option, is a build of all
+    NUM_LOGS)."""
     m = Path(out) / "manifest.json"
     if not m.exists():
         return False
     try:
         data = json.loads(m.read_text())
-    except json.JSONDecodeError:
+    except ValueError:  # not JSON, not text
         return False
-    return data.get("builder_version") == BUILDER_VERSION and (seed is None or data.get("seed") == seed)
+    return (isinstance(data, dict) and data.get("builder_version") == BUILDER_VERSION
+            and (seed is None or data.get("seed") == seed)
+            and (logs is None or data.get("num_logs", NUM_LOGS) == logs))
 
 
-def _stamp(seed: int) -> str:
-    return f"builder_version={BUILDER_VERSION} seed={seed}\n"
+def _stamp(seed: int, logs: int = NUM_LOGS) -> str:
+    """The marker's text: version, seed and (unless all NUM_LOGS) number of logs of the build in progress."""
+    return f"builder_version={BUILDER_VERSION} seed={seed}" + (f" logs={logs}" if logs != NUM_LOGS else "") + "\n"
 
 
-def clear_stale(out: str | Path, seed: int) -> bool:
-    """Remove what another builder version or seed generated in `out` (a folder with this builder's marker or
-    manifest), so that it is rebuilt rather than resumed: the logs' names do not change between versions. The
-    marker names the version and seed of the build in progress. Returns whether anything was removed."""
+def clear_stale(out: str | Path, seed: int, logs: int = NUM_LOGS) -> bool:
+    """Remove what another builder version, seed or number of logs generated in `out` (a folder with this builder's
+    marker or manifest), so that it is rebuilt rather than resumed: the logs' names do not change between versions,
+    and a smaller build must not keep the logs of a larger one. The marker names the version, seed and size of the
+    build in progress. Returns whether anything was removed."""
     out = Path(out)
     marker = out / BUILD_MARKER
     if not (marker.exists() or (out / "manifest.json").exists()):
         return False
-    if (marker.exists() and marker.read_text() == _stamp(seed)) or is_complete(out, seed):
+    if (marker.exists() and marker.read_text() == _stamp(seed, logs)) or is_complete(out, seed, logs):
         return False
-    for sub in ("maps", "nuplan-v1.1", "navsim_logs", "splits"):
+    for sub in _SUBFOLDERS:
         shutil.rmtree(out / sub, ignore_errors=True)
-    for f in ("manifest.json", "logs.partial.json"):
+    for f in ("manifest.json", PARTIAL):
         (out / f).unlink(missing_ok=True)
     return True
 
 
+def remove_temporaries(out: str | Path) -> list[Path]:
+    """Delete what interrupted writers left in the build folder `out`: hidden temporaries and rejected candidates,
+    SQLite journals, earlier builders' `tmpXXXXXXXX.db/.pkl/.gpkg` (:func:`..atomic.is_temporary`; the marker is
+    kept). Returns the files removed."""
+    out = Path(out)
+    found = [f for f in out.iterdir() if f.is_file() and f.name != BUILD_MARKER and is_temporary(f.name)]
+    for sub in _SUBFOLDERS:
+        if (out / sub).is_dir():
+            found += sorted(f for f in (out / sub).rglob("*") if f.is_file() and is_temporary(f.name))
+    for f in found:
+        f.unlink(missing_ok=True)
+    return found
+
+
 def build_mini(out: str | Path, seed: int = 0, *, workers: int | None = None, progress: bool = True,
-               n_logs: int = NUM_LOGS) -> Path:
-    """Build (or finish building) the mini dataset in `out`. Returns `out`."""
+               logs: int = NUM_LOGS, on_log=None) -> Path:
+    """Build (or finish building) the mini dataset in `out`. Returns `out`. `logs` (1 to NUM_LOGS): build only the
+    first `logs` logs of the full build (the same files; the splits hold what was built, so with 8 or fewer logs the
+    test splits are empty), e.g. a small dataset for a test. `on_log(done, total)` is called as logs are done (e.g. a
+    progress bar: `paths.ensure_mini`)."""
     from ..scenario import ScenarioBuilder
     from ..openscene import write_split
 
+    if isinstance(logs, bool) or not isinstance(logs, int) or not 1 <= logs <= NUM_LOGS:
+        raise ValueError(f"build_mini: logs must be an integer from 1 to {NUM_LOGS}, got {logs!r}")
     out = Path(out)
     t_start = time.perf_counter()
     # never write into someone else's folder (e.g. SIMSCALE_MINI pointing at a real dataset by mistake): only an
     # empty or missing folder, or one this builder started (its marker) or finished (manifest.json), is built into
     marker = out / BUILD_MARKER
+    if out.exists() and not out.is_dir():
+        raise OutputFolderError(out, "exists and is not a folder; pass an empty or new folder for the mini dataset")
     if out.is_dir() and any(out.iterdir()) and not marker.exists() and not (out / "manifest.json").exists():
-        raise FileExistsError(f"{out}: not empty and not a SimScale mini dataset (no {BUILD_MARKER} or manifest.json); "
-                              f"refusing to build the mini dataset into it: pass an empty or new folder")
+        raise OutputFolderError(out, f"not empty and not a SimScale mini dataset (no {BUILD_MARKER} or "
+                                     f"manifest.json); refusing to build the mini dataset into it: pass an empty or "
+                                     f"new folder")
     out.mkdir(parents=True, exist_ok=True)
-    if clear_stale(out, seed):
-        log.warning("%s: built by another builder version or seed; regenerating", out)
-    marker.write_text(_stamp(seed))
+    if clear_stale(out, seed, logs):
+        log.warning("%s: built by another builder version, seed or number of logs; regenerating", out)
+    atomic_write_text(marker, _stamp(seed, logs))
+    stray = remove_temporaries(out)  # resuming: what an interrupted run was writing is redone from scratch
+    if stray:
+        log.info("%s: removed %d temporaries of an interrupted build (%s)", out, len(stray),
+                 ", ".join(str(f.relative_to(out)) for f in stray[:4]) + (", ..." if len(stray) > 4 else ""))
     maps_root = out / "maps"
     maps_root.mkdir(parents=True, exist_ok=True)
     say = log.info if progress else log.debug  # progress; the CLI shows INFO on stderr
@@ -249,41 +299,79 @@ def build_mini(out: str | Path, seed: int = 0, *, workers: int | None = None, pr
     nav_dir = out / "navsim_logs" / "mini"
     db_dir.mkdir(parents=True, exist_ok=True)
     nav_dir.mkdir(parents=True, exist_ok=True)
-    plans = plan_logs(seed, n_logs)
-    todo = [(p, db_dir / f"{p.name}.db", maps_root, nav_dir / f"{p.name}.pkl") for p in plans
-            if not (db_dir / f"{p.name}.db").exists() or not (nav_dir / f"{p.name}.pkl").exists()]
-    # the test logs first: they must also have tags of the hard types and take the most tries, so the other
-    # worker(s) generate the rest meanwhile (the logs do not depend on the order)
-    todo.sort(key=lambda job: not job[0].test)
+    plans = plan_logs(seed)[:logs]  # the first logs of the full build: the same plans, the same files
+    db_of = {p.name: db_dir / f"{p.name}.db" for p in plans}
+    pkl_of = {p.name: nav_dir / f"{p.name}.pkl" for p in plans}
+    manifest_logs = out / PARTIAL
     summaries: dict[str, dict] = {}
-    manifest_logs = out / "logs.partial.json"
+    if is_complete(out, seed, logs):  # run again over a finished build: its logs are done
+        done_logs = json.loads((out / "manifest.json").read_text()).get("logs") or {}
+        summaries.update({name: {k: v for k, v in entry.items() if k != "location"}
+                          for name, entry in done_logs.items() if isinstance(entry, dict) and "tags" in entry})
     if manifest_logs.exists():
         summaries.update(json.loads(manifest_logs.read_text()))
-    workers = workers or min(len(todo), os.cpu_count() or 1) or 1
-    if todo:
-        say(f"generating {len(todo)} of {len(plans)} logs with {workers} worker(s)")
-    done = len(plans) - len(todo)
+    # a log is done when its database, OpenScene log and summary are there; one with its database and summary needs
+    # only the OpenScene pass; any other is generated (again: a log's files do not depend on what came before)
+    gen = [p for p in plans if p.name not in summaries or not db_of[p.name].exists()]
+    # the test logs first: they must also have tags of the hard types and take the most tries, so the other
+    # worker(s) generate the rest meanwhile (the logs do not depend on the order)
+    gen.sort(key=lambda p: not p.test)
+    nav = [p for p in plans if p not in gen and not pkl_of[p.name].exists()]
+    n_todo = len(gen) + len(nav)
+    workers = workers or min(n_todo, os.cpu_count() or 1) or 1
+    if n_todo:
+        say(f"generating {len(gen)} of {len(plans)} logs" + (f" (and the OpenScene logs of {len(nav)} more)" if nav
+                                                             else "") + f" with {workers} worker(s)")
+    done = len(plans) - n_todo
+    if on_log is not None:
+        on_log(done, len(plans))
+    seconds: dict[str, float] = {}
 
-    def record(name, summary, dt):
+    def generated(name, summary, dt):  # the log's database is in place: keep its summary at once
+        summaries[name] = summary
+        seconds[name] = dt
+        atomic_write_text(manifest_logs, json.dumps(summaries, indent=1, sort_keys=True))
+
+    def converted(name, dt):  # the log's OpenScene pickle is in place: the log is done
         nonlocal done
         done += 1
-        summaries[name] = summary
-        tmp = manifest_logs.with_suffix(".tmp")
-        tmp.write_text(json.dumps(summaries, indent=1, sort_keys=True))
-        os.replace(tmp, manifest_logs)
-        say(f"[{done}/{len(plans)}] {name}: {len(summary['tags'])} tags, {dt:.1f} s")
+        say(f"[{done}/{len(plans)}] {name}: {len(summaries[name]['tags'])} tags, {seconds.get(name, 0.0) + dt:.1f} s")
+        if on_log is not None:
+            on_log(done, len(plans))
+        kill_point("log")  # test hook (data.atomic): between two logs
 
-    if workers > 1 and len(todo) > 1:
+    def nav_job(p):
+        return p.name, db_of[p.name], maps_root, pkl_of[p.name]
+
+    if workers > 1 and n_todo > 1:
         with ProcessPoolExecutor(max_workers=workers) as ex:
-            for name, summary, dt in ex.map(_log_job, todo):
-                record(name, summary, dt)
+            pending = {ex.submit(_navsim_job, nav_job(p)): p for p in nav}
+            pending.update({ex.submit(_db_job, (p, db_of[p.name], maps_root)): p for p in gen})
+            try:
+                while pending:
+                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        p = pending.pop(fut)
+                        result = fut.result()
+                        if len(result) == 3:  # _db_job: then its OpenScene pass
+                            generated(*result)
+                            pending[ex.submit(_navsim_job, nav_job(p))] = p
+                        else:
+                            converted(*result)
+            except BaseException:
+                for fut in pending:
+                    fut.cancel()
+                raise
     else:
-        for job in todo:
-            record(*_log_job(job))
+        for p in nav:
+            converted(*_navsim_job(nav_job(p)))
+        for p in gen:
+            generated(*_db_job((p, db_of[p.name], maps_root)))
+            converted(*_navsim_job(nav_job(p)))
     # splits (NAVSIM scene_filter YAML): tokens are the tagged lidar_pcs, which are OpenScene keyframes
-    builder = ScenarioBuilder(db_dir)
+    builder = ScenarioBuilder([db_of[p.name] for p in plans])
     refs = builder.all_refs()
-    test_names = {p.name for p in plans[-TEST_LOGS:]}
+    test_names = {p.name for p in plans if p.test}
     train = [r for r in refs if r.log_name not in test_names]
     test = [r for r in refs if r.log_name in test_names]
     hard = [r for r in test if r.scenario_type in HARD_TYPES]
@@ -300,15 +388,13 @@ def build_mini(out: str | Path, seed: int = 0, *, workers: int | None = None, pr
                 tokens=uniq(r.token for r in hard), num_future_frames=8,
                 comment="mini-navhard: the test scenarios of the harder types " + ", ".join(HARD_TYPES))
     manifest = {
-        "builder_version": BUILDER_VERSION, "seed": seed, "map_version": MAP_VERSION,
+        "builder_version": BUILDER_VERSION, "seed": seed, "map_version": MAP_VERSION, "num_logs": logs,
         "locations": {n: asdict(l) for n, l in LOCATIONS.items()},
         "logs": {p.name: {"location": p.location, **summaries.get(p.name, {})} for p in plans},
         "splits": {"mini-navtrain": len(uniq(r.token for r in train)), "mini-navtest": len(uniq(r.token for r in test)),
                    "mini-navhard": len(uniq(r.token for r in hard))},
     }
-    tmp = out / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
-    os.replace(tmp, out / "manifest.json")
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True, default=str))
     if manifest_logs.exists():
         manifest_logs.unlink()
     say(f"mini dataset ready in {out} ({time.perf_counter() - t_start:.0f} s): "

@@ -1,20 +1,20 @@
 """Write a :class:`Network` as a nuPlan GeoPackage: WGS84 geometries, `meta` with the projected CRS.
 
 Column names and SQLite types follow the maps nuplan-devkit v1.2.2 opens (reference §2 and §8); every layer is
-written with pyogrio, then the file is moved into place atomically.
+written with pyogrio to a hidden temporary beside the target (`data.atomic`), then moved into place atomically.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import shapely
 
 from ...map.gpkg import MAPS_JSON
+from ..atomic import atomic_write_text, hidden_temp, kill_point
 from .roadnet import Network
 
 # layer -> (geometry type, ((column, numpy dtype), ...))
@@ -98,14 +98,15 @@ def _write(path: Path, layers: dict, epsg: int, version: str) -> None:
 
 
 def write_gpkg(net: Network, path: str | Path, epsg: int, version: str) -> Path:
-    """Write the network's layers and `meta` to `path` atomically (a temp file in the same folder, then rename)."""
+    """Write the network's layers and `meta` to `path` atomically (a hidden temporary in the same folder, then
+    rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".gpkg", dir=path.parent)
-    os.close(fd)
+    tmp = hidden_temp(path, suffix=".gpkg")  # GDAL wants the extension; it creates the file itself
     os.unlink(tmp)
     try:
-        _write(Path(tmp), net.layers, epsg, version)
+        _write(tmp, net.layers, epsg, version)
+        kill_point("gpkg")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -120,8 +121,7 @@ def write_stub_gpkg(path: str | Path, epsg: int, version: str) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".gpkg", dir=path.parent)
-    os.close(fd)
+    tmp = hidden_temp(path, suffix=".gpkg")
     os.unlink(tmp)
     try:
         pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": _FIXED_DATE})
@@ -132,6 +132,7 @@ def write_stub_gpkg(path: str | Path, epsg: int, version: str) -> Path:
                               np.array(["projectedCoordSystem", "version"], object),
                               np.array([f"epsg:{epsg}", version], dtype=object)], ["fid", "key", "value"],
                   layer="meta", driver="GPKG", geometry_type=None, crs=None, append=True)
+        kill_point("gpkg")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -154,8 +155,4 @@ def write_maps_json(maps_root: str | Path, locations: dict[str, str]) -> Path:
     data = {name: {"version": ver, "layers": {}} for name, (ver, _) in NUPLAN_LOCATIONS.items()}
     for name, ver in sorted(locations.items()):
         data[name] = {"version": ver, "layers": {}}
-    p = maps_root / MAPS_JSON
-    tmp = p.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, p)
-    return p
+    return atomic_write_text(maps_root / MAPS_JSON, json.dumps(data, indent=1, sort_keys=True))

@@ -9,7 +9,8 @@
 - `traffic_light_status` per signalised connector and lidar_pc; `camera` rows for the 8-camera rig; `image` rows
   at 10 Hz (the JPEGs themselves are not part of the mini dataset: cameras are rendered from Gaussians).
 
-The file is written to a temporary name beside the target and renamed into place.
+The file is written to a hidden temporary beside the target (`data.atomic`: no finder reads it) and renamed into
+place.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import os
 import pickle
 import sqlite3
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,7 @@ import shapely
 
 from ...geometry import quaternion_from_yaw, wrap_angle
 from ...map.map_api import MapAPI
+from ..atomic import hidden_temp, kill_point
 from ..schema import CAMERA_CHANNELS, CATEGORIES, LIDAR_CHANNEL, NUPLAN_SCHEMA, PEDESTRIAN, TRAFFIC_LIGHT_NAMES, \
     VEHICLE, create_table_sql
 from .roadnet import TURN_LEFT, TURN_RIGHT, TURN_STRAIGHT
@@ -211,8 +212,7 @@ def write_log_db(path: str | Path, *, log_name: str, location: str, city: str, e
     objs = _interp_frames(frames, n_lidar)
     ego = _ego_series(frames, n_lidar)
 
-    fd, tmp = tempfile.mkstemp(suffix=".db", dir=path.parent)
-    os.close(fd)
+    tmp = hidden_temp(path)
     os.unlink(tmp)
     conn = sqlite3.connect(tmp)
     try:
@@ -337,6 +337,7 @@ def write_log_db(path: str | Path, *, log_name: str, location: str, city: str, e
             "CREATE INDEX idx_scenario_tag_lidar_pc_token ON scenario_tag (lidar_pc_token)",
         ):
             cur.execute(sql)
+        kill_point("db")  # test hook (data.atomic): interrupted mid-transaction
         conn.commit()
         conn.close()
         os.replace(tmp, path)
