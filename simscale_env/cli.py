@@ -4,11 +4,11 @@
     simscale data info PATH                           summarize logs, scenarios, agents and map layers
     simscale bench NAME                               run a benchmark (ends with one JSON line of figures)
     simscale check-epdms FILE.json                    score NAVSIM golden cases with the engine, list mismatches
-    simscale check-golden DIR                         compare against a golden devkit/NAVSIM folder (oracle_mini format)
+    simscale check-golden DIR [--source S]            compare against a golden devkit/NAVSIM folder (oracle_mini format)
     simscale vocab build --split S --k K --out V.npy  k-means trajectory vocabulary from the human plans of a split
     simscale vocab label --split S --vocab V.npy --out DIR   EPDMS sub-score labels (float16) of V in every scene
     simscale render --log LOG --token TOKEN --out DIR   camera images, a bird's-eye view and a mosaic (PNG)
-    simscale evaluate [--agents A ...] [--split S]   closed-loop EPDMS of agents on every scenario of a split
+    simscale evaluate [--agents A ...] [--split S] [--source S]   closed-loop EPDMS of agents on every scenario
     simscale demo                                     the main job of `make demo`
 """
 
@@ -99,6 +99,9 @@ def _split_logs(args):
 
     cfg = DataConfig.resolve(args.data, args.maps) if args.data else DataConfig.resolve()
     spec = load_split(cfg.split_file(args.split))
+    if cfg.nuplan_data_root is None:
+        raise MissingFileError(cfg.openscene_root, "`simscale vocab` reads human plans at 0.1 s from the nuPlan .db "
+                                                   "logs; set NUPLAN_DATA_ROOT (OpenScene logs alone are 2 Hz)")
     logs = find_log_files(cfg.nuplan_data_root, cfg.split)
     if spec.log_names is not None:
         wanted = set(spec.log_names)
@@ -115,7 +118,7 @@ def _cmd_check_golden(args) -> int:
     from .golden.report import format_results
 
     with _LogToStderr("simscale_env.golden", "check-golden: ", enabled=not args.quiet):  # progress on stderr
-        summary, results = check_golden(args.dir, args.cache)
+        summary, results = check_golden(args.dir, args.cache, source=args.source)
     for line in format_results([c[2] for c in CHECKS], results, max_mismatches=max(0, args.max_mismatches)):
         print(line)
     print(json.dumps(summary))
@@ -225,7 +228,14 @@ def _cmd_evaluate(args) -> int:
             raise MissingFileError(args.data, "mini dataset folder not found (build one with `simscale data build-mini "
                                               "--out DIR`)")
         os.environ["SIMSCALE_MINI"] = str(args.data)
-    results = [evaluate(make_agent(name), f"SimScale-{args.split}-v0", seed=args.seed, progress=not args.quiet)
+    kw = {"data_source": args.source}
+    if args.openscene:
+        if not args.openscene.is_dir():
+            raise MissingFileError(args.openscene, "OpenScene data folder not found")
+        kw["openscene_root"] = str(args.openscene)
+    if args.maps:
+        kw["maps_root"] = str(args.maps)
+    results = [evaluate(make_agent(name), f"SimScale-{args.split}-v0", seed=args.seed, progress=not args.quiet, **kw)
                for name in args.agents]
     print(format_table(results))
     print(json.dumps({r["agent"]: {"epdms": round(r["epdms"], 4), "collision_rate": round(r["collision_rate"], 4),
@@ -246,7 +256,7 @@ def _cmd_demo(args) -> int:
 
     from .envs import save_video
 
-    env = gym.make("SimScale-navhard-v0", render_mode="rgb_array")
+    env = gym.make("SimScale-navhard-v0", render_mode="rgb_array", data_source=args.source)
     obs, info = env.reset(seed=args.seed)
     p = info["perturbation"]
     print(f"scenario {info['scenario_token']} ({env.unwrapped.sim.scenario.scenario_type}, log {info['log_name']})")
@@ -399,6 +409,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "whose files are absent is skipped and said so)")
     cg.add_argument("--cache", type=Path, default=None, metavar="DIR",
                     help="where the compressed archives are extracted, once (default: $SIMSCALE_CACHE/golden)")
+    cg.add_argument("--source", default="nuplan", choices=("nuplan", "openscene"),
+                    help="where scenarios come from: nuplan (default) the folder's .db logs; openscene its OpenScene "
+                         "pickles alone, as NAVSIM read them (no .db opened): NAVSIM scores and PDM-Closed plans are "
+                         "compared as usual, the devkit's IDM traces (made on the 20 Hz databases) are reported with "
+                         "their deviation under trace_deviation, not as mismatches, and the .db scenario-builder "
+                         "check is skipped")
     cg.add_argument("--max-mismatches", type=_int_at_least(0), default=200, metavar="N",
                     help="print at most N mismatch lines per kind, then a '... K more' line (the JSON counts stay "
                          "exact; default 200)")
@@ -469,6 +485,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="navhard", choices=("navhard", "navtest", "navtrain"),
                     help="the split (default navhard)")
     ev.add_argument("--data", type=Path, default=None, help="mini dataset folder (default: the cache or env vars)")
+    ev.add_argument("--openscene", type=Path, default=None, metavar="DIR",
+                    help="OpenScene data root (navsim_logs/<split>/*.pkl; default OPENSCENE_DATA_ROOT): scenarios "
+                         "from NAVSIM's logs without nuPlan databases; needs --maps or NUPLAN_MAPS_ROOT")
+    ev.add_argument("--maps", type=Path, default=None, metavar="DIR",
+                    help="nuPlan maps root (default NUPLAN_MAPS_ROOT)")
+    ev.add_argument("--source", default="auto", choices=("auto", "nuplan", "openscene"),
+                    help="where scenarios come from: the nuPlan .db logs, the OpenScene pickles, or auto (the .db logs "
+                         "where the data has them; default)")
     ev.add_argument("--seed", type=seed, default=0, help="episode k starts from seed + k (default 0)")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(func=_cmd_evaluate)
@@ -477,6 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data", type=Path, default=None, help="mini dataset folder (default: the cache)")
     demo.add_argument("--out", type=Path, default=Path(".cache") / "demo", help="where the video goes")
     demo.add_argument("--seed", type=seed, default=0, help="reset seed of the episode (default 0)")
+    demo.add_argument("--source", default="auto", choices=("auto", "nuplan", "openscene"),
+                      help="scenarios from the dataset's nuPlan .db logs or its OpenScene pickles (default auto: the "
+                           ".db logs where present)")
     demo.set_defaults(func=_cmd_demo)
     return p
 

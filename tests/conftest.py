@@ -59,6 +59,22 @@ def mini() -> Path:
 
 
 @pytest.fixture(scope="session")
+def mini_openscene(mini, tmp_path_factory) -> Path:
+    """A copy of the mini dataset as NAVSIM users have their data: OpenScene logs, sensor blobs, maps and split YAMLs,
+    no nuPlan databases (issue 15)."""
+    import shutil
+
+    out = tmp_path_factory.mktemp("openscene_only") / "mini"
+    out.mkdir()
+    for name in ("navsim_logs", "sensor_blobs", "maps", "splits"):
+        if (mini / name).exists():
+            shutil.copytree(mini / name, out / name)
+    shutil.copy(mini / "manifest.json", out / "manifest.json")
+    assert not list(out.rglob("*.db"))
+    return out
+
+
+@pytest.fixture(scope="session")
 def mini_logs(mini) -> list[Path]:
     return sorted((mini / "nuplan-v1.1" / "splits" / "mini").glob("*.db"))
 

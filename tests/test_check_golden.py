@@ -8,6 +8,7 @@ import io
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from simscale_env.cli import main
@@ -167,3 +168,99 @@ def test_a_missing_check_module_is_skipped_and_a_crashing_check_is_a_mismatch(tm
     assert rc == 1
     assert _summary(out)["map_mismatches"] == 1
     assert "MISMATCH maps.check_maps: the check raised ours='RuntimeError: bug in a check'" in out
+
+
+# ---------------------------------------------------------------------------------------------- --source openscene
+# two of the five devkit traces (one per map of the traced logs' cheapest pair) keep the added test time small; the
+# score and plan files are complete
+OPENSCENE_TRACES = ("ed7a703df855ba4f", "7ffc94b8da34b707")
+
+
+@pytest.fixture(scope="module")
+def openscene_run(tmp_path_factory):
+    """`check-golden --source openscene` on a copy of the golden folder without logs/ (no nuPlan .db at all: what
+    NAVSIM users have), extracted into its own cache (the extraction is keyed by the archives present)."""
+    tmp = tmp_path_factory.mktemp("golden_openscene")
+    d = _link_archives(tmp / "g", logs=False)
+    for p in ORACLE.glob("navsim_scores_*.json"):
+        shutil.copy(p, d)
+    shutil.copy(ORACLE / "devkit_scenarios.json", d)
+    (d / "idm_traces").mkdir()
+    for tok in OPENSCENE_TRACES:
+        shutil.copy(ORACLE / "idm_traces" / f"{tok}.json", d / "idm_traces")
+    return _run(["check-golden", str(d), "--quiet", "--source", "openscene", "--cache", str(tmp / "cache")]), d
+
+
+def test_openscene_source_matches_every_navsim_score_cell_and_plan_without_any_db(openscene_run):
+    (rc, out, _), d = openscene_run
+    assert not (d / "logs").exists() and rc == 0
+    summary = _summary(out)
+    assert summary["source"] == "openscene"
+    # the whole NAVSIM side of oracle_mini, from the OpenScene pickles alone
+    assert summary["score_cells"] == 2016 and summary["score_mismatches"] == 0
+    assert summary["plans"] == 24 and summary["plan_mismatches"] == 0
+    assert "== scores: 2016 compared, 0 mismatches" in out and "== plans: 24 compared, 0 mismatches" in out
+    # the .db scenario-builder check and the exact trace comparison are skipped, each with its reason
+    assert summary["scenarios"] == 0 and summary["traces"] == 0 and summary["trace_mismatches"] == 0
+    assert "nuPlan .db" in summary["skipped"]["scenarios"] and "--source nuplan" in summary["skipped"]["scenarios"]
+    assert "trace_deviation" in summary["skipped"]["traces"]
+
+
+def test_openscene_source_reports_each_traces_deviation_apart_from_the_mismatches(openscene_run):
+    (_, out, _), _ = openscene_run
+    dev = _summary(out)["trace_deviation"]
+    assert sorted(dev) == sorted(f"idm_traces/{t}.json" for t in OPENSCENE_TRACES)
+    for name, d in dev.items():
+        assert d["steps"] == 150 and d["steps_missing"] == 0, name
+        # a 2 Hz source: the ego on its log future differs from the 20 Hz run, but by centimetres
+        assert 0.0 < d["ego_mean_m"] <= d["ego_max_m"] < 0.1, name
+        assert d["agent_records"] > 0 and 0.0 <= d["agent_mean_m"] <= d["agent_max_m"], name
+        assert d["agents_only_golden"] == 0 and d["agents_only_ours"] == 0, name
+        assert f"-- {name}" in out
+    assert out.startswith("== trace_deviation: 2 devkit traces")
+
+
+def test_the_default_source_is_nuplan_and_names_itself(oracle_run):
+    summary = _summary(oracle_run[1])
+    assert summary["source"] == "nuplan" and "trace_deviation" not in summary
+    assert list(summary)[0] == "source" and list(summary)[-1] == "skipped"
+
+
+def test_an_unknown_source_is_a_usage_error():
+    with pytest.raises(SystemExit) as exc, contextlib.redirect_stderr(io.StringIO()):
+        main(["check-golden", str(ORACLE), "--source", "waymo"])
+    assert exc.value.code == 2
+
+
+def test_trace_deviation_known_answers():
+    """Position errors by iteration against a made-up loop: ego 3-4-5 and 0, one common agent 1 m off, one agent on
+    each side only, one step the loop does not reach."""
+    from simscale_env.golden.traces import trace_deviation
+
+    class W:
+        def __init__(self, x, y):
+            self.ego = np.array([x, y, 0.0, 0, 0, 0, 0, 0])
+
+    trace = [{"ego": [0.0, 0.0], "agents": {"a": [1.0, 1.0, 0, 0], "g": [0.0, 0.0, 0, 0]}},
+             {"ego": [1.0, 1.0], "agents": {"a": [2.0, 2.0, 0, 0]}},
+             {"ego": [2.0, 2.0], "agents": {}}]
+    loop = iter([(W(3.0, 4.0), None, {"a": [1.0, 2.0, 0, 0], "o": [5.0, 5.0, 0, 0]}),
+                 (W(1.0, 1.0), None, {"a": [2.0, 2.0, 0, 0]})])
+    d = trace_deviation(trace, loop)
+    assert d == {"steps": 2, "steps_missing": 1, "ego_max_m": 5.0, "ego_mean_m": 2.5, "agent_records": 2,
+                 "agent_max_m": 1.0, "agent_mean_m": 0.5, "agents_only_golden": 1, "agents_only_ours": 1}
+
+
+def test_openscene_log_future_reference_follows_the_frames():
+    """Frames 0.5 s apart on a straight line at 2 m/s: the reference starts at the query time, 0.1 s apart, to the
+    last 0.5 s sample the log still has (as the devkit's LogFuturePlanner drops samples past the log's end)."""
+    from simscale_env.golden.traces import openscene_log_future_reference
+
+    h = 0.3
+    frames = [{"timestamp": 1_000_000 + 500_000 * k, "ego2global_translation": [k * np.cos(h), k * np.sin(h), 0.0],
+               "ego2global_rotation": [np.cos(h / 2), 0.0, 0.0, np.sin(h / 2)]} for k in range(6)]
+    ref = openscene_log_future_reference(frames, 1_250_000)  # between frames 0 and 1: 0.25 s in
+    s = 0.5 + 0.2 * np.arange(len(ref))  # metres along the line
+    assert len(ref) == 21  # 1.25 s ... 3.25 s: the log ends at 3.5 s, so the 0.5 s samples end at 3.25 s
+    np.testing.assert_allclose(ref[:, :2], np.stack([s * np.cos(h), s * np.sin(h)], -1), atol=1e-9)
+    np.testing.assert_allclose(ref[:, 2], h, atol=1e-12)

@@ -289,9 +289,11 @@ def load_log(path: str | Path) -> list[dict]:
 
 
 def frame_pose(frame: dict) -> np.ndarray:
+    """(x, y, heading) of a frame's rear axle, float64 (NAVSIM `Scene._build_ego_status`: translation, quaternion
+    yaw)."""
     t = frame["ego2global_translation"]
     q = frame["ego2global_rotation"]
-    return np.array([t[0], t[1], float(yaw_from_quaternion(q[0], q[1], q[2], q[3]))])
+    return np.array([float(t[0]), float(t[1]), float(yaw_from_quaternion(q[0], q[1], q[2], q[3]))])
 
 
 @dataclass(frozen=True)
@@ -464,10 +466,11 @@ def db_to_openscene(db, map_api=None, *, sample_interval: int = OPENSCENE_SAMPLE
         cam_dict = {}
         for rec in images[k]:
             cal = cams[rec.channel]
+            # OpenScene's extrinsics are camera -> lidar: lidar2ego^-1 @ camera -> ego (the camera table's)
             cam_dict[rec.channel] = {
                 "data_path": rec.filename_jpg,
-                "sensor2lidar_rotation": quaternion_to_matrix(cal.rotation),
-                "sensor2lidar_translation": np.asarray(cal.translation),
+                "sensor2lidar_rotation": lidar2ego[:3, :3].T @ quaternion_to_matrix(cal.rotation),
+                "sensor2lidar_translation": lidar2ego[:3, :3].T @ (np.asarray(cal.translation) - l_t),
                 "cam_intrinsic": np.asarray(cal.intrinsic), "distortion": np.asarray(cal.distortion)}
         cmd = np.array([0, 0, 0, 1])
         if map_api is not None and route:

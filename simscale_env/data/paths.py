@@ -34,8 +34,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 # what to expect from a build of the mini dataset (measured: `du -sh .cache/mini`, `simscale data build-mini` on two
-# cores; builder version 3)
-MINI_SIZE_MB = 200
+# cores; builder version 4)
+MINI_SIZE_MB = 210
 MINI_BUILD_MINUTES = "2-3"
 
 
@@ -148,11 +148,15 @@ def _progress_bar(progress: bool) -> _LogBar | None:
         return None
 
 
+DATA_SOURCES = ("auto", "nuplan", "openscene")
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    """Resolved data locations. `split` names the nuPlan log folder (``mini``, ``trainval``, ``test``)."""
+    """Resolved data locations. `split` names the log folder (nuPlan ``nuplan-v1.1/splits/<split>``, OpenScene
+    ``navsim_logs/<split>``: ``mini``, ``trainval``, ``test``). `nuplan_data_root` is None for OpenScene-only data."""
 
-    nuplan_data_root: Path
+    nuplan_data_root: Path | None
     nuplan_maps_root: Path
     openscene_root: Path | None
     split: str = "mini"
@@ -167,7 +171,8 @@ class DataConfig:
         return self.nuplan_data_root / "splits" if self.is_mini else None
 
     def split_file(self, name: str | Path) -> Path:
-        """A NAVSIM split YAML by path, or by name (``navtrain``, ``mini-navtrain``) in the dataset's ``splits/``."""
+        """A NAVSIM split YAML by path, or by name (``navtrain``, ``mini-navtrain``) in the dataset's ``splits/`` (the
+        nuPlan data root's, else the OpenScene root's)."""
         from ..errors import MissingFileError
 
         p = Path(name)
@@ -175,7 +180,8 @@ class DataConfig:
             if not p.exists():
                 raise MissingFileError(p, "split file not found")
             return p
-        folder = self.nuplan_data_root / "splits"
+        root = self.nuplan_data_root if self.nuplan_data_root is not None else self.openscene_root
+        folder = root / "splits"
         for cand in (folder / f"{name}.yaml", folder / f"mini-{name}.yaml"):
             if cand.exists():
                 return cand
@@ -183,26 +189,83 @@ class DataConfig:
         raise MissingFileError(folder, f"no split named '{name}' (known: {', '.join(known) or 'none'}; or pass the "
                                        f"path of a NAVSIM scene_filter YAML)")
 
+    def source(self, requested: str = "auto") -> str:
+        """Which logs scenarios come from: "nuplan" (the ``.db`` files) or "openscene" (the ``navsim_logs`` pickles).
+        "auto": nuPlan where the data root holds ``.db`` logs, else OpenScene where the OpenScene root holds
+        pickles; an explicit choice must find its logs."""
+        from ..errors import MissingFileError
+
+        if requested not in DATA_SOURCES:
+            raise ValueError(f"data_source must be one of {DATA_SOURCES}, got {requested!r}")
+        from .openscene_scenario import find_openscene_logs
+        from .scenario import find_log_files
+
+        for name, root, find in (("nuplan", self.nuplan_data_root, find_log_files),
+                                 ("openscene", self.openscene_root, find_openscene_logs)):
+            if requested in ("auto", name) and root is not None:
+                try:
+                    find(root, self.split)
+                    return name
+                except MissingFileError:
+                    if requested == name:
+                        raise
+        if requested == "nuplan":
+            raise MissingFileError(None, "data_source='nuplan' needs a nuPlan data root (data_root= or "
+                                         "NUPLAN_DATA_ROOT)")
+        if requested == "openscene":
+            raise MissingFileError(None, "data_source='openscene' needs an OpenScene root (openscene_root= or "
+                                         "OPENSCENE_DATA_ROOT)")
+        looked = [str(p) for p in (self.nuplan_data_root, self.openscene_root) if p is not None]
+        raise MissingFileError(None, f"no logs found: neither nuPlan .db files nor OpenScene navsim_logs/"
+                                     f"{self.split}/*.pkl under {', '.join(looked) or 'any data root'}")
+
+    def scenario_builder(self, source: str = "auto", *, max_open_logs: int | None = 16, log_names=None):
+        """The scenario builder of the chosen source (`source`), over the logs of `log_names` if given."""
+        src = self.source(source)
+        if src == "nuplan":
+            from .scenario import ScenarioBuilder, find_log_files
+
+            files = find_log_files(self.nuplan_data_root, self.split)
+            cls = ScenarioBuilder
+        else:
+            from .openscene_scenario import OpenSceneScenarioBuilder, find_openscene_logs
+
+            files = find_openscene_logs(self.openscene_root, self.split)
+            cls = OpenSceneScenarioBuilder
+        if log_names is not None:
+            wanted = set(log_names)
+            files = [p for p in files if p.stem in wanted]
+        return cls(files, max_open_logs=max_open_logs)
+
     @staticmethod
     def resolve(nuplan_data_root=None, nuplan_maps_root=None, openscene_root=None, split: str = "mini",
                 build_mini_if_missing: bool = True) -> "DataConfig":
         """The data locations by the resolution order of the module docstring: the arguments, else the NUPLAN_*
-        variables, else the mini dataset (found, or built with a warning unless `build_mini_if_missing` is False).
-        A `nuplan_data_root` that holds a complete mini dataset needs no maps root (its ``maps/``)."""
+        and OPENSCENE_DATA_ROOT variables, else the mini dataset (found, or built with a warning unless
+        `build_mini_if_missing` is False). A data root (nuPlan or OpenScene) that holds a complete mini dataset needs
+        no maps root (its ``maps/``); OpenScene data alone (no nuPlan root) needs NUPLAN_MAPS_ROOT, as NAVSIM does."""
         from .mini.build import is_complete
 
         data = nuplan_data_root or os.environ.get("NUPLAN_DATA_ROOT") or None
         maps = nuplan_maps_root or os.environ.get("NUPLAN_MAPS_ROOT") or None
         osr = openscene_root or os.environ.get("OPENSCENE_DATA_ROOT") or None
-        if data is None and maps is None:
+        if data is None and maps is None and osr is None:
             root = ensure_mini() if build_mini_if_missing else mini_root()
             return DataConfig(root, root / "maps", root, "mini", True)
-        if maps is None and is_complete(data):  # data_root=".cache/mini": a mini dataset is self-contained
+        if maps is None and data is not None and is_complete(data):  # data_root=".cache/mini": self-contained
             root = Path(data)
             return DataConfig(root, root / "maps", Path(osr) if osr else root, "mini", True)
+        if data is None and osr is not None and maps is None and is_complete(osr):  # a mini dataset as OpenScene data
+            root = Path(osr)
+            return DataConfig(None, root / "maps", root, "mini", True)
         from ..errors import MissingFileError
 
+        if data is None and osr is not None:
+            if maps is None:
+                raise MissingFileError(None, "OpenScene data needs the nuPlan maps: set NUPLAN_MAPS_ROOT (or "
+                                             "maps_root=) beside OPENSCENE_DATA_ROOT")
+            return DataConfig(None, Path(maps), Path(osr), split, False)
         if data is None or maps is None:
-            raise MissingFileError(None, "set both NUPLAN_DATA_ROOT and NUPLAN_MAPS_ROOT (or neither, for the "
-                                         "embedded mini dataset)")
+            raise MissingFileError(None, "set both NUPLAN_DATA_ROOT and NUPLAN_MAPS_ROOT (or OPENSCENE_DATA_ROOT and "
+                                         "NUPLAN_MAPS_ROOT, or none of them, for the embedded mini dataset)")
         return DataConfig(Path(data), Path(maps), Path(osr) if osr else None, split, False)

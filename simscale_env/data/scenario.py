@@ -402,12 +402,15 @@ def _close_log(name: str, db: LogDB) -> None:  # a module function: the builder 
 
 
 class ScenarioBuilder:
-    """Lists and loads scenarios over a set of logs, with the devkit's filters.
+    """Lists and loads scenarios over a set of nuPlan logs, with the devkit's filters. (OpenScene logs:
+    `openscene_scenario.OpenSceneScenarioBuilder`, the same interface.)
 
     >>> b = ScenarioBuilder("data/nuplan-v1.1/splits/mini")             # doctest: +SKIP
     >>> refs = b.refs(scenario_types=["stopping_with_lead"], limit=5)    # doctest: +SKIP
     >>> scenario = b.load(refs[0])                                       # doctest: +SKIP
     """
+
+    source = "nuplan"
 
     def __init__(self, logs: str | Path | Iterable[str | Path], *, split: str | None = None,
                  require_goal: bool = True, max_open_logs: int | None = 16):
@@ -508,6 +511,29 @@ class ScenarioBuilder:
         if isinstance(ref, str):
             ref = self.ref(ref)
         return extract_scenario(self.db(ref.log_name), ref.token, scenario_type=ref.scenario_type, **kw)
+
+    def navsim_scenario(self, token: str, *, duration_s: float = NAVSIM_SCENE_DURATION_S,
+                        history_s: float = HISTORY_S) -> Scenario:
+        """The scenario whose iteration 0 is NAVSIM's current frame `token` (`extract_navsim_scenario`): a tagged
+        scenario keeps its type; any other lidar_pc of the logs anchors one too (a NAVSIM token is any 2 Hz frame)."""
+        try:
+            ref = self.ref(token)
+            db, kind = self.db(ref.log_name), ref.scenario_type
+        except UnknownTokenError:
+            db = next((self.db(n) for n in sorted(self.log_files) if token in self.db(n).lidar_pc_tokens), None)
+            if db is None:
+                raise
+            kind = None
+        return extract_navsim_scenario(db, token, scenario_type=kind, duration_s=duration_s, history_s=history_s)
+
+    def log_tail(self, scenario: Scenario, num_steps: int) -> np.ndarray:
+        """The logged ego's poses [num_steps, 3] at the `num_steps` iterations after the scenario's last one, read
+        from its log (the log's last pose where it ends)."""
+        db = self.db(scenario.log_name)
+        step = int(round(scenario.dt_s / DATABASE_ROW_INTERVAL_S))  # lidar_pc rows per iteration (2 at 10 Hz)
+        idx = db.lidar_pc_index(scenario.lidar_pc_tokens[-1]) + step * np.arange(1, num_steps + 1)
+        e = db.ego_arrays(np.minimum(idx, len(db.lidar_pc_timestamps) - 1))
+        return np.stack([e["x"], e["y"], e["heading"]], -1)
 
     def __iter__(self) -> Iterator[Scenario]:
         for r in self.all_refs():

@@ -57,8 +57,7 @@ from gymnasium import spaces
 from ..cache import CacheSizes, LRUCache
 from ..data.openscene import load_split
 from ..data.paths import DataConfig
-from ..data.scenario import NAVSIM_SCENE_DURATION_S, ScenarioBuilder, extract_navsim_scenario, find_log_files
-from ..data.schema import DATABASE_ROW_INTERVAL_S
+from ..data.scenario import NAVSIM_SCENE_DURATION_S
 from ..errors import UnknownTokenError
 from ..geometry import global_to_local
 from ..map import load_map
@@ -94,10 +93,22 @@ class EnvConfig:
     split_file: str | None = None  # a NAVSIM scene_filter YAML (required for your own data)
     data_root: str | None = None  # NUPLAN_DATA_ROOT (default: env var, else the mini dataset)
     maps_root: str | None = None
+    # OpenScene data (NAVSIM's navsim_logs/<split>/*.pkl; OPENSCENE_DATA_ROOT): scenarios from the 2 Hz frames alone,
+    # interpolated to 10 Hz as NAVSIM does (`data.openscene_scenario`)
+    openscene_root: str | None = None
+    # where scenarios come from: "nuplan" (.db logs), "openscene" (navsim_logs pickles) or "auto" (the .db logs where
+    # the data has them, else OpenScene)
+    data_source: str = "auto"
     cameras: tuple[str, ...] = DEFAULT_CHANNELS
     width: int = DEFAULT_SIZE[0]
     height: int = DEFAULT_SIZE[1]
     render_backend: str = "auto"
+    # obs["cameras"] at a logged, unperturbed frame (a reset to the logged start, i.e. `perturb=False` or the reset
+    # option perturbation=None, at iteration 0: the scene token's frame): "render" (default) renders it; "auto" uses
+    # the logged JPEGs (OpenScene `sensor_blobs/<split>/`, framed like the rendered cameras: `render.logged`) where
+    # they exist and renders silently otherwise; "log" requires them there (a DataError naming what is missing).
+    # Every other state (perturbed starts, states the ego drove into) is rendered: no logged camera saw it
+    camera_source: str = "render"
     observation_keys: tuple[str, ...] = ("cameras", "ego_status")
     agent_mode: str = "reactive"
     action_type: str = "plan"  # or "control"
@@ -147,6 +158,10 @@ class EnvConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "cache_sizes", CacheSizes.coerce(self.cache_sizes))
+        if self.data_source not in ("auto", "nuplan", "openscene"):
+            raise ValueError(f"data_source must be 'auto', 'nuplan' or 'openscene', got {self.data_source!r}")
+        if self.camera_source not in ("render", "log", "auto"):
+            raise ValueError(f"camera_source must be 'render', 'log' or 'auto', got {self.camera_source!r}")
         if self.scene_window not in ("navsim", "nuplan"):
             raise ValueError(f"scene_window must be 'navsim' or 'nuplan', got {self.scene_window!r}")
         if not (np.isfinite(self.navsim_duration_s) and self.navsim_duration_s >= 0.5):
@@ -205,14 +220,14 @@ class SimScaleEnv(gym.Env):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.render_mode = render_mode
         cfg = self.config
-        self._data = DataConfig.resolve(cfg.data_root, cfg.maps_root)
+        self._data = DataConfig.resolve(cfg.data_root, cfg.maps_root, cfg.openscene_root)
         split_file = Path(cfg.split_file) if cfg.split_file else self._data.split_file(cfg.split)
         self.split = load_split(split_file)
-        logs = find_log_files(self._data.nuplan_data_root, self._data.split)
-        if self.split.log_names is not None:
-            wanted = set(self.split.log_names)
-            logs = [p for p in logs if p.stem in wanted]
-        self._builder = ScenarioBuilder(logs, max_open_logs=cfg.cache_sizes.open_logs)
+        # the nuPlan .db logs, or the OpenScene pickles (`data_source`; "auto": whichever the data holds, .db first)
+        self.data_source = self._data.source(cfg.data_source)
+        self._builder = self._data.scenario_builder(self.data_source, max_open_logs=cfg.cache_sizes.open_logs,
+                                                    log_names=self.split.log_names)
+        log_root = self._data.nuplan_data_root if self.data_source == "nuplan" else self._data.openscene_root
         self.tokens = list(self.split.tokens) if self.split.tokens is not None else [r.token for r in
                                                                                      self._builder.refs()]
         if not self.tokens:
@@ -225,7 +240,7 @@ class SimScaleEnv(gym.Env):
                 absent = [n for n in self.split.log_names or () if n not in self._builder.log_files]
                 raise UnknownTokenError(split_file, (
                     f"{len(missing)} of the split's {len(self.tokens)} tokens are not {kind} of its "
-                    f"{len(self._builder.log_files)} logs under {self._data.nuplan_data_root}: "
+                    f"{len(self._builder.log_files)} {self.data_source} logs under {log_root}: "
                     f"{', '.join(map(str, missing[:5]))}{', ...' if len(missing) > 5 else ''}"
                     + (f" ({len(absent)} of its log_names are not in the data, e.g. {absent[0]})" if absent else "")))
         self._pert_cfg = cfg.perturbation or PERTURBATION_DEFAULTS.get(cfg.split, PerturbationConfig())
@@ -259,6 +274,7 @@ class SimScaleEnv(gym.Env):
         self._renderers = LRUCache(sizes.renderers)
         self._scenarios = LRUCache(sizes.scenarios)
         self._sims = LRUCache(sizes.scenarios)  # token -> (Simulation, its logged world at iteration 0): `_simulation`
+        self._openscene_frames = LRUCache(2)  # OpenScene log -> {token: frame}, for the logged camera images
         self.sim = None
         self.world = None
 
@@ -271,17 +287,7 @@ class SimScaleEnv(gym.Env):
     def _scenario(self, token):
         if token not in self._scenarios:
             if self.config.scene_window == "navsim":
-                try:
-                    ref = self._builder.ref(token)
-                    db, kind = self._builder.db(ref.log_name), ref.scenario_type
-                except UnknownTokenError:  # a NAVSIM token need not be a tagged nuPlan scenario: any 2 Hz frame
-                    db = next((self._builder.db(n) for n in sorted(self._builder.log_files)
-                               if token in self._builder.db(n).lidar_pc_tokens), None)
-                    if db is None:
-                        raise
-                    kind = None
-                self._scenarios[token] = extract_navsim_scenario(db, token, scenario_type=kind,
-                                                                 duration_s=self.config.navsim_duration_s)
+                self._scenarios[token] = self._builder.navsim_scenario(token, duration_s=self.config.navsim_duration_s)
             else:
                 self._scenarios[token] = self._builder.load(token)
         return self._scenarios[token]
@@ -311,6 +317,72 @@ class SimScaleEnv(gym.Env):
                                                   self.config.height, seed=self.config.scene_seed,
                                                   backend=self.config.render_backend, reconstruction=recon)
         return self._renderers[key]
+
+    def _render_cameras(self, objs):
+        """The rendered cameras of the current state, actors coloured per track token (the same car has the same
+        colour in every scenario of its log, as in the mini dataset's rendered sensor blobs)."""
+        if objs is not None and len(objs):
+            from dataclasses import replace
+
+            objs = replace(objs, track=np.asarray(self.sim.scenario.agents.track_tokens)[objs.track])
+        return self._renderer().render(self.world.ego, objs, with_depth=False)
+
+    def _camera_observation(self, objs):
+        """obs["cameras"] as a RenderOutput: the logged camera images where `camera_source` takes them, else
+        rendered."""
+        logged = self._logged_camera_images()
+        if logged is not None:
+            from ..render.renderer import RenderOutput
+
+            return RenderOutput(logged, None, tuple(self.config.cameras), 0)
+        return self._render_cameras(objs)
+
+    def _logged_camera_images(self):
+        """The logged camera images [n, H, W, 3] of the current state, or None where the cameras are rendered
+        (`camera_source`): only a logged, unperturbed frame (`_logged_state`) has them. Its frame is the iteration's
+        lidar_pc token in the OpenScene log `navsim_logs/<split>/<log>.pkl` (a few logs cached), its images
+        `sensor_blobs/<split>/<cams[channel].data_path>` under the OpenScene root. Missing data: "log" raises a
+        DataError naming it, "auto" renders (logged at debug level); a corrupt JPEG raises in both."""
+        import logging
+
+        from ..data.openscene import load_log
+        from ..errors import DataError, MissingFileError
+        from ..render.logged import LoggedCameras
+
+        cfg = self.config
+        if cfg.camera_source == "render" or not self._logged_state():
+            return None
+        sc = self.sim.scenario
+        token = sc.lidar_pc_tokens[sc.start_index + self.world.iteration]
+        root, split = self._data.openscene_root, self._data.split
+        images, why = None, None
+        if root is None:
+            why = DataError(None, "no OpenScene data root (openscene_root= or OPENSCENE_DATA_ROOT) for the logged "
+                                  "camera images")
+        else:
+            pkl = Path(root) / "navsim_logs" / split / f"{sc.log_name}.pkl"
+            if not pkl.is_file():
+                why = MissingFileError(pkl, "OpenScene log not found (needed for the logged camera images)")
+            else:
+                frames = self._openscene_frames.get_or_create(pkl, lambda: {f["token"]: f for f in load_log(pkl)})
+                frame = frames.get(token)
+                blobs = LoggedCameras(Path(root) / "sensor_blobs" / split)
+                if frame is None:
+                    why = DataError(pkl, f"no frame {token} (the logged frame of scenario {sc.token})")
+                else:
+                    images = blobs.images(frame, cfg.cameras, cfg.width, cfg.height, calibrations=sc.cameras)
+                    if images is None:
+                        paths = blobs.paths(frame, cfg.cameras)
+                        absent = [ch for ch, q in zip(cfg.cameras, paths) if q is None]
+                        missing = [q for q in paths if q is not None and not q.is_file()]
+                        why = (DataError(pkl, f"frame {token} has no camera {absent[0]} in its cams") if absent else
+                               MissingFileError(missing[0], f"logged camera image not found (frame {token}; "
+                                                            f"{len(missing)} of {len(cfg.cameras)} images missing)"))
+        if images is None:
+            if cfg.camera_source == "log":
+                raise why
+            logging.getLogger(__name__).debug("camera_source='auto': rendering the logged frame %s (%s)", token, why)
+        return images
 
     # ------------------------------------------------------------------ reset
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -660,13 +732,9 @@ class SimScaleEnv(gym.Env):
         """The logged ego's poses [40, 3] at the 40 iterations (4 s) after the scenario's last, from its log (cached
         per scenario; the log's last pose where it ends)."""
         sc = self.sim.scenario
-        key = (sc.log_name, sc.lidar_pc_tokens[-1])
+        key = (sc.log_name, sc.token, len(sc.timestamps_us))
         if key not in self._log_tails:
-            db = self._builder.db(sc.log_name)
-            step = int(round(sc.dt_s / DATABASE_ROW_INTERVAL_S))  # lidar_pc rows per iteration (2 at 10 Hz)
-            idx = db.lidar_pc_index(sc.lidar_pc_tokens[-1]) + step * np.arange(1, 8 * NAVSIM_FRAME_STEPS + 1)
-            e = db.ego_arrays(np.minimum(idx, len(db.lidar_pc_timestamps) - 1))
-            self._log_tails[key] = np.stack([e["x"], e["y"], e["heading"]], -1)
+            self._log_tails[key] = self._builder.log_tail(sc, 8 * NAVSIM_FRAME_STEPS)
         return self._log_tails[key]
 
     def _score_segment(self, states, frames):
@@ -707,7 +775,7 @@ class SimScaleEnv(gym.Env):
             objs = self.sim.objects(w)
         self._last_objects = objs
         if "cameras" in cfg.observation_keys:
-            self._last_render = self._renderer().render(w.ego, objs, with_depth=False)
+            self._last_render = self._camera_observation(objs)
             obs["cameras"] = self._last_render.rgb
         if "ego_status" in cfg.observation_keys:
             obs["ego_status"] = self._ego_status()
@@ -825,7 +893,7 @@ class SimScaleEnv(gym.Env):
         if "cameras" in self.config.observation_keys:
             cams = self._last_render.rgb
         else:
-            cams = self._renderer().render(w.ego, objs, with_depth=False).rgb
+            cams = self._render_cameras(objs).rgb
         size = max(256, self.config.height * 2)
         key = (id(self.sim), size)
         if getattr(self, "_render_bev", None) is None or self._render_bev[0] != key:  # one per scenario, not per frame

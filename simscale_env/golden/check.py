@@ -1,8 +1,14 @@
 """`simscale check-golden DIR`: every comparison against a golden folder in the format of ``oracle_mini/``.
 
-Each kind of comparison lives in its own module of this package and exposes ``check_X(folder) -> CheckResult``;
-the module skips itself (``CheckResult.skipped``) when the golden files it reads are absent. A module that is not
-there (yet) is reported as skipped, so the kinds do not depend on each other.
+Each kind of comparison lives in its own module of this package and exposes ``check_X(folder) -> CheckResult``
+(``check_X(folder, source=...)`` where the kind builds scenarios: :data:`SOURCE_AWARE`); the module skips itself
+(``CheckResult.skipped``) when the golden files it reads are absent. A module that is not there (yet) is reported as
+skipped, so the kinds do not depend on each other.
+
+`source` says where scenarios come from: "nuplan" (the default) the folder's nuPlan ``.db`` logs, "openscene" its
+OpenScene pickles alone (no ``.db`` is opened): the NAVSIM scores and PDM-Closed plans are compared as usual, the
+devkit's IDM traces (made on the 20 Hz databases) are reported apart with their deviation (``trace_deviation``, not
+mismatches) and the devkit scenario-builder check (about the ``.db`` extraction) is skipped.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import traceback
 from pathlib import Path
 
 from ..errors import CorruptFileError, MissingFileError, SimScaleError
-from .oracle import GoldenFolder, _read_json
+from .oracle import GoldenFolder, _read_json, check_source
 from .report import CheckResult, Mismatch
 
 log = logging.getLogger(__name__)
@@ -27,8 +33,11 @@ CHECKS = (
     ("maps", "check_maps", "maps", "map_queries", "map_mismatches"),
     ("maps", "check_scenarios", "scenarios", "scenarios", "scenario_mismatches"),
 )
-# every key of the summary line, in order
+# every count key of the summary line, in order (the line starts with "source"; "trace_deviation" follows the counts
+# with source openscene, "skipped" ends it)
 SUMMARY_KEYS = tuple(k for c in CHECKS for k in c[3:])
+# the kinds whose check builds scenarios and takes `source=` (the map API check does not)
+SOURCE_AWARE = frozenset({"traces", "scores", "plans", "scenarios"})
 
 
 def _load(module: str, fn: str):
@@ -58,21 +67,25 @@ def _validate(folder: GoldenFolder) -> None:
                                             "navsim_scores_*.json, devkit_scenarios.json, devkit_maps.json)")
 
 
-def check_golden(root: str | Path, cache: str | Path | None = None) -> tuple[dict, list[CheckResult]]:
-    """Run every comparison; (summary dict, results in the order of :data:`CHECKS`). A kind of golden file that is
-    absent is skipped (``summary["skipped"][kind]`` says why).
+def check_golden(root: str | Path, cache: str | Path | None = None,
+                 source: str = "nuplan") -> tuple[dict, list[CheckResult]]:
+    """Run every comparison with scenarios from `source` ("nuplan" or "openscene", module docstring); (summary dict,
+    results in the order of :data:`CHECKS`). A kind of golden file that is absent is skipped
+    (``summary["skipped"][kind]`` says why).
 
     Raises :class:`~simscale_env.errors.SimScaleError` on a missing folder or a corrupt golden file. A check that
     fails with an unexpected exception is reported as one mismatch of its kind (with the traceback in the log), so
     the other kinds still run and the exit status says something is wrong.
     """
+    check_source(source)
     folder = GoldenFolder.open(root, cache)
     _validate(folder)
     if folder.archives:
         t = time.perf_counter()
         _ = folder.extracted
         log.info("golden archives ready in %s (%.1f s)", folder.extracted, time.perf_counter() - t)
-    summary: dict = {}
+    summary: dict = {"source": source}
+    extra: dict = {}
     results: list[CheckResult] = []
     for module, fn_name, kind, count_key, mis_key in CHECKS:
         fn, why = _load(module, fn_name)
@@ -82,7 +95,7 @@ def check_golden(root: str | Path, cache: str | Path | None = None) -> tuple[dic
         else:
             log.info("checking %s ...", kind)
             try:
-                r = fn(folder)
+                r = fn(folder, source=source) if kind in SOURCE_AWARE else fn(folder)
             except SimScaleError:
                 raise
             except Exception as exc:  # a bug in a check: report it as a failure of that kind, keep going
@@ -97,6 +110,8 @@ def check_golden(root: str | Path, cache: str | Path | None = None) -> tuple[dic
         results.append(r)
         summary[count_key] = int(r.compared)
         summary[mis_key] = len(r.mismatches)
+        extra.update(r.summary)
+    summary.update(extra)
     summary["skipped"] = {c[2]: r.skipped for c, r in zip(CHECKS, results) if r.skipped}
     return summary, results
 

@@ -348,18 +348,23 @@ def _scenario_values(s) -> dict:
     }
 
 
-def check_scenarios(folder) -> CheckResult:
+def check_scenarios(folder, source: str = "nuplan") -> CheckResult:
     """``devkit_scenarios.json`` against :class:`simscale_env.data.ScenarioBuilder` on the golden folder's logs.
 
     ``compared`` counts the values compared (each field of each scenario, each row count); the table has one row
-    per (log, part)."""
+    per (log, part). The comparison is about the ``.db`` extraction: with `source` "openscene" it is skipped."""
     from ..data import LogDB, ScenarioBuilder
     from ..data.scenario import EXTRACTION_OFFSET_S, SCENARIO_DURATION_S, SUBSAMPLE_RATIO
+    from .oracle import check_source
 
     r = CheckResult("scenarios")
     path, data = folder.devkit_scenarios()
     if data is None:
         r.skipped = f"no {path.name}"
+        return r
+    if check_source(source) == "openscene":
+        r.skipped = (f"source openscene: {path.name} checks the scenario extraction from the nuPlan .db logs "
+                     f"against the devkit's (run it with --source nuplan)")
         return r
     if folder.log_dir is None:
         r.skipped = f"{path.name} is there but logs/ is not"

@@ -42,6 +42,15 @@ def _digest(paths) -> str:
     return h.hexdigest()[:16]
 
 
+SOURCES = ("nuplan", "openscene")  # where the checks build scenarios from: the .db logs or the OpenScene pickles
+
+
+def check_source(source: str) -> str:
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    return source
+
+
 def _read_json(path: Path):
     try:
         return json.loads(path.read_text())
@@ -156,10 +165,16 @@ class GoldenFolder:
         for p in self.score_files:
             yield p, _read_json(p)
 
-    def scene_skip_reason(self) -> str | None:
-        """Why the score and plan checks cannot run on this folder (None when they can)."""
+    def scene_skip_reason(self, source: str = "nuplan") -> str | None:
+        """Why the score and plan checks cannot run on this folder with scenes from `source` (None when they can):
+        "nuplan" reads ``logs/`` and ``navsim_logs/``, "openscene" only ``navsim_logs/``."""
+        check_source(source)
         if not self.score_files:
             return "no navsim_scores_*.json"
+        if source == "openscene":
+            if self.navsim_log_dir is None or self.maps_root is None:
+                return "the folder lacks navsim_logs/ or maps.tar.xz"
+            return None
         if self.log_dir is None or self.navsim_log_dir is None or self.maps_root is None:
             return "the folder lacks logs/, navsim_logs/ or maps.tar.xz"
         return None
@@ -184,13 +199,20 @@ class GoldenFolder:
 
 
 class GoldenScenes:
-    """The logs, OpenScene frames, maps and NAVSIM-scene simulations of a golden folder, each opened once."""
+    """The logs, OpenScene frames, maps and NAVSIM-scene simulations of a golden folder, each opened once.
 
-    def __init__(self, folder: GoldenFolder):
+    `source` says where :meth:`simulation` builds its scenario from: "nuplan" (the default) extracts it from the
+    folder's nuPlan ``.db`` log; "openscene" builds it from the log's OpenScene frames alone
+    (:func:`~simscale_env.data.openscene_scenario.scenario_from_frames`: 2 Hz frames interpolated to 10 Hz as NAVSIM
+    does), without opening a ``.db``."""
+
+    def __init__(self, folder: GoldenFolder, source: str = "nuplan"):
         self.folder = folder
+        self.source = check_source(source)
         self._db: dict = {}
         self._frames: dict = {}
         self._by_token: dict = {}
+        self._index: dict = {}
         self._maps: dict = {}
 
     def frames(self, log_name: str) -> list:
@@ -201,30 +223,61 @@ class GoldenScenes:
             self._frames[log_name] = load_log(self.folder.navsim_log_path(log_name))
         return self._frames[log_name]
 
-    def frame(self, log_name: str, token: str) -> dict:
-        """The OpenScene frame of a scene token."""
+    def frame_index(self, log_name: str, token: str) -> int:
+        """The index of a scene token's frame in its OpenScene log."""
         from ..errors import UnknownTokenError
 
-        if log_name not in self._by_token:
-            self._by_token[log_name] = {f["token"]: f for f in self.frames(log_name)}
-        frame = self._by_token[log_name].get(token)
-        if frame is None:
+        if log_name not in self._index:
+            idx: dict = {}
+            for k, f in enumerate(self.frames(log_name)):
+                idx.setdefault(f["token"], k)
+            self._index[log_name] = idx
+        k = self._index[log_name].get(token)
+        if k is None:
             raise UnknownTokenError(self.folder.navsim_log_path(log_name), f"scene token {token} not in the log")
-        return frame
+        return k
+
+    def frame(self, log_name: str, token: str) -> dict:
+        """The OpenScene frame of a scene token."""
+        return self.frames(log_name)[self.frame_index(log_name, token)]
+
+    def map(self, location: str):
+        """The map of a location, from the folder's maps (loaded once)."""
+        from ..map import load_map
+
+        if location not in self._maps:
+            self._maps[location] = load_map(location, self.folder.maps_root)
+        return self._maps[location]
+
+    def db(self, log_name: str):
+        """The nuPlan log of `log_name` (opened once; source "nuplan" only)."""
+        from ..data.nuplan_db import LogDB
+
+        if self.source != "nuplan":
+            raise ValueError(f"GoldenScenes(source={self.source!r}) opens no nuPlan .db log")
+        if log_name not in self._db:
+            self._db[log_name] = LogDB(self.folder.log_path(log_name))
+        return self._db[log_name]
+
+    def scenario(self, log_name: str, token: str, *, offset_s: float, history_s: float, duration_s: float):
+        """The scenario anchored at `token` from this source: the ``.db`` extraction (nuplan) or the OpenScene frames
+        interpolated to 10 Hz (openscene)."""
+        if self.source == "openscene":
+            from ..data.openscene_scenario import scenario_from_frames
+
+            return scenario_from_frames(self.frames(log_name), self.frame_index(log_name, token),
+                                        path=self.folder.navsim_log_path(log_name), offset_s=offset_s,
+                                        duration_s=duration_s, history_s=history_s)
+        from ..data.scenario import extract_scenario
+
+        return extract_scenario(self.db(log_name), token, offset_s=offset_s, history_s=history_s,
+                                duration_s=duration_s)
 
     def simulation(self, log_name: str, token: str):
         """A non-reactive simulation whose iteration 0 is the token's frame (NAVSIM's current frame), 1.5 s of
         history before it and NAVSIM's 4 s horizon after it."""
-        from ..data.nuplan_db import LogDB
-        from ..data.scenario import extract_scenario
-        from ..map import load_map
         from ..metrics.navsim_cache import NAVSIM_HORIZON_S
         from ..sim import SimConfig, Simulation
 
-        if log_name not in self._db:
-            self._db[log_name] = LogDB(self.folder.log_path(log_name))
-        sc = extract_scenario(self._db[log_name], token, offset_s=0.0, history_s=1.5,
-                              duration_s=NAVSIM_HORIZON_S + 0.5)
-        if sc.map_location not in self._maps:
-            self._maps[sc.map_location] = load_map(sc.map_location, self.folder.maps_root)
-        return Simulation(sc, self._maps[sc.map_location], SimConfig(agent_mode="non_reactive"))
+        sc = self.scenario(log_name, token, offset_s=0.0, history_s=1.5, duration_s=NAVSIM_HORIZON_S + 0.5)
+        return Simulation(sc, self.map(sc.map_location), SimConfig(agent_mode="non_reactive"))

@@ -10,8 +10,9 @@ planned once, from a fresh planner, at the token's own frame, with
 - the frame's route (`roadblock_ids`), repaired by PDM-Closed from the ego pose,
 - the frame's objects and traffic lights (identical to the nuPlan log's lidar_pc of the token, which we read).
 
-We rebuild that start from the folder's nuPlan log (scenario at the token, offset 0) and OpenScene pickle (ego state
-and route) and plan with :class:`~simscale_env.experts.PDMClosedPlanner`'s defaults. A plan agrees when every pose
+We rebuild that start from the folder's nuPlan log (scenario at the token, offset 0; with source "openscene" the
+scenario is built from the OpenScene frames instead, and no log is opened) and OpenScene pickle (ego state and route)
+and plan with :class:`~simscale_env.experts.PDMClosedPlanner`'s defaults. A plan agrees when every pose
 lies within `TOLERANCE_M` of NAVSIM's (position error, metres). A scene whose file has no dense trajectory uses the
 one another file holds for the same scene (as the shared reactive file does), else only the 8 poses are compared.
 """
@@ -39,8 +40,8 @@ HEADER = ("token", "max error 8-pose [m]", "max error 40-step [m]", "match")
 class _Planner:
     """Our PDM-Closed plans at the scenes of a golden folder, each made once."""
 
-    def __init__(self, folder: GoldenFolder):
-        self.scenes = GoldenScenes(folder)
+    def __init__(self, folder: GoldenFolder, source: str = "nuplan"):
+        self.scenes = GoldenScenes(folder, source)
         self._plans: dict = {}
 
     def plan(self, log_name: str, token: str) -> tuple[np.ndarray, np.ndarray]:
@@ -71,15 +72,16 @@ def _max_error(ours: np.ndarray, golden) -> float:
     return float(np.hypot(*(ours[:, :2] - g[:, :2]).T).max())
 
 
-def check_plans(folder: GoldenFolder) -> CheckResult:
+def check_plans(folder: GoldenFolder, source: str = "nuplan") -> CheckResult:
     """Every scene of every `navsim_scores_*.json` of `folder`: our PDM-Closed's 8 poses and 40 steps against
-    NAVSIM's. `compared` counts scenes; one mismatch per (file, scene, plan) off by more than `TOLERANCE_M`."""
+    NAVSIM's, the start built from `source` ("nuplan": the .db log; "openscene": the OpenScene frames alone).
+    `compared` counts scenes; one mismatch per (file, scene, plan) off by more than `TOLERANCE_M`."""
     result = CheckResult("plans")
-    result.skipped = folder.scene_skip_reason()
+    result.skipped = folder.scene_skip_reason(source)
     if result.skipped:
         return result
     dense_of = folder.dense_plans(DENSE_KEY)
-    planner = _Planner(folder)
+    planner = _Planner(folder, source)
     for path, data in folder.scores():
         rows = []
         for token, scene in data["scenes"].items():

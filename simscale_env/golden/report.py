@@ -28,6 +28,10 @@ class CheckResult:
     mismatches: list[Mismatch] = field(default_factory=list)
     tables: dict = field(default_factory=dict)
     skipped: str | None = None
+    # reported apart and never counted as mismatches (the traces' deviation with source openscene): `sections[name]`
+    # = (title line, {file: (header, rows)}) in the text report, `summary[key]` = value in the JSON summary line
+    sections: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
 
 
 def format_table(header, rows) -> list[str]:
@@ -56,12 +60,19 @@ def format_results(kinds, results, max_mismatches: int = 200) -> list[str]:
     for kind, r in zip(kinds, results):
         if r.skipped:
             skipped.append(f"skipped: {kind}: {r.skipped}")
-            continue
-        lines.append(f"== {kind}: {r.compared} compared, {len(r.mismatches)} mismatches")
-        for file, (header, rows) in r.tables.items():
-            lines.append(f"-- {file}")
-            lines.extend("   " + line for line in format_table(header, rows))
-        lines.extend(str(m) for m in r.mismatches[:max_mismatches])
-        if len(r.mismatches) > max_mismatches:
-            lines.append(f"... {len(r.mismatches) - max_mismatches} more {kind} mismatches")
+        else:
+            lines.append(f"== {kind}: {r.compared} compared, {len(r.mismatches)} mismatches")
+            _tables(lines, r.tables)
+            lines.extend(str(m) for m in r.mismatches[:max_mismatches])
+            if len(r.mismatches) > max_mismatches:
+                lines.append(f"... {len(r.mismatches) - max_mismatches} more {kind} mismatches")
+        for name, (title, tables) in r.sections.items():
+            lines.append(f"== {name}: {title}")
+            _tables(lines, tables)
     return lines + skipped
+
+
+def _tables(lines: list[str], tables: dict) -> None:
+    for file, (header, rows) in tables.items():
+        lines.append(f"-- {file}")
+        lines.extend("   " + line for line in format_table(header, rows))

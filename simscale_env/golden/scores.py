@@ -3,10 +3,12 @@
 Each score file holds, per scene token, named 8-pose plans (ego rear-axle frame, 0.5 s apart), NAVSIM's dense
 PDM-Closed trajectory `pdm_closed_40x0p1s` and the cells `"<trajectory>|<nr|r>|<raw|filt>"` of NAVSIM's sub-scores.
 We rebuild NAVSIM's metric cache at the token's frame from the folder's OpenScene pickle
-(:func:`simscale_env.metrics.navsim_cache.metric_cache_scene`, the map and route from the nuPlan log), simulate each
-plan with the LQR + bicycle, normalise EP against the golden dense PDM-Closed trajectory (so the scorer is checked
-independently of our planner) and apply NAVSIM's human filter (`filt`: the human plan scored without the human past).
-`nr` is log replay, `r` NAVSIM's reactive IDM agents (:data:`simscale_env.metrics.pseudo_sim.NAVSIM_REACTIVE`).
+(:func:`simscale_env.metrics.navsim_cache.metric_cache_scene`; the simulation it runs in is built from the nuPlan
+log, or with source "openscene" from the OpenScene frames alone: :class:`~simscale_env.golden.oracle.GoldenScenes`),
+simulate each plan with the LQR + bicycle, normalise EP against the golden dense PDM-Closed trajectory (so the scorer
+is checked independently of our planner) and apply NAVSIM's human filter (`filt`: the human plan scored without the
+human past). `nr` is log replay, `r` NAVSIM's reactive IDM agents
+(:data:`simscale_env.metrics.pseudo_sim.NAVSIM_REACTIVE`).
 
 Compared per cell: the eight sub-scores, EC (NAVSIM leaves it out of a single frame: null), the multiplicative
 product, the weighted-metrics vector, NAVSIM's own `pdm_score` (stale after the filter: NAVSIM recomputes the product
@@ -139,13 +141,14 @@ def score_scene(scenes: GoldenScenes, token: str, scene: dict, cells: list[str],
     return out
 
 
-def check_scores(folder: GoldenFolder) -> CheckResult:
-    """Every sub-score of every cell of every `navsim_scores_*.json` of `folder` against our scorer."""
+def check_scores(folder: GoldenFolder, source: str = "nuplan") -> CheckResult:
+    """Every sub-score of every cell of every `navsim_scores_*.json` of `folder` against our scorer, the scenes'
+    simulations built from `source` (:class:`~simscale_env.golden.oracle.GoldenScenes`)."""
     result = CheckResult("score_cells")
-    result.skipped = folder.scene_skip_reason()
+    result.skipped = folder.scene_skip_reason(source)
     if result.skipped:
         return result
-    scenes = GoldenScenes(folder)
+    scenes = GoldenScenes(folder, source)
     # a file may leave the dense PDM-Closed trajectory to another one of the same scenes (the shared reactive file)
     dense = folder.dense_plans(DENSE_REFERENCE_KEY)
     for path, data in folder.scores():

@@ -34,8 +34,8 @@ import numpy as np
 import shapely
 from scipy.interpolate import interp1d
 
-from ..errors import SchemaError, UnknownTokenError
-from ..geometry import yaw_from_quaternion
+from ..data.openscene_scenario import frame_boxes, frame_ego_dynamics, frame_ego_pose
+from ..errors import UnknownTokenError
 from ..sim.idm import box_corners
 from ..sim.state import make_state
 from ..sim.world import Simulation, ego_box
@@ -66,18 +66,11 @@ def navsim_frames(log_frames: list, token: str) -> tuple[list, int]:
     return list(log_frames[lo:idx + n_future + 1]), idx - lo
 
 
-def frame_ego_pose(frame: dict) -> np.ndarray:
-    """(x, y, heading) of a frame's rear axle (`Scene._build_ego_status`: translation, quaternion yaw), float64."""
-    t = frame["ego2global_translation"]
-    q = frame["ego2global_rotation"]
-    return np.array([float(t[0]), float(t[1]), float(yaw_from_quaternion(q[0], q[1], q[2], q[3]))])
-
-
 def frame_ego_state(frame: dict) -> np.ndarray:
     """NAVSIM's ego state of a frame as our [11] rear-axle state: velocity and acceleration through float32 as
     NAVSIM's EgoStatus stores them, no steering, no yaw rate."""
     x, y, h = frame_ego_pose(frame)
-    d = np.asarray(frame["ego_dynamic_state"], dtype=np.float32).astype(np.float64)
+    d = frame_ego_dynamics(frame)
     return make_state(x, y, h, velocity=d[0], velocity_y=d[1], acceleration=d[2], acceleration_y=d[3])
 
 
@@ -114,23 +107,10 @@ class FrameObjects:
 
 
 def frame_objects(frame: dict) -> FrameObjects:
-    anns = frame.get("anns")
-    if anns is None or "gt_boxes" not in anns:
-        raise SchemaError(frame.get("log_name", "?"), f"frame {frame.get('token')} has no annotations (anns)")
-    boxes = np.asarray(anns["gt_boxes"], dtype=np.float64).reshape(-1, 7)
-    names = np.asarray(anns["gt_names"]).astype(str).reshape(-1)
-    vel = np.asarray(anns["gt_velocity_3d"], dtype=np.float64).reshape(-1, 3)
-    ex, ey, eh = frame_ego_pose(frame)
-    s, c = np.sin(eh), np.cos(eh)
-    # rotate_state_se2 then translation and normalize_angle, as gt_boxes_oriented_box
-    gx = boxes[:, 0] * c - boxes[:, 1] * s + ex
-    gy = boxes[:, 0] * s + boxes[:, 1] * c + ey
-    gh = _normalize_angle(_normalize_angle(boxes[:, 6] + eh))
-    agent = np.isin(names, NAVSIM_AGENT_NAMES)
-    vx = np.where(agent, vel[:, 0] * c - vel[:, 1] * s, 0.0)
-    vy = np.where(agent, vel[:, 0] * s + vel[:, 1] * c, 0.0)
-    return FrameObjects(tuple(str(t) for t in anns["track_tokens"]), names, gx, gy, gh, boxes[:, 3].copy(),
-                        boxes[:, 4].copy(), vx, vy, boxes[:, 5].copy())
+    """A frame's annotations in global coordinates (`data.openscene_scenario.frame_boxes`)."""
+    b = frame_boxes(frame)
+    return FrameObjects(tuple(b["track"]), b["names"], b["x"], b["y"], b["heading"], b["length"], b["width"], b["vx"],
+                        b["vy"], b["height"])
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ right, y down, z forward), resized to the render resolution, and world-to-camera
 
 Resizing keeps the focal length's aspect: the image is scaled to the target width and centre-cropped (or padded)
 vertically, e.g. 1920x1080 -> 480x270 -> 480x224 (23 rows cut at the top and bottom), as NAVSIM's camera feature
-builders crop rather than squash."""
+builders crop rather than squash. `fit_to_width` is that arithmetic, shared with the logged camera images
+(`render.logged`), so that a logged JPEG and its rendered counterpart have the same size, intrinsics and crop."""
 
 from __future__ import annotations
 
@@ -27,6 +28,25 @@ class CameraModel:
     height: int
 
 
+def fit_to_width(src_width: float, src_height: float, width: int, height: int) -> tuple[float, float]:
+    """How an image of `src_width` x `src_height` becomes the `width` x `height` observation: (scale, top). It is
+    scaled by `scale` = width / src_width (both axes) and rows [top, top + height) of the scaled image are kept, a
+    centre crop (top > 0) or pad (top < 0). A point (u, v) of the source maps to (scale * u, scale * v - top)
+    (pixel corners at integers, centres at +0.5, as gsplat and PIL's resize)."""
+    scale = width / float(src_width)
+    return scale, (src_height * scale - height) / 2.0
+
+
+def fit_intrinsics(K, src_width: float, src_height: float, width: int, height: int) -> np.ndarray:
+    """The [3, 3] intrinsics `K` of a `src_width` x `src_height` camera after `fit_to_width` to `width` x `height`."""
+    scale, top = fit_to_width(src_width, src_height, width, height)
+    K = np.asarray(K, dtype=np.float64).copy()
+    K[0, :] *= scale
+    K[1, :] *= scale
+    K[1, 2] -= top  # centre crop (or pad) vertically
+    return K
+
+
 def camera_models(calibrations, channels=DEFAULT_CHANNELS, width: int = DEFAULT_SIZE[0],
                   height: int = DEFAULT_SIZE[1]) -> tuple[CameraModel, ...]:
     """CameraModels for `channels` (in that order) from CameraCalibration rows (Scenario.cameras or LogDB.cameras)."""
@@ -39,11 +59,7 @@ def camera_models(calibrations, channels=DEFAULT_CHANNELS, width: int = DEFAULT_
     out = []
     for ch in channels:
         c = by[ch]
-        s = width / float(c.width)
-        K = np.asarray(c.intrinsic, dtype=np.float64).copy()
-        K[0, :] *= s
-        K[1, :] *= s
-        K[1, 2] -= (c.height * s - height) / 2.0  # centre crop (or pad) vertically
+        K = fit_intrinsics(c.intrinsic, c.width, c.height, width, height)
         T = np.eye(4)
         T[:3, :3] = quaternion_to_matrix(np.asarray(c.rotation, dtype=np.float64))
         T[:3, 3] = np.asarray(c.translation, dtype=np.float64)

@@ -181,7 +181,7 @@ def test_tokens_missing_from_the_logs_fail_at_construction(tmp_path, mini):
     p = write_split(tmp_path / "mine.yaml", log_names=real.log_names, tokens=list(real.tokens) + bad)
     n = len(real.tokens) + 3
     with pytest.raises(UnknownTokenError, match=rf"mine\.yaml: 3 of the split's {n} tokens are not lidar_pc tokens "
-                                                rf"of its {len(real.log_names)} logs under .*: deadbeefdeadbeef, "
+                                                rf"of its {len(real.log_names)} nuplan logs under .*: deadbeefdeadbeef, "
                                                 rf"not-a-hex-token, {real.tokens[0].upper()}$"):
         _env(p)
 

@@ -7,12 +7,14 @@ Layout (the same as a nuPlan + NAVSIM installation, so every reader takes one co
     OUT/nuplan-v1.1/splits/mini/<log>.db
     OUT/navsim_logs/mini/<log>.pkl
     OUT/splits/mini-navtrain.yaml, mini-navtest.yaml, mini-navhard.yaml   (NAVSIM scene_filter format)
+    OUT/sensor_blobs/mini/<log>/<channel>/<token>.jpg                     (rendered cameras of the test scenes)
     OUT/manifest.json                                                     (written last: the build is complete)
 
 Every file is written to a hidden temporary beside it and renamed into place (`data.atomic`; the finders skip hidden
 names and temporaries); an interrupted build (even by SIGKILL) resumes with the logs it already has, removes the
 temporaries it left and finishes with the same bytes as an uninterrupted build. `logs=N` builds the first N logs
-only (a small dataset for tests; the marker and manifest record N).
+only (a small dataset for tests; the marker and manifest record N). The camera blobs of the test splits' scenes
+(`blobs.py`) are rendered after the splits are written (none when the test splits are empty).
 
 A generated log is accepted only if its movers never overlap, its ego moves for most of the log and stays on the
 map, and it has scenario tags; otherwise the next seed of a fixed sequence is tried.
@@ -35,10 +37,14 @@ import shapely
 from ...errors import OutputFolderError
 from ..atomic import atomic_write_text, is_temporary, kill_point
 from ..schema import TL_RED
+from .blobs import BLOB_SIZE, BLOB_SPLIT, JPEG_QUALITY, write_sensor_blobs
 from .gpkg_writer import write_gpkg, write_maps_json, write_stub_gpkg
 from .locations import LOCATIONS, MAP_VERSION, STUB_LOCATIONS, build_location
 
-BUILDER_VERSION = 3  # 3: lawful humans (issue 13): signal commitment, comfort bounds, smoothed paths
+# 3: lawful humans (issue 13): signal commitment, comfort bounds, smoothed paths; 4: the test scenes' camera
+# sensor_blobs (issue 15: a build without them is not complete), OpenScene cams with camera -> lidar extrinsics
+# (sensor2lidar_*, as OpenScene writes them; v3 wrote camera -> ego there)
+BUILDER_VERSION = 4
 NUM_LOGS = 12
 LOG_DURATION_S = 45.0
 log = logging.getLogger(__name__)
@@ -194,7 +200,7 @@ def _write_navsim(db_path: Path, maps_root: Path, out_pkl: Path) -> None:
 
 BUILD_MARKER = ".simscale-mini"  # written first by build_mini: the folder is ours to (re)build into
 PARTIAL = "logs.partial.json"  # the summaries of the logs generated so far (a resumed build keeps them)
-_SUBFOLDERS = ("maps", "nuplan-v1.1", "navsim_logs", "splits")
+_SUBFOLDERS = ("maps", "nuplan-v1.1", "navsim_logs", "splits", "sensor_blobs")
 
 
 def is_complete(out: str | Path, seed: int | None = None, logs: int | None = None) -> bool:
@@ -387,12 +393,16 @@ def build_mini(out: str | Path, seed: int = 0, *, workers: int | None = None, pr
     write_split(splits_dir / "mini-navhard.yaml", log_names=uniq(r.log_name for r in hard),
                 tokens=uniq(r.token for r in hard), num_future_frames=8,
                 comment="mini-navhard: the test scenarios of the harder types " + ", ".join(HARD_TYPES))
+    # camera JPEGs of the test splits' scenes (navhard is a subset of navtest), for the logged-camera path
+    blobs = write_sensor_blobs(out, uniq(r.token for r in test), say=say)
     manifest = {
         "builder_version": BUILDER_VERSION, "seed": seed, "map_version": MAP_VERSION, "num_logs": logs,
         "locations": {n: asdict(l) for n, l in LOCATIONS.items()},
         "logs": {p.name: {"location": p.location, **summaries.get(p.name, {})} for p in plans},
         "splits": {"mini-navtrain": len(uniq(r.token for r in train)), "mini-navtest": len(uniq(r.token for r in test)),
                    "mini-navhard": len(uniq(r.token for r in hard))},
+        "sensor_blobs": {"split": BLOB_SPLIT, "width": BLOB_SIZE[0], "height": BLOB_SIZE[1],
+                         "jpeg_quality": JPEG_QUALITY, "frames": blobs["frames"], "images": blobs["images"]},
     }
     atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True, default=str))
     if manifest_logs.exists():
