@@ -1,5 +1,27 @@
-"""Policies on top of the env's public API: the pseudo-experts as agents and simple baselines."""
+"""Policies on top of the env's public API: one `Policy` interface, a registry of named policies and a loader of
+policy specs (`agents.policy`), the pseudo-experts and simple baselines (`agents.baselines`), NAVSIM agents
+(`agents.navsim_bridge`) and nuPlan planners (`agents.nuplan_bridge`) in the loop."""
 
-from .baselines import AGENTS, ConstantVelocityAgent, ExpertAgent, LogReplayAgent, StandStillAgent, make_agent
+from .baselines import (AGENTS, DESCRIPTIONS, ConstantVelocityAgent, ExpertAgent, LogReplayAgent, StandStillAgent,
+                        make_agent)
+from .policy import (POLICIES, BasePolicy, Policy, PolicyAdapter, as_policy, checkpoint_formats, load_policy,
+                     policy_env_kwargs, register_checkpoint_loader, register_policy, unregister_checkpoint_loader,
+                     unregister_policy)
 
-__all__ = ["AGENTS", "ConstantVelocityAgent", "ExpertAgent", "LogReplayAgent", "StandStillAgent", "make_agent"]
+
+def __getattr__(name):  # the bridges load lazily: importing agents stays light
+    if name == "NavsimAgentPolicy":
+        from .navsim_bridge import NavsimAgentPolicy
+
+        return NavsimAgentPolicy
+    if name == "NuplanPlannerPolicy":
+        from .nuplan_bridge import NuplanPlannerPolicy
+
+        return NuplanPlannerPolicy
+    raise AttributeError(name)
+
+
+__all__ = ["AGENTS", "DESCRIPTIONS", "POLICIES", "BasePolicy", "ConstantVelocityAgent", "ExpertAgent",
+           "LogReplayAgent", "NavsimAgentPolicy", "NuplanPlannerPolicy", "Policy", "PolicyAdapter", "StandStillAgent",
+           "as_policy", "checkpoint_formats", "load_policy", "make_agent", "policy_env_kwargs",
+           "register_checkpoint_loader", "register_policy", "unregister_checkpoint_loader", "unregister_policy"]

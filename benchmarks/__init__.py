@@ -8,7 +8,7 @@ import sys
 
 BENCHMARKS = {"data": "benchmarks.bench_data", "sim": "benchmarks.bench_sim", "score": "benchmarks.bench_score",
               "experts": "benchmarks.bench_experts", "render": "benchmarks.bench_render", "env": "benchmarks.bench_env",
-              "gsplat": "benchmarks.bench_gsplat"}
+              "gsplat": "benchmarks.bench_gsplat", "evaluate": "benchmarks.bench_evaluate"}
 
 
 def describe(name: str) -> str:

@@ -8,7 +8,9 @@
     simscale vocab build --split S --k K --out V.npy  k-means trajectory vocabulary from the human plans of a split
     simscale vocab label --split S --vocab V.npy --out DIR   EPDMS sub-score labels (float16) of V in every scene
     simscale render --log LOG --token TOKEN --out DIR   camera images, a bird's-eye view and a mosaic (PNG)
+    simscale evaluate --policy SPEC --split S --mode M --out RUN_DIR   benchmark a policy: results, report, videos
     simscale evaluate [--agents A ...] [--split S] [--source S]   closed-loop EPDMS of agents on every scenario
+    simscale compare RUN_DIR... [--out DIR]           runs side by side: a table (Markdown + CSV) and a plot
     simscale demo                                     the main job of `make demo`
 """
 
@@ -217,17 +219,9 @@ def _write_frame(sim, world, out_dir: Path, channels, width, height, *, seed=0, 
     return out, r.backend
 
 
-def _cmd_evaluate(args) -> int:
-    import os
+def _evaluation_config(args, policy: str, policy_kwargs: dict):
+    from evaluation.modes import EvalConfig
 
-    from agents import make_agent
-    from evaluation import evaluate, format_table
-
-    if args.data:
-        if not args.data.is_dir():
-            raise MissingFileError(args.data, "mini dataset folder not found (build one with `simscale data build-mini "
-                                              "--out DIR`)")
-        os.environ["SIMSCALE_MINI"] = str(args.data)
     kw = {"data_source": args.source}
     if args.openscene:
         if not args.openscene.is_dir():
@@ -235,11 +229,108 @@ def _cmd_evaluate(args) -> int:
         kw["openscene_root"] = str(args.openscene)
     if args.maps:
         kw["maps_root"] = str(args.maps)
-    results = [evaluate(make_agent(name), f"SimScale-{args.split}-v0", seed=args.seed, progress=not args.quiet, **kw)
-               for name in args.agents]
-    print(format_table(results))
-    print(json.dumps({r["agent"]: {"epdms": round(r["epdms"], 4), "collision_rate": round(r["collision_rate"], 4),
-                                   "offroad_rate": round(r["offroad_rate"], 4)} for r in results}))
+    try:
+        return EvalConfig(policy=policy, policy_kwargs=policy_kwargs, split=args.split, mode=args.mode,
+                          seed=args.seed, traffic=args.traffic, stage2_starts=args.stage2_starts, env_kwargs=kw,
+                          ec_partner=args.ec_partner)
+    except ValueError as exc:
+        if isinstance(exc, SimScaleError):
+            raise
+        raise SimScaleError(f"evaluate: {exc}") from None
+
+
+def _cmd_evaluate(args) -> int:
+    """`simscale evaluate`: with --policy one run (evaluation.run_evaluation) into --out; the older --agents form runs
+    closed_loop for each agent and prints evaluation.format_table's table. Exit status 1 when items failed."""
+    import os
+    import shlex
+
+    from evaluation import format_table, run_evaluation
+
+    if args.policy and args.agents:
+        raise SimScaleError("evaluate: give --policy SPEC or --agents A ..., not both")
+    if args.policy and args.out is None:
+        raise SimScaleError("evaluate: --policy needs --out RUN_DIR (where the results and the report go)")
+    if args.agents and args.mode != "closed_loop":
+        raise SimScaleError(f"evaluate: --agents runs closed_loop; use --policy SPEC with --mode {args.mode}")
+    if args.policy_kwargs and not args.policy:
+        raise SimScaleError("evaluate: --policy-kwargs needs --policy")
+    if args.data:
+        if not args.data.is_dir():
+            raise MissingFileError(args.data, "mini dataset folder not found (build one with `simscale data build-mini "
+                                              "--out DIR`)")
+        os.environ["SIMSCALE_MINI"] = str(args.data)
+    command = shlex.join(["simscale", *args.argv])
+    common = dict(tokens=args.tokens, workers=args.workers, ray=args.ray or bool(args.ray_address),
+                  ray_address=args.ray_address, progress=not args.quiet, videos=not args.no_videos, command=command)
+    with _LogToStderr("evaluation", "evaluate: ", enabled=not args.quiet):
+        if args.policy:
+            res = run_evaluation(_evaluation_config(args, args.policy, args.policy_kwargs or {}), out=args.out,
+                                 **common)
+            results = [res]
+        else:
+            results = []
+            for name in args.agents or ["pdm_closed", "constant_velocity", "stand_still"]:
+                out = args.out / name if args.out is not None else None
+                results.append(run_evaluation(_evaluation_config(args, name, {}), out=out, **common))
+    if args.policy:
+        s = res.summary
+        for line in _run_lines(s):
+            print(line)
+        print(json.dumps({"policy": s["policy"], "split": s["split"], "mode": s["mode"], "seed": s["seed"],
+                          "epdms": _round(s["epdms"]["mean"]), "ci95": [_round(v) for v in s["epdms"]["ci95"]],
+                          **({k: _round(v) for k, v in s["navsim"].items()
+                              if k in ("stage_one", "stage_two", "collision_rate", "offroad_rate")}
+                             if isinstance(s.get("navsim"), dict) else {}),
+                          "rows": s["rows"], "failed": res.failed, "run_time_s": s["run_time_s"],
+                          "run_dir": str(res.run_dir)}))
+    else:
+        table = []
+        for r in results:
+            ok = [row for row in r.rows if row.get("valid")]
+            m = r.summary["metrics"]
+            table.append({"agent": r.cfg.policy, "episodes": [{**row, "return_": row["return"]} for row in ok],
+                          "epdms": m["epdms"]["mean"], "collision_rate": m["collision_rate"]["mean"],
+                          "offroad_rate": m["offroad_rate"]["mean"], "return": m["return"]["mean"]})
+        print(format_table(table))
+        print(json.dumps({t["agent"]: {"epdms": _round(t["epdms"]), "collision_rate": _round(t["collision_rate"]),
+                                       "offroad_rate": _round(t["offroad_rate"]),
+                                       "failed": r.failed} for t, r in zip(table, results)}))
+    failed = sum(r.failed for r in results)
+    if failed:
+        where = f" (errors in {results[0].run_dir / 'aggregate.json'})" if results[0].run_dir is not None else ""
+        total = sum(len(r.rows) for r in results)
+        print(f"simscale: {failed} of {total} items failed{where}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _round(v, nd: int = 4):
+    return None if v is None or not np.isfinite(v) else round(float(v), nd)
+
+
+def _run_lines(s: dict) -> list[str]:
+    """The headline of a run summary (evaluation.report.summarize) as a small Markdown table."""
+    from evaluation.report import SHORT, _ci
+
+    m = s["metrics"]
+    lines = [f"{s['policy']} on {s['split']} ({s['mode']}, seed {s['seed']}): {s['rows']} items, "
+             f"{s['failed_rows']} failed, {s['run_time_s']} s", "", "| metric | mean [95 % interval] |", "|---|---|",
+             f"| EPDMS | {_ci(m['epdms'])} |"]
+    extra = {"two_stage": ("stage_one", "stage_two"), "closed_loop": ("collision_rate", "offroad_rate")}
+    names = {"stage_one": "stage one", "stage_two": "stage two", "collision_rate": "at-fault collisions",
+             "offroad_rate": "off-road"}
+    lines += [f"| {names[k]} | {_ci(m[k], k.endswith('rate'))} |" for k in extra.get(s["mode"], ())]
+    lines += [f"| {SHORT[c]} | {_ci(m[c])} |" for c in SHORT if c != "score"]
+    return lines
+
+
+def _cmd_compare(args) -> int:
+    from evaluation.compare import compare_runs
+
+    r = compare_runs(args.run_dirs, out=args.out)
+    print(r["markdown"], end="")
+    print(json.dumps({"runs": len(r["rows"]), "out": str(args.out), "files": r["files"]}))
     return 0
 
 
@@ -319,6 +410,16 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
     if not (np.isfinite(v) and v > 0):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return v
+
+
+def _json_object(text: str) -> dict:
+    try:
+        v = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({exc.msg})") from None
+    if not isinstance(v, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"k\": 1}}', got {text!r}")
     return v
 
 
@@ -472,18 +573,64 @@ def build_parser() -> argparse.ArgumentParser:
 
     from agents.baselines import AGENTS, DESCRIPTIONS
 
-    ev = sub.add_parser("evaluate", help="closed-loop evaluation of agents on every scenario of a split",
+    ev = sub.add_parser("evaluate", help="benchmark a policy on a split (closed_loop, one_stage or two_stage) into a "
+                                         "run directory with a report",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
-                        description="One episode per scenario of the split (seed + k), episode EPDMS with NAVSIM's "
-                                    "human filter,\ncollision and off-road rates; a table, then one JSON line.\n\n"
-                                    + _listing("agents (--agents)", {n: DESCRIPTIONS.get(n, "") for n in AGENTS}))
-    ev.add_argument("--agents", nargs="+", default=["pdm_closed", "constant_velocity", "stand_still"],
-                    choices=list(AGENTS), metavar="AGENT",
-                    help=f"agents of agents.baselines: {', '.join(AGENTS)}; 'human' is the logged drive "
-                         f"(info['logged_plan']) from the logged start, the others start perturbed "
-                         f"(default: pdm_closed constant_velocity stand_still)")
-    ev.add_argument("--split", default="navhard", choices=("navhard", "navtest", "navtrain"),
-                    help="the split (default navhard)")
+                        description="simscale evaluate --policy SPEC --split NAME|FILE.yaml --mode MODE --out RUN_DIR\n"
+                                    "scores a policy on every token of a split (one item per token, a pure function of "
+                                    "the config,\nthe seed and the token's index) with --workers local processes or "
+                                    "Ray, and writes RUN_DIR:\nresults.parquet, navsim.csv, aggregate.json (means and "
+                                    "95 % bootstrap intervals), report.md,\nreport.html with plots and videos. A rerun "
+                                    "into the same RUN_DIR resumes. Exit status 1 when items\nfailed (each is a row "
+                                    "with its error), 2 on a user error.\n\nThe older form `simscale evaluate "
+                                    "--agents A ...` runs closed_loop for each agent and prints one\ntable, then one "
+                                    "JSON line.\n\n"
+                                    + _listing("built-in policies (--policy or --agents)",
+                                               {n: DESCRIPTIONS.get(n, "") for n in AGENTS}))
+    ev.add_argument("--policy", default=None, metavar="SPEC",
+                    help="the policy: a built-in name (above), 'package.module:Class' (with --policy-kwargs), or a "
+                         "checkpoint path a registered loader reads (agents.load_policy)")
+    ev.add_argument("--policy-kwargs", type=_json_object, default=None, metavar="JSON",
+                    help="keyword arguments for the policy as a JSON object, e.g. '{\"k\": 1}'")
+    ev.add_argument("--agents", nargs="+", default=None, choices=list(AGENTS), metavar="AGENT",
+                    help=f"the older form: closed_loop for each of these built-in agents ({', '.join(AGENTS)}), one "
+                         f"table; 'human' is the logged drive (info['logged_plan']) from the logged start, the others "
+                         f"start perturbed (default when --policy is not given: pdm_closed constant_velocity "
+                         f"stand_still)")
+    ev.add_argument("--split", default="navhard", metavar="NAME|FILE.yaml",
+                    help="a split name (navhard, navtest, navtrain, or their mini- versions: mini-navhard, ...) or "
+                         "a NAVSIM scene_filter YAML (default navhard: mini-navhard on the mini dataset)")
+    ev.add_argument("--mode", default="closed_loop", choices=("closed_loop", "one_stage", "two_stage"),
+                    help="closed_loop: full episodes from perturbed starts, reactive agents, episode EPDMS; "
+                         "one_stage: NAVSIM's navtest score (one plan at the logged start, pseudo-simulated 4 s); "
+                         "two_stage: NAVSIM's navhard score (stage 1, then generated stage-2 starts) "
+                         "(default closed_loop)")
+    ev.add_argument("--seed", type=seed, default=0, help="item k (the split's k-th token) is seeded from seed + k "
+                                                          "(default 0)")
+    ev.add_argument("--workers", type=_int_at_least(1), default=1, metavar="K",
+                    help="local worker processes (or Ray actors with --ray), each building its env and policy once "
+                         "(default 1: in this process)")
+    ev.add_argument("--ray", action="store_true",
+                    help="run the items as Ray actors (a local Ray with K CPUs, or the cluster of --ray-address); "
+                         "needs pip install 'simscale[ray]'")
+    ev.add_argument("--ray-address", default=None, metavar="ADDR",
+                    help="the Ray cluster to join, e.g. ray://head:10001 or auto (implies --ray)")
+    ev.add_argument("--traffic", default="non_reactive", choices=("non_reactive", "reactive"),
+                    help="one_stage: how the other agents move while the plan is pseudo-simulated (default "
+                         "non_reactive, NAVSIM's navtest); two_stage is always reactive")
+    ev.add_argument("--ec-partner", default="split", choices=("split", "always"),
+                    help="one_stage EC: 'split' (NAVSIM: only for tokens whose frame 0.5 s earlier is in the split "
+                         "too; default) or 'always' (ours: the policy also plans at the frame 0.5 s earlier)")
+    ev.add_argument("--stage2-starts", type=_int_at_least(1), default=10, metavar="N",
+                    help="two_stage: generated stage-2 start pairs per token (default 10)")
+    ev.add_argument("--out", type=Path, default=None, metavar="RUN_DIR",
+                    help="the run directory (created; a rerun with the same config resumes, another config there is "
+                         "an error); required with --policy; with --agents one RUN_DIR/AGENT per agent")
+    ev.add_argument("--tokens", nargs="+", type=_token, default=None, metavar="TOKEN",
+                    help="only these tokens of the split (each keeps its index, so its row is the one a full run "
+                         "gives)")
+    ev.add_argument("--no-videos", action="store_true",
+                    help="no MP4 videos of the best and worst episodes in the report")
     ev.add_argument("--data", type=Path, default=None, help="mini dataset folder (default: the cache or env vars)")
     ev.add_argument("--openscene", type=Path, default=None, metavar="DIR",
                     help="OpenScene data root (navsim_logs/<split>/*.pkl; default OPENSCENE_DATA_ROOT): scenarios "
@@ -493,9 +640,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--source", default="auto", choices=("auto", "nuplan", "openscene"),
                     help="where scenarios come from: the nuPlan .db logs, the OpenScene pickles, or auto (the .db logs "
                          "where the data has them; default)")
-    ev.add_argument("--seed", type=seed, default=0, help="episode k starts from seed + k (default 0)")
-    ev.add_argument("--quiet", action="store_true", help="no progress bars")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar or messages")
     ev.set_defaults(func=_cmd_evaluate)
+
+    cmp_ = sub.add_parser("compare", help="compare evaluation runs side by side: one table (Markdown + CSV) and one "
+                                          "plot with the 95 % intervals",
+                          description="Reads each RUN_DIR's aggregate.json (simscale evaluate --out RUN_DIR), prints "
+                                      "a Markdown table and writes compare.md, compare.csv and compare.png into --out.")
+    cmp_.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="run directories of simscale evaluate")
+    cmp_.add_argument("--out", type=Path, default=Path("compare"), metavar="DIR",
+                      help="where compare.md, compare.csv and compare.png go (created; default ./compare)")
+    cmp_.set_defaults(func=_cmd_compare)
 
     demo = sub.add_parser("demo", help="the main job of `make demo`")
     demo.add_argument("--data", type=Path, default=None, help="mini dataset folder (default: the cache)")
@@ -513,6 +668,7 @@ def main(argv=None) -> int:
     one line `simscale: error: ...` on stderr with exit status 2; argparse misuse too (a SystemExit(2) from the
     parser, as `--help` is a SystemExit(0))."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the exact command, for the records of a run
     try:
         return int(args.func(args) or 0)
     except SimScaleError as exc:

@@ -57,3 +57,14 @@ class MapError(DataError):
 class UnknownMapObjectError(MapError, KeyError):
     def __str__(self) -> str:
         return Exception.__str__(self)
+
+
+class PolicyError(SimScaleError, ValueError):
+    """A policy spec that cannot be loaded (`agents.load_policy`: an unknown name, a module that does not import, a
+    class that is missing or refuses its kwargs, an object without `act`, a checkpoint no loader claims) or a policy
+    that returns something other than a plan. `spec` names what was asked for."""
+
+    def __init__(self, spec, message: str):
+        self.spec = None if spec is None else str(spec)
+        self.detail = message
+        super().__init__(f"{self.spec}: {message}" if self.spec else message)

@@ -12,6 +12,14 @@ lights stay the scenario route's), and EP is normalised by PDM-Closed's dense tr
 trajectory is planned on the log's objects, as NAVSIM's metric cache plans it (`route_correction=False`: the
 scenario's route as logged).
 
+The reset option `start_offset_s` moves the start within the token's scenario to the logged frame that many seconds
+after (negative: before) the token's, a multiple of 0.1 s: e.g. -0.5 for NAVSIM's previous frame (the EC partner of a
+one-stage score, `evaluation.modes`), +4.0 for where a two-stage plan ends. The start is that frame's logged state
+(perturbed as usual unless `perturbation=None`), the world and the past are the log's at that frame, and a logged
+start there scores as stage 1 like the token's own frame (the same numbers as a reset to a split token at that frame,
+tested). It must leave NAVSIM's 1.5 s past before it (the earliest is -0.5 s with the 2 s history) and one decision
+step after it.
+
 One decision step = `replan_interval` seconds (default 0.5 s, 5 simulation steps at 10 Hz). The default action is a
 NAVSIM plan: 8 poses (x, y, heading) 0.5 s apart in the current rear-axle frame, tracked by the LQR + bicycle for one
 decision step; `action_type="control"` takes (acceleration [m/s^2], steering rate [rad/s]) held for the step.
@@ -42,6 +50,19 @@ Reward of a decision step t (documented, EPDMS-derived):
 same action format), unless `pseudo_experts=False`. PDM-Closed is NAVSIM's; `expert_emergency_brake=True` adds
 tuplan's emergency brake. `info["logged_plan"]`: the logged human's plan, the logged ego's next 8 poses (0.5 s apart,
 at the same times in the log) in the current rear-axle frame.
+
+What agents other than the env's own read (`agents.navsim_bridge`, `agents.nuplan_bridge`; plain arrays, built in
+`envs.agent_inputs`): `info["driving_command"]` [4] int64, NAVSIM's one-hot (left, straight, right, unknown) of the
+current state (as `obs["ego_status"][4:8]`); `info["ego_history"]`, NAVSIM's `AgentInput.ego_statuses` as arrays
+over its 4 history frames at 2 Hz, oldest first, the current frame last: "time_us" [4], "ego_pose" [4, 3] in the
+current rear-axle frame (the current pose (0, 0, 0)), "ego_velocity" and "ego_acceleration" [4, 2] in each frame's
+own vehicle frame, "driving_command" [4, 4]; with "cameras" observed, `info["camera_calibration"]`: {channel: NAVSIM
+`Camera` fields of the delivered image, in the order of `obs["cameras"]`: "intrinsics" [3, 3] after the resize and
+crop, "distortion" [5] (zeros for rendered images), "sensor2lidar_rotation" [3, 3], "sensor2lidar_translation" [3],
+"cam_to_ego" [4, 4], "width", "height"}; with `planner_inputs=True`, `info["planner_input"]`, what nuplan-devkit's
+`PlannerInitialization` and `PlannerInput` hold: the route roadblock ids and mission goal, the map (`map_location`,
+`maps_root`), the ego states and tracked objects 0.1 s apart over the last 1.5 s (global frame) and the traffic
+lights (`envs.agent_inputs.planner_input`).
 """
 
 from __future__ import annotations
@@ -155,6 +176,9 @@ class EnvConfig:
     # bounds of the env's LRU caches (scenarios, renderers, maps, open logs, ...): a CacheSizes or a dict of some of
     # its fields, e.g. {"scenarios": 16}; None entries are unbounded (`simscale_env.cache.CacheSizes`)
     cache_sizes: CacheSizes = CacheSizes()
+    # info["planner_input"]: what a nuPlan planner reads (route, goal, map, 1.5 s of ego states and tracked objects at
+    # 0.1 s, traffic lights; `envs.agent_inputs.planner_input`); `agents.nuplan_bridge` asks for it
+    planner_inputs: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "cache_sizes", CacheSizes.coerce(self.cache_sizes))
@@ -292,6 +316,38 @@ class SimScaleEnv(gym.Env):
                 self._scenarios[token] = self._builder.load(token)
         return self._scenarios[token]
 
+    def _offset_scenario(self, token, offset_s):
+        """(scenario, its simulation cache key) for the reset option `start_offset_s`: the token's scenario whose
+        iteration 0 is the logged frame `offset_s` seconds after (negative: before) the token's, a multiple of the
+        scenario's step (0.1 s; NAVSIM's frames are 0.5 s apart). The log is the same: only the start moves, within
+        the scenario's history (NAVSIM's 1.5 s past must stay before the start: -0.5 s with the 2 s history) and its
+        future (at least one decision step after the start). 0: the token's own scenario."""
+        if isinstance(offset_s, bool) or not isinstance(offset_s, (int, float, np.integer, np.floating)) \
+                or not np.isfinite(offset_s):
+            raise ValueError(f"start_offset_s must be a finite number of seconds, got {offset_s!r}")
+        sc = self._scenario(token)
+        steps = float(offset_s) / sc.dt_s
+        if abs(steps - round(steps)) > 1e-6:
+            raise ValueError(f"start_offset_s must be a multiple of the scenario step {sc.dt_s:g} s, got {offset_s!r}")
+        n = int(round(steps))
+        if n == 0:
+            return sc, token
+        start = sc.start_index + n
+        need = int(round(PAST_S / sc.dt_s))
+        if start < need:
+            raise ValueError(f"start_offset_s={offset_s:g}: scenario {token} has {sc.start_index * sc.dt_s:g} s of "
+                             f"history before its token, and the start needs {PAST_S:g} s of past before it "
+                             f"(the ego status and HC read it): the earliest offset is "
+                             f"{(need - sc.start_index) * sc.dt_s:g} s")
+        if start + self._k > len(sc.timestamps_us) - 1:
+            raise ValueError(f"start_offset_s={offset_s:g}: scenario {token} ends "
+                             f"{(sc.num_iterations - 1) * sc.dt_s:g} s after its token; the start needs one decision "
+                             f"step ({self.config.replan_interval:g} s) after it")
+        from dataclasses import replace
+
+        key = (token, n)
+        return self._scenarios.get_or_create(key, lambda: replace(sc, start_index=start)), key
+
     def _simulation(self, token, sc, m):
         """(Simulation, its logged world at iteration 0) of a scenario, kept (LRU) as long as scenarios are
         (`CacheSizes.scenarios`):
@@ -331,6 +387,7 @@ class SimScaleEnv(gym.Env):
         """obs["cameras"] as a RenderOutput: the logged camera images where `camera_source` takes them, else
         rendered."""
         logged = self._logged_camera_images()
+        self._cameras_logged = logged is not None  # info["camera_calibration"]: the log's distortion, not zeros
         if logged is not None:
             from ..render.renderer import RenderOutput
 
@@ -388,9 +445,9 @@ class SimScaleEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         options = dict(options or {})
-        unknown = sorted(set(options) - {"scenario_token", "perturbation"})
+        unknown = sorted(set(options) - {"scenario_token", "perturbation", "start_offset_s"})
         if unknown:
-            raise ValueError(f"unknown reset options {unknown}; known: scenario_token, perturbation")
+            raise ValueError(f"unknown reset options {unknown}; known: scenario_token, perturbation, start_offset_s")
         cfg = self.config
         token = options.get("scenario_token")
         if token is None:
@@ -398,9 +455,9 @@ class SimScaleEnv(gym.Env):
         elif token not in self.tokens:
             raise UnknownTokenError(None, f"scenario token '{token}' is not in split '{self.split.name}' "
                                           f"({len(self.tokens)} tokens)")
-        sc = self._scenario(token)
+        sc, sim_key = self._offset_scenario(token, options.get("start_offset_s", 0.0))
         m = self._map(sc.map_location)
-        self.sim, w0 = self._simulation(token, sc, m)
+        self.sim, w0 = self._simulation(sim_key, sc, m)
         self._route_lanes = m.route_lane_ids([r for r in sc.route_roadblock_ids if r in m.roadblocks])
         self._pert_error = None
         self._start_plan = None
@@ -754,7 +811,9 @@ class SimScaleEnv(gym.Env):
         """Closed-loop EPDMS of the episode so far (NAVSIM's human filter against the logged drive). HC prepends the
         past before the start to the realised trajectory: the logged human past at a logged start, the perturbed past
         at a perturbed start (the pasts `info["epdms"]` reads at the first step)."""
-        key = (self.sim.scenario.token, self._worlds[-1].iteration, self.config.agent_mode)
+        # the start frame too: a `start_offset_s` reset moves iteration 0 within the same token's log
+        key = (self.sim.scenario.token, self.sim.scenario.start_index, self._worlds[-1].iteration,
+               self.config.agent_mode)
         if key not in self._human_cache:  # the logged drive in the same world (independent of the perturbation)
             wh = [self.sim.reset()]
             for i in range(1, self._worlds[-1].iteration + 1):
@@ -878,7 +937,19 @@ class SimScaleEnv(gym.Env):
         else:
             self._pdm = None
             self._last_plans = {}
+        self._agent_inputs(info)
         return info
+
+    def _agent_inputs(self, info: dict) -> None:
+        """The info keys agent bridges read (module docstring; `envs.agent_inputs`)."""
+        from .agent_inputs import camera_calibration, navsim_ego_history, planner_input
+
+        info["driving_command"] = self._driving_command(self.world.ego).astype(np.int64)
+        info["ego_history"] = navsim_ego_history(self)
+        if "cameras" in self.config.observation_keys:
+            info["camera_calibration"] = camera_calibration(self, getattr(self, "_cameras_logged", False))
+        if self.config.planner_inputs:
+            info["planner_input"] = planner_input(self)
 
     # ------------------------------------------------------------------ render
     def render(self):
