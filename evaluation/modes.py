@@ -43,12 +43,13 @@ from pathlib import Path
 
 import numpy as np
 
+from simscale_env.metrics import SUB_METRICS
+
 log = logging.getLogger(__name__)
 
-# NAVSIM's sub-score columns, in the order of its CSVs (navsim-agents-and-planners.md §2.1)
-SUBSCORES = ("no_at_fault_collisions", "drivable_area_compliance", "driving_direction_compliance",
-             "traffic_light_compliance", "ego_progress", "time_to_collision_within_bound", "lane_keeping",
-             "history_comfort", "two_frame_extended_comfort")
+# NAVSIM's sub-score columns, in the order of its CSVs (navsim-agents-and-planners.md §2.1): its multiplicative then
+# weighted metrics
+SUBSCORES = SUB_METRICS
 SCORE_COLUMNS = SUBSCORES + ("score",)
 MODE_NAMES = ("closed_loop", "one_stage", "two_stage")
 TRAFFIC = ("non_reactive", "reactive")

@@ -46,10 +46,7 @@ CONFIG_FILE = "config.json"
 PARTIAL_FILE = "rows.partial.jsonl"
 RUN_FORMAT = "simscale-eval-run/1"
 # the row columns NAVSIM's CSVs hold (navsim-agents-and-planners.md §2.1), in order; a failed item has them NaN
-SUBSCORES = ("no_at_fault_collisions", "drivable_area_compliance", "driving_direction_compliance",
-             "traffic_light_compliance", "ego_progress", "time_to_collision_within_bound", "lane_keeping",
-             "history_comfort", "two_frame_extended_comfort")
-SCORE_COLUMNS = SUBSCORES + ("score",)
+from .modes import SCORE_COLUMNS, SUBSCORES  # noqa: E402
 RAY_INSTALL = "pip install 'simscale[ray]' (or: pip install ray)"
 
 
