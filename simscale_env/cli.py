@@ -11,7 +11,9 @@
     simscale evaluate --policy SPEC --split S --mode M --out RUN_DIR   benchmark a policy: results, report, videos
     simscale evaluate [--agents A ...] [--split S] [--source S]   closed-loop EPDMS of agents on every scenario
     simscale compare RUN_DIR... [--out DIR]           runs side by side: a table (Markdown + CSV) and a plot
+    simscale generate --split S --rounds R --out DIR  SimScale's data generation rounds as Parquet shards (resumable)
     simscale demo                                     the main job of `make demo`
+    simscale export --format openscene RUN_DIR --out DIR [--split NAME]   a generation run in NAVSIM's OpenScene layout
 """
 
 from __future__ import annotations
@@ -305,6 +307,45 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _cmd_generate(args) -> int:
+    """`simscale generate`: SimScale's generation rounds (training.engine.run_generation) into --out; prints the
+    valid ratio per round and one JSON line. Exit status 1 when tasks failed."""
+    import os
+    import shlex
+
+    from training.engine import run_generation
+    from training.generate import GenConfig
+
+    if args.data:
+        if not args.data.is_dir():
+            raise MissingFileError(args.data, "mini dataset folder not found (build one with `simscale data build-mini "
+                                              "--out DIR`)")
+        os.environ["SIMSCALE_MINI"] = str(args.data)
+    cams = tuple(c.strip() for c in args.cameras.split(",") if c.strip())
+    if not cams:
+        raise SimScaleError("generate: --cameras needs 'all' or a comma-separated list of channels")
+    cfg = GenConfig(split=args.split, rounds=args.rounds, expert=args.expert, seed=args.seed, cameras=cams,
+                    width=args.width, height=args.height, epdms_threshold=args.threshold,
+                    vocab=str(args.vocab) if args.vocab else None)
+    with _LogToStderr("training", "generate: ", enabled=not args.quiet):
+        m = run_generation(cfg, args.out, workers=args.workers, ray=args.ray or bool(args.ray_address),
+                           ray_address=args.ray_address, resume=args.resume, shard_mb=args.shard_mb,
+                           progress=not args.quiet, command=shlex.join(["simscale", *args.argv]))
+    for r in m["rounds"]:
+        why = ", ".join(f"{k} {v}" for k, v in r["rejected"].items() if v)
+        fails = f"; failed {len(r['failed'])}" if r["failed"] else ""
+        print(f"round {r['round']}: {r['valid']} of {r['tried']} valid ({100 * r['valid_ratio']:.1f} %)"
+              f"{'; rejected: ' + why if why else ''}{fails}")
+    failed = len(m["failures"])
+    print(json.dumps({"split": m["split"], "seed": m["seed"], "expert": m["expert"], "rounds": len(m["rounds"]),
+                      "valid_ratio": [round(r["valid_ratio"], 4) for r in m["rounds"]], "samples": m["samples"],
+                      "shards": len(m["shards"]), "failed": failed, "out": str(args.out)}))
+    if failed:
+        print(f"simscale: {failed} tasks failed (errors in {args.out / 'manifest.json'})", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _round(v, nd: int = 4):
     return None if v is None or not np.isfinite(v) else round(float(v), nd)
 
@@ -332,6 +373,21 @@ def _cmd_compare(args) -> int:
     print(r["markdown"], end="")
     print(json.dumps({"runs": len(r["rows"]), "out": str(args.out), "files": r["files"]}))
     return 0
+
+
+def _cmd_export(args) -> int:
+    from training.export import export_openscene
+
+    with _LogToStderr("training.export"):
+        out = export_openscene(args.run_dir, args.out, split=args.split)
+    print(json.loads((out / "export.json").read_text())["samples"], "samples exported to", out)
+    return 0
+
+
+def _split_name(text: str) -> str:
+    if not text or "/" in text or text.startswith(".") or text.strip() != text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a plain folder name")
+    return text
 
 
 def _cmd_demo(args) -> int:
@@ -651,6 +707,54 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--out", type=Path, default=Path("compare"), metavar="DIR",
                       help="where compare.md, compare.csv and compare.png go (created; default ./compare)")
     cmp_.set_defaults(func=_cmd_compare)
+
+    exp = sub.add_parser("export", help="a generation run (simscale generate) in NAVSIM's OpenScene layout",
+                         description="Writes OUT/navsim_logs/SPLIT/*.pkl (one synthetic log per sample: 4 history "
+                                     "frames and 8 label frames), OUT/sensor_blobs/SPLIT/TOKEN/CAM_*/*.jpg and the "
+                                     "scene_filter OUT/splits/SPLIT.yaml. RUN_DIR is only read.")
+    exp.add_argument("--format", default="openscene", choices=("openscene",), help="output format (openscene)")
+    exp.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="run folder of simscale generate (manifest.json)")
+    exp.add_argument("--out", type=Path, required=True, metavar="DIR", help="a new or empty folder")
+    exp.add_argument("--split", type=_split_name, default="simscale", metavar="NAME",
+                     help="split folder and scene_filter name (default simscale)")
+    exp.set_defaults(func=_cmd_export)
+
+    gen = sub.add_parser("generate", help="SimScale's data generation rounds: perturbed starts, pseudo-expert labels, "
+                                          "cameras, as Parquet shards with a manifest (resumable; workers or Ray)",
+                         description="simscale generate --split S --rounds R --expert E --seed S --out DIR\n"
+                                     "runs R nested rounds (round r+1 on the base tokens valid in round r) and writes "
+                                     "Parquet shards and manifest.json into DIR. Exit status 1 when tasks failed, 2 on "
+                                     "a user error.", formatter_class=argparse.RawDescriptionHelpFormatter)
+    gen.add_argument("--split", default="mini-navtrain", metavar="NAME|FILE.yaml",
+                     help="the base scenes: a split name or a NAVSIM scene_filter YAML (default mini-navtrain)")
+    gen.add_argument("--rounds", type=_int_at_least(1), default=1, metavar="R", help="generation rounds (default 1)")
+    gen.add_argument("--expert", default="pdm_closed", choices=("pdm_closed", "recovery"),
+                     help="the pseudo-expert that labels each sample (default pdm_closed)")
+    gen.add_argument("--seed", type=seed, default=0, help="the run seed; task (token, round) is seeded from it "
+                                                           "(default 0)")
+    gen.add_argument("--out", type=Path, required=True, metavar="DIR",
+                     help="the run folder (created; must be empty or new, or this run with --resume)")
+    gen.add_argument("--cameras", default="CAM_L0,CAM_F0,CAM_R0", metavar="all|CH,CH",
+                     help="camera channels rendered for the 4 history frames: 'all' (8) or a comma-separated list "
+                          "(default CAM_L0,CAM_F0,CAM_R0)")
+    gen.add_argument("--width", type=_int_at_least(16), default=480, metavar="W", help="image width (default 480)")
+    gen.add_argument("--height", type=_int_at_least(16), default=224, metavar="H", help="image height (default 224)")
+    gen.add_argument("--threshold", type=_positive_float, default=0.8, metavar="X",
+                     help="minimum EPDMS of the expert's label for a valid sample (default 0.8)")
+    gen.add_argument("--vocab", type=Path, default=None, metavar="V.npy",
+                     help="a trajectory vocabulary [K, poses, 3]: adds float16 EPDMS sub-score labels per trajectory")
+    gen.add_argument("--workers", type=_int_at_least(1), default=1, metavar="K",
+                     help="local worker processes (or Ray actors with --ray), each building its env once (default 1)")
+    gen.add_argument("--ray", action="store_true", help="run the tasks as Ray actors (a local Ray with K CPUs, or the "
+                                                        "cluster of --ray-address)")
+    gen.add_argument("--ray-address", default=None, metavar="ADDR",
+                     help="the Ray cluster to join, e.g. HEAD:6379 or ray://HEAD:10001 (implies --ray)")
+    gen.add_argument("--resume", action="store_true", help="continue a killed run in --out (same config)")
+    gen.add_argument("--shard-mb", type=_positive_float, default=256.0, metavar="MB",
+                     help="approximate size of a Parquet shard (default 256)")
+    gen.add_argument("--data", type=Path, default=None, help="mini dataset folder (default: the cache or env vars)")
+    gen.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+    gen.set_defaults(func=_cmd_generate)
 
     demo = sub.add_parser("demo", help="the main job of `make demo`")
     demo.add_argument("--data", type=Path, default=None, help="mini dataset folder (default: the cache)")

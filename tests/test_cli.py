@@ -123,6 +123,13 @@ def test_bench_and_evaluate_help_list_benchmarks_and_agents(capsys):
 
 # a bad invocation of every subcommand -> (argv with {tmp}/{log}/{tok} placeholders, a fragment the error names)
 BAD_INVOCATIONS = [
+    # generate first: later rows' --data set SIMSCALE_MINI in this process
+    (["generate", "--split", "navnowhere", "--out", "{tmp}/gen", "--quiet"], "navnowhere"),
+    (["generate", "--out", "{tmp}/unrelated", "--quiet"], "not a generation run folder"),
+    (["generate", "--rounds", "0", "--out", "{tmp}/gen"], "--rounds"),
+    (["generate", "--vocab", "{tmp}/corrupt.json", "--out", "{tmp}/gen", "--quiet"], "corrupt.json"),
+    (["generate", "--ray-address", "127.0.0.1:9", "--out", "{tmp}/gen", "--quiet"], "no Ray cluster answers"),
+    (["export", "--split", "a/b", "{tmp}/missing", "--out", "{tmp}/exp"], "--split"),
     ([], "COMMAND"),
     (["frobnicate"], "frobnicate"),
     (["data"], "COMMAND"),
@@ -202,6 +209,7 @@ def test_bad_invocations_of_every_subcommand_are_one_line_with_status_2(mini, tm
     assert (tmp_path / "unrelated").exists() and [p.name for p in (tmp_path / "unrelated").iterdir()] == \
         ["precious.txt"]  # nothing written into the user's folder
     assert not (tmp_path / "missing").exists()  # evaluate --data never builds a dataset into a mistyped path
+    assert not (tmp_path / "gen").exists()  # a generate that fails its checks writes nothing
     from simscale_env.cli import build_parser
 
     every = {prog.removeprefix("simscale ") for prog, parser in _walk(build_parser()) if parser.get_default("func")}

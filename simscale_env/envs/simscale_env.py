@@ -951,6 +951,50 @@ class SimScaleEnv(gym.Env):
         if self.config.planner_inputs:
             info["planner_input"] = planner_input(self)
 
+    # ------------------------------------------------------------------ data generation (`training.generate`)
+    @property
+    def pseudo_expert_trajectories(self) -> dict:
+        """The pseudo-experts' dense plans of the state just observed: {name: float32 [40, 3]}, (x, y, heading) of
+        the rear axle 0.1 s apart (t = 0.1 ... 4.0 s) in the current rear-axle frame; `info["pseudo_expert"][name]`
+        is rows 4, 9, ..., 39 of it. Empty without pseudo-experts."""
+        if self.sim is None:
+            raise RuntimeError("call reset() first")
+        e = self.world.ego[[X, Y, HEADING]]
+        return {k: global_to_local(np.asarray(t, dtype=np.float64)[1:41, :3], e).astype(np.float32)
+                for k, t in self._last_plans.items()}
+
+    def history_camera_images(self) -> np.ndarray:
+        """The rendered cameras (`cameras`, `width` x `height`) of NAVSIM's 4 history frames of the current state:
+        uint8 [4, n, H, W, 3], oldest first, the current frame last (the frames of `info["ego_history"]`, 1.5, 1.0,
+        0.5 and 0 s ago). Each frame is rendered from the ego's pose then (the logged or perturbed past it drove
+        in, then the realised states) with the objects then: the simulated ones for the episode's iterations, the
+        log's before the start. Always rendered (`camera_source` aside): no logged camera saw a perturbed past."""
+        from dataclasses import replace
+
+        from .agent_inputs import _history_picks, ego_past
+
+        if self.sim is None:
+            raise RuntimeError("call reset() before history_camera_images()")
+        sim, w = self.sim, self.world
+        sc, ag = sim.scenario, sim.scenario.agents
+        hist = ego_past(self)
+        picks = _history_picks(len(hist))
+        tracks = np.asarray(ag.track_tokens)
+        renderer = self._renderer()
+        out = []
+        for p in picks:
+            it = int(w.iteration) - (len(hist) - 1 - int(p))
+            if it >= 0:
+                objs = sim.objects(self._worlds[it] if it < int(w.iteration) else w)
+            else:  # before the start: the logged objects at that frame (the log's first frame where it starts later)
+                f = max(0, sc.start_index + it)
+                sel = np.nonzero(ag.valid[f])[0]
+                objs = sim._from_log(f, sel, np.zeros(len(sel), bool))
+            if len(objs):
+                objs = replace(objs, track=tracks[objs.track])
+            out.append(renderer.render(hist[p], objs, with_depth=False).rgb)
+        return np.stack(out)
+
     # ------------------------------------------------------------------ render
     def render(self):
         if self.render_mode != "rgb_array":

@@ -67,7 +67,8 @@ def test_a_small_build_is_the_first_logs_of_the_full_build(small_build, mini):
     assert sorted(files) == sorted([BUILD_MARKER, "manifest.json", "maps/nuplan-maps-v1.0.json", *maps]
                                    + [str(DB_DIR / f"{n}.db") for n in names]
                                    + [str(NAV_DIR / f"{n}.pkl") for n in names]
-                                   + [f"splits/mini-{s}.yaml" for s in ("navtrain", "navtest", "navhard")])
+                                   + [f"splits/mini-{s}.yaml"
+                                      for s in ("navtrain", "navtest", "navhard", "navtrain-frames")])
     manifest = json.loads((small_build / "manifest.json").read_text())
     assert manifest["num_logs"] == LOGS and sorted(manifest["logs"]) == sorted(names)
     assert is_complete(small_build, 0, LOGS) and is_complete(small_build)

@@ -7,6 +7,7 @@ Layout (the same as a nuPlan + NAVSIM installation, so every reader takes one co
     OUT/nuplan-v1.1/splits/mini/<log>.db
     OUT/navsim_logs/mini/<log>.pkl
     OUT/splits/mini-navtrain.yaml, mini-navtest.yaml, mini-navhard.yaml   (NAVSIM scene_filter format)
+    OUT/splits/mini-navtrain-frames.yaml      (every valid 2 Hz frame of the training logs, as NAVSIM's navtrain)
     OUT/sensor_blobs/mini/<log>/<channel>/<token>.jpg                     (rendered cameras of the test scenes)
     OUT/manifest.json                                                     (written last: the build is complete)
 
@@ -43,8 +44,9 @@ from .locations import LOCATIONS, MAP_VERSION, STUB_LOCATIONS, build_location
 
 # 3: lawful humans (issue 13): signal commitment, comfort bounds, smoothed paths; 4: the test scenes' camera
 # sensor_blobs (issue 15: a build without them is not complete), OpenScene cams with camera -> lidar extrinsics
-# (sensor2lidar_*, as OpenScene writes them; v3 wrote camera -> ego there)
-BUILDER_VERSION = 4
+# (sensor2lidar_*, as OpenScene writes them; v3 wrote camera -> ego there); 5: splits/mini-navtrain-frames.yaml
+# (issue 17: every valid 2 Hz frame of the training logs, NAVSIM's navtrain filter)
+BUILDER_VERSION = 5
 NUM_LOGS = 12
 LOG_DURATION_S = 45.0
 log = logging.getLogger(__name__)
@@ -196,6 +198,21 @@ def _write_navsim(db_path: Path, maps_root: Path, out_pkl: Path) -> None:
     with LogDB(db_path) as db:
         frames = db_to_openscene(db, load_map(db.map_location, maps_root))
     write_openscene_log(frames, out_pkl)
+
+
+FRAMES_HISTORY, FRAMES_FUTURE = 4, 8  # mini-navtrain-frames: NAVSIM's 4 history frames, 4 s of future at 2 Hz
+
+
+def navtrain_frame_tokens(nav_dir: Path, log_names) -> dict[str, str]:
+    """token -> log name of every valid current frame of the OpenScene logs `log_names` in `nav_dir`, in log-name and
+    time order: NAVSIM's scene filter (`NavsimSceneLoader`, frame_interval 1, has_route) with FRAMES_HISTORY history
+    and FRAMES_FUTURE future frames."""
+    from ..openscene import NavsimSceneLoader, SplitSpec
+
+    spec = SplitSpec("mini-navtrain-frames", num_history_frames=FRAMES_HISTORY, num_future_frames=FRAMES_FUTURE,
+                     frame_interval=1, has_route=True, log_names=tuple(log_names))
+    loader = NavsimSceneLoader(nav_dir, spec)
+    return {t: loader.scene(t).log_name for t in loader.tokens}
 
 
 BUILD_MARKER = ".simscale-mini"  # written first by build_mini: the folder is ours to (re)build into
@@ -393,6 +410,13 @@ def build_mini(out: str | Path, seed: int = 0, *, workers: int | None = None, pr
     write_split(splits_dir / "mini-navhard.yaml", log_names=uniq(r.log_name for r in hard),
                 tokens=uniq(r.token for r in hard), num_future_frames=8,
                 comment="mini-navhard: the test scenarios of the harder types " + ", ".join(HARD_TYPES))
+    # NAVSIM-style all-frames training split: every 2 Hz frame of the training logs with NAVSIM's 3 past frames and
+    # 4 s (8 frames) of future in its log and a route (navsim/common/dataloader.py `filter_scenes` with
+    # frame_interval 1, has_route); NAVSIM's navtrain asks 10 future frames, the 8 a plan label needs suffice here
+    frame_tokens = navtrain_frame_tokens(nav_dir, [p.name for p in plans if not p.test])
+    write_split(splits_dir / "mini-navtrain-frames.yaml", log_names=list(dict.fromkeys(frame_tokens.values())),
+                tokens=list(frame_tokens), num_future_frames=FRAMES_FUTURE,
+                comment="mini-navtrain-frames: every valid 2 Hz frame of the training logs (NAVSIM's navtrain filter)")
     # camera JPEGs of the test splits' scenes (navhard is a subset of navtest), for the logged-camera path
     blobs = write_sensor_blobs(out, uniq(r.token for r in test), say=say)
     manifest = {
@@ -400,7 +424,7 @@ def build_mini(out: str | Path, seed: int = 0, *, workers: int | None = None, pr
         "locations": {n: asdict(l) for n, l in LOCATIONS.items()},
         "logs": {p.name: {"location": p.location, **summaries.get(p.name, {})} for p in plans},
         "splits": {"mini-navtrain": len(uniq(r.token for r in train)), "mini-navtest": len(uniq(r.token for r in test)),
-                   "mini-navhard": len(uniq(r.token for r in hard))},
+                   "mini-navhard": len(uniq(r.token for r in hard)), "mini-navtrain-frames": len(frame_tokens)},
         "sensor_blobs": {"split": BLOB_SPLIT, "width": BLOB_SIZE[0], "height": BLOB_SIZE[1],
                          "jpeg_quality": JPEG_QUALITY, "frames": blobs["frames"], "images": blobs["images"]},
     }
