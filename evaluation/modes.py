@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from simscale_env.envs import split_env_spec
 from simscale_env.metrics import SUB_METRICS
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,6 @@ TRAFFIC = ("non_reactive", "reactive")
 FRAME_GAP_S = 0.5
 # navhard's synthetic scenes start where the stage-1 plan ends: "now" at t + 4 s, "prev" at t + 3.5 s (docs/metrics.md)
 STAGE_TWO_OFFSET_S = 4.0
-BASE_SPLITS = ("navhard", "navtest", "navtrain")
 
 
 @dataclass(frozen=True)
@@ -118,23 +118,6 @@ def load_policy(cfg: EvalConfig):
     return _load(cfg.policy, dict(cfg.policy_kwargs))
 
 
-def _split_kwargs(split) -> tuple[str, dict]:
-    """(env id, gym.make kwargs) of a split name or YAML. A mini split keeps its base split's perturbation ranges
-    (navhard's for mini-navhard, as `SimScale-navhard-v0` on the mini dataset)."""
-    from simscale_env.sim.perturb import PERTURBATION_DEFAULTS
-
-    s = str(split)
-    p = Path(s)
-    if p.suffix in (".yaml", ".yml"):
-        base = next((b for b in BASE_SPLITS if b in p.stem), "navtest")
-        return f"SimScale-{base}-v0", {"split_file": s}
-    base = s[len("mini-"):] if s.startswith("mini-") else s
-    if base not in BASE_SPLITS:
-        return "SimScale-navtest-v0", {"split": s}
-    kw = {} if base == s else {"split": s, "perturbation": PERTURBATION_DEFAULTS[base]}
-    return f"SimScale-{base}-v0", kw
-
-
 def env_kwargs(cfg: EvalConfig, policy) -> tuple[str, dict]:
     """(env id, gym.make kwargs) of `make_env`: the split's, the policy's (`agents.policy_env_kwargs`: its observation
     keys, default "ego_status", cameras, pseudo-experts and own env kwargs), `cfg.env_kwargs`, then what the mode
@@ -143,7 +126,7 @@ def env_kwargs(cfg: EvalConfig, policy) -> tuple[str, dict]:
     is an error."""
     from agents import policy_env_kwargs
 
-    env_id, kw = _split_kwargs(cfg.split)
+    env_id, kw = split_env_spec(cfg.split)
     kw.update(policy_env_kwargs(policy))
     kw.update(cfg.env_kwargs)
     need = {}
@@ -172,35 +155,10 @@ def make_env(cfg: EvalConfig, policy):
 
 
 def split_tokens(cfg: EvalConfig) -> list[str]:
-    """The items of a run: the split's tokens, in the split's order."""
-    from simscale_env.data.openscene import load_split
-    from simscale_env.data.paths import DataConfig
+    """The items of a run: the split's tokens, in the split's order (`simscale_env.envs.split_tokens`)."""
+    from simscale_env.envs import split_tokens as tokens_of
 
-    e = cfg.env_kwargs
-    _, kw = _split_kwargs(cfg.split)
-    if "split_file" in e:
-        kw["split_file"] = e["split_file"]
-    if "split_file" in kw:
-        path = Path(kw["split_file"])
-    else:
-        data = DataConfig.resolve(e.get("data_root"), e.get("maps_root"), e.get("openscene_root"))
-        path = data.split_file(kw.get("split", str(cfg.split)))
-    tokens = load_split(path).tokens
-    if tokens is not None:
-        return [str(t) for t in tokens]
-    # a split of log names only: the tokens the env derives from its logs
-    import gymnasium as gym
-
-    import simscale_env  # noqa: F401
-
-    env_id, kw = _split_kwargs(cfg.split)
-    keep = ("data_root", "maps_root", "openscene_root", "data_source", "split_file", "scene_window")
-    kw.update({k: v for k, v in e.items() if k in keep})
-    env = gym.make(env_id, **{**kw, "observation_keys": ("ego_status",), "pseudo_experts": False})
-    try:
-        return [str(t) for t in env.unwrapped.tokens]
-    finally:
-        env.close()
+    return tokens_of(cfg.split, cfg.env_kwargs)
 
 
 # ---------------------------------------------------------------------------------------------- one frame

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from simscale_env.errors import SimScaleError
+from simscale_env.parallel import RAY_INSTALL, import_ray, set_worker_threads, threads_per_worker  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,6 @@ PARTIAL_FILE = "rows.partial.jsonl"
 RUN_FORMAT = "simscale-eval-run/1"
 # the row columns NAVSIM's CSVs hold (navsim-agents-and-planners.md §2.1), in order; a failed item has them NaN
 from .modes import SCORE_COLUMNS, SUBSCORES  # noqa: E402
-RAY_INSTALL = "pip install 'simscale[ray]' (or: pip install ray)"
 
 
 class EvaluationError(SimScaleError):
@@ -98,23 +98,6 @@ def config_dict(cfg) -> dict:
 _STATE: dict = {}
 
 
-def _set_threads(threads: int | None) -> None:
-    """Numba's and torch's threads in this worker (before they are imported where possible)."""
-    if not threads:
-        return
-    for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(threads)
-    if "numba" in sys.modules:
-        try:
-            import numba
-
-            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-        except Exception:  # noqa: BLE001 (a numba without threading layer: keep its default)
-            pass
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(threads)
-
-
 def _load_policy(api, cfg):
     """`agents.load_policy(spec, kwargs)`; before agents has one, the mode module's fallback (`load_policy(cfg)`)."""
     try:
@@ -129,7 +112,7 @@ def _setup(api_name: str, cfg, threads: int | None, warmup: bool = False) -> dic
     worker's first item is run twice, the first time untimed (per-process first uses out of the item times)."""
     import importlib
 
-    _set_threads(threads)
+    set_worker_threads(threads)
     t = time.perf_counter()
     state = {"pid": os.getpid(), "cfg": cfg, "warmup": warmup}
     try:
@@ -310,10 +293,6 @@ def _differences(old: dict, new: dict) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ executors
-def _threads(workers: int) -> int:
-    return max(1, (os.cpu_count() or 1) // max(1, workers))
-
-
 def _setup_failed(res: dict):
     kind, msg = res["setup_error"]
     return EvaluationError(f"could not build the env or the policy: {kind}{msg}")
@@ -347,7 +326,7 @@ def _run_local(api_name, cfg, items, workers, on_result, timing, warmup):
     while pending or suspects:
         started = ctx.Value("i", 0)
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_pool_init,
-                                   initargs=(api_name, cfg, _threads(workers), warmup, started))
+                                   initargs=(api_name, cfg, threads_per_worker(workers), warmup, started))
         inflight = {}  # future -> (index, token, alone)
 
         def submit(it, alone):
@@ -393,11 +372,7 @@ def _run_local(api_name, cfg, items, workers, on_result, timing, warmup):
 
 
 def _import_ray():
-    try:
-        import ray
-    except ImportError:
-        raise EvaluationError(f"--ray needs Ray, which is not installed: {RAY_INSTALL}") from None
-    return ray
+    return import_ray(EvaluationError)
 
 
 def _run_ray(api_name, cfg, items, workers, ray_address, on_result, timing, warmup):

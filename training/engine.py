@@ -187,9 +187,9 @@ _STATE: dict = {}
 def _setup(api_name: str, cfg, threads: int | None, warmup: bool = False) -> dict:
     import importlib
 
-    from evaluation.runner import _set_threads
+    from simscale_env.parallel import set_worker_threads
 
-    _set_threads(threads)
+    set_worker_threads(threads)
     t = time.perf_counter()
     state = {"pid": os.getpid(), "cfg": cfg, "warmup": warmup}
     try:
@@ -292,12 +292,12 @@ class _Executor:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
-        from evaluation.runner import _threads
+        from simscale_env.parallel import threads_per_worker
 
         ctx = mp.get_context("spawn")
         self._started = ctx.Value("i", 0)
         self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx, initializer=_pool_init,
-                                         initargs=(self.api_name, self.cfg, _threads(self.workers), self.warmup,
+                                         initargs=(self.api_name, self.cfg, threads_per_worker(self.workers), self.warmup,
                                                    self._started))
 
     def _processes(self, tasks, on_result):
@@ -337,9 +337,9 @@ class _Executor:
 
     # ray -------------------------------------------------------------------------------------------------------
     def _ray(self, tasks, on_result):
-        from evaluation.runner import _import_ray
+        from simscale_env.parallel import import_ray
 
-        ray = _import_ray()
+        ray = import_ray(GenerationError)
         if self._actors is None:
             if not ray.is_initialized():
                 kw = {"address": self.ray_address} if self.ray_address else {"num_cpus": self.workers}
@@ -603,9 +603,9 @@ def run_generation(cfg, out, *, workers: int = 1, ray: bool = False, ray_address
         raise GenerationError(f"rounds must be >= 1, got {cfg.rounds!r}")
     # every check before anything is written
     if ray:
-        from evaluation.runner import _import_ray
+        from simscale_env.parallel import import_ray
 
-        _import_ray()
+        import_ray(GenerationError)
         if ray_address:
             check_ray_address(ray_address)
     mod = importlib.import_module(api)

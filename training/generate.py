@@ -105,9 +105,9 @@ def sample_seed(seed: int, base_token: str, round_: int) -> int:
 
 
 def _env_spec(cfg: GenConfig) -> tuple[str, dict]:
-    from evaluation.modes import _split_kwargs
+    from simscale_env.envs import split_env_spec
 
-    env_id, kw = _split_kwargs(cfg.split)
+    env_id, kw = split_env_spec(cfg.split)
     for k, v in _REQUIRED_ENV.items():
         if k in cfg.env_kwargs and cfg.env_kwargs[k] != v:
             raise GenerationError(f"generation needs env {k}={v!r}; env_kwargs has {k}={cfg.env_kwargs[k]!r}")
@@ -131,9 +131,9 @@ def make_generator_env(cfg: GenConfig):
 
 def base_tokens(cfg: GenConfig) -> list[str]:
     """The split's tokens in the split's order (round 1 draws from all of them)."""
-    from evaluation.modes import EvalConfig, split_tokens
+    from simscale_env.envs import split_tokens
 
-    return split_tokens(EvalConfig(policy="pdm_closed", split=cfg.split, env_kwargs=dict(cfg.env_kwargs)))
+    return split_tokens(cfg.split, cfg.env_kwargs)
 
 
 _VOCABS: dict = {}

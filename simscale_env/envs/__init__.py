@@ -10,6 +10,9 @@ for _id, _split in ENV_IDS.items():
         register(id=_id, entry_point="simscale_env.envs.simscale_env:SimScaleEnv", kwargs={"split": _split})
 
 
+from .splits import split_env_spec, split_tokens  # noqa: E402
+
+
 def __getattr__(name):  # lazy: importing simscale_env stays light
     if name in ("SimScaleEnv", "EnvConfig", "save_video"):
         from . import simscale_env
@@ -22,4 +25,5 @@ def __getattr__(name):  # lazy: importing simscale_env stays light
     raise AttributeError(name)
 
 
-__all__ = ["ENV_IDS", "EnvConfig", "SB3ObservationWrapper", "SimScaleEnv", "save_video"]
+__all__ = ["ENV_IDS", "EnvConfig", "SB3ObservationWrapper", "SimScaleEnv", "save_video", "split_env_spec",
+           "split_tokens"]
