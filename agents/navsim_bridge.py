@@ -47,6 +47,8 @@ from .policy import BasePolicy, check_contract
 log = logging.getLogger(__name__)
 
 NUM_HISTORY_FRAMES = 4  # navsim SceneFilter.num_history_frames: t - 1.5 s ... t
+# navsim/agents/abstract_agent.py: an agent's trajectory_sampling defaults to TrajectorySampling(time_horizon=4,
+# interval_length=0.5): 8 poses 0.5 s apart
 PLAN_POSES = 8
 PLAN_INTERVAL_S = 0.5
 

@@ -48,7 +48,9 @@ from .policy import BasePolicy, check_contract
 
 log = logging.getLogger(__name__)
 
-PLAN_TIMES_US = 500_000 * np.arange(1, 9, dtype=np.int64)  # 0.5 s ... 4.0 s
+PLAN_TIMES_US = 500_000 * np.arange(1, 9, dtype=np.int64)  # NAVSIM's plan times 0.5 s ... 4.0 s (the env's action)
+# the simulation's step, 0.1 s: the devkit steps a challenge scenario's iterations (20 Hz lidar_pcs, subsample_ratio
+# 0.5), and its history buffer holds ego states and observations at that step
 SAMPLE_INTERVAL_S = 0.1
 AGENT_TYPE_NAMES = ("VEHICLE", "PEDESTRIAN", "BICYCLE")
 # sim.state indices (simscale_env.sim.state: NAVSIM's StateIndex order)

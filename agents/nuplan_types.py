@@ -128,6 +128,7 @@ class TrackedObjectType(Enum):
         return member
 
 
+# nuplan/common/actor_state/tracked_objects_types.py AGENT_TYPES
 AGENT_TYPES = {TrackedObjectType.VEHICLE, TrackedObjectType.PEDESTRIAN, TrackedObjectType.BICYCLE,
                TrackedObjectType.EGO}
 
@@ -203,6 +204,8 @@ class DetectionsTracks:
 
 
 class TrafficLightStatusType(IntEnum):
+    """nuplan/common/maps/maps_datatypes.py TrafficLightStatusType."""
+
     GREEN = 0
     YELLOW = 1
     RED = 2

@@ -146,7 +146,8 @@ def test_wal_log_without_pending_changes_is_read_in_place(tmp_path, tiny_log):
 
 def _drop_dac_caps() -> None:
     """preexec_fn: a root child loses CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH, so folder permissions apply to it.
-    Best effort: where that is not allowed the child finds the folder writable and the test skips."""
+    Best effort: where that is not allowed the child finds the folder writable and the test blocks the -shm index
+    another way."""
     try:
         libc = ctypes.CDLL(None)
         for cap in (1, 2):
@@ -201,7 +202,17 @@ def test_wal_log_with_pending_changes_in_read_only_folder(tmp_path, tiny_log):
     out = r.stdout.splitlines()
     assert r.returncode == 0 and out, r.stderr
     if out[0] == "WRITABLE":
-        pytest.skip("cannot make a folder read-only for this process (root without CAP_SETPCAP?)")
+        # root that keeps CAP_DAC_OVERRIDE writes into any folder: SQLite is then kept from creating the -shm index
+        # by a dangling -shm symlink instead (the same failure: a pending -wal, no -shm, and none can be created)
+        from simscale_env.errors import DataError
+
+        (folder / "probe").unlink(missing_ok=True)
+        os.symlink(tmp_path / "no-such-folder" / "shm", folder / "log.db-shm")
+        with pytest.raises(DataError) as info:
+            with LogDB(folder / "log.db") as db:
+                extract_scenario(db, TINY_TAG)
+        assert type(info.value) is DataError  # neither CorruptFileError nor a raw sqlite3 error
+        out = ["DataError", str(info.value)]
     assert out[0] == "DataError", r.stdout  # neither CorruptFileError nor a raw sqlite3 error
     msg = "\n".join(out[1:])
     assert str(folder / "log.db") in msg

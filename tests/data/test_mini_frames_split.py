@@ -11,10 +11,10 @@ from simscale_env.data.openscene import load_log, load_split
 def test_frames_split_holds_every_valid_frame_of_the_training_logs(mini):
     spec = load_split(mini / "splits" / "mini-navtrain-frames.yaml")
     tagged = load_split(mini / "splits" / "mini-navtrain.yaml")
-    assert (spec.num_history_frames, spec.num_future_frames, spec.frame_interval) == (4, 8, 1)
+    assert (spec.num_history_frames, spec.num_future_frames, spec.frame_interval) == (4, 10, 1)
     assert set(spec.log_names) == set(tagged.log_names) and len(spec.log_names) == NUM_LOGS - TEST_LOGS
     want = []
-    for name in sorted(spec.log_names):  # known answer: frames 3 .. n-9 of each log (3 past, 8 future frames)
+    for name in sorted(spec.log_names):  # known answer: frames 3 .. n-11 of each log (3 past, 10 future frames: NAVSIM's navtrain filter)
         frames = load_log(mini / "navsim_logs" / "mini" / f"{name}.pkl")
         want += [f["token"] for f in frames[FRAMES_HISTORY - 1:len(frames) - FRAMES_FUTURE] if f["roadblock_ids"]]
     assert list(spec.tokens) == want and len(want) > 10 * len(tagged.tokens)

@@ -45,8 +45,8 @@ from .locations import LOCATIONS, MAP_VERSION, STUB_LOCATIONS, build_location
 # 3: lawful humans (issue 13): signal commitment, comfort bounds, smoothed paths; 4: the test scenes' camera
 # sensor_blobs (issue 15: a build without them is not complete), OpenScene cams with camera -> lidar extrinsics
 # (sensor2lidar_*, as OpenScene writes them; v3 wrote camera -> ego there); 5: splits/mini-navtrain-frames.yaml
-# (issue 17: every valid 2 Hz frame of the training logs, NAVSIM's navtrain filter)
-BUILDER_VERSION = 5
+# (issue 17: every valid 2 Hz frame of the training logs); 6: that split with navtrain's 10 future frames (v5 had 8)
+BUILDER_VERSION = 6
 NUM_LOGS = 12
 LOG_DURATION_S = 45.0
 log = logging.getLogger(__name__)
@@ -200,7 +200,9 @@ def _write_navsim(db_path: Path, maps_root: Path, out_pkl: Path) -> None:
     write_openscene_log(frames, out_pkl)
 
 
-FRAMES_HISTORY, FRAMES_FUTURE = 4, 8  # mini-navtrain-frames: NAVSIM's 4 history frames, 4 s of future at 2 Hz
+# mini-navtrain-frames: NAVSIM's navtrain scene filter (navsim/planning/script/config/common/train_test_split/
+# scene_filter/navtrain.yaml: num_history_frames 4, num_future_frames 10, frame_interval 1, has_route true)
+FRAMES_HISTORY, FRAMES_FUTURE = 4, 10
 
 
 def navtrain_frame_tokens(nav_dir: Path, log_names) -> dict[str, str]:
@@ -411,8 +413,8 @@ def build_mini(out: str | Path, seed: int = 0, *, workers: int | None = None, pr
                 tokens=uniq(r.token for r in hard), num_future_frames=8,
                 comment="mini-navhard: the test scenarios of the harder types " + ", ".join(HARD_TYPES))
     # NAVSIM-style all-frames training split: every 2 Hz frame of the training logs with NAVSIM's 3 past frames and
-    # 4 s (8 frames) of future in its log and a route (navsim/common/dataloader.py `filter_scenes` with
-    # frame_interval 1, has_route); NAVSIM's navtrain asks 10 future frames, the 8 a plan label needs suffice here
+    # 5 s (10 frames) of future in its log and a route (navsim/common/dataloader.py `filter_scenes` with navtrain's
+    # filter: frame_interval 1, has_route)
     frame_tokens = navtrain_frame_tokens(nav_dir, [p.name for p in plans if not p.test])
     write_split(splits_dir / "mini-navtrain-frames.yaml", log_names=list(dict.fromkeys(frame_tokens.values())),
                 tokens=list(frame_tokens), num_future_frames=FRAMES_FUTURE,
