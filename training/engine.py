@@ -155,7 +155,7 @@ def _arrow_type(values):
     raise GenerationError(f"sample column of mixed or unsupported values ({sorted(kinds | elem)})")
 
 
-def _write_shard(path: Path, rows: list[dict]) -> dict:
+def write_shard(path: Path, rows: list[dict]) -> dict:
     """One Parquet shard of `rows` (columns in the first row's key order), written atomically; its record."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -529,34 +529,54 @@ def _check_out(out: Path, identity: dict, resume: bool) -> bool:
 
 def _read_journal(path: Path, tasks: dict) -> dict:
     """(round's tasks: index -> token) -> index -> (offset, length, record without the sample) of the finished
-    (not failed) tasks; a torn last line is dropped."""
+    (not failed) tasks; a torn last line is dropped. Streams the journal a line at a time: only the small records are
+    kept in memory, never the samples (a round of a real split journals gigabytes of JPEG bytes)."""
     done = {}
     if not path.exists():
         return done
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        keep = data[:data.rfind(b"\n") + 1]
-        log.warning("%s: dropping a torn last line (%d bytes)", path, len(data) - len(keep))
+    pos = n = 0
+    torn = None
+    with open(path, "rb") as fh:
+        for line in fh:
+            n += 1
+            if not line.endswith(b"\n"):  # only the last line can lack its newline: a write the kill tore
+                torn = (pos, len(line))
+                break
+            body = line[:-1]
+            try:
+                rec = json.loads(body)
+                k = int(rec["index"])
+            except (ValueError, KeyError, TypeError):
+                raise GenerationError(f"{path}: line {n} is not a task record; remove the run folder to start "
+                                      f"over") from None
+            if tasks.get(k) != rec.get("token"):
+                raise GenerationError(f"{path}: line {n} is task {k} ({rec.get('token')!r}), not a task of this "
+                                      f"round")
+            if rec.get("error") is None:
+                rec.pop("sample", None)
+                done[k] = (pos, len(body), rec)
+            else:
+                done.pop(k, None)
+            pos += len(line)
+    if torn is not None:
+        log.warning("%s: dropping a torn last line (%d bytes)", path, torn[1])
         with open(path, "r+b") as fh:
-            fh.truncate(len(keep))
-        data = keep
-    pos = 0
-    for n, line in enumerate(data.split(b"\n")[:-1], 1):
-        try:
-            rec = json.loads(line)
-            k = int(rec["index"])
-        except (ValueError, KeyError, TypeError):
-            raise GenerationError(f"{path}: line {n} is not a task record; remove the run folder to start "
-                                  f"over") from None
-        if tasks.get(k) != rec.get("token"):
-            raise GenerationError(f"{path}: line {n} is task {k} ({rec.get('token')!r}), not a task of this round")
-        if rec.get("error") is None:
-            rec.pop("sample", None)
-            done[k] = (pos, len(line), rec)
-        else:
-            done.pop(k, None)
-        pos += len(line) + 1
+            fh.truncate(torn[0])
     return done
+
+
+def _journal_errors(jpath: Path) -> dict:
+    """index -> the last error journalled for it (one streaming pass; the lines of failed tasks only are parsed)."""
+    errors = {}
+    if not jpath.exists():
+        return errors
+    with open(jpath, "rb") as fh:
+        for line in fh:
+            if b'"error":"' in line or b'"error": "' in line:
+                rec = json.loads(line)
+                if rec.get("error"):
+                    errors[rec.get("index")] = rec["error"]
+    return errors
 
 
 def _versions() -> dict:
@@ -716,18 +736,19 @@ def _finish_round(out, r, round_tasks, order, jpath, done, shard_mb, reasons) ->
 
     outcomes, shards, batch, size = [], [], [], 0
     limit = shard_mb * _MB
+    errors = _journal_errors(jpath) if any(k not in done for k in order) else {}
 
     def flush():
         nonlocal batch, size
         if batch:
-            shards.append(_write_shard(out / f"samples-r{r:02d}-{len(shards):05d}.parquet", batch))
+            shards.append(write_shard(out / f"samples-r{r:02d}-{len(shards):05d}.parquet", batch))
         batch, size = [], 0
 
     with open(jpath, "rb") if jpath.exists() else open(os.devnull, "rb") as fh:
         for k in order:
             if k not in done:  # failed twice (recorded) or never finished
                 outcomes.append({"index": k, "token": round_tasks[k], "status": "failed",
-                                 "error": _last_error(jpath, k) or "not run"})
+                                 "error": errors.get(k) or "not run"})
                 continue
             pos, length, rec = done[k]
             o = {"index": k, "token": rec["token"], "status": rec["status"]}
@@ -754,18 +775,6 @@ def _finish_round(out, r, round_tasks, order, jpath, done, shard_mb, reasons) ->
            "shards": shards, "outcomes": outcomes}
     atomic_write_text(_round_file(out, r), json.dumps(rec, indent=1))
     return rec
-
-
-def _last_error(jpath: Path, k: int):
-    if not jpath.exists():
-        return None
-    err = None
-    for line in jpath.read_bytes().split(b"\n"):
-        if line and b'"error":' in line:
-            rec = json.loads(line)
-            if rec.get("index") == k and rec.get("error"):
-                err = rec["error"]
-    return err
 
 
 def _manifest(cfg, command, tokens, rounds, reasons, complete) -> dict:

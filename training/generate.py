@@ -157,7 +157,8 @@ def load_vocab(path) -> np.ndarray:
     return _VOCABS[key]
 
 
-def _jpeg(img: np.ndarray, quality: int) -> bytes:
+def encode_jpeg(img: np.ndarray, quality: int) -> bytes:
+    """uint8 [H, W, 3] -> JPEG bytes (baseline, PIL): the encoding of every image a sample holds, real or sim."""
     from PIL import Image
 
     buf = io.BytesIO()
@@ -175,7 +176,10 @@ def _expert_action(info: dict, cfg: GenConfig) -> np.ndarray:
     return info["pseudo_expert"][cfg.expert]
 
 
-def _vocab_labels(sim, world, vocab: np.ndarray) -> dict:
+def vocab_label_columns(sim, world, vocab: np.ndarray) -> dict:
+    """The reward-label columns of a sample at (sim, world): "vocab_scores" (float16 [K, 9] bytes, SUB_METRICS order,
+    EC NaN) and "vocab_epdms" (float16 [K] bytes): label_scene non-reactive, EP against PDM-Closed (SimScale's
+    gen_gt)."""
     from simscale_env.metrics.vocabulary import label_scene
 
     interval = HORIZON_S / vocab.shape[1]
@@ -273,7 +277,7 @@ def generate_sample(env, cfg: GenConfig, base_token: str, round_: int,
     row["agents"] = agents.astype(np.float64).ravel().tolist()
     row["route"] = route.astype(np.float64).ravel().tolist()
     if vocab is not None:
-        row.update(_vocab_labels(sim, world, vocab))
+        row.update(vocab_label_columns(sim, world, vocab))
         t0 = tick("vocab", t0)
 
     # the cameras of the 4 history frames, at the start state (the rollout moved the env: reset again, the same seed
@@ -285,7 +289,7 @@ def generate_sample(env, cfg: GenConfig, base_token: str, round_: int,
     images = u.history_camera_images()  # [4, n, H, W, 3]
     t0 = tick("render", t0)
     for j, ch in enumerate(cfg.channels):
-        row[ch] = [_jpeg(images[i, j], cfg.jpeg_quality) for i in range(images.shape[0])]
+        row[ch] = [encode_jpeg(images[i, j], cfg.jpeg_quality) for i in range(images.shape[0])]
     calib = camera_calibration(u, False)
     meta = {ch: {"intrinsics": np.asarray(calib[ch]["intrinsics"]).tolist(),
                  "sensor2lidar_rotation": np.asarray(calib[ch]["sensor2lidar_rotation"]).tolist(),

@@ -220,17 +220,24 @@ def label_scene(sim, world, vocab: np.ndarray, *, interval_s: float = 0.1, agent
 
 def label_scenes(builder, tokens: Iterable[str], maps_root: str | Path, vocab: np.ndarray, out_dir: str | Path, *,
                  interval_s: float = 0.1, agent_mode: str = "non_reactive", reference: str = "pdm_closed",
-                 progress: bool = True) -> dict:
+                 scene_window: str = "navsim", progress: bool = True) -> dict:
     """Write `<out_dir>/<token>.npz` (float16 per sub-score, LABEL_KEYS) for each scenario token; tokens whose file
-    exists are skipped (resume). Also writes `<out_dir>/labels.json` (vocabulary shape, keys, agent mode)."""
+    exists are skipped (resume). Also writes `<out_dir>/labels.json` (vocabulary shape, keys, agent mode).
+
+    `scene_window`: the state labelled, as the env's option of that name. "navsim" (default): NAVSIM's current frame
+    of the token (`builder.navsim_scenario`), the frame GTRS's `gen_vocab_score.py` labels and the env starts at;
+    "nuplan": the first frame of the token's nuPlan challenge window (3 s before the token)."""
     from ..map import load_map
     from ..sim import SimConfig, Simulation
 
+    if scene_window not in ("navsim", "nuplan"):
+        raise ValueError(f"scene_window must be 'navsim' or 'nuplan', got {scene_window!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokens = list(tokens)
     meta = {"format": "simscale-vocab-labels/1", "vocabulary_shape": list(vocab.shape), "keys": list(LABEL_KEYS),
-            "agent_mode": agent_mode, "interval_s": interval_s, "ep_reference": reference, "dtype": "float16"}
+            "agent_mode": agent_mode, "interval_s": interval_s, "ep_reference": reference, "dtype": "float16",
+            "scene_window": scene_window}
     _atomic_write(out_dir / "labels.json", lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
     done = skipped = 0
     it = tokens
@@ -244,7 +251,7 @@ def label_scenes(builder, tokens: Iterable[str], maps_root: str | Path, vocab: n
         if target.exists():
             skipped += 1
             continue
-        sc = builder.load(tok)
+        sc = builder.navsim_scenario(tok) if scene_window == "navsim" else builder.load(tok)
         if sc.map_location not in maps:
             maps[sc.map_location] = load_map(sc.map_location, maps_root)
         sim = Simulation(sc, maps[sc.map_location], SimConfig(agent_mode=agent_mode))

@@ -86,14 +86,23 @@ def test_labels_are_the_engine_scores_in_float16(mini, mini_builder, tmp_path):
         label_scene(sim, sim.reset(), vocab, reference="best")
     # files: one per scene, resumable
     r = label_scenes(mini_builder, [tok], mini / "maps", vocab, tmp_path / "labels", progress=False,
-                     reference="joint")
+                     reference="joint", scene_window="nuplan")
     assert r["written"] == 1
     z = np.load(tmp_path / "labels" / f"{tok}.npz")
     assert np.array_equal(z["pdm_score"], labels["pdm_score"])
-    assert json.loads((tmp_path / "labels" / "labels.json").read_text())["vocabulary_shape"] == [5, 40, 3]
+    meta = json.loads((tmp_path / "labels" / "labels.json").read_text())
+    assert meta["vocabulary_shape"] == [5, 40, 3] and meta["scene_window"] == "nuplan"
     r = label_scenes(mini_builder, [tok], mini / "maps", vocab, tmp_path / "labels", progress=False,
-                     reference="joint")
+                     reference="joint", scene_window="nuplan")
     assert r["written"] == 0 and r["skipped"] == 1
+    # the default labels NAVSIM's frame of the token (GTRS's gen_vocab_score; where the env starts), 3 s later
+    label_scenes(mini_builder, [tok], mini / "maps", vocab, tmp_path / "navsim", progress=False, reference="joint")
+    nsc = mini_builder.navsim_scenario(tok)
+    assert nsc.timestamps_us[0] - sc.timestamps_us[0] == 3_000_000
+    nsim = Simulation(nsc, sim.map, SimConfig(agent_mode="non_reactive"))
+    want = label_scene(nsim, nsim.reset(), vocab, reference="joint")
+    z = np.load(tmp_path / "navsim" / f"{tok}.npz")
+    assert all(np.array_equal(z[k], want[k]) for k in LABEL_KEYS)
 
 
 def test_vocab_cli_builds_and_labels_a_split(mini, tmp_path, capsys):

@@ -178,3 +178,25 @@ def test_simscale_generate_on_the_mini_dataset_and_kill_resume_through_the_cli(m
     subprocess.run(cli + ["--resume"], env=env, cwd=ROOT, check=True, capture_output=True)
     assert _shards(killed) == before
     assert json.loads((killed / "manifest.json").read_text())["rounds"] == m["rounds"]
+
+
+def test_journal_is_read_line_by_line_and_a_torn_last_line_is_dropped(tmp_path):
+    """The journal reader keeps offsets, not samples, and drops (truncates) a line a kill tore mid-write."""
+    from training.engine import _read_journal
+
+    j = tmp_path / "round-01.partial.jsonl"
+    a = json.dumps({"index": 0, "token": "t0", "status": "valid", "error": None, "sample": {"x": 1}},
+                   separators=(",", ":")).encode()
+    b = json.dumps({"index": 1, "token": "t1", "status": "rejected", "reason": "r", "error": None,
+                    "sample": None}, separators=(",", ":")).encode()
+    failed = json.dumps({"index": 2, "token": "t2", "status": "failed", "error": "E: x", "sample": None},
+                        separators=(",", ":")).encode()
+    j.write_bytes(a + b"\n" + b + b"\n" + failed + b"\n" + b'{"index": 2, "tok')
+    done = _read_journal(j, {0: "t0", 1: "t1", 2: "t2"})
+    assert sorted(done) == [0, 1]  # the failed task is not done; the torn line is gone
+    pos, length, rec = done[0]
+    assert (pos, length) == (0, len(a)) and "sample" not in rec and rec["status"] == "valid"
+    assert done[1][0] == len(a) + 1 and done[1][1] == len(b)
+    assert j.read_bytes() == a + b"\n" + b + b"\n" + failed + b"\n"  # truncated to the last whole line
+    with pytest.raises(SimScaleError, match="line 2 is task 1"):
+        _read_journal(j, {0: "t0", 1: "other", 2: "t2"})
