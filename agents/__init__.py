@@ -25,3 +25,10 @@ __all__ = ["AGENTS", "DESCRIPTIONS", "POLICIES", "BasePolicy", "ConstantVelocity
            "LogReplayAgent", "NavsimAgentPolicy", "NuplanPlannerPolicy", "Policy", "PolicyAdapter", "StandStillAgent",
            "as_policy", "checkpoint_formats", "load_policy", "make_agent", "policy_env_kwargs",
            "register_checkpoint_loader", "register_policy", "unregister_checkpoint_loader", "unregister_policy"]
+
+from . import planners as _planners  # noqa: F401,E402  (registers the planner checkpoint loader; imports no torch)
+from . import bc_policy as _bc_policy  # noqa: E402
+from . import ppo_policy as _ppo_policy  # noqa: E402
+
+_bc_policy.register()  # "simscale-bc/1" .pt files of `simscale train-bc`
+_ppo_policy.register()  # SB3 .zip files of `simscale train-rl`

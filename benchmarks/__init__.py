@@ -9,7 +9,7 @@ import sys
 BENCHMARKS = {"data": "benchmarks.bench_data", "sim": "benchmarks.bench_sim", "score": "benchmarks.bench_score",
               "experts": "benchmarks.bench_experts", "render": "benchmarks.bench_render", "env": "benchmarks.bench_env",
               "gsplat": "benchmarks.bench_gsplat", "evaluate": "benchmarks.bench_evaluate",
-              "generate": "benchmarks.bench_generate"}
+              "generate": "benchmarks.bench_generate", "train": "benchmarks.bench_train"}
 
 
 def describe(name: str) -> str:

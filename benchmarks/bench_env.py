@@ -2,7 +2,11 @@
 
 (a) no cameras, no pseudo-experts, no plan scoring and no expert check of the start (the kwargs turn them off): the
     policy replays the logged future as its plan; (b) with both pseudo-experts in `info` (and the submitted plan
-    scored), driven by `info["pseudo_expert"]["pdm_closed"]`; (c) as (b) with the three front cameras at 480x224.
+    scored), driven by `info["pseudo_expert"]["pdm_closed"]`; (c) as (b) with the three front cameras at 480x224;
+    (d) as (b) with `reward_vocabulary=` a K-plan vocabulary (--vocab-k, default 256: k-means centres of the
+    dataset's logged 4 s futures, 40 poses at 0.1 s, `metrics.vocabulary`), i.e. info["vocab_scores"] at every
+    decision step: `steps_per_s_vocab`, and `vocab_ms_per_step`, the median time of the labelling itself
+    (`envs.vocabulary_scores`, what the env calls) on the states an expert episode visits.
 Each mode runs whole episodes (resets and episode summaries included) in steady state: the same seeded episodes
 are run once before timing and then repeated for at least --min-seconds, so scenario loading from the .db, map
 loading, scene-chunk synthesis and the human reference replay (cached per scenario) are not timed.
@@ -42,6 +46,38 @@ def _log_plan(env):
     return global_to_local(poses, u.world.ego[:3]).astype(np.float32)
 
 
+def _vocabulary(k: int, folder: str) -> str:
+    """A K-plan vocabulary .npy in `folder`: k-means centres (seed 0) of the logged 4 s futures of the dataset's
+    logs (40 poses at 0.1 s)."""
+    from pathlib import Path
+
+    from simscale_env.data.paths import DataConfig
+    from simscale_env.metrics.vocabulary import human_plans, kmeans_vocabulary, save_vocabulary
+
+    logs = sorted(DataConfig.resolve().log_dir.glob("*.db"))
+    vocab = kmeans_vocabulary(human_plans(logs), k, iterations=10, seed=0)
+    return str(save_vocabulary(Path(folder) / f"vocab{k}.npy", vocab))
+
+
+def _vocab_ms(env, seed: int = 0) -> float:
+    """Median ms of `vocabulary_scores` (the env's labelling) over the states of one expert episode."""
+    import numpy as np
+
+    from simscale_env.envs import load_reward_vocabulary, vocabulary_scores
+
+    u = env.unwrapped
+    vocab = load_reward_vocabulary(u.config.reward_vocabulary)
+    obs, info = env.reset(seed=seed)
+    times = []
+    while True:
+        t = time.perf_counter()
+        vocabulary_scores(u.sim, u.world, vocab)
+        times.append((time.perf_counter() - t) * 1e3)
+        obs, r, term, trunc, info = env.step(info["pseudo_expert"]["pdm_closed"])
+        if term or trunc:
+            return round(float(np.median(times)), 1)
+
+
 def main(argv) -> int:
     ap = argparse.ArgumentParser(prog="simscale bench env")
     ap.add_argument("--data", default=None, help="mini dataset root (default: the cache)")
@@ -49,6 +85,7 @@ def main(argv) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--min-seconds", type=float, default=3.0, help="time each mode for at least this long")
     ap.add_argument("--resets", type=int, default=40, help="timed resets per mode (after a warm-up on every scene)")
+    ap.add_argument("--vocab-k", type=int, default=256, help="plans of the reward vocabulary of mode (d); 0: skip it")
     args = ap.parse_args(argv)
     os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
     if args.data:
@@ -66,6 +103,13 @@ def main(argv) -> int:
         "steps_per_s_experts": dict(observation_keys=("ego_status",), pseudo_experts=True),
         "steps_per_s_cameras": dict(observation_keys=("cameras", "ego_status"), pseudo_experts=True),
     }
+    tmp = None
+    if args.vocab_k > 0:
+        import tempfile
+
+        tmp = tempfile.TemporaryDirectory(prefix="simscale-bench-vocab-")
+        modes["steps_per_s_vocab"] = dict(observation_keys=("ego_status",), pseudo_experts=True,
+                                          reward_vocabulary=_vocabulary(args.vocab_k, tmp.name))
     out = {}
     for key, kw in modes.items():
         env = gym.make("SimScale-navhard-v0", **kw)
@@ -109,7 +153,14 @@ def main(argv) -> int:
             passes += 1
         out[key] = round(steps / dt, 1)
         print(f"{key}: {steps} steps in {dt:.1f} s ({args.episodes} episodes x {passes})", file=sys.stderr)
+        if "reward_vocabulary" in kw:
+            out["vocab_k"] = args.vocab_k
+            out["vocab_ms_per_step"] = _vocab_ms(env)
+            print(f"vocabulary labels (K={args.vocab_k}): {out['vocab_ms_per_step']} ms per decision step",
+                  file=sys.stderr)
         env.close()
+    if tmp is not None:
+        tmp.cleanup()
     for k in ("p50", "p95", "cold"):  # the issue's figures: default kwargs without cameras (mode b)
         if f"reset_ms_{k}_experts" in out:
             out[f"reset_ms_{k}"] = out[f"reset_ms_{k}_experts"]

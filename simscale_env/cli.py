@@ -12,6 +12,9 @@
     simscale evaluate [--agents A ...] [--split S] [--source S]   closed-loop EPDMS of agents on every scenario
     simscale compare RUN_DIR... [--out DIR]           runs side by side: a table (Markdown + CSV) and a plot
     simscale generate --split S --rounds R --out DIR  SimScale's data generation rounds as Parquet shards (resumable)
+    simscale train --planner P --real S [--sim DIR ...] --out RUN_DIR   train a learned planner (resumable)
+    simscale train-bc --split S --rounds R --out DIR  online imitation (DAgger) of the pseudo-experts in the env
+    simscale train-rl --algo ppo --split S --timesteps N --out DIR   stable-baselines3 PPO on the env
     simscale demo                                     the main job of `make demo`
     simscale export --format openscene RUN_DIR --out DIR [--split NAME]   a generation run in NAVSIM's OpenScene layout
 """
@@ -135,6 +138,10 @@ def _cmd_vocab_build(args) -> int:
     _, spec, logs = _split_logs(args)
     plans = human_plans(logs, num_poses=args.poses, interval_s=args.interval, stride_s=args.stride,
                         progress=not args.quiet)
+    if len(plans) < args.k:
+        raise SimScaleError(f"vocab build: --k {args.k} clusters need at least {args.k} human plans; split "
+                            f"{spec.name} gives {len(plans)} at --stride {args.stride} s (lower --k or --stride, or "
+                            f"add logs)")
     vocab = kmeans_vocabulary(plans, args.k, iterations=args.iterations, seed=args.seed, progress=not args.quiet)
     save_vocabulary(args.out, vocab)
     print(json.dumps({"split": spec.name, "logs": len(logs), "human_plans": len(plans),
@@ -153,7 +160,8 @@ def _cmd_vocab_label(args) -> int:
     if args.limit is not None:
         tokens = tokens[:args.limit]
     r = label_scenes(builder, tokens, cfg.nuplan_maps_root, vocab, args.out, interval_s=args.interval,
-                     agent_mode=args.agents, reference=args.ep_reference, progress=not args.quiet)
+                     agent_mode=args.agents, reference=args.ep_reference, scene_window=args.scene_window,
+                     progress=not args.quiet)
     print(json.dumps(r))
     return 0
 
@@ -305,6 +313,64 @@ def _cmd_evaluate(args) -> int:
         print(f"simscale: {failed} of {total} items failed{where}", file=sys.stderr)
         return 1
     return 0
+
+
+def _cmd_train(args) -> int:
+    """`simscale train`: a learned planner on real and/or sim samples (training.train.train) into --out; prints one
+    JSON line (epochs, final loss, samples/s, the final evaluation's EPDMS)."""
+    import os
+    import shlex
+
+    from training.train import TrainConfig, train
+
+    if args.data:
+        if not args.data.is_dir():
+            raise MissingFileError(args.data, "mini dataset folder not found (build one with `simscale data build-mini "
+                                              "--out DIR`)")
+        os.environ["SIMSCALE_MINI"] = str(args.data)
+    over = {}
+    for item in args.planner_config or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SimScaleError(f"train: --set needs KEY=VALUE, got {item!r}")
+        try:
+            over[key] = json.loads(value)
+        except json.JSONDecodeError:
+            over[key] = value
+    real = None if args.real in ("none", "") else args.real
+    cfg = TrainConfig(planner=args.planner, planner_config=over, real=real, sim=tuple(str(p) for p in args.sim or ()),
+                      rewards_only=args.rewards_only, sim_ratio=args.sim_ratio,
+                      vocab=str(args.vocab) if args.vocab else None,
+                      vocab_labels=str(args.vocab_labels) if args.vocab_labels else None, epochs=args.epochs,
+                      batch_size=args.batch_size, lr=args.lr, seed=args.seed, workers=args.workers,
+                      threads=args.threads,
+                      eval_split=None if args.eval_split in ("none", "") else args.eval_split,
+                      eval_mode=args.eval_mode, eval_workers=args.eval_workers)
+    with _LogToStderr("training", "train: ", enabled=not args.quiet):
+        r = train(cfg, args.out, resume=args.resume, progress=not args.quiet,
+                  command=shlex.join(["simscale", *args.argv]), max_steps_per_epoch=args.max_steps)
+    ev = r.evaluation or {}
+    epdms = (ev.get("epdms") or {}).get("mean")
+    print(json.dumps({"planner": cfg.planner, "epochs": r.epochs, "steps": r.steps,
+                      "loss": [round(x, 5) for x in r.epoch_losses], "samples": r.samples,
+                      "samples_per_s": round(r.samples_per_s, 2), "seconds": round(r.seconds, 1),
+                      "eval_epdms": epdms, "checkpoint": str(args.out / "checkpoint.pt")}))
+    return 0
+
+
+def _cmd_train_rl(args) -> int:
+    """`simscale train-rl`: stable-baselines3 PPO on the env (training.rl.train_rl) into --out."""
+    from training import rl
+
+    with _LogToStderr("training", "train-rl: ", enabled=True):
+        return rl.run_from_args(args)
+
+
+def _cmd_train_bc(args) -> int:
+    """`simscale train-bc`: DAgger-style online imitation of a pseudo-expert (training.bc.train_bc) into --out."""
+    from training import bc
+
+    return bc.run_from_args(args)
 
 
 def _cmd_generate(args) -> int:
@@ -607,6 +673,9 @@ def build_parser() -> argparse.ArgumentParser:
             v.add_argument("--limit", type=_int_at_least(1), default=None, help="label only the first N scenes")
             v.add_argument("--ep-reference", default="pdm_closed", choices=("pdm_closed", "joint"),
                            help="EP normalisation: pairwise vs PDM-Closed (SimScale/GTRS) or joint over the vocabulary")
+            v.add_argument("--scene-window", default="navsim", choices=("navsim", "nuplan"),
+                           help="the state labelled: navsim (default) the token's own frame, as GTRS labels it and "
+                                "the env starts; nuplan the first frame of its nuPlan window (3 s earlier)")
             v.set_defaults(func=_cmd_vocab_label)
 
     rd = sub.add_parser("render", help="render a scenario's cameras (Gaussian splatting), a BEV and a mosaic")
@@ -755,6 +824,73 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--data", type=Path, default=None, help="mini dataset folder (default: the cache or env vars)")
     gen.add_argument("--quiet", action="store_true", help="no progress bars or messages")
     gen.set_defaults(func=_cmd_generate)
+
+    tr = sub.add_parser("train", help="train a learned planner (ltf, diffusiondrive, gtrs_dense) on real and/or sim "
+                                      "samples; checkpoints every epoch, resumable, TensorBoard + CSV",
+                        description="simscale train --planner P --real SPLIT [--sim DIR ...] [--rewards-only] "
+                                    "--epochs N --out RUN_DIR\ntrains P and writes config.json, checkpoint.pt (loads "
+                                    "as a policy: simscale evaluate --policy RUN_DIR/checkpoint.pt), metrics.csv, tb/ "
+                                    "and the final evaluation eval/ into RUN_DIR.",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    tr.add_argument("--planner", required=True, metavar="NAME",
+                    help="the planner: ltf, diffusiondrive, gtrs_dense (CPU sizes) or a NAVSIM-size preset "
+                         "ltf_navsim, diffusiondrive_navsim, gtrs_dense_navsim (agents.planners)")
+    tr.add_argument("--real", default="mini-navtrain", metavar="SPLIT|none",
+                    help="real samples: a split name or scene_filter YAML (default mini-navtrain); 'none': sim only")
+    tr.add_argument("--sim", nargs="*", type=Path, default=[], metavar="DIR",
+                    help="sim samples: run folders of simscale generate")
+    tr.add_argument("--rewards-only", action="store_true",
+                    help="no imitation loss on sim samples (reward losses on both), SimScale's rewards-only")
+    tr.add_argument("--sim-ratio", type=float, default=None, metavar="R",
+                    help="the share of sim samples in every batch (default: the union sampled uniformly)")
+    tr.add_argument("--vocab", type=Path, default=None, metavar="V.npy",
+                    help="gtrs_dense: the trajectory vocabulary (simscale vocab build)")
+    tr.add_argument("--vocab-labels", type=Path, default=None, metavar="DIR",
+                    help="gtrs_dense: the real split's labels (simscale vocab label; default: labelled into the cache)")
+    tr.add_argument("--epochs", type=_int_at_least(1), default=4, metavar="N", help="epochs (default 4)")
+    tr.add_argument("--batch-size", type=_int_at_least(1), default=16, metavar="B", help="batch size (default 16)")
+    tr.add_argument("--lr", type=_positive_float, default=None, help="learning rate (default: the planner's recipe)")
+    tr.add_argument("--set", dest="planner_config", action="append", metavar="KEY=VALUE",
+                    help="a planner config field, e.g. --set backbone=resnet34 --set 'image_size=[1024,256]'")
+    tr.add_argument("--seed", type=seed, default=0, help="seed (default 0)")
+    tr.add_argument("--workers", type=_int_at_least(0), default=0, metavar="K",
+                    help="data-loading worker processes (default 0: in this process)")
+    tr.add_argument("--threads", type=_int_at_least(1), default=1, metavar="T",
+                    help="torch threads of the training loop (default 1: the loss sequence depends on it)")
+    tr.add_argument("--max-steps", type=_int_at_least(1), default=None, metavar="N",
+                    help="at most N optimisation steps per epoch (quick runs)")
+    tr.add_argument("--eval-split", default="mini-navhard", metavar="SPLIT|none",
+                    help="evaluate the final checkpoint on this split (default mini-navhard; 'none': skip)")
+    tr.add_argument("--eval-mode", default="closed_loop", choices=("closed_loop", "one_stage", "two_stage"),
+                    help="the final evaluation's mode (default closed_loop)")
+    tr.add_argument("--eval-workers", type=_int_at_least(1), default=1, metavar="K",
+                    help="worker processes of the final evaluation (default 1)")
+    tr.add_argument("--out", type=Path, required=True, metavar="RUN_DIR",
+                    help="the run folder (created; must be empty or new, or this run with --resume)")
+    tr.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    tr.add_argument("--data", type=Path, default=None, help="mini dataset folder (default: the cache or env vars)")
+    tr.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+    tr.set_defaults(func=_cmd_train)
+
+    from training import bc as _bc, rl as _rl
+
+    tbc = sub.add_parser("train-bc", help="online imitation of a pseudo-expert in the env: DAgger rounds (beta "
+                                          "schedule between expert and learner), privileged observations or cameras",
+                         description="simscale train-bc --split S --rounds R --episodes E --epochs N --out DIR\n"
+                                     "collects (observation, expert plan) pairs on the states the mixture visits, "
+                                     "trains on the aggregate after every round; DIR/bc.pt loads as a policy "
+                                     "(simscale evaluate --policy DIR/bc.pt).",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    _bc.add_arguments(tbc)
+    tbc.set_defaults(func=_cmd_train_bc)
+    trl = sub.add_parser("train-rl", help="stable-baselines3 PPO on the env (privileged observations by default; "
+                                          "residual on the pseudo-expert or a normalised plan action)",
+                         description="simscale train-rl --algo ppo --split S --timesteps N --out DIR\nlogs episode "
+                                     "EPDMS and its sub-scores to TensorBoard and CSV; DIR/ppo.zip loads as a policy "
+                                     "(simscale evaluate --policy DIR/ppo.zip).",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    _rl.add_arguments(trl)
+    trl.set_defaults(func=_cmd_train_rl)
 
     demo = sub.add_parser("demo", help="the main job of `make demo`")
     demo.add_argument("--data", type=Path, default=None, help="mini dataset folder (default: the cache)")

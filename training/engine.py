@@ -483,35 +483,16 @@ def _round_file(out: Path, r: int) -> Path:
 
 def _check_out(out: Path, identity: dict, resume: bool) -> bool:
     """Whether `out` holds this run already (resume); errors for anything else. Writes nothing."""
-    from simscale_env.data.atomic import is_temporary
-    from simscale_env.errors import OutputFolderError
+    from .runs import check_run_folder, config_diff
 
-    if out.exists() and not out.is_dir():
-        raise OutputFolderError(out, "the output folder is a file")
-    if not out.exists():
+    old = check_run_folder(out, RUN_FILE, "a generation run")
+    if old is None:
         return False
-    run_file = out / RUN_FILE
-    others = sorted(f.name for f in out.iterdir() if not is_temporary(f.name))
-    if not run_file.exists():
-        if others:
-            raise OutputFolderError(out, f"not a generation run folder (holds {', '.join(others[:5])}"
-                                         f"{', ...' if len(others) > 5 else ''} and no {RUN_FILE}): use an empty or "
-                                         f"new folder")
-        return False
-    try:
-        old = json.loads(run_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise GenerationError(f"{run_file}: not a generation run ({exc}); use another output folder") from None
-    if not isinstance(old, dict) or old.get("format") != RUN_FORMAT:
-        raise GenerationError(f"{run_file}: not a SimScale generation run; use another output folder")
-    diff = []
-    oc, nc = old.get("config", {}), identity["config"]
-    for k in sorted(set(oc) | set(nc)):
-        if oc.get(k) != nc.get(k):
-            diff.append(f"{k}: {oc.get(k)!r} there, {nc.get(k)!r} now")
-    for k in ("base_tokens", "tokens_sha256", "shard_mb"):
-        if old.get(k) != identity[k]:
-            diff.append(f"{k}: {old.get(k)!r} there, {identity[k]!r} now")
+    if old.get("format") != RUN_FORMAT:
+        raise GenerationError(f"{out / RUN_FILE}: not a SimScale generation run; use another output folder")
+    keys = ("base_tokens", "tokens_sha256", "shard_mb")
+    diff = "; ".join(d for d in (config_diff(old.get("config", {}), identity["config"]),
+                                 config_diff({k: old.get(k) for k in keys}, {k: identity[k] for k in keys})) if d)
     if diff and not any(out.glob("round-*.json")) and not any(
             p.stat().st_size for p in out.glob("round-*.partial.jsonl")):
         log.info("%s: replacing a run of another config that finished no task", out)
@@ -519,8 +500,8 @@ def _check_out(out: Path, identity: dict, resume: bool) -> bool:
             p.unlink()
         return False
     if diff:
-        raise GenerationError(f"{out}: holds a generation run of another config ({'; '.join(diff[:6])}): use another "
-                              f"output folder, or remove this one")
+        raise GenerationError(f"{out}: holds a generation run of another config ({diff}): use another output folder, "
+                              f"or remove this one")
     if not resume:
         raise GenerationError(f"{out}: holds this run already; pass --resume (resume=True) to continue it, or use "
                               f"another output folder")
@@ -579,24 +560,13 @@ def _journal_errors(jpath: Path) -> dict:
     return errors
 
 
-def _versions() -> dict:
-    import platform
+def versions() -> dict:
+    """The versions a generation run records (`training.runs.versions` with pyarrow and Ray)."""
+    import pyarrow  # noqa: F401
 
-    import pyarrow
+    from .runs import versions as _v
 
-    import simscale_env
-
-    v = {"simscale": getattr(simscale_env, "__version__", None), "python": platform.python_version(),
-         "numpy": np.__version__, "pyarrow": pyarrow.__version__}
-    if "ray" in sys.modules:
-        v["ray"] = getattr(sys.modules["ray"], "__version__", None)
-    try:
-        from simscale_env.data.mini.build import BUILDER_VERSION
-
-        v["mini_builder"] = BUILDER_VERSION
-    except Exception:  # noqa: BLE001 (optional)
-        pass
-    return v
+    return _v("pyarrow", "ray")
 
 
 # ------------------------------------------------------------------------------------------------ the entry point
@@ -782,7 +752,7 @@ def _manifest(cfg, command, tokens, rounds, reasons, complete) -> dict:
     shards = [{"round": rec["round"], **s} for rec in rounds for s in rec["shards"]]
     failures = [{"round": rec["round"], **f} for rec in rounds for f in rec["failed"]]
     return {"format": MANIFEST_FORMAT, "command": command, "seed": cfg.seed, "split": cfg.split,
-            "expert": cfg.expert, "config": _config_dict(cfg), "versions": _versions(),
+            "expert": cfg.expert, "config": _config_dict(cfg), "versions": versions(),
             "rejection_reasons": list(reasons), "base_tokens": len(tokens), "rounds_requested": int(cfg.rounds),
             "rounds": per_round, "samples": sum(rec["valid"] for rec in rounds), "shards": shards,
             "failures": failures, "complete": complete}

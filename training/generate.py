@@ -140,20 +140,14 @@ _VOCABS: dict = {}
 
 
 def load_vocab(path) -> np.ndarray:
-    """The vocabulary [K, P, 3] of `path` (cached per process); P poses spread over 4 s (P = 40: 0.1 s, 8: 0.5 s).
-    A file of another shape is a CorruptFileError naming it."""
-    from simscale_env.errors import CorruptFileError
-    from simscale_env.metrics.vocabulary import load_vocabulary
+    """The vocabulary [K, P, 3] of `path` (cached per process; `simscale_env.envs.load_reward_vocabulary`, the env's
+    `reward_vocabulary` reader): P poses spread over 4 s (P = 40: 0.1 s, 8: 0.5 s). A file of another shape is a
+    CorruptFileError naming it."""
+    from simscale_env.envs import load_reward_vocabulary
 
     key = str(Path(path).resolve())
     if key not in _VOCABS:
-        v = load_vocabulary(path)
-        poses = v.shape[1]
-        step = HORIZON_S / poses
-        if poses < 1 or abs(step / 0.1 - round(step / 0.1)) > 1e-9 or v.shape[0] < 1:
-            raise CorruptFileError(path, f"a vocabulary's poses must cover 4 s in multiples of 0.1 s "
-                                         f"(e.g. [K, 40, 3] or [K, 8, 3]), got shape {v.shape}")
-        _VOCABS[key] = v
+        _VOCABS[key] = load_reward_vocabulary(path)
     return _VOCABS[key]
 
 
@@ -178,15 +172,12 @@ def _expert_action(info: dict, cfg: GenConfig) -> np.ndarray:
 
 def vocab_label_columns(sim, world, vocab: np.ndarray) -> dict:
     """The reward-label columns of a sample at (sim, world): "vocab_scores" (float16 [K, 9] bytes, SUB_METRICS order,
-    EC NaN) and "vocab_epdms" (float16 [K] bytes): label_scene non-reactive, EP against PDM-Closed (SimScale's
-    gen_gt)."""
-    from simscale_env.metrics.vocabulary import label_scene
+    EC NaN) and "vocab_epdms" (float16 [K] bytes), the labels of the env's `reward_vocabulary` option
+    (`simscale_env.envs.vocabulary_scores`: label_scene non-reactive, EP against PDM-Closed as SimScale's gen_gt)."""
+    from simscale_env.envs import vocabulary_scores
 
-    interval = HORIZON_S / vocab.shape[1]
-    lab = label_scene(sim, world, vocab, interval_s=interval, agent_mode="non_reactive", reference="pdm_closed")
-    k = vocab.shape[0]
-    scores = np.stack([lab[m] if m in lab else np.full(k, np.nan, np.float16) for m in SUB_METRICS], -1)
-    return {"vocab_scores": scores.astype("<f2").tobytes(), "vocab_epdms": lab["pdm_score"].astype("<f2").tobytes()}
+    scores, epdms = vocabulary_scores(sim, world, vocab)
+    return {"vocab_scores": scores.astype("<f2").tobytes(), "vocab_epdms": epdms.astype("<f2").tobytes()}
 
 
 def generate_sample(env, cfg: GenConfig, base_token: str, round_: int,

@@ -14,16 +14,21 @@ from .splits import split_env_spec, split_tokens  # noqa: E402
 
 
 def __getattr__(name):  # lazy: importing simscale_env stays light
-    if name in ("SimScaleEnv", "EnvConfig", "save_video"):
+    if name in ("SimScaleEnv", "EnvConfig", "save_video", "load_reward_vocabulary", "vocabulary_scores", "PLAN_LOW",
+                "PLAN_HIGH"):
         from . import simscale_env
 
         return getattr(simscale_env, name)
-    if name == "SB3ObservationWrapper":
-        from .wrappers import SB3ObservationWrapper
+    if name in _WRAPPERS:
+        from . import wrappers
 
-        return SB3ObservationWrapper
+        return getattr(wrappers, name)
     raise AttributeError(name)
 
 
-__all__ = ["ENV_IDS", "EnvConfig", "SB3ObservationWrapper", "SimScaleEnv", "save_video", "split_env_spec",
-           "split_tokens"]
+_WRAPPERS = ("ACTION_WRAPPERS", "NormalizedPlanAction", "ResidualExpertAction", "SB3ObservationWrapper",
+             "normalized_to_plan", "plan_bounds", "plan_to_normalized", "residual_scale", "residual_to_plan",
+             "sb3_observation")
+
+__all__ = ["ENV_IDS", "EnvConfig", "PLAN_HIGH", "PLAN_LOW", "SimScaleEnv", "load_reward_vocabulary", "save_video",
+           "split_env_spec", "split_tokens", "vocabulary_scores", *_WRAPPERS]

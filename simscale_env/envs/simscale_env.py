@@ -51,6 +51,12 @@ same action format), unless `pseudo_experts=False`. PDM-Closed is NAVSIM's; `exp
 tuplan's emergency brake. `info["logged_plan"]`: the logged human's plan, the logged ego's next 8 poses (0.5 s apart,
 at the same times in the log) in the current rear-axle frame.
 
+`reward_vocabulary=V.npy` (a trajectory vocabulary [K, P, 3], P poses over 4 s, loaded once at construction) adds
+`info["vocab_scores"]` (float16 [K, 9], `metrics.SUB_METRICS` order, EC NaN) and `info["vocab_epdms"]` (float16 [K])
+at every decision step (reset and step): the EPDMS labels of every vocabulary plan from the current state, the same
+as the data engine writes (`vocabulary_scores`: `metrics.vocabulary.label_scene`, non-reactive, EP against
+PDM-Closed as SimScale's gen_gt), e.g. for reward learning from GTRS-style labels online.
+
 What agents other than the env's own read (`agents.navsim_bridge`, `agents.nuplan_bridge`; plain arrays, built in
 `envs.agent_inputs`): `info["driving_command"]` [4] int64, NAVSIM's one-hot (left, straight, right, unknown) of the
 current state (as `obs["ego_status"][4:8]`); `info["ego_history"]`, NAVSIM's `AgentInput.ego_statuses` as arrays
@@ -67,6 +73,7 @@ lights (`envs.agent_inputs.planner_input`).
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -83,6 +90,7 @@ from ..errors import UnknownTokenError
 from ..geometry import global_to_local
 from ..map import load_map
 from ..metrics import ScorerConfig, episode_summary, pseudo_simulate
+from ..metrics.constants import NAVSIM_HORIZON_S
 from ..metrics.epdms import score_states
 from ..metrics.geometry import polyline_project
 from ..metrics.pseudo_sim import logged_hc_past, scene_from_frames
@@ -179,9 +187,18 @@ class EnvConfig:
     # info["planner_input"]: what a nuPlan planner reads (route, goal, map, 1.5 s of ego states and tracked objects at
     # 0.1 s, traffic lights; `envs.agent_inputs.planner_input`); `agents.nuplan_bridge` asks for it
     planner_inputs: bool = False
+    # a trajectory vocabulary `.npy` [K, P, 3] (P poses over 4 s, e.g. `simscale vocab build`): info["vocab_scores"]
+    # (float16 [K, 9], metrics.SUB_METRICS order, EC NaN) and info["vocab_epdms"] (float16 [K]) at every decision
+    # step, the labels the data engine writes (`vocabulary_scores`); None: off
+    reward_vocabulary: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "cache_sizes", CacheSizes.coerce(self.cache_sizes))
+        if self.reward_vocabulary is not None:
+            if not isinstance(self.reward_vocabulary, (str, os.PathLike)):
+                raise ValueError(f"reward_vocabulary must be the path of a .npy vocabulary [K, P, 3], got "
+                                 f"{type(self.reward_vocabulary).__name__}")
+            object.__setattr__(self, "reward_vocabulary", os.fspath(self.reward_vocabulary))
         if self.data_source not in ("auto", "nuplan", "openscene"):
             raise ValueError(f"data_source must be 'auto', 'nuplan' or 'openscene', got {self.data_source!r}")
         if self.camera_source not in ("render", "log", "auto"):
@@ -299,6 +316,8 @@ class SimScaleEnv(gym.Env):
         self._scenarios = LRUCache(sizes.scenarios)
         self._sims = LRUCache(sizes.scenarios)  # token -> (Simulation, its logged world at iteration 0): `_simulation`
         self._openscene_frames = LRUCache(2)  # OpenScene log -> {token: frame}, for the logged camera images
+        # loaded once; a bad file fails here, at gym.make, naming it
+        self._vocab = load_reward_vocabulary(cfg.reward_vocabulary) if cfg.reward_vocabulary else None
         self.sim = None
         self.world = None
 
@@ -938,6 +957,8 @@ class SimScaleEnv(gym.Env):
             self._pdm = None
             self._last_plans = {}
         self._agent_inputs(info)
+        if self._vocab is not None:
+            info["vocab_scores"], info["vocab_epdms"] = vocabulary_scores(self.sim, w, self._vocab)
         return info
 
     def _agent_inputs(self, info: dict) -> None:
@@ -1015,6 +1036,45 @@ class SimScaleEnv(gym.Env):
             self._render_bev = (key, self.sim, BEVRenderer(self.sim.map, self._route_lanes, size=size))
         bev = self._render_bev[2].rgb(w.ego, objs, ego_box=ego_box(w.ego), plans=self._last_plans)
         return mosaic(cams, bev)
+
+
+def load_reward_vocabulary(path: str | Path) -> np.ndarray:
+    """The trajectory vocabulary [K, P, 3] (float64) of a `.npy` file: K plans of P poses (x, y, heading) in the
+    rear-axle frame spread evenly over NAVSIM's 4 s (P = 40: 0.1 s apart, 8: 0.5 s; 0.1 s multiples), as
+    `training.generate.load_vocab` accepts. A missing file is a MissingFileError, any other bad file a
+    CorruptFileError, both naming the file and the expected shape."""
+    from ..errors import CorruptFileError, MissingFileError
+    from ..metrics.vocabulary import load_vocabulary
+
+    expected = ("expected a finite trajectory vocabulary [K, P, 3]: K >= 1 plans of P poses (x, y, heading) spread "
+                f"over {NAVSIM_HORIZON_S:g} s in multiples of 0.1 s (e.g. [K, 40, 3] or [K, 8, 3])")
+    try:
+        v = load_vocabulary(path)
+    except MissingFileError as exc:
+        raise MissingFileError(path, f"reward_vocabulary not found ({expected})") from exc
+    except CorruptFileError as exc:
+        raise CorruptFileError(path, f"not a reward vocabulary ({exc.detail}); {expected}") from exc
+    poses = v.shape[1]
+    step = NAVSIM_HORIZON_S / poses if poses else 0.0
+    if v.shape[0] < 1 or poses < 1 or abs(step / 0.1 - round(step / 0.1)) > 1e-9:
+        raise CorruptFileError(path, f"not a reward vocabulary: shape {v.shape}; {expected}")
+    return v
+
+
+def vocabulary_scores(sim, world, vocab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """EPDMS labels of every vocabulary plan from `world`, as the data engine writes them (`training.generate`'s
+    "vocab_scores" / "vocab_epdms"): `metrics.vocabulary.label_scene` (non-reactive pseudo-simulation on the
+    scenario's route, no human filter, EP pairwise against PDM-Closed as SimScale's gen_gt) with the plans' pose
+    interval 4 s / P. Returns (float16 [K, len(SUB_METRICS)] in `metrics.SUB_METRICS` order, EC NaN: a single frame
+    has no previous plan; float16 [K] EPDMS)."""
+    from ..metrics import SUB_METRICS
+    from ..metrics.vocabulary import label_scene
+
+    lab = label_scene(sim, world, vocab, interval_s=NAVSIM_HORIZON_S / vocab.shape[1], agent_mode="non_reactive",
+                      reference="pdm_closed")
+    k = vocab.shape[0]
+    scores = np.stack([lab[m] if m in lab else np.full(k, np.nan, np.float16) for m in SUB_METRICS], -1)
+    return scores.astype(np.float16), np.asarray(lab["pdm_score"], np.float16)
 
 
 def save_video(frames, path: str | Path, fps: int = 2) -> Path:

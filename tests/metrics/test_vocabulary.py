@@ -117,4 +117,9 @@ def test_vocab_cli_builds_and_labels_a_split(mini, tmp_path, capsys):
     assert line["written"] == 2 and len(list((tmp_path / "labels").glob("*.npz"))) == 2
     assert main(["vocab", "build", "--split", "nosuchsplit", "--data", str(mini), "--maps", str(mini / "maps"),
                  "--out", str(out)]) == 2
+
     assert "no split named 'nosuchsplit'" in capsys.readouterr().err
+    assert main(["vocab", "build", "--split", "navtrain", "--data", str(mini), "--maps", str(mini / "maps"),
+                 "--k", "100000", "--out", str(tmp_path / "big.npy"), "--quiet"]) == 2
+    assert "--k 100000 clusters need at least 100000 human plans" in capsys.readouterr().err
+    assert not (tmp_path / "big.npy").exists()
