@@ -248,7 +248,7 @@ def real_sample_row(env, cfg: RealConfig, token: str, *, vocab: np.ndarray | Non
                     label_meta: dict | None = None) -> dict:
     """One real sample: `env` (`make_real_env(cfg)`) reset at the logged start of `token`; the row (module
     docstring)."""
-    from .generate import encode_jpeg, vocab_label_columns
+    from .generate import camera_meta_json, encode_jpeg, vocab_label_columns
 
     u = env.unwrapped
     obs, info = env.reset(options={"scenario_token": token})
@@ -271,13 +271,7 @@ def real_sample_row(env, cfg: RealConfig, token: str, *, vocab: np.ndarray | Non
     images = np.asarray(obs["cameras"])  # [n, H, W, 3]: the current frame, as the env observes it
     for j, ch in enumerate(cfg.channels):
         row[ch] = [encode_jpeg(images[j], cfg.jpeg_quality)]
-    calib = info["camera_calibration"]
-    meta = {ch: {"intrinsics": np.asarray(calib[ch]["intrinsics"]).tolist(),
-                 "sensor2lidar_rotation": np.asarray(calib[ch]["sensor2lidar_rotation"]).tolist(),
-                 "sensor2lidar_translation": np.asarray(calib[ch]["sensor2lidar_translation"]).tolist(),
-                 "distortion": np.asarray(calib[ch]["distortion"]).tolist(),
-                 "width": int(calib[ch]["width"]), "height": int(calib[ch]["height"])} for ch in cfg.channels}
-    row["camera_meta"] = json.dumps(meta, sort_keys=True)
+    row["camera_meta"] = camera_meta_json(info["camera_calibration"], cfg.channels)
     return row
 
 

@@ -170,6 +170,16 @@ def _expert_action(info: dict, cfg: GenConfig) -> np.ndarray:
     return info["pseudo_expert"][cfg.expert]
 
 
+def camera_meta_json(calibration: dict, channels) -> str:
+    """The "camera_meta" column: JSON {channel: intrinsics, sensor2lidar_rotation/translation, distortion, width,
+    height} of `calibration` (`info["camera_calibration"]`) for `channels`."""
+    keys = ("intrinsics", "sensor2lidar_rotation", "sensor2lidar_translation", "distortion")
+    meta = {ch: {**{k: np.asarray(calibration[ch][k]).tolist() for k in keys},
+                 "width": int(calibration[ch]["width"]), "height": int(calibration[ch]["height"])}
+            for ch in channels}
+    return json.dumps(meta, sort_keys=True)
+
+
 def vocab_label_columns(sim, world, vocab: np.ndarray) -> dict:
     """The reward-label columns of a sample at (sim, world): "vocab_scores" (float16 [K, 9] bytes, SUB_METRICS order,
     EC NaN) and "vocab_epdms" (float16 [K] bytes), the labels of the env's `reward_vocabulary` option
@@ -281,12 +291,6 @@ def generate_sample(env, cfg: GenConfig, base_token: str, round_: int,
     t0 = tick("render", t0)
     for j, ch in enumerate(cfg.channels):
         row[ch] = [encode_jpeg(images[i, j], cfg.jpeg_quality) for i in range(images.shape[0])]
-    calib = camera_calibration(u, False)
-    meta = {ch: {"intrinsics": np.asarray(calib[ch]["intrinsics"]).tolist(),
-                 "sensor2lidar_rotation": np.asarray(calib[ch]["sensor2lidar_rotation"]).tolist(),
-                 "sensor2lidar_translation": np.asarray(calib[ch]["sensor2lidar_translation"]).tolist(),
-                 "distortion": np.asarray(calib[ch]["distortion"]).tolist(),
-                 "width": int(calib[ch]["width"]), "height": int(calib[ch]["height"])} for ch in cfg.channels}
-    row["camera_meta"] = json.dumps(meta, sort_keys=True)
+    row["camera_meta"] = camera_meta_json(camera_calibration(u, False), cfg.channels)
     tick("encode", t0)
     return row, None

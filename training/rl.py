@@ -38,8 +38,6 @@ import csv
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache, partial
@@ -337,16 +335,9 @@ def __getattr__(name):  # SB3 imports lazily: `training.rl` stays light to impor
 
 # ---------------------------------------------------------------------------------------------- files
 def _atomic(path: Path, write) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    from simscale_env.data.atomic import atomic_write_path
+
+    return atomic_write_path(path, write, suffix=".tmp" + path.suffix)
 
 
 def _write_json(path: Path, obj) -> Path:

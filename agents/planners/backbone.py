@@ -363,3 +363,19 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0)
     args = t.to(torch.float32)[:, None] * freqs[None]
     emb = torch.cat([torch.cos(args), torch.sin(args)], -1)
     return F.pad(emb, (0, dim % 2))
+
+
+class PlannerModule(nn.Module):
+    """What the three planners share: `predict(image, status)`, the [B, 8, 3] plans of `forward`'s "trajectory" in
+    eval mode without gradients (the module's mode is restored)."""
+
+    @torch.no_grad()
+    def predict(self, image: torch.Tensor, status: torch.Tensor) -> torch.Tensor:
+        """[B, 8, 3] plans in eval mode (the module's mode is restored)."""
+        was = self.training
+        self.eval()
+        try:
+            return self.forward({"image": image, "status": status})["trajectory"]
+        finally:
+            self.train(was)
+

@@ -30,7 +30,7 @@ from torch import nn
 
 from simscale_env.errors import CorruptFileError, MissingFileError
 
-from .backbone import (NUM_POSES, CameraStatusEncoder, DecoderBlock, PlannerConfig, mlp, seeded,
+from .backbone import (NUM_POSES, CameraStatusEncoder, DecoderBlock, PlannerConfig, PlannerModule, mlp, seeded,
                        sinusoidal_embedding)
 
 log = logging.getLogger(__name__)
@@ -191,7 +191,7 @@ class DiffusionDecoderLayer(nn.Module):
         return q, reg, self.cls_head(q)[..., 0]
 
 
-class DiffusionDrivePlanner(nn.Module):
+class DiffusionDrivePlanner(PlannerModule):
     """forward(batch) -> {"trajectory": [B, 8, 3] (the best-scoring mode of the last layer), "reg": [L, B, M, 8, 3],
     "cls": [L, B, M] (per decoder layer; at inference those of the last denoising pass), "timesteps": [B]}."""
 
@@ -261,13 +261,3 @@ class DiffusionDrivePlanner(nn.Module):
             img = self.scheduler.step(normalize_xy(reg[-1][..., :2]), k, img)
         return {"trajectory": self._best(reg[-1], cls[-1]), "reg": reg, "cls": cls,
                 "timesteps": torch.full((b,), k, device=dev)}
-
-    @torch.no_grad()
-    def predict(self, image: torch.Tensor, status: torch.Tensor) -> torch.Tensor:
-        """[B, 8, 3] plans in eval mode (the module's mode is restored)."""
-        was = self.training
-        self.eval()
-        try:
-            return self.forward({"image": image, "status": status})["trajectory"]
-        finally:
-            self.train(was)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbone import NUM_POSES, CameraStatusEncoder, DecoderBlock, PlannerConfig, mlp, seeded
+from .backbone import NUM_POSES, CameraStatusEncoder, DecoderBlock, PlannerConfig, PlannerModule, mlp, seeded
 from .diffusiondrive import normalize_xy
 
 # the sub-score heads and the SUB_METRICS column each one learns (GTRS hydra_model.py heads; no history comfort)
@@ -108,7 +108,7 @@ class ScoreHeads(nn.Module):
         return torch.einsum("...nh,nh->...n", h, self.fc2_weight) + self.fc2_bias
 
 
-class GTRSDensePlanner(nn.Module):
+class GTRSDensePlanner(PlannerModule):
     """forward(batch) -> {"nc", "dac", "ddc", "tlc", "ep", "ttc", "lk", "imi": logits [B, K'], "vocab_index": [K']
     (the scored vocabulary rows: a random vocab_keep share in training, all in eval), "score": [B, K'] (the inference
     rule), "trajectory": [B, 8, 3] (the best-scoring trajectory at 0.5 s)}."""
@@ -197,13 +197,3 @@ class GTRSDensePlanner(nn.Module):
         out["score"] = score
         out["trajectory"] = v[best][:, self.plan_rows]
         return out
-
-    @torch.no_grad()
-    def predict(self, image: torch.Tensor, status: torch.Tensor) -> torch.Tensor:
-        """[B, 8, 3] plans in eval mode (the module's mode is restored)."""
-        was = self.training
-        self.eval()
-        try:
-            return self.forward({"image": image, "status": status})["trajectory"]
-        finally:
-            self.train(was)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .backbone import NUM_POSES, CameraStatusEncoder, DecoderBlock, PlannerConfig, mlp, seeded
+from .backbone import NUM_POSES, CameraStatusEncoder, DecoderBlock, PlannerConfig, PlannerModule, mlp, seeded
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class LTFConfig(PlannerConfig):
     num_decoder_layers: int = 2
 
 
-class LTFPlanner(nn.Module):
+class LTFPlanner(PlannerModule):
     """forward(batch) -> {"trajectory": [B, 8, 3]} in train and eval mode."""
 
     planner_name = "ltf"
@@ -50,13 +50,3 @@ class LTFPlanner(nn.Module):
         out = self.head(q[:, 0]).view(-1, NUM_POSES, 3)
         traj = torch.cat([out[..., :2], torch.tanh(out[..., 2:]) * math.pi], -1)  # transfuser_model.py heading
         return {"trajectory": traj}
-
-    @torch.no_grad()
-    def predict(self, image: torch.Tensor, status: torch.Tensor) -> torch.Tensor:
-        """[B, 8, 3] plans in eval mode (the module's mode is restored)."""
-        was = self.training
-        self.eval()
-        try:
-            return self.forward({"image": image, "status": status})["trajectory"]
-        finally:
-            self.train(was)

@@ -62,6 +62,23 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
             tmp.unlink()
 
 
+def atomic_write_path(path: str | Path, write, suffix: str = ".tmp") -> Path:
+    """Write `path` atomically with a writer that needs a file name: `write(tmp)` writes the hidden temporary `tmp`
+    (``suffix`` after ``.tmp``-style names, e.g. ".tmp.zip" for a writer that insists on an extension), which is then
+    renamed into place (removed on an error)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = hidden_temp(path, suffix)
+    try:
+        write(str(tmp))
+        kill_point(path.suffix.lstrip("."))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     with atomic_write(path, "w") as fh:
         fh.write(text)

@@ -15,8 +15,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -152,17 +150,9 @@ def kmeans_vocabulary(plans: np.ndarray, k: int, *, iterations: int = 30, seed: 
 
 
 def _atomic_write(path: Path, write) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    from ..data.atomic import atomic_write_path
+
+    return atomic_write_path(path, write)
 
 
 def save_vocabulary(path: str | Path, vocab: np.ndarray) -> Path:
