@@ -15,6 +15,7 @@
     simscale train --planner P --real S [--sim DIR ...] --out RUN_DIR   train a learned planner (resumable)
     simscale train-bc --split S --rounds R --out DIR  online imitation (DAgger) of the pseudo-experts in the env
     simscale train-rl --algo ppo --split S --timesteps N --out DIR   stable-baselines3 PPO on the env
+    simscale experiment simscale --planners P --rounds 0,1 --seeds N --out DIR   SimScale's experiment (resumable)
     simscale demo                                     the main job of `make demo`
     simscale export --format openscene RUN_DIR --out DIR [--split NAME]   a generation run in NAVSIM's OpenScene layout
 """
@@ -371,6 +372,13 @@ def _cmd_train_bc(args) -> int:
     from training import bc
 
     return bc.run_from_args(args)
+
+
+def _cmd_experiment(args) -> int:
+    """`simscale experiment simscale`: SimScale's experiment (evaluation.experiment.run_experiment) into --out."""
+    from evaluation import experiment
+
+    return experiment.run_from_args(args)
 
 
 def _cmd_generate(args) -> int:
@@ -891,6 +899,19 @@ def build_parser() -> argparse.ArgumentParser:
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     _rl.add_arguments(trl)
     trl.set_defaults(func=_cmd_train_rl)
+
+    from evaluation import experiment as _experiment
+
+    xp = sub.add_parser("experiment", help="reproducible experiments: `simscale experiment simscale` (real-only vs sim "
+                                           "co-training, scaling with rounds, planner vs recovery experts)")
+    xsub = xp.add_subparsers(dest="experiment_name", required=True, metavar="NAME", help="one of: simscale")
+    xs = xsub.add_parser("simscale", help="generate the sim rounds, train every (planner, expert, rounds, seed) cell, "
+                                          "evaluate each on mini-navhard; table, plot and summary (resumable)",
+                         description="simscale experiment simscale --planners gtrs_dense,ltf --experts "
+                                     "pdm_closed,recovery --rounds 0,1,2,3 --seeds 3 --out DIR [--ray]",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    _experiment.add_arguments(xs)
+    xs.set_defaults(func=_cmd_experiment)
 
     demo = sub.add_parser("demo", help="the main job of `make demo`")
     demo.add_argument("--data", type=Path, default=None, help="mini dataset folder (default: the cache)")

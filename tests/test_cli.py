@@ -193,6 +193,9 @@ BAD_INVOCATIONS = [
     (["train-rl", "--algo", "dqn", "--out", "{tmp}/rl"], "--algo"),
     (["train-rl", "--timesteps", "0", "--out", "{tmp}/rl"], "total_timesteps"),
     (["train-rl", "--out", "{tmp}/unrelated"], "unrelated"),
+    (["experiment", "simscale", "--planners", "nosuch", "--out", "{tmp}/xp"], "nosuch"),
+    (["experiment", "simscale", "--rounds", "0,x", "--out", "{tmp}/xp"], "--rounds"),
+    (["experiment", "simscale", "--out", "{tmp}/unrelated", "--quiet"], "unrelated"),
     (["demo", "--data", "{tmp}/unrelated", "--out", "{tmp}/demo"], "not a SimScale mini dataset"),
     (["demo", "--seed", "x"], "--seed"),
 ]
@@ -217,7 +220,7 @@ def test_bad_invocations_of_every_subcommand_are_one_line_with_status_2(mini, tm
         lines = err.splitlines()
         assert code == 2 and len(lines) == 1 and lines[0].startswith("simscale"), (argv, code, err)
         assert "error:" in lines[0] and fragment in lines[0], (argv, err)
-        commands.add(" ".join(argv[:2]) if argv[:1] in (["data"], ["vocab"]) else " ".join(argv[:1]))
+        commands.add(" ".join(argv[:2]) if argv[:1] in (["data"], ["vocab"], ["experiment"]) else " ".join(argv[:1]))
     assert (tmp_path / "unrelated").exists() and [p.name for p in (tmp_path / "unrelated").iterdir()] == \
         ["precious.txt"]  # nothing written into the user's folder
     assert not (tmp_path / "missing").exists()  # evaluate --data never builds a dataset into a mistyped path
