@@ -951,6 +951,10 @@ def run_experiment(cfg: ExperimentConfig, out, *, progress: bool = True, command
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     out = Path(out)
     old = _check_out(out)
+    from simscale_env.envs import split_tokens
+
+    for split in dict.fromkeys(s for s in (cfg.real_split, cfg.gen_split, cfg.eval_split) if s is not None):
+        split_tokens(split, dict(cfg.env_kwargs))  # an unknown split is one error before anything is written
     if command is None:
         command = shlex.join(sys.argv)
     if cfg.ray:

@@ -125,6 +125,10 @@ def test_bench_and_evaluate_help_list_benchmarks_and_agents(capsys):
 BAD_INVOCATIONS = [
     # generate first: later rows' --data set SIMSCALE_MINI in this process
     (["generate", "--split", "navnowhere", "--out", "{tmp}/gen", "--quiet"], "navnowhere"),
+    (["train-rl", "--split", "navnowhere", "--out", "{tmp}/rl"], "navnowhere"),
+    (["train-bc", "--split", "navnowhere", "--out", "{tmp}/bc", "--quiet"], "navnowhere"),
+    (["train", "--planner", "ltf", "--real", "navnowhere", "--out", "{tmp}/tr", "--quiet"], "navnowhere"),
+    (["experiment", "simscale", "--eval-split", "navnowhere", "--out", "{tmp}/xp", "--quiet"], "navnowhere"),
     (["generate", "--out", "{tmp}/unrelated", "--quiet"], "not a generation run folder"),
     (["generate", "--rounds", "0", "--out", "{tmp}/gen"], "--rounds"),
     (["generate", "--vocab", "{tmp}/corrupt.json", "--out", "{tmp}/gen", "--quiet"], "corrupt.json"),
@@ -225,6 +229,8 @@ def test_bad_invocations_of_every_subcommand_are_one_line_with_status_2(mini, tm
         ["precious.txt"]  # nothing written into the user's folder
     assert not (tmp_path / "missing").exists()  # evaluate --data never builds a dataset into a mistyped path
     assert not (tmp_path / "gen").exists()  # a generate that fails its checks writes nothing
+    for name in ("tr", "rl", "bc", "xp"):  # nor do the training commands and the experiment
+        assert not (tmp_path / name).exists(), name
     from simscale_env.cli import build_parser
 
     every = {prog.removeprefix("simscale ") for prog, parser in _walk(build_parser()) if parser.get_default("func")}

@@ -607,9 +607,12 @@ def train_bc(cfg: BCConfig, out_dir, progress: bool = True, *, resume: bool = Fa
     from agents.bc_policy import checkpoint_dict, read_checkpoint, save_checkpoint
     from simscale_env.data.atomic import atomic_write_text
 
+    from simscale_env.envs import split_tokens
+
     t_start = time.perf_counter()
     out = Path(out_dir)
     resuming = _check_out(out, cfg, resume)
+    split_tokens(cfg.split)  # an unknown split is one error before anything is written
     out.mkdir(parents=True, exist_ok=True)
     if not resuming:
         atomic_write_text(out / CONFIG_FILE, json.dumps(

@@ -458,8 +458,11 @@ def train_rl(cfg: RLConfig, out_dir: str | Path, progress: bool = True, callback
             return json.loads((out / SUMMARY_NAME).read_text())
         for stale in (EPISODES_NAME,):  # an interrupted run starts again
             (out / stale).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+    from simscale_env.envs import split_tokens
+
     env_id, kw = env_spec(cfg)
+    split_tokens(cfg.split, cfg.env_kwargs)  # an unknown split is one error before anything is written
+    out.mkdir(parents=True, exist_ok=True)
     _write_json(conf_path, {"format": FORMAT, "config": cfg.to_json(), "env_id": env_id, "env_kwargs": kw,
                             "action_mapping": _action_mapping(cfg), "versions": _versions()})
     t0 = time.perf_counter()
