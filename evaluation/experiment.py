@@ -1064,22 +1064,10 @@ def _csv_list(kind):
     return parse
 
 
-def _at_least(lo):
-    def parse(text):
-        try:
-            v = int(text)
-        except ValueError:
-            raise ValueError(f"expected an integer >= {lo}, got {text!r}") from None
-        if v < lo:
-            raise ValueError(f"expected an integer >= {lo}, got {v}")
-        return v
-
-    parse.__name__ = f"integer >= {lo}"
-    return parse
-
-
 def add_arguments(parser) -> None:
-    """The options of `simscale experiment simscale` (the lead wires `run_from_args` into simscale_env/cli.py)."""
+    """The options of `simscale experiment simscale` (`simscale_env.cli` runs `run_from_args` and prints its summary)."""
+    from training.runs import int_at_least
+
     d = ExperimentConfig.__dataclass_fields__
 
     def default(name):
@@ -1092,7 +1080,7 @@ def add_arguments(parser) -> None:
                         help="pseudo-experts of the sim data (default pdm_closed,recovery)")
     parser.add_argument("--rounds", type=_csv_list(int), default=default("rounds"), metavar="R,R",
                         help="sim rounds per cell, 0 = real only (default 0,1,2,3)")
-    parser.add_argument("--seeds", type=_at_least(1), default=default("seeds"), metavar="N",
+    parser.add_argument("--seeds", type=int_at_least(1), default=default("seeds"), metavar="N",
                         help="seeds 0..N-1 per cell (default 3)")
     parser.add_argument("--real-split", default=default("real_split"), metavar="SPLIT",
                         help="real training samples (default mini-navtrain-frames)")
@@ -1102,27 +1090,27 @@ def add_arguments(parser) -> None:
                         help="evaluation split (default mini-navhard)")
     parser.add_argument("--eval-modes", type=_csv_list(str), default=default("eval_modes"), metavar="M,M",
                         help="evaluation modes (default two_stage,closed_loop)")
-    parser.add_argument("--stage2-starts", type=_at_least(1), default=default("stage2_starts"), metavar="N",
+    parser.add_argument("--stage2-starts", type=int_at_least(1), default=default("stage2_starts"), metavar="N",
                         help="two_stage: stage-2 start pairs per token (default 10)")
-    parser.add_argument("--epochs", type=_at_least(1), default=default("epochs"), metavar="N",
+    parser.add_argument("--epochs", type=int_at_least(1), default=default("epochs"), metavar="N",
                         help="epochs (default 4)")
-    parser.add_argument("--batch-size", type=_at_least(1), default=default("batch_size"), metavar="B",
+    parser.add_argument("--batch-size", type=int_at_least(1), default=default("batch_size"), metavar="B",
                         help="batch size (default 16)")
-    parser.add_argument("--max-steps", type=_at_least(1), default=None, metavar="N",
+    parser.add_argument("--max-steps", type=int_at_least(1), default=None, metavar="N",
                         help="at most N optimisation steps per epoch (quick runs)")
     parser.add_argument("--set", dest="planner_config", action="append", metavar="[PLANNER.]KEY=VALUE",
                         help="a planner config field for every planner (image_size=[256,64]) or one "
                              "(gtrs_dense.num_decoder_layers=1); VALUE is JSON where it parses")
     parser.add_argument("--vocab", type=Path, default=None, metavar="V.npy",
                         help="GTRS-Dense's vocabulary (default: k-means of the real split's human plans, built once)")
-    parser.add_argument("--vocab-k", type=_at_least(1), default=default("vocab_k"), metavar="K",
+    parser.add_argument("--vocab-k", type=int_at_least(1), default=default("vocab_k"), metavar="K",
                         help="size of the built vocabulary (default 256)")
     parser.add_argument("--gtrs-imitation", action="store_true",
                         help="GTRS-Dense co-training with imitation on sim samples too (default: rewards-only)")
-    parser.add_argument("--gen-seed", type=_at_least(0), default=0, metavar="S", help="generation seed (default 0)")
+    parser.add_argument("--gen-seed", type=int_at_least(0), default=0, metavar="S", help="generation seed (default 0)")
     parser.add_argument("--gen-size", default=None, metavar="WxH",
                         help="generated camera size (default 480x224, the real samples' size)")
-    parser.add_argument("--workers", type=_at_least(1), default=default("workers"), metavar="K",
+    parser.add_argument("--workers", type=int_at_least(1), default=default("workers"), metavar="K",
                         help="cells (and generation tasks) in parallel: K processes or Ray tasks (default 2)")
     parser.add_argument("--ray", action="store_true", help="run cells and generation as Ray tasks")
     parser.add_argument("--ray-address", default=None, metavar="ADDR", help="the Ray cluster to join (implies --ray)")
@@ -1168,10 +1156,10 @@ def config_from_args(args) -> ExperimentConfig:
                             ray=bool(args.ray or args.ray_address), ray_address=args.ray_address, **size)
 
 
-def run_from_args(args) -> int:
-    """`simscale experiment simscale`: runs `run_experiment` and prints one JSON line (cells run / reused / failed,
-    the table, the summary). Exit status 1 when a cell failed. SimScaleErrors propagate (the CLI prints them as one
-    line, status 2)."""
+def run_from_args(args) -> dict:
+    """`simscale experiment simscale`: runs `run_experiment` and returns the summary the CLI prints as one JSON line
+    (cells run / reused / failed, the table, the summary; the CLI exits with status 1 when a cell failed).
+    SimScaleErrors propagate (the CLI prints them as one line, status 2); progress goes through logging."""
     if args.data:
         from simscale_env.errors import MissingFileError
 
@@ -1182,22 +1170,7 @@ def run_from_args(args) -> int:
     cfg = config_from_args(args)
     argv = getattr(args, "argv", None)
     command = shlex.join(["simscale", *argv] if argv else sys.argv)
-    handlers = []
-    if not args.quiet:
-        h = logging.StreamHandler(sys.stderr)
-        h.setFormatter(logging.Formatter("experiment: %(message)s"))
-        for name in ("evaluation.experiment", "training.engine"):
-            lg = logging.getLogger(name)
-            handlers.append((lg, h, lg.level))
-            lg.addHandler(h)
-            lg.setLevel(logging.INFO)
-    try:
-        r = run_experiment(cfg, args.out, progress=not args.quiet, command=command)
-    finally:
-        for lg, h, level in handlers:
-            lg.removeHandler(h)
-            lg.setLevel(level)
-    print(json.dumps({"cells": len(r.results) + len(r.failed), "ran": len(r.ran), "reused": len(r.reused),
-                      "failed": len(r.failed), "seconds": round(r.seconds, 1), "table": r.files["table_md"],
-                      "summary": r.files["summary"], "plot": r.files["plot"]}))
-    return 1 if r.failed else 0
+    r = run_experiment(cfg, args.out, progress=not args.quiet, command=command)
+    return {"cells": len(r.results) + len(r.failed), "ran": len(r.ran), "reused": len(r.reused),
+            "failed": len(r.failed), "seconds": round(r.seconds, 1), "table": r.files["table_md"],
+            "summary": r.files["summary"], "plot": r.files["plot"]}

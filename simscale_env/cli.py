@@ -360,25 +360,37 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_train_rl(args) -> int:
-    """`simscale train-rl`: stable-baselines3 PPO on the env (training.rl.train_rl) into --out."""
+    """`simscale train-rl`: stable-baselines3 PPO on the env (training.rl.train_rl) into --out; prints its summary as
+    one JSON line."""
     from training import rl
 
     with _LogToStderr("training", "train-rl: ", enabled=True):
-        return rl.run_from_args(args)
+        summary = rl.run_from_args(args)
+    print(json.dumps(summary))
+    return 0
 
 
 def _cmd_train_bc(args) -> int:
-    """`simscale train-bc`: DAgger-style online imitation of a pseudo-expert (training.bc.train_bc) into --out."""
+    """`simscale train-bc`: DAgger-style online imitation of a pseudo-expert (training.bc.train_bc) into --out; prints
+    its summary as one JSON line."""
     from training import bc
 
-    return bc.run_from_args(args)
+    with _LogToStderr("training", "train-bc: ", enabled=not args.quiet):
+        summary = bc.run_from_args(args)
+    print(json.dumps(summary))
+    return 0
 
 
 def _cmd_experiment(args) -> int:
-    """`simscale experiment simscale`: SimScale's experiment (evaluation.experiment.run_experiment) into --out."""
+    """`simscale experiment simscale`: SimScale's experiment (evaluation.experiment.run_experiment) into --out; prints
+    its summary as one JSON line; exit status 1 when a cell failed."""
     from evaluation import experiment
 
-    return experiment.run_from_args(args)
+    with _LogToStderr("evaluation.experiment", "experiment: ", enabled=not args.quiet), \
+            _LogToStderr("training.engine", "experiment: ", enabled=not args.quiet):
+        summary = experiment.run_from_args(args)
+    print(json.dumps(summary))
+    return 1 if summary["failed"] else 0
 
 
 def _cmd_generate(args) -> int:

@@ -690,23 +690,12 @@ def train_bc(cfg: BCConfig, out_dir, progress: bool = True, *, resume: bool = Fa
 
 # ------------------------------------------------------------------------------------------------ CLI
 def add_arguments(parser) -> None:
-    """The options of `simscale train-bc` (the lead wires `run_from_args` into simscale_env/cli.py)."""
+    """The options of `simscale train-bc` (`simscale_env.cli` runs `run_from_args` and prints its summary)."""
     from agents.bc_policy import OBSERVATIONS
 
     d = BCConfig()
 
-    def at_least(lo):
-        def parse(text):
-            try:
-                v = int(text)
-            except ValueError:
-                raise ValueError(f"expected an integer >= {lo}, got {text!r}") from None
-            if v < lo:
-                raise ValueError(f"expected an integer >= {lo}, got {v}")
-            return v
-
-        parse.__name__ = f"integer >= {lo}"
-        return parse
+    from .runs import int_at_least as at_least
 
     parser.add_argument("--split", default=d.split, metavar="NAME|FILE.yaml",
                         help=f"collection split (default {d.split}: the training logs, none of mini-navhard's)")
@@ -750,30 +739,17 @@ def config_from_args(args) -> BCConfig:
                     workers=args.workers)
 
 
-def run_from_args(args) -> int:
-    """`simscale train-bc`: runs `train_bc` and prints one JSON line (rounds, samples, the last round's metrics, the
-    checkpoint). SimScaleErrors propagate (the CLI prints them as one line, status 2)."""
+def run_from_args(args) -> dict:
+    """`simscale train-bc`: runs `train_bc` and returns the summary the CLI prints as one JSON line (rounds, samples,
+    the mixture's EPDMS per round, the last round's loss, the checkpoint). SimScaleErrors propagate (the CLI prints
+    them as one line, status 2); progress goes through logging (the CLI shows it on stderr)."""
     cfg = config_from_args(args)
     argv = getattr(args, "argv", None)
-    command = shlex.join(["simscale", "train-bc", *argv[1:]] if argv and argv[0] == "train-bc"
-                         else ["simscale", *(argv or sys.argv[1:])])
-    handler = None
-    if not args.quiet:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("train-bc: %(message)s"))
-        logging.getLogger("training").addHandler(handler)
-        prev = logging.getLogger("training").level
-        logging.getLogger("training").setLevel(logging.INFO)
-    try:
-        r = train_bc(cfg, args.out, progress=not args.quiet, resume=args.resume, command=command,
-                     tensorboard=not args.no_tensorboard)
-    finally:
-        if handler is not None:
-            logging.getLogger("training").removeHandler(handler)
-            logging.getLogger("training").setLevel(prev)
+    command = shlex.join(["simscale", *argv] if argv else ["simscale", "train-bc", *sys.argv[1:]])
+    r = train_bc(cfg, args.out, progress=not args.quiet, resume=args.resume, command=command,
+                 tensorboard=not args.no_tensorboard)
     last = r["metrics"][-1] if r["metrics"] else {}
-    print(json.dumps({"rounds": r["rounds"], "samples": r["samples"], "resumed_rounds": r["resumed_rounds"],
-                      "mixture_epdms": [round(m["mixture_epdms"], 4) for m in r["metrics"]],
-                      "train_loss": last.get("train_loss"), "seconds": round(r["seconds"], 1),
-                      "checkpoint": str(r["checkpoint"])}))
-    return 0
+    return {"rounds": r["rounds"], "samples": r["samples"], "resumed_rounds": r["resumed_rounds"],
+            "mixture_epdms": [round(m["mixture_epdms"], 4) for m in r["metrics"]],
+            "train_loss": last.get("train_loss"), "seconds": round(r["seconds"], 1),
+            "checkpoint": str(r["checkpoint"])}

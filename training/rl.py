@@ -562,8 +562,6 @@ def config_from_args(args) -> RLConfig:
                     checkpoint_every=args.checkpoint_every, env_kwargs=dict(args.env_kwargs or {}))
 
 
-def run_from_args(args) -> int:
-    """`simscale train-rl`: train into --out; reports through logging only."""
-    summary = train_rl(config_from_args(args), args.out, progress=True)
-    log.info("train-rl summary: %s", json.dumps(summary, default=_jsonable))
-    return 0
+def run_from_args(args) -> dict:
+    """`simscale train-rl`: train into --out; returns the summary (summary.json) the CLI prints as one JSON line."""
+    return json.loads(json.dumps(train_rl(config_from_args(args), args.out, progress=True), default=_jsonable))

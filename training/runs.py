@@ -69,3 +69,19 @@ def versions(*modules: str) -> dict:
     except Exception:  # noqa: BLE001 (optional)
         pass
     return v
+
+
+def int_at_least(lo: int):
+    """An argparse `type`: an integer >= `lo` (argparse reports "invalid integer >= lo value: 'x'")."""
+
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise ValueError(f"expected an integer >= {lo}, got {text!r}") from None
+        if v < lo:
+            raise ValueError(f"expected an integer >= {lo}, got {v}")
+        return v
+
+    parse.__name__ = f"integer >= {lo}"
+    return parse

@@ -72,8 +72,9 @@ class Recipe:
 
 
 # LTF: Adam lr 1e-4, no scheduler (transfuser_agent.py); DiffusionDrive: AdamW 6e-4, wd 1e-4, WarmupCosLR 3 epochs to
-# 1e-6 (diffusiondrive transfuser_agent.py); GTRS-Dense (SimScale): AdamW wd 0, lr 4e-4 at bs 11 x 32 GPUs, WarmupCosLR
-# 3 epochs to 1e-8 (gtrs_agent.py). On CPU runs of a few epochs the warm-up is capped at a quarter of the epochs.
+# 1e-6 (diffusiondrive transfuser_agent.py); GTRS-Dense: AdamW wd 0, WarmupCosLR 3 epochs to 1e-8 (gtrs_agent.py) at
+# GTRS's own lr 2e-4 (GT docs/gtrs_training.md, bs 22 x 24 GPUs; SimScale trains at 4e-4 with bs 11 x 32 GPUs). On
+# CPU runs of a few epochs the warm-up is capped at a quarter of the epochs.
 RECIPES: dict[str, Recipe] = {
     "ltf": Recipe("adam", 1e-4),
     "diffusiondrive": Recipe("adamw", 6e-4, 1e-4, "warmup_cosine", 3, 1e-6, backbone_lr_scale=0.5),

@@ -161,7 +161,11 @@ def test_the_command_line_reuses_the_finished_experiment(done, splits, capsys):
             "--gen-size", "96x48", "--workers", "1", "--out", str(done["out"]), "--quiet"]
     args = ap.parse_args(argv)
     assert config_from_args(args) == done["cfg"]
-    assert run_from_args(args) == 0
+    assert run_from_args(args)["reused"] == 2
+    assert capsys.readouterr().out == ""  # the library prints nothing; the CLI prints its summary
+    from simscale_env.cli import main
+
+    assert main(["experiment", "simscale", *argv]) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["ran"] == 0 and line["reused"] == 2 and line["failed"] == 0
     assert line["table"] == str(done["out"] / "table.md")

@@ -285,13 +285,17 @@ def test_bad_configs_folders_and_checkpoints_are_one_clear_error(tmp_path):
 
 
 def test_cli_runs_a_tiny_training(tmp_path, capsys):
+    from simscale_env.cli import main
+
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     out = tmp_path / "cli"
-    args = parser.parse_args(["--rounds", "1", "--episodes", "1", "--epochs", "1", "--episode-steps", "2",
-                              "--seed", "5", "--out", str(out), "--quiet", "--no-tensorboard"])
-    assert run_from_args(args) == 0
+    argv = ["--rounds", "1", "--episodes", "1", "--epochs", "1", "--episode-steps", "2", "--seed", "5", "--out",
+            str(out), "--quiet", "--no-tensorboard"]
+    assert main(["train-bc", *argv]) == 0  # the CLI prints run_from_args' summary as one JSON line
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert run_from_args(parser.parse_args(argv + ["--resume"]))["rounds"] == 1  # the library prints nothing
+    assert capsys.readouterr().out == ""
     assert line["rounds"] == 1 and line["samples"] == 2 and line["checkpoint"] == str(out / "bc.pt")
     assert json.loads((out / "config.json").read_text())["config"]["seed"] == 5
     with pytest.raises(SystemExit):

@@ -181,13 +181,13 @@ def test_run_directory_rules_and_cli(run, capsys):
 
     with pytest.raises(OutputFolderError, match="another config"):
         rl.train_rl(rl.RLConfig(total_timesteps=4096, **FAST), out, progress=False)
-    # the CLI: arguments -> config; run_from_args reuses the finished run, returns 0 and prints nothing
+    # the CLI: arguments -> config; run_from_args reuses the finished run, returns its summary and prints nothing
     parser = rl.add_arguments(argparse.ArgumentParser())
     args = parser.parse_args(["--split", "mini-navhard", "--timesteps", "2048", "--out", str(out), "--action",
                               "normalized", "--episode-steps", "4", "--no-plan-scoring", "--n-steps", "256",
                               "--env-kwargs", json.dumps(FAST["env_kwargs"])])
     assert rl.config_from_args(args) == cfg
-    assert rl.run_from_args(args) == 0
+    assert rl.run_from_args(args) == summary
     assert capsys.readouterr().out == ""
     a = parser.parse_args(["--out", "x", "--cameras", "--bev", "--bc-init-steps", "8", "--n-envs", "2"])
     c = rl.config_from_args(a)
