@@ -10,7 +10,8 @@ the benchmark (`evaluation.run_evaluation`); it writes nothing of its own but ru
   and seed, shared by every expert's line of the plot. A cell trains `planner` with `TrainConfig.seed = seed` on the
   real split plus, for rounds r > 0, the sim samples of rounds 1..r of its expert's generation run (GTRS-Dense
   rewards-only by default, as SimScale reports its GTRS-Dense co-training), then evaluates the checkpoint on every
-  eval mode with `EvalConfig.seed = seed`.
+  eval mode with `EvalConfig.seed = eval_seed` (0 by default for every cell: the same perturbed starts, as NAVSIM's
+  navhard is one fixed set of stage-2 scenes for every planner; `eval_seed=None` takes the cell's seed).
 - **Sim data**: one generation run per expert with max(rounds) nested rounds (`DIR/gen/<expert>-<hash>`, the hash
   of its GenConfig and split tokens: a finished run of the same config is reused as it is, an unfinished one
   resumed). `TrainConfig.sim` takes whole run folders, so the rounds 1..r of a run are given to training as a
@@ -108,20 +109,26 @@ class ExperimentConfig:
     planners: tuple[str, ...] = ("ltf", "diffusiondrive", "gtrs_dense")
     experts: tuple[str, ...] = EXPERTS
     rounds: tuple[int, ...] = (0, 1, 2, 3)  # 0: real only
-    seeds: int = 3  # seeds 0 .. seeds - 1 of every cell (TrainConfig.seed and EvalConfig.seed)
+    seeds: int = 3  # seeds 0 .. seeds - 1 of every cell (TrainConfig.seed)
     real_split: str = "mini-navtrain-frames"
     gen_split: str | None = None  # None: the real split
     eval_split: str = "mini-navhard"
     eval_modes: tuple[str, ...] = ("two_stage", "closed_loop")
     stage2_starts: int = 10  # two_stage: generated stage-2 start pairs per token (EvalConfig.stage2_starts)
+    # EvalConfig.seed of every cell: the same perturbed starts for every cell, as NAVSIM's navhard is one fixed set
+    # of stage-2 scenes for every planner (a paired comparison: the seeds' intervals are training variation on this
+    # evaluation set); None: each cell's training seed (the starts vary with the seed as well)
+    eval_seed: int | None = 0
     epochs: int = 4
     batch_size: int = 16
+    lr: float | None = None  # every planner's learning rate (TrainConfig.lr); None: each planner's recipe
     max_steps_per_epoch: int | None = None
     planner_config: dict = field(default_factory=dict)
     vocab: str | None = None  # a vocabulary .npy; None: built into DIR/vocab/ when a planner needs one
     vocab_k: int = 256
     gtrs_rewards_only: bool = True  # GTRS-Dense co-training cells without imitation on sim samples (SimScale)
     gen_seed: int = 0
+    gen_every: int = 1  # generate from every gen_every-th token of the generation split (`generation_split_file`)
     gen_width: int = 480  # the generated cameras (the real samples are rendered at 480x224)
     gen_height: int = 224
     env_kwargs: dict = field(default_factory=dict)  # data_root, maps_root, ... for generation, training, evaluation
@@ -165,12 +172,17 @@ class ExperimentConfig:
         if not self.eval_modes or any(m not in MODES for m in self.eval_modes) \
                 or len(set(self.eval_modes)) != len(self.eval_modes):
             raise ExperimentError(f"eval_modes must be distinct names of {MODES}, got {list(self.eval_modes)}")
-        for name in ("seeds", "stage2_starts", "epochs", "batch_size", "vocab_k", "gen_width", "gen_height",
-                     "workers"):
+        for name in ("seeds", "stage2_starts", "epochs", "batch_size", "vocab_k", "gen_every", "gen_width",
+                     "gen_height", "workers"):
             _positive_int(name, getattr(self, name))
         _positive_int("gen_seed", self.gen_seed, 0)
+        if self.eval_seed is not None:
+            _positive_int("eval_seed", self.eval_seed, 0)
         if self.max_steps_per_epoch is not None:
             _positive_int("max_steps_per_epoch", self.max_steps_per_epoch)
+        if self.lr is not None and (isinstance(self.lr, bool) or not isinstance(self.lr, (int, float))
+                                    or not math.isfinite(self.lr) or self.lr <= 0):
+            raise ExperimentError(f"lr must be a positive number or None (the recipes), got {self.lr!r}")
         for name in ("planner_config", "env_kwargs", "eval_env_kwargs"):
             if not isinstance(getattr(self, name), dict):
                 raise ExperimentError(f"{name} must be a dict, got {type(getattr(self, name)).__name__}")
@@ -275,6 +287,26 @@ def split_log_paths(split: str, env_kwargs: dict | None = None) -> list[Path]:
     return sorted(logs)
 
 
+def dataset_info(env_kwargs: dict | None = None) -> dict:
+    """The data the experiment reads: its root and, for a mini dataset, the preset, logs and split sizes of its
+    manifest (what the summary states)."""
+    from simscale_env.data.paths import DataConfig
+
+    e = dict(env_kwargs or {})
+    data = DataConfig.resolve(e.get("data_root"), e.get("maps_root"), e.get("openscene_root"),
+                              build_mini_if_missing=False)
+    root = data.nuplan_data_root or data.openscene_root
+    info = {"root": str(root)}
+    try:
+        m = json.loads((Path(root) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return info
+    if isinstance(m, dict):
+        info.update(preset=m.get("preset", "mini"), logs=m.get("num_logs"), test_logs=m.get("test_logs"),
+                    splits=m.get("splits"))
+    return info
+
+
 def experiment_vocab(cfg: ExperimentConfig, out) -> str | None:
     """The vocabulary .npy of the experiment: `cfg.vocab` (checked), or, when a planner needs one, the k-means
     vocabulary of the real split's human plans built once into out/vocab/k<K>-<hash>.npy (module docstring); None
@@ -305,11 +337,44 @@ def experiment_vocab(cfg: ExperimentConfig, out) -> str | None:
 
 
 # ================================================================================================ sim data
-def gen_config(cfg: ExperimentConfig, expert: str, vocab: str | None):
-    """The generation run of `expert`: max(rounds) nested rounds of the generation split."""
+def generation_split_file(cfg: ExperimentConfig, out) -> str:
+    """The split the sim data is generated from: `cfg.generation_split`, or with `gen_every` N > 1 every N-th of its
+    tokens (in the split's order, the first one included), written once as a NAVSIM scene_filter YAML
+    ``DIR/splits/<split>-every<N>.yaml`` with the source split's frames and logs (its name keeps the base split's
+    env and perturbation ranges: `simscale_env.envs.split_env_spec`)."""
+    split = cfg.generation_split
+    if cfg.gen_every == 1:
+        return split
+    from simscale_env.data.atomic import atomic_write_text
+    from simscale_env.data.openscene import load_split
+    from simscale_env.data.paths import DataConfig
+    from simscale_env.envs import split_tokens
+
+    e = dict(cfg.env_kwargs)
+    src = Path(split) if Path(split).suffix in (".yaml", ".yml") else \
+        DataConfig.resolve(e.get("data_root"), e.get("maps_root"), e.get("openscene_root")).split_file(split)
+    spec = load_split(src)
+    tokens = split_tokens(split, e)[::cfg.gen_every]
+    import yaml
+
+    data = {"_target_": "navsim.common.dataclasses.SceneFilter", "_convert_": "all",
+            "num_history_frames": spec.num_history_frames, "num_future_frames": spec.num_future_frames,
+            "frame_interval": spec.frame_interval, "has_route": spec.has_route, "max_scenes": None,
+            "log_names": list(spec.log_names) if spec.log_names is not None else None, "tokens": tokens}
+    path = Path(out).resolve() / "splits" / f"{Path(split).stem}-every{cfg.gen_every}.yaml"
+    text = f"# every {cfg.gen_every}-th token of {split} ({len(tokens)} tokens): the experiment's generation split\n" \
+        + yaml.safe_dump(data, sort_keys=False)
+    if not path.is_file() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text)
+    return str(path)
+
+
+def gen_config(cfg: ExperimentConfig, expert: str, vocab: str | None, split: str | None = None):
+    """The generation run of `expert`: max(rounds) nested rounds of `split` (default the generation split)."""
     from training.generate import GenConfig
 
-    return GenConfig(split=cfg.generation_split, rounds=max(cfg.sim_rounds), expert=expert, seed=cfg.gen_seed,
+    return GenConfig(split=split or cfg.generation_split, rounds=max(cfg.sim_rounds), expert=expert, seed=cfg.gen_seed,
                      width=cfg.gen_width, height=cfg.gen_height, vocab=vocab, env_kwargs=dict(cfg.env_kwargs))
 
 
@@ -334,12 +399,12 @@ def _finished_generation(folder: Path, gcfg) -> dict | None:
 
 
 def ensure_generation(cfg: ExperimentConfig, out, expert: str, vocab: str | None, *, progress: bool = True,
-                      command: str | None = None) -> tuple[Path, dict]:
+                      command: str | None = None, split: str | None = None) -> tuple[Path, dict]:
     """(run folder, manifest) of `expert`'s generation run under out/gen/: a finished run of the same config is
     reused without starting a worker; anything else runs or resumes `run_generation` (module docstring)."""
     from training.engine import run_generation
 
-    gcfg = gen_config(cfg, expert, vocab)
+    gcfg = gen_config(cfg, expert, vocab, split)
     key = _sha({"config": config_dict(gcfg), "tokens": _split_tokens_sha(gcfg.split, gcfg.env_kwargs)})[:12]
     folder = Path(out) / "gen" / f"{expert}-{key}"
     m = _finished_generation(folder, gcfg)
@@ -435,7 +500,8 @@ def cell_specs(cfg: ExperimentConfig, out, vocab: str | None, views: dict, *, co
         train_kw = {"planner": cell.planner, "planner_config": cfg.planner_overrides(cell.planner),
                     "real": cfg.real_split, "sim": list(sim),
                     "rewards_only": bool(cfg.gtrs_rewards_only and base == "gtrs_dense" and cell.rounds > 0),
-                    "vocab": vocab, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "seed": cell.seed,
+                    "vocab": vocab, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
+                    "seed": cell.seed,
                     "eval_split": None, "env_kwargs": dict(cfg.env_kwargs)}
         # through TrainConfig and back: the identity holds every field with its default, as config.json does
         train_kw = train_dict(TrainConfig(**{**train_kw, "sim": tuple(train_kw["sim"])}))
@@ -443,7 +509,8 @@ def cell_specs(cfg: ExperimentConfig, out, vocab: str | None, views: dict, *, co
         ckpt = str(cell_dir / "train" / "checkpoint.pt")
         evals = []
         for mode in cfg.eval_modes:
-            evals.append(config_dict(EvalConfig(policy=ckpt, split=cfg.eval_split, mode=mode, seed=cell.seed,
+            eval_seed = cell.seed if cfg.eval_seed is None else int(cfg.eval_seed)
+            evals.append(config_dict(EvalConfig(policy=ckpt, split=cfg.eval_split, mode=mode, seed=eval_seed,
                                                 stage2_starts=cfg.stage2_starts,
                                                 env_kwargs={**cfg.env_kwargs, **cfg.eval_env_kwargs})))
         specs.append({"cell": dataclasses.asdict(cell), "name": cell.name, "dir": str(cell_dir),
@@ -894,11 +961,13 @@ def summary_markdown(cfg: ExperimentConfig, doc: dict, table_md: str, failed: li
              f"- cells: {len(cfg.cells())} = {len(cfg.planners)} planners x ({int(0 in cfg.rounds)} real-only + "
              f"{len(cfg.experts) if cfg.sim_rounds else 0} experts x {len(cfg.sim_rounds)} sim rounds) x "
              f"{cfg.seeds} seeds; {cfg.epochs} epochs, batch {cfg.batch_size}"
+             + (f", lr {cfg.lr:g} for every planner" if cfg.lr is not None else ", the planners' lr recipes")
              + (f", at most {cfg.max_steps_per_epoch} steps per epoch" if cfg.max_steps_per_epoch else "")
-             + f"; real split {cfg.real_split}, generation split {cfg.generation_split}, evaluation "
+             + f"; real split {cfg.real_split}, generation split {cfg.generation_split}"
+             + (f" (every {cfg.gen_every}-th token)" if cfg.gen_every > 1 else "") + ", evaluation "
              f"{cfg.eval_split} ({', '.join(cfg.eval_modes)}"
              + (f", {cfg.stage2_starts} stage-2 starts per token" if "two_stage" in cfg.eval_modes else "") + ")",
-             ""]
+             _data_line(doc.get("data") or {}), ""]
     if cfg.needs_vocab():
         how = "rewards-only (no imitation loss on sim samples)" if cfg.gtrs_rewards_only else "imitation + rewards"
         lines[-1:] = [f"- GTRS-Dense co-training: {how}; vocabulary {doc.get('vocab')}", ""]
@@ -911,6 +980,15 @@ def summary_markdown(cfg: ExperimentConfig, doc: dict, table_md: str, failed: li
     lines += ["", "## Results", "", table_md, f"![{MODE_LABELS[plot_mode(cfg)]} vs sim samples]({FILES['plot']})", "",
               f"Per-cell numbers: [{FILES['results']}]({FILES['results']}); per-cell run folders under `cells/`.", ""]
     return "\n".join(lines)
+
+
+def _data_line(data: dict) -> str:
+    if "preset" not in data:
+        return f"- data: {data.get('root', 'unknown')}"
+    splits = data.get("splits") or {}
+    sizes = ", ".join(f"{k} {v}" for k, v in sorted(splits.items()))
+    test = f", {data['test_logs']} of them test logs" if data.get("test_logs") is not None else ""
+    return f"- data: the {data['preset']} mini dataset ({data.get('logs')} logs{test}; {sizes} tokens) in {data['root']}"
 
 
 @dataclass(frozen=True)
@@ -975,8 +1053,10 @@ def run_experiment(cfg: ExperimentConfig, out, *, progress: bool = True, command
     real_kw = {"env_kwargs": dict(cfg.env_kwargs), **({"vocab": vocab} if vocab else {})}
     views, generation = {}, {}
     t0 = time.perf_counter()
+    gen_split = generation_split_file(cfg, out) if cfg.sim_rounds else None
     for expert in (cfg.experts if cfg.sim_rounds else ()):
-        gdir, manifest = ensure_generation(cfg, out, expert, vocab, progress=progress, command=command)
+        gdir, manifest = ensure_generation(cfg, out, expert, vocab, progress=progress, command=command,
+                                           split=gen_split)
         generation[expert] = {"run": str(gdir.relative_to(out)) if gdir.is_relative_to(out) else str(gdir),
                               "samples": manifest["samples"],
                               "rounds": [{k: r[k] for k in ("round", "tried", "valid")} for r in manifest["rounds"]]}
@@ -1037,7 +1117,7 @@ def run_experiment(cfg: ExperimentConfig, out, *, progress: bool = True, command
     invocations.append({"started": started, "seconds": seconds, "cells_run": len(ran), "cells_reused": len(reused),
                         "cells_failed": len(failed), "real_samples_seconds": t_real, "generation_seconds": t_gen})
     doc.update(complete=not failed and len(ordered) == len(specs), seconds=seconds, invocations=invocations,
-               vocab=vocab, real_samples=str(real_dir), generation=generation, generation_seconds=t_gen,
+               data=dataset_info(cfg.env_kwargs), vocab=vocab, real_samples=str(real_dir), generation=generation, generation_seconds=t_gen,
                cells=[s["name"] for s in specs], failed=failed,
                cell_seconds_total=sum(float(r.get("seconds") or 0.0) for r in ordered))
     files = {k: out / v for k, v in FILES.items()}
@@ -1096,6 +1176,8 @@ def add_arguments(parser) -> None:
                         help="epochs (default 4)")
     parser.add_argument("--batch-size", type=int_at_least(1), default=default("batch_size"), metavar="B",
                         help="batch size (default 16)")
+    parser.add_argument("--lr", type=float, default=None, metavar="LR",
+                        help="every planner's learning rate (default: each planner's recipe, training.train.RECIPES)")
     parser.add_argument("--max-steps", type=int_at_least(1), default=None, metavar="N",
                         help="at most N optimisation steps per epoch (quick runs)")
     parser.add_argument("--set", dest="planner_config", action="append", metavar="[PLANNER.]KEY=VALUE",
@@ -1108,6 +1190,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--gtrs-imitation", action="store_true",
                         help="GTRS-Dense co-training with imitation on sim samples too (default: rewards-only)")
     parser.add_argument("--gen-seed", type=int_at_least(0), default=0, metavar="S", help="generation seed (default 0)")
+    parser.add_argument("--eval-seed", type=_eval_seed, default=default("eval_seed"), metavar="S|cell",
+                        help="the evaluation seed of every cell: the same perturbed starts for all (paired, as "
+                             "NAVSIM's fixed navhard), or 'cell' for each cell's training seed (default 0)")
+    parser.add_argument("--gen-every", type=int_at_least(1), default=default("gen_every"), metavar="N",
+                        help="generate sim data from every N-th token of the generation split (default 1: all)")
     parser.add_argument("--gen-size", default=None, metavar="WxH",
                         help="generated camera size (default 480x224, the real samples' size)")
     parser.add_argument("--workers", type=int_at_least(1), default=default("workers"), metavar="K",
@@ -1116,8 +1203,19 @@ def add_arguments(parser) -> None:
     parser.add_argument("--ray-address", default=None, metavar="ADDR", help="the Ray cluster to join (implies --ray)")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR",
                         help="the experiment folder (created; a rerun continues it and reuses finished cells)")
-    parser.add_argument("--data", type=Path, default=None, help="mini dataset folder (default: the cache or env vars)")
+    parser.add_argument("--dataset", choices=("large", "mini"), default="large",
+                        help="the mini dataset preset: large (36 logs, 12 test logs; built on demand into the cache's "
+                             "mini-large, about 8 minutes once) or mini (the embedded 12 logs) (default large)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="a mini dataset folder to use instead of --dataset's (e.g. a `simscale data build-mini "
+                             "--preset large` elsewhere)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+
+
+def _eval_seed(text: str) -> int | None:
+    from training.runs import int_at_least
+
+    return None if text == "cell" else int_at_least(0)(text)
 
 
 def _planner_config(items) -> dict:
@@ -1150,9 +1248,11 @@ def config_from_args(args) -> ExperimentConfig:
                             seeds=args.seeds, real_split=args.real_split, gen_split=args.gen_split,
                             eval_split=args.eval_split, eval_modes=tuple(args.eval_modes),
                             stage2_starts=args.stage2_starts, epochs=args.epochs, batch_size=args.batch_size,
+                            lr=args.lr,
                             max_steps_per_epoch=args.max_steps, planner_config=_planner_config(args.planner_config),
                             vocab=str(args.vocab) if args.vocab else None, vocab_k=args.vocab_k,
-                            gtrs_rewards_only=not args.gtrs_imitation, gen_seed=args.gen_seed, workers=args.workers,
+                            gtrs_rewards_only=not args.gtrs_imitation, gen_seed=args.gen_seed, gen_every=args.gen_every,
+                            eval_seed=args.eval_seed, workers=args.workers,
                             ray=bool(args.ray or args.ray_address), ray_address=args.ray_address, **size)
 
 
@@ -1167,6 +1267,11 @@ def run_from_args(args) -> dict:
             raise MissingFileError(args.data, "mini dataset folder not found (build one with `simscale data "
                                               "build-mini --out DIR`)")
         os.environ["SIMSCALE_MINI"] = str(args.data)
+    elif not any(os.environ.get(v) for v in ("NUPLAN_DATA_ROOT", "OPENSCENE_DATA_ROOT")):
+        # the preset's dataset (built on demand), given to the cells (spawned processes, Ray) as the mini dataset
+        from simscale_env.data.paths import ensure_mini
+
+        os.environ["SIMSCALE_MINI"] = str(ensure_mini(preset=args.dataset, progress=not args.quiet))
     cfg = config_from_args(args)
     argv = getattr(args, "argv", None)
     command = shlex.join(["simscale", *argv] if argv else sys.argv)

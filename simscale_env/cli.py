@@ -62,11 +62,17 @@ class _LogToStderr:
 def _cmd_build_mini(args) -> int:
     from .data.mini.build import build_mini, is_complete
 
-    if args.if_missing and is_complete(args.out, args.seed, args.logs):
+    from .data.mini.build import PRESETS
+
+    spec = PRESETS[args.preset]
+    logs = spec.num_logs if args.logs is None else args.logs
+    if logs > spec.num_logs:
+        raise SimScaleError(f"--logs: the {spec.name} preset has {spec.num_logs} logs, got {logs}")
+    if args.if_missing and is_complete(args.out, args.seed, logs, spec.name):
         print(f"mini dataset already built in {args.out}", file=sys.stderr)
         return 0
     with _LogToStderr("simscale_env.data.mini", enabled=not args.quiet):
-        build_mini(args.out, args.seed, workers=args.workers, progress=not args.quiet, logs=args.logs)
+        build_mini(args.out, args.seed, workers=args.workers, progress=not args.quiet, logs=logs, preset=spec.name)
     return 0
 
 
@@ -603,18 +609,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=seed, default=0, help="generator seed (default 0)")
     b.add_argument("--workers", type=_int_at_least(1), default=None, help="processes (default: one per core)")
     b.add_argument("--if-missing", action="store_true", help="do nothing if a complete build is already there")
-    from .data.mini.build import NUM_LOGS, TEST_LOGS
+    from .data.mini.build import NUM_LOGS, PRESETS, TEST_LOGS
 
-    def mini_logs(text: str) -> int:
-        v = _int_at_least(1)(text)
-        if v > NUM_LOGS:
-            raise argparse.ArgumentTypeError(f"expected an integer from 1 to {NUM_LOGS}, got {v}")
-        return v
-
-    b.add_argument("--logs", type=mini_logs, default=NUM_LOGS, metavar="N",
-                   help=f"build only the first N of the {NUM_LOGS} logs (the same files as in the full build), e.g. a "
+    large = PRESETS["large"]
+    b.add_argument("--preset", choices=tuple(PRESETS), default="mini",
+                   help=f"mini: the embedded dataset ({NUM_LOGS} logs, {TEST_LOGS} of them test logs); large: "
+                        f"{large.num_logs} logs, {large.test_logs} test logs (about {large.size_mb} MB, "
+                        f"{large.build_minutes} minutes on two cores; `simscale experiment simscale` uses it) "
+                        f"(default mini)")
+    b.add_argument("--logs", type=_int_at_least(1), default=None, metavar="N",
+                   help=f"build only the first N logs of the preset (the same files as in its full build), e.g. a "
                         f"small dataset for tests; the splits hold what was built (the test splits need N > "
-                        f"{NUM_LOGS - TEST_LOGS}); a build of another N in --out is replaced (default {NUM_LOGS})")
+                        f"{NUM_LOGS - TEST_LOGS} for mini); a build of another N in --out is replaced (default: all)")
     b.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     b.set_defaults(func=_cmd_build_mini)
     i = dsub.add_parser("info", help="summarize a .db log, a folder of logs or a dataset root")

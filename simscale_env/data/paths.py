@@ -33,10 +33,6 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-# what to expect from a build of the mini dataset (measured: `du -sh .cache/mini`, `simscale data build-mini` on two
-# cores; builder version 4)
-MINI_SIZE_MB = 210
-MINI_BUILD_MINUTES = "2-3"
 
 
 def cache_dir() -> Path:
@@ -49,16 +45,21 @@ def checkout_root() -> Path | None:
     return root if (root / "pyproject.toml").is_file() and (root / "simscale_env").is_dir() else None
 
 
-def mini_candidates() -> list[tuple[Path, str]]:
-    """The folders searched for a complete mini dataset, in order, each with the reason it is searched (steps b-d of
-    the module docstring; without ``SIMSCALE_MINI``, which is used alone)."""
+def mini_candidates(preset: str = "mini") -> list[tuple[Path, str]]:
+    """The folders searched for a complete mini dataset of `preset` (``mini.build.PRESETS``: "mini", "large", whose
+    folder is ``mini-large``), in order, each with the reason it is searched (steps b-d of the module docstring;
+    without the preset's variable ``SIMSCALE_MINI`` / ``SIMSCALE_MINI_LARGE``, which is used alone)."""
+    from .mini.build import get_preset
+
+    folder = get_preset(preset).folder
     cands: list[tuple[Path, str]] = []
     if os.environ.get("SIMSCALE_CACHE"):
-        cands.append((Path(os.environ["SIMSCALE_CACHE"]) / "mini", "SIMSCALE_CACHE/mini"))
+        cands.append((Path(os.environ["SIMSCALE_CACHE"]) / folder, f"SIMSCALE_CACHE/{folder}"))
     checkout = checkout_root()
     if checkout is not None:
-        cands.append((checkout / ".cache" / "mini", "the checkout's .cache/mini (make demo)"))
-    cands.append((Path.home() / ".cache" / "simscale" / "mini", "~/.cache/simscale/mini"))
+        cands.append((checkout / ".cache" / folder, f"the checkout's .cache/{folder}"
+                      + (" (make demo)" if folder == "mini" else "")))
+    cands.append((Path.home() / ".cache" / "simscale" / folder, f"~/.cache/simscale/{folder}"))
     out, seen = [], set()
     for p, why in cands:
         key = os.path.abspath(p)
@@ -68,53 +69,56 @@ def mini_candidates() -> list[tuple[Path, str]]:
     return out
 
 
-def _locate_mini() -> tuple[Path, str, bool]:
-    """(folder, why it was chosen, whether it holds a complete build): the resolution order's step 3."""
-    from .mini.build import BUILD_MARKER, NUM_LOGS, is_complete
+def _locate_mini(preset: str = "mini") -> tuple[Path, str, bool]:
+    """(folder, why it was chosen, whether it holds a complete build): the resolution order's step 3, for the
+    mini dataset of `preset`."""
+    from .mini.build import BUILD_MARKER, get_preset, is_complete
 
-    env = os.environ.get("SIMSCALE_MINI")
+    spec = get_preset(preset)
+    env = os.environ.get(spec.env_var)
     if env:  # the user's choice: any finished build, also a small one (`build-mini --logs N`)
-        return Path(env), "SIMSCALE_MINI", is_complete(env)
-    cands = mini_candidates()
+        return Path(env), spec.env_var, is_complete(env)
+    cands = mini_candidates(spec.name)
     for p, why in cands:
-        if is_complete(p, logs=NUM_LOGS):  # found, not named: only a full build (a small one lacks the test splits)
+        # found, not named: only a full build of the preset (a small one lacks the test splits)
+        if is_complete(p, logs=spec.num_logs, preset=spec.name):
             return p, why, True
     for p, why in cands:  # resume an interrupted build rather than start another copy
         if (p / BUILD_MARKER).exists():
             return p, f"{why}, resuming an interrupted build", False
-    if os.environ.get("SIMSCALE_CACHE"):
-        return cands[0][0], "SIMSCALE_CACHE/mini", False
-    checkout = checkout_root()
-    if checkout is not None:
-        return checkout / ".cache" / "mini", "the checkout's .cache/mini", False
-    return Path.home() / ".cache" / "simscale" / "mini", "~/.cache/simscale/mini", False
+    # none: where it is built (the first candidate: SIMSCALE_CACHE, else the checkout, else ~/.cache/simscale)
+    return cands[0][0], cands[0][1], False
 
 
-def mini_root() -> Path:
-    """The mini dataset's folder by the resolution order (module docstring): where it is, else where it would be
-    built. Nothing is built."""
-    return _locate_mini()[0]
+def mini_root(preset: str = "mini") -> Path:
+    """The folder of the mini dataset of `preset` by the resolution order (module docstring): where it is, else
+    where it would be built. Nothing is built."""
+    return _locate_mini(preset)[0]
 
 
-def ensure_mini(root: str | Path | None = None, seed: int = 0, progress: bool = True) -> Path:
-    """The mini dataset folder (`root`, else :func:`mini_root`), built first if it is missing or incomplete: a
-    WARNING names the folder, size and time before the build starts, and with `progress` a bar counts the logs."""
-    from .mini.build import build_mini, is_complete
+def ensure_mini(root: str | Path | None = None, seed: int = 0, progress: bool = True, preset: str = "mini") -> Path:
+    """The folder of the mini dataset of `preset` (`root`, else :func:`mini_root`), built first if it is missing or
+    incomplete: a WARNING names the folder, size and time before the build starts, and with `progress` a bar counts
+    the logs."""
+    from .mini.build import build_mini, get_preset, is_complete
 
+    spec = get_preset(preset)
     if root is not None:
         root, why, complete = Path(root), "the given folder", is_complete(root)
     else:
-        root, why, complete = _locate_mini()
+        root, why, complete = _locate_mini(spec.name)
     if complete:
         log.debug("mini dataset: %s (%s)", root, why)
         return root
-    log.warning("the SimScale mini dataset is not built yet: building it into %s (%s): about %d MB, %s minutes on "
-                "two cores, once. Set SIMSCALE_MINI to a folder holding a built copy (e.g. a checkout's .cache/mini "
-                "after `make demo`) to use that instead, or NUPLAN_DATA_ROOT and NUPLAN_MAPS_ROOT for your own data",
-                root, why, MINI_SIZE_MB, MINI_BUILD_MINUTES)
+    log.warning("the SimScale mini dataset%s is not built yet: building it into %s (%s): about %d MB, %s minutes on "
+                "two cores, once. Set %s to a folder holding a built copy (e.g. a checkout's .cache/%s after "
+                "`make demo`) to use that instead, or NUPLAN_DATA_ROOT and NUPLAN_MAPS_ROOT for your own data",
+                "" if spec.name == "mini" else f" (preset {spec.name}, {spec.num_logs} logs)", root, why,
+                spec.size_mb, spec.build_minutes, spec.env_var, spec.folder)
     bar = _progress_bar(progress)
     try:
-        build_mini(root, seed, progress=progress, on_log=bar.update_to if bar is not None else None)
+        build_mini(root, seed, progress=progress, on_log=bar.update_to if bar is not None else None,
+                   preset=spec.name)
     finally:
         if bar is not None:
             bar.close()

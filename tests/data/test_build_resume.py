@@ -227,13 +227,49 @@ def test_another_number_of_logs_is_another_build(tmp_path):
     assert not (tmp_path / "d").exists()
 
 
-def test_cli_build_mini_logs_option():
+def test_cli_build_mini_logs_option(tmp_path, capsys):
     from simscale_env.cli import build_parser
 
     p = build_parser()
     assert p.parse_args(["data", "build-mini", "--out", "x", "--logs", "3"]).logs == 3
-    assert p.parse_args(["data", "build-mini", "--out", "x"]).logs == 12
-    for bad in ("0", "13", "two"):
+    assert p.parse_args(["data", "build-mini", "--out", "x"]).logs is None
+    for bad in ("0", "two"):
         with pytest.raises(SystemExit) as exc:
             p.parse_args(["data", "build-mini", "--out", "x", "--logs", bad])
         assert exc.value.code == 2
+    assert p.parse_args(["data", "build-mini", "--out", "x", "--preset", "large", "--logs", "30"]).preset == "large"
+    from simscale_env.cli import main
+
+    # more logs than the preset has: one line, status 2, nothing written
+    assert main(["data", "build-mini", "--out", str(tmp_path / "x"), "--logs", "13", "--quiet"]) == 2
+    assert "the mini preset has 12 logs, got 13" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_large_preset_plans_three_times_the_logs_and_test_logs(tmp_path):
+    """The "large" preset: 36 logs, the last 12 of them test logs; its stamp and manifest name the preset, so a mini
+    build in its folder is regenerated rather than taken for it."""
+    from simscale_env.data.mini.build import BUILD_MARKER, BUILDER_VERSION, PRESETS, _stamp, build_mini, clear_stale, \
+        is_complete, plan_logs
+
+    spec = PRESETS["large"]
+    plans = plan_logs(0, spec.num_logs, spec.test_logs)
+    assert len(plans) == 36 and [p.index for p in plans if p.test] == list(range(24, 36))
+    assert len({p.name for p in plans}) == 36 and len({p.seed for p in plans}) == 36
+    assert [p.name for p in plan_logs(0)] == [p.name for p in plans[:12]]  # the same names, other test flags
+    assert _stamp(0, 36, "large") == f"builder_version={BUILDER_VERSION} seed=0 preset=large\n"
+    assert _stamp(0, 30, "large") == f"builder_version={BUILDER_VERSION} seed=0 preset=large logs=30\n"
+    assert _stamp(0) == f"builder_version={BUILDER_VERSION} seed=0\n"  # the mini preset's stamp did not change
+    out = tmp_path / "l"
+    (out / DB_DIR).mkdir(parents=True)
+    (out / DB_DIR / "log.db").write_bytes(b"mini")
+    (out / "manifest.json").write_text(json.dumps({"builder_version": BUILDER_VERSION, "seed": 0, "num_logs": 36}))
+    assert is_complete(out, 0, 36) and not is_complete(out, 0, 36, "large") and is_complete(out, 0, 36, "mini")
+    assert clear_stale(out, 0, 36, "large") and not (out / DB_DIR / "log.db").exists()
+    (out / BUILD_MARKER).write_text(_stamp(0, 36, "large"))
+    assert not clear_stale(out, 0, 36, "large")  # its own build in progress is resumed
+    with pytest.raises(ValueError, match=r"from 1 to 36 \(preset 'large'\)"):
+        build_mini(tmp_path / "d", logs=37, preset="large")
+    with pytest.raises(ValueError, match="unknown mini dataset preset"):
+        build_mini(tmp_path / "d", preset="huge")
+    assert not (tmp_path / "d").exists()

@@ -133,7 +133,7 @@ def test_build_announced_where_and_how_big(places, monkeypatch, caplog, where):
         assert paths.ensure_mini() == expected
     assert calls == [expected]
     msg = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
-    assert str(expected) in msg and f"{paths.MINI_SIZE_MB} MB" in msg and "minutes" in msg
+    assert str(expected) in msg and f"{build.PRESETS['mini'].size_mb} MB" in msg and "minutes" in msg
     caplog.clear()
     assert paths.ensure_mini() == expected and calls == [expected]  # found now: no second build, no warning
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -165,3 +165,28 @@ def test_gym_make_finds_the_checkout_copy_without_building(mini, places):
     finally:
         env.close()
     assert not places["home_mini"].exists()
+
+
+def test_the_large_preset_has_its_own_folder_and_variable(places, monkeypatch):
+    """`ensure_mini(preset="large")` finds only a complete build of the large preset, in its own folder
+    (``mini-large``) beside the mini one, or where SIMSCALE_MINI_LARGE points; the mini dataset is never taken for
+    it (nor it for the mini dataset)."""
+    monkeypatch.delenv("SIMSCALE_MINI_LARGE", raising=False)
+    large = build.PRESETS["large"]
+    assert (large.num_logs, large.test_logs, large.folder) == (36, 12, "mini-large")
+    _complete(places["checkout_mini"])
+    monkeypatch.setenv("SIMSCALE_CACHE", str(places["cache"]))
+    # the large preset is not built anywhere: where it would be built is the cache's mini-large
+    assert paths.mini_root("large") == places["cache"] / "mini-large"
+    wrong = _complete(places["cache"] / "mini-large")  # a manifest without "preset": a mini build
+    assert paths.mini_root("large") == wrong  # where it would be built ...
+    assert not paths._locate_mini("large")[2]  # ... but not a complete large build
+    manifest = json.loads((wrong / "manifest.json").read_text())
+    (wrong / "manifest.json").write_text(json.dumps({**manifest, "preset": "large", "num_logs": 36}))
+    assert paths.ensure_mini(preset="large") == wrong
+    assert paths.ensure_mini() == places["checkout_mini"]  # the mini preset is not the large one
+    own = _complete(places["tmp"] / "own")
+    monkeypatch.setenv("SIMSCALE_MINI_LARGE", str(own))
+    assert paths.mini_root("large") == own and paths.mini_root() == places["checkout_mini"]
+    with pytest.raises(ValueError, match="unknown mini dataset preset 'huge'"):
+        paths.mini_root("huge")

@@ -102,6 +102,10 @@ def test_every_artefact_is_written_and_the_table_is_the_cells_numbers(done):
     doc = json.loads((out / "experiment.json").read_text())
     assert doc["complete"] and doc["config"] == json.loads(json.dumps(dataclasses.asdict(done["cfg"])))
     assert len(doc["invocations"]) == 1 and doc["versions"]["torch"]
+    # the data it read: the mini dataset's manifest, stated in the summary
+    manifest = json.loads((Path(doc["data"]["root"]) / "manifest.json").read_text())
+    assert doc["data"]["logs"] == manifest["num_logs"] and doc["data"]["splits"] == manifest["splits"]
+    assert f"({manifest['num_logs']} logs" in summary and doc["data"]["root"] in summary
 
 
 def test_a_rerun_reuses_every_cell(done):
@@ -158,7 +162,7 @@ def test_the_command_line_reuses_the_finished_experiment(done, splits, capsys):
     argv = ["--planners", "ltf", "--experts", "pdm_closed", "--rounds", "0,1", "--seeds", "1", "--real-split",
             splits["four"], "--eval-split", splits["hard"], "--eval-modes", "two_stage,closed_loop", "--stage2-starts",
             "2", "--epochs", "1", "--batch-size", "2", "--max-steps", "2", "--set", "image_size=[128,32]",
-            "--gen-size", "96x48", "--workers", "1", "--out", str(done["out"]), "--quiet"]
+            "--gen-size", "96x48", "--workers", "1", "--out", str(done["out"]), "--quiet", "--dataset", "mini"]
     args = ap.parse_args(argv)
     assert config_from_args(args) == done["cfg"]
     assert run_from_args(args)["reused"] == 2
@@ -175,6 +179,8 @@ def test_the_command_line_reuses_the_finished_experiment(done, splits, capsys):
     cfg = config_from_args(args)
     assert cfg.planners == ("ltf", "diffusiondrive", "gtrs_dense") and cfg.rounds == (0, 1, 2, 3)
     assert cfg.seeds == 3 and cfg.eval_modes == ("two_stage", "closed_loop") and not cfg.gtrs_rewards_only
+    assert args.dataset == "large"  # the experiment's default data: the large mini preset
+    assert cfg.eval_seed == 0 and config_from_args(ap.parse_args(["--out", "x", "--eval-seed", "cell"])).eval_seed is None
     assert cfg.planner_overrides("ltf") == {"image_size": [256, 64]}
     assert cfg.planner_overrides("gtrs_dense") == {"image_size": [256, 64], "num_decoder_layers": 1}
     assert len(cfg.cells()) == 3 * (1 + 2 * 3) * 3
@@ -233,6 +239,8 @@ def test_intervals_over_seeds_are_student_t():
     ({"eval_modes": ("two_stage", "open_loop")}, "eval_modes must be distinct names of"),
     ({"seeds": 0}, "seeds must be an integer >= 1"),
     ({"ray_address": "h:1"}, "ray_address is given without ray=True"),
+    ({"lr": 0.0}, "lr must be a positive number"),
+    ({"gen_every": 0}, "gen_every must be an integer >= 1"),
 ])
 def test_bad_configs_are_one_clear_error(kw, match):
     with pytest.raises(ExperimentError, match=match):
@@ -258,3 +266,39 @@ def test_a_failing_cell_is_reported_and_the_others_are_kept(splits, tmp_path):
     assert (tmp_path / "results.csv").read_text().count("\n") == 1  # the header only
     assert "**1 cell(s) failed**" in (tmp_path / "summary.md").read_text()
     assert not json.loads((tmp_path / "experiment.json").read_text())["complete"]
+
+
+def test_every_cell_is_evaluated_on_the_same_starts_unless_asked(splits, tmp_path):
+    """eval_seed (default 0): every cell's evaluation configs carry the same seed, so every cell is scored on the
+    same perturbed starts (NAVSIM's navhard is one fixed set); eval_seed=None gives each cell its own seed, and the
+    seed is part of a cell's identity."""
+    from evaluation.experiment import cell_specs
+
+    paired = cell_specs(tiny(splits, rounds=(0,), seeds=2), tmp_path, None, {}, command="x")
+    own = cell_specs(tiny(splits, rounds=(0,), seeds=2, eval_seed=None), tmp_path, None, {}, command="x")
+    assert [[e["seed"] for e in s["evals"]] for s in paired] == [[0, 0], [0, 0]]
+    assert [[e["seed"] for e in s["evals"]] for s in own] == [[0, 0], [1, 1]]
+    assert [s["train"]["seed"] for s in paired] == [0, 1]
+    assert paired[0]["identity"] == own[0]["identity"] and paired[1]["identity"] != own[1]["identity"]
+    with pytest.raises(ExperimentError, match="eval_seed must be an integer >= 0"):
+        tiny(splits, eval_seed=-1)
+
+
+def test_gen_every_writes_a_split_of_every_nth_token(splits, tmp_path):
+    """gen_every=2: the generation split is every 2nd token of the real split (first included), a NAVSIM scene_filter
+    YAML with the source split's frames and logs under DIR/splits/, written once; gen_every=1 is the split itself."""
+    from evaluation.experiment import generation_split_file
+    from simscale_env.data.openscene import load_split
+    from simscale_env.envs import split_env_spec, split_tokens
+
+    assert generation_split_file(tiny(splits), tmp_path) == splits["four"]
+    path = generation_split_file(tiny(splits, gen_every=2), tmp_path)
+    assert path == str(tmp_path.resolve() / "splits" / "four-every2.yaml")
+    src, sub = load_split(Path(splits["four"])), load_split(Path(path))
+    assert list(sub.tokens) == list(src.tokens)[::2] == split_tokens(path)
+    assert (sub.log_names, sub.num_history_frames, sub.num_future_frames) == \
+        (src.log_names, src.num_history_frames, src.num_future_frames)
+    mtime = Path(path).stat().st_mtime_ns
+    assert generation_split_file(tiny(splits, gen_every=2), tmp_path) == path and Path(path).stat().st_mtime_ns == mtime
+    # a mini-navtrain-frames subset keeps navtrain's env
+    assert split_env_spec(str(tmp_path / "mini-navtrain-frames-every4.yaml"))[0] == "SimScale-navtrain-v0"

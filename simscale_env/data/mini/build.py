@@ -51,6 +51,39 @@ NUM_LOGS = 12
 LOG_DURATION_S = 45.0
 log = logging.getLogger(__name__)
 TEST_LOGS = 4  # the last logs form the test split
+
+
+@dataclass(frozen=True)
+class MiniPreset:
+    """A size of the mini dataset: `num_logs` logs of which the last `test_logs` form the test splits (mini-navtest,
+    mini-navhard), built into the cache folder `folder` (`data.paths.ensure_mini`) or where `env_var` points."""
+
+    name: str
+    num_logs: int
+    test_logs: int
+    folder: str
+    env_var: str
+    size_mb: int  # what to expect (measured: `du -sm`, `simscale data build-mini` on two cores)
+    build_minutes: str
+
+
+# "mini": the embedded dataset every test and demo uses (12 logs, 4 test logs; mini-navhard 9 tokens, mini-navtrain-
+# frames 616). "large": three times the logs and test logs (mini-navhard 31 tokens, mini-navtest 64, mini-navtrain
+# 96, mini-navtrain-frames 1,848; 634 MB, built in 4.8 min on two cores) for issue 19's experiment (10 evaluation
+# scenes cannot separate anything), built on demand into its own folder, never committed; its first logs are not
+# the mini preset's files (a log's acceptance depends on whether it is a test log).
+PRESETS = {
+    "mini": MiniPreset("mini", NUM_LOGS, TEST_LOGS, "mini", "SIMSCALE_MINI", 210, "2-3"),
+    "large": MiniPreset("large", 3 * NUM_LOGS, 3 * TEST_LOGS, "mini-large", "SIMSCALE_MINI_LARGE", 640, "5"),
+}
+
+
+def get_preset(preset: "str | MiniPreset") -> MiniPreset:
+    if isinstance(preset, MiniPreset):
+        return preset
+    if preset not in PRESETS:
+        raise ValueError(f"unknown mini dataset preset {preset!r} (known: {', '.join(PRESETS)})")
+    return PRESETS[preset]
 # scenario types that make mini-navhard (interactions, turns, lane changes, curves, vulnerable road users)
 HARD_TYPES = (
     "starting_left_turn", "starting_right_turn", "changing_lane", "high_lateral_acceleration",
@@ -73,7 +106,8 @@ class LogPlan:
     test: bool = False  # one of the last TEST_LOGS logs (mini-navtest, mini-navhard)
 
 
-def plan_logs(seed: int, n_logs: int = NUM_LOGS) -> list[LogPlan]:
+def plan_logs(seed: int, n_logs: int = NUM_LOGS, test_logs: int = TEST_LOGS) -> list[LogPlan]:
+    """The logs of a build of `n_logs` logs of which the last `test_logs` are test logs (a preset's sizes)."""
     plans = []
     for k in range(n_logs):
         loc = LOCATION_CYCLE[k % len(LOCATION_CYCLE)]
@@ -82,7 +116,7 @@ def plan_logs(seed: int, n_logs: int = NUM_LOGS) -> list[LogPlan]:
         start_us = int((1622700000 + k * 3600 + seed * 86400) * 1_000_000)
         name = f"2021.06.{day:02d}.{10 + k % 8:02d}.{minute:02d}.{(13 * k) % 60:02d}_veh-90_{k * 1000:05d}_{k * 1000 + 900:05d}"
         plans.append(LogPlan(k, name, loc, seed * 1000 + k, construction=(k % 3 != 2 and k % 2 == 0), start_us=start_us,
-                             test=k >= n_logs - TEST_LOGS))
+                             test=k >= n_logs - test_logs))
     return plans
 
 
@@ -222,10 +256,10 @@ PARTIAL = "logs.partial.json"  # the summaries of the logs generated so far (a r
 _SUBFOLDERS = ("maps", "nuplan-v1.1", "navsim_logs", "splits", "sensor_blobs")
 
 
-def is_complete(out: str | Path, seed: int | None = None, logs: int | None = None) -> bool:
-    """Whether `out` holds a finished build (`manifest.json`) of this builder version, and of `seed` and of `logs`
-    logs where they are given (a manifest without `num_logs`, from before that option, is a build of all
-    NUM_LOGS)."""
+def is_complete(out: str | Path, seed: int | None = None, logs: int | None = None, preset: str | None = None) -> bool:
+    """Whether `out` holds a finished build (`manifest.json`) of this builder version, and of `seed`, of `logs` logs
+    and of `preset` where they are given (a manifest without `num_logs`, from before that option, is a build of all
+    NUM_LOGS; one without `preset` is of the "mini" preset)."""
     m = Path(out) / "manifest.json"
     if not m.exists():
         return False
@@ -235,15 +269,19 @@ def is_complete(out: str | Path, seed: int | None = None, logs: int | None = Non
         return False
     return (isinstance(data, dict) and data.get("builder_version") == BUILDER_VERSION
             and (seed is None or data.get("seed") == seed)
-            and (logs is None or data.get("num_logs", NUM_LOGS) == logs))
+            and (logs is None or data.get("num_logs", NUM_LOGS) == logs)
+            and (preset is None or data.get("preset", "mini") == preset))
 
 
-def _stamp(seed: int, logs: int = NUM_LOGS) -> str:
-    """The marker's text: version, seed and (unless all NUM_LOGS) number of logs of the build in progress."""
-    return f"builder_version={BUILDER_VERSION} seed={seed}" + (f" logs={logs}" if logs != NUM_LOGS else "") + "\n"
+def _stamp(seed: int, logs: int = NUM_LOGS, preset: str = "mini") -> str:
+    """The marker's text: version, seed, (unless "mini") preset and (unless all its logs) number of logs of the
+    build in progress."""
+    p = get_preset(preset)
+    return (f"builder_version={BUILDER_VERSION} seed={seed}" + (f" preset={p.name}" if p.name != "mini" else "")
+            + (f" logs={logs}" if logs != p.num_logs else "") + "\n")
 
 
-def clear_stale(out: str | Path, seed: int, logs: int = NUM_LOGS) -> bool:
+def clear_stale(out: str | Path, seed: int, logs: int = NUM_LOGS, preset: str = "mini") -> bool:
     """Remove what another builder version, seed or number of logs generated in `out` (a folder with this builder's
     marker or manifest), so that it is rebuilt rather than resumed: the logs' names do not change between versions,
     and a smaller build must not keep the logs of a larger one. The marker names the version, seed and size of the
@@ -252,7 +290,7 @@ def clear_stale(out: str | Path, seed: int, logs: int = NUM_LOGS) -> bool:
     marker = out / BUILD_MARKER
     if not (marker.exists() or (out / "manifest.json").exists()):
         return False
-    if (marker.exists() and marker.read_text() == _stamp(seed, logs)) or is_complete(out, seed, logs):
+    if (marker.exists() and marker.read_text() == _stamp(seed, logs, preset)) or is_complete(out, seed, logs, preset):
         return False
     for sub in _SUBFOLDERS:
         shutil.rmtree(out / sub, ignore_errors=True)
@@ -276,16 +314,20 @@ def remove_temporaries(out: str | Path) -> list[Path]:
 
 
 def build_mini(out: str | Path, seed: int = 0, *, workers: int | None = None, progress: bool = True,
-               logs: int = NUM_LOGS, on_log=None) -> Path:
-    """Build (or finish building) the mini dataset in `out`. Returns `out`. `logs` (1 to NUM_LOGS): build only the
-    first `logs` logs of the full build (the same files; the splits hold what was built, so with 8 or fewer logs the
-    test splits are empty), e.g. a small dataset for a test. `on_log(done, total)` is called as logs are done (e.g. a
-    progress bar: `paths.ensure_mini`)."""
+               logs: int | None = None, on_log=None, preset: str = "mini") -> Path:
+    """Build (or finish building) the mini dataset of `preset` (`PRESETS`: "mini", "large") in `out`. Returns `out`.
+    `logs` (1 to the preset's number of logs, default all): build only the first `logs` logs of the full build (the
+    same files; the splits hold what was built, so without test logs the test splits are empty), e.g. a small
+    dataset for a test. `on_log(done, total)` is called as logs are done (e.g. a progress bar: `paths.ensure_mini`)."""
     from ..scenario import ScenarioBuilder
     from ..openscene import write_split
 
-    if isinstance(logs, bool) or not isinstance(logs, int) or not 1 <= logs <= NUM_LOGS:
-        raise ValueError(f"build_mini: logs must be an integer from 1 to {NUM_LOGS}, got {logs!r}")
+    spec = get_preset(preset)
+    if logs is None:
+        logs = spec.num_logs
+    if isinstance(logs, bool) or not isinstance(logs, int) or not 1 <= logs <= spec.num_logs:
+        raise ValueError(f"build_mini: logs must be an integer from 1 to {spec.num_logs} (preset {spec.name!r}), "
+                         f"got {logs!r}")
     out = Path(out)
     t_start = time.perf_counter()
     # never write into someone else's folder (e.g. SIMSCALE_MINI pointing at a real dataset by mistake): only an
@@ -298,9 +340,9 @@ def build_mini(out: str | Path, seed: int = 0, *, workers: int | None = None, pr
                                      f"manifest.json); refusing to build the mini dataset into it: pass an empty or "
                                      f"new folder")
     out.mkdir(parents=True, exist_ok=True)
-    if clear_stale(out, seed, logs):
-        log.warning("%s: built by another builder version, seed or number of logs; regenerating", out)
-    atomic_write_text(marker, _stamp(seed, logs))
+    if clear_stale(out, seed, logs, spec.name):
+        log.warning("%s: built by another builder version, seed, preset or number of logs; regenerating", out)
+    atomic_write_text(marker, _stamp(seed, logs, spec.name))
     stray = remove_temporaries(out)  # resuming: what an interrupted run was writing is redone from scratch
     if stray:
         log.info("%s: removed %d temporaries of an interrupted build (%s)", out, len(stray),
@@ -324,12 +366,12 @@ def build_mini(out: str | Path, seed: int = 0, *, workers: int | None = None, pr
     nav_dir = out / "navsim_logs" / "mini"
     db_dir.mkdir(parents=True, exist_ok=True)
     nav_dir.mkdir(parents=True, exist_ok=True)
-    plans = plan_logs(seed)[:logs]  # the first logs of the full build: the same plans, the same files
+    plans = plan_logs(seed, spec.num_logs, spec.test_logs)[:logs]  # the first logs of the full build: the same files
     db_of = {p.name: db_dir / f"{p.name}.db" for p in plans}
     pkl_of = {p.name: nav_dir / f"{p.name}.pkl" for p in plans}
     manifest_logs = out / PARTIAL
     summaries: dict[str, dict] = {}
-    if is_complete(out, seed, logs):  # run again over a finished build: its logs are done
+    if is_complete(out, seed, logs, spec.name):  # run again over a finished build: its logs are done
         done_logs = json.loads((out / "manifest.json").read_text()).get("logs") or {}
         summaries.update({name: {k: v for k, v in entry.items() if k != "location"}
                           for name, entry in done_logs.items() if isinstance(entry, dict) and "tags" in entry})
@@ -423,6 +465,7 @@ def build_mini(out: str | Path, seed: int = 0, *, workers: int | None = None, pr
     blobs = write_sensor_blobs(out, uniq(r.token for r in test), say=say)
     manifest = {
         "builder_version": BUILDER_VERSION, "seed": seed, "map_version": MAP_VERSION, "num_logs": logs,
+        "preset": spec.name, "test_logs": sum(p.test for p in plans),
         "locations": {n: asdict(l) for n, l in LOCATIONS.items()},
         "logs": {p.name: {"location": p.location, **summaries.get(p.name, {})} for p in plans},
         "splits": {"mini-navtrain": len(uniq(r.token for r in train)), "mini-navtest": len(uniq(r.token for r in test)),
