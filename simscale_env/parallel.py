@@ -17,11 +17,14 @@ def threads_per_worker(workers: int) -> int:
 
 
 def set_worker_threads(threads: int | None) -> None:
-    """Numba's and torch's threads in this worker (set before they are imported where possible); None or 0 keeps
-    their defaults."""
+    """Numba's and torch's threads in this worker; None or 0 keeps their defaults. NUMBA_NUM_THREADS is set only while
+    numba is not imported yet (its pool size is read at import): numba re-reads the variable at every compilation and
+    refuses a value other than the one it started with once its threads run, so a worker that imported numba before
+    (a spawned process importing this package) masks its threads with `numba.set_num_threads` instead; before, the
+    first function compiled after that (a cold numba cache, e.g. a fresh machine) failed every task of the worker."""
     if not threads:
         return
-    for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)
     if "numba" in sys.modules:
         try:
@@ -30,6 +33,8 @@ def set_worker_threads(threads: int | None) -> None:
             numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
         except Exception:  # noqa: BLE001 (a numba without threading layer: keep its default)
             pass
+    else:
+        os.environ["NUMBA_NUM_THREADS"] = str(threads)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
 
