@@ -9,7 +9,8 @@ import sys
 BENCHMARKS = {"data": "benchmarks.bench_data", "sim": "benchmarks.bench_sim", "score": "benchmarks.bench_score",
               "experts": "benchmarks.bench_experts", "render": "benchmarks.bench_render", "env": "benchmarks.bench_env",
               "gsplat": "benchmarks.bench_gsplat", "evaluate": "benchmarks.bench_evaluate",
-              "generate": "benchmarks.bench_generate", "train": "benchmarks.bench_train"}
+              "generate": "benchmarks.bench_generate", "train": "benchmarks.bench_train",
+              "vector": "benchmarks.bench_vector"}
 
 
 def describe(name: str) -> str:

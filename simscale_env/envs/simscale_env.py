@@ -321,6 +321,22 @@ class SimScaleEnv(gym.Env):
         self.sim = None
         self.world = None
 
+    # what a sibling shares with its env: everything __init__ sets but the episode state (`sim`, `world`)
+    _SHARED = ("config", "render_mode", "_data", "split", "data_source", "_builder", "tokens", "_pert_cfg", "_k",
+               "observation_space", "action_space", "_maps", "_human_cache", "_log_tails", "_renderers", "_scenarios",
+               "_sims", "_openscene_frames", "_vocab")
+
+    def sibling(self) -> "SimScaleEnv":
+        """Another env of this config sharing this one's data, split, reward vocabulary and caches (maps, scenarios,
+        their simulations, renderers, the logged drive's scores, log tails): `SimScaleVectorEnv`'s sub-envs, without
+        N copies of each. The caches hold only episode-independent values (a Simulation is pure), so an env and its
+        siblings each give what they would alone (tested); they are not for use from several threads at once."""
+        new = object.__new__(type(self))
+        new.__dict__.update({k: self.__dict__[k] for k in self._SHARED})
+        new.sim = None
+        new.world = None
+        return new
+
     # ------------------------------------------------------------------ helpers
     def _map(self, location):
         if location not in self._maps:

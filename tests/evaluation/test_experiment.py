@@ -44,7 +44,7 @@ def tiny(splits, **kw) -> ExperimentConfig:
     base = dict(planners=("ltf",), experts=("pdm_closed",), rounds=(0, 1), seeds=1, real_split=splits["four"],
                 eval_split=splits["hard"], eval_modes=("two_stage", "closed_loop"), stage2_starts=2, epochs=1,
                 batch_size=2, max_steps_per_epoch=2, planner_config={"image_size": [128, 32]}, gen_width=96,
-                gen_height=48, workers=1)
+                gen_height=48, gen_every=1, lr=None, workers=1)
     base.update(kw)
     return ExperimentConfig(**base)
 
@@ -162,7 +162,8 @@ def test_the_command_line_reuses_the_finished_experiment(done, splits, capsys):
     argv = ["--planners", "ltf", "--experts", "pdm_closed", "--rounds", "0,1", "--seeds", "1", "--real-split",
             splits["four"], "--eval-split", splits["hard"], "--eval-modes", "two_stage,closed_loop", "--stage2-starts",
             "2", "--epochs", "1", "--batch-size", "2", "--max-steps", "2", "--set", "image_size=[128,32]",
-            "--gen-size", "96x48", "--workers", "1", "--out", str(done["out"]), "--quiet", "--dataset", "mini"]
+            "--gen-size", "96x48", "--workers", "1", "--out", str(done["out"]), "--quiet", "--dataset", "mini",
+            "--gen-every", "1", "--lr", "recipe"]
     args = ap.parse_args(argv)
     assert config_from_args(args) == done["cfg"]
     assert run_from_args(args)["reused"] == 2
@@ -177,13 +178,17 @@ def test_the_command_line_reuses_the_finished_experiment(done, splits, capsys):
     args = ap.parse_args(["--out", "x", "--set", "image_size=[256,64]", "--set", "gtrs_dense.num_decoder_layers=1",
                           "--gtrs-imitation"])
     cfg = config_from_args(args)
-    assert cfg.planners == ("ltf", "diffusiondrive", "gtrs_dense") and cfg.rounds == (0, 1, 2, 3)
+    # the defaults: the mini-size experiment of docs/experiments.md
+    assert cfg.planners == ("ltf", "gtrs_dense") and cfg.rounds == (0, 1, 2, 3)
+    assert cfg.experts == ("pdm_closed", "recovery")
     assert cfg.seeds == 3 and cfg.eval_modes == ("two_stage", "closed_loop") and not cfg.gtrs_rewards_only
+    assert (cfg.epochs, cfg.stage2_starts, cfg.gen_every, cfg.lr) == (2, 2, 8, 1e-3)
+    assert config_from_args(ap.parse_args(["--out", "x", "--lr", "recipe"])).lr is None
     assert args.dataset == "large"  # the experiment's default data: the large mini preset
     assert cfg.eval_seed == 0 and config_from_args(ap.parse_args(["--out", "x", "--eval-seed", "cell"])).eval_seed is None
     assert cfg.planner_overrides("ltf") == {"image_size": [256, 64]}
     assert cfg.planner_overrides("gtrs_dense") == {"image_size": [256, 64], "num_decoder_layers": 1}
-    assert len(cfg.cells()) == 3 * (1 + 2 * 3) * 3
+    assert len(cfg.cells()) == 2 * (1 + 2 * 3) * 3
 
 
 def test_round_view_lists_only_rounds_up_to_r(tmp_path):
