@@ -39,12 +39,11 @@ the benchmark (`evaluation.run_evaluation`); it writes nothing of its own but ru
   navhard two-stage by default, against the number of sim samples, one line per planner and expert, error bars at
   the table's intervals) and ``summary.md`` (the table, the plot, run time, the exact command, the machine).
 
-Cost (2 shared cores, no GPU, one process): a real-only LTF cell at the default CPU size (512x128) on the 616
-samples of mini-navtrain-frames, 1 epoch, took 113 s: training 12 s (55 samples/s, the first epoch decoding the
-JPEGs), mini-navhard two-stage with 10 stage-2 starts 67 s (7.4 s per token), closed loop 34 s (3.8 s per token, 24
-steps with three cameras at 480x224). A cell in a fresh worker process adds ~9 s of imports. Generation: ~0.95 s per
-task per worker (480x224, three cameras, 4 history frames, K = 256 reward labels included; 18 of 20 sampled
-mini-navtrain-frames tokens valid in round 1).
+Cost (docs/experiments.md, the defaults on the large mini dataset, 2 cores, two cells at a time): 74 min in all;
+sim data 11.5 min (2 experts x 3 nested rounds from 231 base tokens, ~1 s per sample per core with K = 256 reward
+labels), real samples 7.7 min (1,848 frames), 30 cells 55 min (per cell, one process: training 56-112 s, two-stage
+on 31 tokens with 2 stage-2 starts 63-119 s, closed loop 44-101 s). A cell in a fresh worker process adds ~9 s of
+imports.
 
 Test hook: ``SIMSCALE_TEST_KILL_AT=cell:N`` SIGKILLs this process after the N-th finished cell of an invocation
 (`simscale_env.data.atomic.kill_point`).
@@ -109,7 +108,7 @@ class ExperimentConfig:
     # the defaults are the mini-size experiment of docs/experiments.md, sized to run in under 2 hours on 2 cores
     planners: tuple[str, ...] = ("ltf", "gtrs_dense")
     experts: tuple[str, ...] = EXPERTS
-    rounds: tuple[int, ...] = (0, 1, 2, 3)  # 0: real only
+    rounds: tuple[int, ...] = (0, 1, 3)  # 0: real only (SimScale plots 0, 1, 3, 5)
     seeds: int = 3  # seeds 0 .. seeds - 1 of every cell (TrainConfig.seed)
     real_split: str = "mini-navtrain-frames"
     gen_split: str | None = None  # None: the real split
@@ -967,7 +966,7 @@ def summary_markdown(cfg: ExperimentConfig, doc: dict, table_md: str, failed: li
              + (f", lr {cfg.lr:g} for every planner" if cfg.lr is not None else ", the planners' lr recipes")
              + (f", at most {cfg.max_steps_per_epoch} steps per epoch" if cfg.max_steps_per_epoch else "")
              + f"; real split {cfg.real_split}, generation split {cfg.generation_split}"
-             + (f" (every {cfg.gen_every}-th token)" if cfg.gen_every > 1 else "") + ", evaluation "
+             + (f" (one token in {cfg.gen_every})" if cfg.gen_every > 1 else "") + ", evaluation "
              f"{cfg.eval_split} ({', '.join(cfg.eval_modes)}"
              + (f", {cfg.stage2_starts} stage-2 starts per token" if "two_stage" in cfg.eval_modes else "") + ")",
              _data_line(doc.get("data") or {}), ""]
@@ -1162,7 +1161,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--experts", type=_csv_list(str), default=default("experts"), metavar="E,E",
                         help="pseudo-experts of the sim data (default pdm_closed,recovery)")
     parser.add_argument("--rounds", type=_csv_list(int), default=default("rounds"), metavar="R,R",
-                        help="sim rounds per cell, 0 = real only (default 0,1,2,3)")
+                        help="sim rounds per cell, 0 = real only (default 0,1,3)")
     parser.add_argument("--seeds", type=int_at_least(1), default=default("seeds"), metavar="N",
                         help="seeds 0..N-1 per cell (default 3)")
     parser.add_argument("--real-split", default=default("real_split"), metavar="SPLIT",

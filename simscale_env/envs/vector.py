@@ -151,12 +151,8 @@ def _split_infos(info: dict, n: int) -> list[dict]:
         if k.startswith("_"):
             continue
         mask = info.get(f"_{k}")
+        subs = _split_infos(v, n) if isinstance(v, dict) else None
         for i in range(n):
-            if mask is not None and not mask[i]:
-                continue
-            if isinstance(v, dict):
-                sub = _split_infos(v, n)[i]
-                out[i][k] = sub
-            else:
-                out[i][k] = v[i]
+            if mask is None or mask[i]:
+                out[i][k] = subs[i] if subs is not None else v[i]
     return out

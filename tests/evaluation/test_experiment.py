@@ -179,7 +179,7 @@ def test_the_command_line_reuses_the_finished_experiment(done, splits, capsys):
                           "--gtrs-imitation"])
     cfg = config_from_args(args)
     # the defaults: the mini-size experiment of docs/experiments.md
-    assert cfg.planners == ("ltf", "gtrs_dense") and cfg.rounds == (0, 1, 2, 3)
+    assert cfg.planners == ("ltf", "gtrs_dense") and cfg.rounds == (0, 1, 3)
     assert cfg.experts == ("pdm_closed", "recovery")
     assert cfg.seeds == 3 and cfg.eval_modes == ("two_stage", "closed_loop") and not cfg.gtrs_rewards_only
     assert (cfg.epochs, cfg.stage2_starts, cfg.gen_every, cfg.lr) == (2, 2, 8, 1e-3)
@@ -188,7 +188,7 @@ def test_the_command_line_reuses_the_finished_experiment(done, splits, capsys):
     assert cfg.eval_seed == 0 and config_from_args(ap.parse_args(["--out", "x", "--eval-seed", "cell"])).eval_seed is None
     assert cfg.planner_overrides("ltf") == {"image_size": [256, 64]}
     assert cfg.planner_overrides("gtrs_dense") == {"image_size": [256, 64], "num_decoder_layers": 1}
-    assert len(cfg.cells()) == 2 * (1 + 2 * 3) * 3
+    assert len(cfg.cells()) == 2 * (1 + 2 * 2) * 3
 
 
 def test_round_view_lists_only_rounds_up_to_r(tmp_path):
