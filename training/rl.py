@@ -8,8 +8,9 @@ The env is `SimScale-<base>-v0` on the split (`simscale_env.envs.split_env_spec`
 default ("ego_status", "agents", "route"; "bev" and cameras optional), wrapped in an RL action type
 (`simscale_env.envs.ACTION_WRAPPERS`: "residual" on the PDM-Closed pseudo-expert's plan, or "normalized" plan
 bounds; both Box(-1, 1, (24,)), as SB3's tips ask) and `SB3ObservationWrapper`. Following SB3's pitfalls
-(reference navsim-agents-and-planners.md section 6): the vec env (DummyVecEnv, or SubprocVecEnv for n_envs > 1) is
-wrapped in `VecMonitor` (a VecEnv handed to PPO gets no Monitor), then `VecNormalize` (observations; rewards for the
+(reference navsim-agents-and-planners.md section 6): the vec env (DummyVecEnv; for n_envs > 1 by default
+`SimScaleVectorEnv`, all envs in this process sharing one set of caches, or SubprocVecEnv: `vec_env`) is wrapped
+in `VecMonitor` (a VecEnv handed to PPO gets no Monitor), then `VecNormalize` (observations; rewards for the
 PPO update only, so the Monitor's returns stay raw). Episode EPDMS comes from `info["epdms_episode"]` of the infos
 whose `dones` is set, read by `EpdmsCallback` in `_on_step` (the callback runs before SB3 fills its episode buffer,
 and `info["episode"]` is the Monitor's).
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 EPISODES_NAME = "episodes.csv"
 SUMMARY_NAME = "summary.json"
 ALGOS = ("ppo",)
+VEC_ENVS = ("simscale", "subproc", "dummy")
 PRIVILEGED_KEYS = ("ego_status", "agents", "route")
 DEFAULT_CAMERAS = ("CAM_L0", "CAM_F0", "CAM_R0")  # the env's default front cameras (render.camera.DEFAULT_CHANNELS)
 # the episode EPDMS sub-scores logged (metrics.SUB_METRICS minus EC, which needs a previous frame's plan)
@@ -78,6 +80,10 @@ class RLConfig:
     expert: str = "pdm_closed"  # the residual's base plan and the behaviour-cloning teacher
     residual_scale: tuple[float, float, float] = (5.0, 2.0, 0.3)  # x m, y m, heading rad at 4 s (residual_scale)
     n_envs: int = 1
+    # how n_envs > 1 envs run: "simscale" (default; `simscale_env.envs.SimScaleVectorEnv`: the envs in this process,
+    # sharing one set of caches, through `SB3VecEnv`), "subproc" (SB3's SubprocVecEnv: one process per env, one set
+    # of caches each; before issue 20 the only choice) or "dummy" (SB3's DummyVecEnv: separate envs in this process)
+    vec_env: str = "simscale"
     seed: int = 0
     learning_rate: float = 3e-4  # SB3 PPO defaults below unless noted
     n_steps: int = 512  # per env and rollout (SB3: 2048)
@@ -111,6 +117,8 @@ class RLConfig:
         object.__setattr__(self, "net_arch", tuple(int(x) for x in self.net_arch))
         if self.algo not in ALGOS:
             raise RLError(f"algo must be one of {ALGOS}, got {self.algo!r}")
+        if self.vec_env not in VEC_ENVS:
+            raise RLError(f"vec_env must be one of {VEC_ENVS}, got {self.vec_env!r}")
         from simscale_env.envs import ACTION_WRAPPERS
 
         if self.action not in ACTION_WRAPPERS:
@@ -213,6 +221,23 @@ def make_rl_env(cfg: RLConfig, rank: int = 0):
     return SB3ObservationWrapper(ACTION_WRAPPERS[cfg.action](env, **_action_kwargs(cfg)))
 
 
+def make_simscale_vec_env(cfg: RLConfig):
+    """SB3's VecEnv over `SimScaleVectorEnv` (SAME_STEP autoreset, SB3's semantics): `cfg.n_envs` sibling envs in
+    this process, each wrapped as `make_rl_env` wraps one."""
+    import gymnasium as gym
+    from gymnasium.vector import AutoresetMode
+
+    import simscale_env  # noqa: F401  (registration)
+    from simscale_env.envs import ACTION_WRAPPERS, SB3ObservationWrapper, SB3VecEnv, SimScaleVectorEnv
+
+    env_id, kw = env_spec(cfg)
+    kw = {**gym.spec(env_id).kwargs, **kw}  # the id's split unless the spec names another (as gym.make merges them)
+    wrap = partial(ACTION_WRAPPERS[cfg.action], **_action_kwargs(cfg))
+    venv = SimScaleVectorEnv(cfg.n_envs, autoreset_mode=AutoresetMode.SAME_STEP,
+                             wrappers=(wrap, SB3ObservationWrapper), **kw)
+    return SB3VecEnv.make(venv)
+
+
 def _action_wrapper(env):
     from simscale_env.envs import ACTION_WRAPPERS
 
@@ -227,12 +252,17 @@ def _image_keys(space) -> list[str]:
 
 
 def make_vec_env(cfg: RLConfig):
-    """The training vec env: DummyVecEnv (n_envs 1) or SubprocVecEnv, then VecMonitor, then VecNormalize (as
-    configured)."""
+    """The training vec env: DummyVecEnv (n_envs 1), else as `vec_env` says (`SimScaleVectorEnv` through
+    `SB3VecEnv`, SubprocVecEnv or DummyVecEnv), then VecMonitor, then VecNormalize (as configured). The three give
+    the same episodes for the same seed (env i seeded seed + i, the same wrappers)."""
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecMonitor, VecNormalize
 
-    fns = [partial(make_rl_env, cfg, i) for i in range(cfg.n_envs)]
-    venv = DummyVecEnv(fns) if cfg.n_envs == 1 else SubprocVecEnv(fns)
+    if cfg.n_envs == 1 or cfg.vec_env == "dummy":
+        venv = DummyVecEnv([partial(make_rl_env, cfg, i) for i in range(cfg.n_envs)])
+    elif cfg.vec_env == "subproc":
+        venv = SubprocVecEnv([partial(make_rl_env, cfg, i) for i in range(cfg.n_envs)])
+    else:
+        venv = make_simscale_vec_env(cfg)
     venv = VecMonitor(venv)
     if cfg.normalize_observations or cfg.normalize_reward:
         keys = [k for k in venv.observation_space.spaces if k not in _image_keys(venv.observation_space)]
@@ -439,9 +469,9 @@ def train_rl(cfg: RLConfig, out_dir: str | Path, progress: bool = True, callback
     return the summary (also `summary.json`): timesteps, episodes, wall time, env steps per second, the mean episode
     EPDMS of the first and last 10 % of the episodes, the checkpoint path and, with a warm start, its MSEs.
     `callback`: an extra SB3 callback (or list) run alongside. A pure function of `cfg` for the same data and
-    versions (seeded envs, policy and sampling; `torch_threads` fixes the float summation order). n_envs > 1 runs
-    the envs in SubprocVecEnv workers (SB3's default start method, forkserver): a script calling this needs the
-    `if __name__ == "__main__":` guard."""
+    versions (seeded envs, policy and sampling; `torch_threads` fixes the float summation order). n_envs > 1 with
+    vec_env="subproc" runs the envs in SubprocVecEnv workers (SB3's default start method, forkserver): a script
+    calling this needs the `if __name__ == "__main__":` guard."""
     import torch
 
     from .runs import check_run_folder, config_diff
@@ -538,8 +568,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--bc-init-steps", type=int, default=d.bc_init_steps,
                         help="behaviour-cloning warm start: expert steps collected (0: off)")
     parser.add_argument("--seed", type=int, default=d.seed, help="seed of PPO and the env resets (default 0)")
-    parser.add_argument("--n-envs", type=int, default=d.n_envs,
-                        help="parallel envs (SubprocVecEnv when > 1; default 1)")
+    parser.add_argument("--n-envs", type=int, default=d.n_envs, help="parallel envs (default 1)")
+    parser.add_argument("--vec-env", choices=VEC_ENVS, default=d.vec_env,
+                        help="how n-envs > 1 envs run: simscale (SimScaleVectorEnv, one process; default), subproc "
+                             "(SubprocVecEnv), dummy (DummyVecEnv)")
     parser.add_argument("--n-steps", type=int, default=d.n_steps, help="steps per env and rollout")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="PPO minibatch size (default 64)")
     parser.add_argument("--learning-rate", type=float, default=d.learning_rate, help="PPO learning rate (default 3e-4)")
@@ -556,7 +588,8 @@ def config_from_args(args) -> RLConfig:
     cams = () if args.cameras is None else (tuple(args.cameras) or DEFAULT_CAMERAS)
     return RLConfig(split=args.split, algo=args.algo, total_timesteps=args.timesteps, observation_keys=keys,
                     cameras=cams, action=args.action, expert=args.expert, bc_init_steps=args.bc_init_steps,
-                    seed=args.seed, n_envs=args.n_envs, n_steps=args.n_steps, batch_size=args.batch_size,
+                    seed=args.seed, n_envs=args.n_envs, vec_env=args.vec_env, n_steps=args.n_steps,
+                    batch_size=args.batch_size,
                     learning_rate=args.learning_rate, episode_steps=args.episode_steps,
                     plan_scoring=None if args.no_plan_scoring else RLConfig.plan_scoring,
                     checkpoint_every=args.checkpoint_every, env_kwargs=dict(args.env_kwargs or {}))

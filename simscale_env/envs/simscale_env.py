@@ -311,6 +311,7 @@ class SimScaleEnv(gym.Env):
         sizes = cfg.cache_sizes  # LRU-bounded: a large split must not keep every scenario, map or renderer it met
         self._maps = LRUCache(sizes.maps)
         self._human_cache = LRUCache(sizes.human)
+        self._human_worlds = LRUCache(sizes.scenarios)  # scenario -> (its Simulation, the logged drive's worlds)
         self._log_tails = LRUCache(sizes.log_tails)  # scenario -> the logged ego's poses after its end (`_log_tail`)
         self._renderers = LRUCache(sizes.renderers)
         self._scenarios = LRUCache(sizes.scenarios)
@@ -323,8 +324,8 @@ class SimScaleEnv(gym.Env):
 
     # what a sibling shares with its env: everything __init__ sets but the episode state (`sim`, `world`)
     _SHARED = ("config", "render_mode", "_data", "split", "data_source", "_builder", "tokens", "_pert_cfg", "_k",
-               "observation_space", "action_space", "_maps", "_human_cache", "_log_tails", "_renderers", "_scenarios",
-               "_sims", "_openscene_frames", "_vocab")
+               "observation_space", "action_space", "_maps", "_human_cache", "_human_worlds", "_log_tails",
+               "_renderers", "_scenarios", "_sims", "_openscene_frames", "_vocab")
 
     def sibling(self) -> "SimScaleEnv":
         """Another env of this config sharing this one's data, split, reward vocabulary and caches (maps, scenarios,
@@ -850,11 +851,18 @@ class SimScaleEnv(gym.Env):
         key = (self.sim.scenario.token, self.sim.scenario.start_index, self._worlds[-1].iteration,
                self.config.agent_mode)
         if key not in self._human_cache:  # the logged drive in the same world (independent of the perturbation)
-            wh = [self.sim.reset()]
-            for i in range(1, self._worlds[-1].iteration + 1):
-                wh.append(self.sim.step(wh[-1], ego_state=self.sim.logged_ego_state(i)))
+            # its worlds are kept per scenario and extended as far as an episode needs (a world depends only on the
+            # ones before it): episodes ending at different iterations step the logged drive once
+            wkey = key[:2] + key[3:]
+            wh = self._human_worlds.get(wkey)
+            if wh is None or wh[0] is not self.sim:
+                wh = (self.sim, [self.sim.reset()])
+                self._human_worlds[wkey] = wh
+            sim, worlds = wh
+            for i in range(len(worlds), self._worlds[-1].iteration + 1):
+                worlds.append(sim.step(worlds[-1], ego_state=sim.logged_ego_state(i)))
             # the logged drive judged alone, without a past, as NAVSIM's human filter scores the human
-            self._human_cache[key] = episode_summary(self.sim, wh)["scores"]
+            self._human_cache[key] = episode_summary(self.sim, worlds[:self._worlds[-1].iteration + 1])["scores"]
         s = episode_summary(self.sim, self._worlds, human=self._human_cache[key], past_states=self._start_hc_past)
         s.pop("scores")
         return s

@@ -141,8 +141,10 @@ class IDMAgents:
     lead_gap: np.ndarray  # [A]
     lead_speed: np.ndarray  # [A]
 
-    def copy(self) -> "IDMAgents":
-        return IDMAgents(**{k: getattr(self, k).copy() for k in self.__dataclass_fields__})
+    def copy(self, share: tuple[str, ...] = ()) -> "IDMAgents":
+        """A copy of every array but those named in `share`, which the copy shares with this state."""
+        return IDMAgents(**{k: getattr(self, k) if k in share else getattr(self, k).copy()
+                            for k in self.__dataclass_fields__})
 
     @property
     def num_alive(self) -> int:
@@ -1383,6 +1385,17 @@ def _scratch(shape) -> np.ndarray:
     return a
 
 
+def _needs_extension(agents: IDMAgents, config: IDMConfig) -> bool:
+    """Whether an alive agent's path ahead is shorter than the kernel's route-extension bound (`_idm_step` step 2,
+    evaluated on the input state, as the kernel does: the radius cut before it only clears `alive`; conservative)."""
+    alive = np.nonzero(agents.alive)[0]
+    if not len(alive):
+        return False
+    end = agents.path[alive, agents.n_path[alive] - 1, 3]
+    bound = config.minimum_path_length + agents.target[alive] * config.headway_time
+    return bool(np.any(end - agents.s[alive] < bound + 1e-6))  # a margin: rounding never leaves a write unseen
+
+
 def step_agents(m: MapAPI, agents: IDMAgents, *, ego_corners: np.ndarray, ego_center: np.ndarray, ego_speed: float,
                 ego_heading: float, object_corners: np.ndarray, green_ids, red_ids, dt: float = 0.1,
                 config: IDMConfig = IDMConfig()) -> IDMAgents:
@@ -1407,8 +1420,17 @@ def step_agents(m: MapAPI, agents: IDMAgents, *, ego_corners: np.ndarray, ego_ce
     objs = np.ascontiguousarray(np.asarray(object_corners, dtype=np.float64).reshape(-1, 4, 2))
     cap = agents.capacity
     fcap = agents.foot.shape[1]
+    # the kernel writes an agent's path only to extend its route (step 2, `extend_route`), where the path ahead has run
+    # shorter than min_path_len + target * headway: without such an agent the new state shares the input's path
+    # array (by far its largest, [A, NP, 4]) instead of copying it; no code writes a state's arrays after its step
+    share_path = not (config.extend_route and _needs_extension(agents, config))
     while True:
-        a = agents.copy() if (cap, fcap) == (agents.capacity, agents.foot.shape[1]) else agents.grown(cap, fcap)
+        if (cap, fcap) != (agents.capacity, agents.foot.shape[1]):
+            a = agents.grown(cap, fcap)
+        elif share_path:
+            a = agents.copy(share=("path",))
+        else:
+            a = agents.copy()
         pieces = _PIECE_CAPACITY[0]
         sp, sb = _scratch((pieces, 4, 2)), _scratch((pieces, 4))
         st, stb = _scratch((40 * (cap + 2), 4, 2)), _scratch((40 * (cap + 2), 4))

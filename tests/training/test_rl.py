@@ -144,6 +144,23 @@ def test_same_seed_same_first_rollout(run, tmp_path):
     assert np.concatenate(rec2.actions).tobytes() != actions[:64].tobytes()
 
 
+def test_simscale_vector_env_equals_dummy_vec_env(mini, tmp_path):
+    """n_envs = 2: PPO on `SimScaleVectorEnv` (vec_env="simscale", the default) samples the same actions and finishes
+    the same episodes as on SB3's DummyVecEnv of two separate envs (the same seeds, wrappers and autoreset)."""
+    out = {}
+    for vec in ("simscale", "dummy"):
+        rec = _recorder()
+        cfg = rl.RLConfig(total_timesteps=128, n_envs=2, vec_env=vec, **dict(FAST, n_steps=64))
+        rl.train_rl(cfg, tmp_path / vec, progress=False, callback=rec)
+        out[vec] = (np.concatenate(rec.actions), _rows(tmp_path / vec / rl.EPISODES_NAME))
+    (a, rows), (b, rows_b) = out["simscale"], out["dummy"]
+    assert a.shape == (128, 24) and a.tobytes() == b.tobytes()
+    assert len(rows) >= 8 and rows == rows_b
+    assert {r["env"] for r in rows} == {"0", "1"}
+    with pytest.raises(rl.RLError, match="vec_env"):
+        rl.RLConfig(vec_env="ray")
+
+
 def test_behaviour_cloning_warm_start_and_residual_policy(mini, tmp_path):
     """bc_init_steps: the policy's mean regresses the expert's actions (MSE drops); a residual checkpoint acts as
     the expert's plan plus its scaled residual."""
@@ -193,6 +210,8 @@ def test_run_directory_rules_and_cli(run, capsys):
     c = rl.config_from_args(a)
     assert c.cameras == ("CAM_L0", "CAM_F0", "CAM_R0") and c.env_observation_keys[0] == "cameras"
     assert "bev" in c.observation_keys and c.bc_init_steps == 8 and c.n_envs == 2 and c.action == "residual"
+    assert c.vec_env == "simscale"
+    assert rl.config_from_args(parser.parse_args(["--out", "x", "--vec-env", "subproc"])).vec_env == "subproc"
     assert rl.config_from_args(parser.parse_args(["--out", "x", "--cameras", "CAM_F0"])).cameras == ("CAM_F0",)
 
 
