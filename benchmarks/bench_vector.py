@@ -6,7 +6,8 @@ by PDM-Closed's plan; (c) as (b) with the three front cameras at 256x128 (the RL
 vector env, `reset(seed=0)`, --warmup vector steps untimed (every sub-env's scene loaded, caches filled), then vector
 steps timed for at least --min-seconds; decision steps/s = N x vector steps / seconds, autoresets included (NEXT_STEP:
 a resetting sub-env's step is its reset). `rss_mb_n<N>`: the process's resident memory after mode (c) at N (VmRSS).
-With --async, gymnasium's `AsyncVectorEnv` of N single envs (one process each) at N = 8 beside it, for comparison.
+With --async, gymnasium's `AsyncVectorEnv` of N single envs (one process each) at N = 8 beside it, for comparison;
+with --workers 1,2 also `SimScaleVectorEnv(workers=2)` (keys ending in _w2; its RSS is the parent's only).
 
 Targets (issue 20, 2 cores): >= 2,000 steps/s at N = 32 without cameras, >= 300 with experts, >= 100 with cameras;
 RSS at N = 128 under 8 GB.
@@ -72,6 +73,8 @@ def main(argv) -> int:
     ap.add_argument("--min-seconds", type=float, default=3.0, help="time each (mode, N) at least this long")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--async", dest="async_", action="store_true", help="also AsyncVectorEnv at N = 8")
+    ap.add_argument("--workers", default="1",
+                    help="worker processes of SimScaleVectorEnv, comma-separated (default 1: one process; e.g. 1,2)")
     args = ap.parse_args(argv)
     os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
     if args.data:
@@ -90,16 +93,21 @@ def main(argv) -> int:
         print(f"simscale bench vector: error: unknown modes {bad} (known: {', '.join(MODES)})", file=sys.stderr)
         return 2
     out = {}
+    workers = [int(w) for w in str(args.workers).split(",") if w]
     for n in sizes:
-        for mode in modes:
-            t = time.perf_counter()
-            venv = SimScaleVectorEnv(num_envs=n, **MODES[mode])
-            rate, steps, dt = time_vector(venv, mode, args.warmup, args.min_seconds)
-            out[f"steps_per_s_{mode}_n{n}"] = round(rate, 1)
-            out[f"rss_mb_n{n}"] = _rss_mb()
-            print(f"N={n} {mode}: {rate:.1f} decision steps/s ({steps} in {dt:.1f} s; {time.perf_counter() - t:.0f} s "
-                  f"with set-up), RSS {out[f'rss_mb_n{n}']} MB", file=sys.stderr)
-            venv.close()
+        for w in workers:
+            tag = "" if w == 1 else f"_w{w}"
+            for mode in modes:
+                t = time.perf_counter()
+                venv = SimScaleVectorEnv(num_envs=n, workers=w, **MODES[mode])
+                rate, steps, dt = time_vector(venv, mode, args.warmup, args.min_seconds)
+                out[f"steps_per_s_{mode}_n{n}{tag}"] = round(rate, 1)
+                if w == 1:
+                    out[f"rss_mb_n{n}"] = _rss_mb()
+                print(f"N={n} workers={w} {mode}: {rate:.1f} decision steps/s ({steps} in {dt:.1f} s; "
+                      f"{time.perf_counter() - t:.0f} s with set-up)"
+                      + (f", RSS {out[f'rss_mb_n{n}']} MB" if w == 1 else ""), file=sys.stderr)
+                venv.close()
     if args.async_:
         for mode in modes:
             venv = gym.make_vec("SimScale-navhard-v0", num_envs=8, vectorization_mode="async", **MODES[mode])

@@ -84,6 +84,7 @@ class RLConfig:
     # sharing one set of caches, through `SB3VecEnv`), "subproc" (SB3's SubprocVecEnv: one process per env, one set
     # of caches each; before issue 20 the only choice) or "dummy" (SB3's DummyVecEnv: separate envs in this process)
     vec_env: str = "simscale"
+    env_workers: int = 1  # vec_env="simscale": worker processes stepping the envs (SimScaleVectorEnv(workers=))
     seed: int = 0
     learning_rate: float = 3e-4  # SB3 PPO defaults below unless noted
     n_steps: int = 512  # per env and rollout (SB3: 2048)
@@ -128,7 +129,7 @@ class RLConfig:
             raise RLError(f"observation_keys must be some of ego_status, agents, route, bev (cameras go in "
                           f"`cameras`), got {self.observation_keys!r}")
         for name in ("total_timesteps", "n_envs", "n_steps", "batch_size", "n_epochs", "width", "height",
-                     "bc_epochs", "torch_threads"):
+                     "bc_epochs", "torch_threads", "env_workers"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise RLError(f"{name} must be a positive integer, got {v!r}")
@@ -234,7 +235,7 @@ def make_simscale_vec_env(cfg: RLConfig):
     kw = {**gym.spec(env_id).kwargs, **kw}  # the id's split unless the spec names another (as gym.make merges them)
     wrap = partial(ACTION_WRAPPERS[cfg.action], **_action_kwargs(cfg))
     venv = SimScaleVectorEnv(cfg.n_envs, autoreset_mode=AutoresetMode.SAME_STEP,
-                             wrappers=(wrap, SB3ObservationWrapper), **kw)
+                             wrappers=(wrap, SB3ObservationWrapper), workers=cfg.env_workers, **kw)
     return SB3VecEnv.make(venv)
 
 
@@ -572,6 +573,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--vec-env", choices=VEC_ENVS, default=d.vec_env,
                         help="how n-envs > 1 envs run: simscale (SimScaleVectorEnv, one process; default), subproc "
                              "(SubprocVecEnv), dummy (DummyVecEnv)")
+    parser.add_argument("--env-workers", type=int, default=d.env_workers,
+                        help="--vec-env simscale: worker processes stepping the envs (default 1: in this process)")
     parser.add_argument("--n-steps", type=int, default=d.n_steps, help="steps per env and rollout")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="PPO minibatch size (default 64)")
     parser.add_argument("--learning-rate", type=float, default=d.learning_rate, help="PPO learning rate (default 3e-4)")
@@ -588,7 +591,8 @@ def config_from_args(args) -> RLConfig:
     cams = () if args.cameras is None else (tuple(args.cameras) or DEFAULT_CAMERAS)
     return RLConfig(split=args.split, algo=args.algo, total_timesteps=args.timesteps, observation_keys=keys,
                     cameras=cams, action=args.action, expert=args.expert, bc_init_steps=args.bc_init_steps,
-                    seed=args.seed, n_envs=args.n_envs, vec_env=args.vec_env, n_steps=args.n_steps,
+                    seed=args.seed, n_envs=args.n_envs, vec_env=args.vec_env, env_workers=args.env_workers,
+                    n_steps=args.n_steps,
                     batch_size=args.batch_size,
                     learning_rate=args.learning_rate, episode_steps=args.episode_steps,
                     plan_scoring=None if args.no_plan_scoring else RLConfig.plan_scoring,

@@ -36,15 +36,20 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 class SimScaleVectorEnv(SyncVectorEnv):
     """N SimScale scenarios in one process (module docstring). `wrappers`: single-env wrapper classes or callables
     applied to every sub-env, in order (e.g. `ResidualExpertAction`); the other keyword arguments are
-    `SimScaleEnv`'s."""
+    `SimScaleEnv`'s. `workers` > 1: the sub-envs in that many processes instead, consecutive shards of siblings
+    (`ShardedSimScaleVectorEnv`; the wrappers must pickle)."""
+
+    def __new__(cls, num_envs: int = 1, *args, workers: int = 1, **kwargs):
+        if cls is SimScaleVectorEnv and _check_workers(workers) > 1:
+            return super().__new__(ShardedSimScaleVectorEnv)
+        return super().__new__(cls)
 
     def __init__(self, num_envs: int = 1, split: str = "navhard", *, autoreset_mode=AutoresetMode.NEXT_STEP,
-                 wrappers=(), copy: bool = True, render_mode: str | None = None, **kwargs):
+                 wrappers=(), copy: bool = True, render_mode: str | None = None, workers: int = 1, **kwargs):
         from ..cache import CacheSizes
         from .simscale_env import SimScaleEnv
 
-        if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
-            raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
+        _check_num_envs(num_envs)
         kwargs.pop("max_episode_steps", None)  # gym.make_vec's (the env ends episodes itself: episode_steps)
         if "cache_sizes" not in kwargs and num_envs > 1:
             sizes = CacheSizes()
@@ -60,11 +65,298 @@ class SimScaleVectorEnv(SyncVectorEnv):
         """The unwrapped sub-envs (`SimScaleEnv`), in order."""
         return [e.unwrapped for e in self.envs]
 
+    def apply(self, fn, indices=None) -> list:
+        """[fn(env) for each (wrapped) sub-env], in order, or for the sub-envs at `indices` (with `workers` > 1 this
+        runs in the workers: `fn` must pickle)."""
+        return [fn(self.envs[i]) for i in _indices(indices, self.num_envs)]
+
+
+def _check_num_envs(num_envs) -> int:
+    if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+        raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
+    return int(num_envs)
+
+
+def _check_workers(workers) -> int:
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+    return int(workers)
+
 
 def _wrapped(env, wrappers):
     for w in wrappers:
         env = w(env)
     return env
+
+
+class ShardedSimScaleVectorEnv(SimScaleVectorEnv):
+    """`SimScaleVectorEnv(num_envs, workers=k)` with k > 1: the N sub-envs in k worker processes, worker j stepping
+    the consecutive shard of sub-envs [start_j, start_j + n_j) as one `SimScaleVectorEnv` of siblings (one set of
+    caches per worker), all workers at once. Per sub-env the same as `workers=1`: sub-env i is seeded seed + i, has
+    the same autoreset and wrappers, and the observations, rewards, flags and infos come back in sub-env order with
+    gymnasium's info layout (tested bit-identical). Workers use one numba / torch thread each and start with the
+    forkserver method (SB3's SubprocVecEnv's default): a script creating one needs the
+    ``if __name__ == "__main__":`` guard. `sub_envs` / `envs` live in the workers: use `apply`, `call`, `get_attr`
+    and `set_attr`."""
+
+    def __init__(self, num_envs: int = 1, split: str = "navhard", *, autoreset_mode=AutoresetMode.NEXT_STEP,
+                 wrappers=(), copy: bool = True, render_mode: str | None = None, workers: int = 2, **kwargs):
+        import multiprocessing as mp
+
+        from gymnasium.vector.utils import batch_space
+
+        n = _check_num_envs(num_envs)
+        k = min(_check_workers(workers), n)
+        autoreset_mode = AutoresetMode(autoreset_mode)
+        sizes = [n // k + (1 if j < n % k else 0) for j in range(k)]
+        self.shards = [(sum(sizes[:j]), sizes[j]) for j in range(k)]
+        self.num_envs = n
+        self.workers = k
+        self.copy = copy
+        self.render_mode = render_mode
+        self.autoreset_mode = autoreset_mode
+        self.metadata = {"autoreset_mode": autoreset_mode, "render_modes": ["rgb_array"]}
+        ctx = mp.get_context("forkserver")
+        self._pipes, self._procs = [], []
+        spec = dict(split=split, autoreset_mode=autoreset_mode, wrappers=tuple(wrappers), copy=False,
+                    render_mode=render_mode, **kwargs)
+        for start, count in self.shards:
+            here, there = ctx.Pipe()
+            proc = ctx.Process(target=_shard_worker, args=(there, spec, count), daemon=True,
+                               name=f"SimScaleVectorEnv-{start}")
+            proc.start()
+            there.close()
+            self._pipes.append(here)
+            self._procs.append(proc)
+        self._closed_workers = False
+        spaces = self._gather()  # each worker sends its spaces once its env is built
+        self.single_observation_space, self.single_action_space = spaces[0]
+        self.observation_space = batch_space(self.single_observation_space, n)
+        self.action_space = batch_space(self.single_action_space, n)
+        self.closed = False
+        self._last_obs = [None] * k
+
+    # -- the VectorEnv API
+    def reset(self, *, seed=None, options=None):
+        if seed is None or isinstance(seed, (int, np.integer)):
+            seeds = [None if seed is None else int(seed) + i for i in range(self.num_envs)]
+        else:
+            seeds = list(seed)
+            if len(seeds) != self.num_envs:
+                raise ValueError(f"seed must be an int, None or {self.num_envs} seeds, got {len(seeds)}")
+        options = dict(options or {})
+        mask = options.pop("reset_mask", None)  # gymnasium's partial reset: sliced per shard
+        if mask is not None and (not isinstance(mask, np.ndarray) or mask.shape != (self.num_envs,)
+                                 or mask.dtype != np.bool_ or not mask.any()):
+            raise ValueError(f"options['reset_mask'] must be a bool array of shape ({self.num_envs},) with at least "
+                             f"one True value, got {mask!r}")
+        sent = []
+        for j, ((start, count), pipe) in enumerate(zip(self.shards, self._pipes)):
+            part = None if mask is None else mask[start:start + count]
+            if part is not None and not part.any():
+                continue  # nothing to reset in this shard: its last observation stands
+            opts = dict(options, reset_mask=part) if part is not None and not part.all() else options
+            pipe.send(("reset", (seeds[start:start + count], opts or None)))
+            sent.append(j)
+        res = dict(zip(sent, self._gather([self._pipes[j] for j in sent])))
+        for j, r in res.items():
+            self._last_obs[j] = r[0]
+        infos = [res[j][1] if j in res else {} for j in range(self.workers)]
+        return self._merge_obs(self._last_obs), self._merge_infos(infos)
+
+    def step(self, actions):
+        actions = np.asarray(actions)
+        for (start, count), pipe in zip(self.shards, self._pipes):
+            pipe.send(("step", actions[start:start + count]))
+        res = self._gather()
+        self._last_obs = [r[0] for r in res]
+        rew, term, trunc = (np.concatenate([r[i] for r in res]) for i in (1, 2, 3))
+        return self._merge_obs(self._last_obs), rew, term, trunc, self._merge_infos([r[4] for r in res])
+
+    def apply(self, fn, indices=None) -> list:
+        want = _indices(indices, self.num_envs)
+        sent = []
+        for j, ((start, count), pipe) in enumerate(zip(self.shards, self._pipes)):
+            local = [i - start for i in want if start <= i < start + count]
+            if local:
+                pipe.send(("apply", (fn, local)))
+                sent.append(j)
+        res = self._gather([self._pipes[j] for j in sent])
+        by_env = {}
+        for j, part in zip(sent, res):
+            start = self.shards[j][0]
+            local = [i - start for i in want if start <= i < start + self.shards[j][1]]
+            by_env.update({start + i: x for i, x in zip(local, part)})
+        return [by_env[i] for i in want]
+
+    def call(self, name: str, *args, **kwargs) -> tuple:
+        return tuple(self.apply(partial(_call, name=name, args=args, kwargs=kwargs)))
+
+    def get_attr(self, name: str) -> tuple:
+        return tuple(self.apply(partial(_get_attr, name=name)))
+
+    def set_attr(self, name: str, values) -> None:
+        if not isinstance(values, (list, tuple)):
+            values = [values] * self.num_envs
+        if len(values) != self.num_envs:
+            raise ValueError(f"set_attr needs {self.num_envs} values, got {len(values)}")
+        for (start, count), pipe in zip(self.shards, self._pipes):
+            pipe.send(("set_attr", (name, list(values[start:start + count]))))
+        self._gather()
+
+    def render(self):
+        return self.call("render")
+
+    @property
+    def envs(self):
+        raise AttributeError("the sub-envs of SimScaleVectorEnv(workers > 1) live in its worker processes: use "
+                             "apply(fn), call, get_attr or set_attr")
+
+    @property
+    def sub_envs(self):
+        return self.envs
+
+    def close_extras(self, **kwargs):
+        if self._closed_workers:
+            return
+        self._closed_workers = True
+        for pipe in self._pipes:
+            try:
+                pipe.send(("close", None))
+            except (BrokenPipeError, OSError):
+                pass
+        for proc in self._procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.terminate()
+        for pipe in self._pipes:
+            pipe.close()
+
+    def __del__(self):
+        try:
+            self.close_extras()
+        except Exception:  # noqa: BLE001 (interpreter shutdown)
+            pass
+
+    # -- helpers
+    def _gather(self, pipes=None) -> list:
+        out = []
+        for pipe in self._pipes if pipes is None else pipes:
+            try:
+                ok, value = pipe.recv()
+            except EOFError:
+                self.close_extras()
+                raise RuntimeError("a SimScaleVectorEnv worker died (see its output above)") from None
+            if not ok:
+                self.close_extras()
+                raise RuntimeError(f"a SimScaleVectorEnv worker failed:\n{value}")
+            out.append(value)
+        return out
+
+    def _merge_obs(self, parts):
+        if isinstance(parts[0], dict):
+            return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+        return np.concatenate(parts)
+
+    def _merge_infos(self, parts) -> dict:
+        return _merge_vector_infos(parts, [count for _, count in self.shards])
+
+
+def _merge_vector_infos(parts: list[dict], counts: list[int]) -> dict:
+    """Consecutive shards' gymnasium vector infos as the one `SyncVectorEnv` builds over all their envs: a key's
+    array takes the dtype of the first shard that has it (gymnasium types it by the first env that has it, which is
+    in that shard), the other shards' values cast into it, and False in its ``_key`` mask (zeros, or None for
+    objects) where a shard lacks it; nested dicts alike."""
+    n = sum(counts)
+    out: dict = {}
+    keys = list(dict.fromkeys(k for p in parts for k in p if not k.startswith("_") or k[1:] not in p))
+    for key in keys:
+        have = [key in p for p in parts]
+        first = parts[have.index(True)][key]
+        if isinstance(first, dict):
+            out[key] = _merge_vector_infos([p.get(key, {}) for p in parts], counts)
+        else:
+            arr = (np.full(n, None, dtype=object) if first.dtype == object else
+                   np.zeros((n, *first.shape[1:]), dtype=first.dtype))
+            start = 0
+            for p, c in zip(parts, counts):
+                if key in p:
+                    arr[start:start + c] = p[key]
+                start += c
+            out[key] = arr
+        out[f"_{key}"] = np.concatenate([p[f"_{key}"] if key in p else np.zeros(c, dtype=np.bool_)
+                                         for p, c in zip(parts, counts)])
+    return out
+
+
+def _shard_worker(pipe, spec: dict, count: int) -> None:
+    """A `ShardedSimScaleVectorEnv` worker: one SimScaleVectorEnv of `count` siblings, driven over `pipe`; every
+    reply is (ok, value), a failure's value its traceback."""
+    import traceback
+
+    from ..parallel import set_worker_threads
+
+    set_worker_threads(1)
+    try:
+        venv = SimScaleVectorEnv(count, **spec)
+        pipe.send((True, (venv.single_observation_space, venv.single_action_space)))
+    except Exception:  # noqa: BLE001 (reported to the parent, which raises)
+        pipe.send((False, traceback.format_exc()))
+        return
+    while True:
+        try:
+            cmd, arg = pipe.recv()
+        except (EOFError, KeyboardInterrupt):
+            break
+        try:
+            if cmd == "close":
+                venv.close()
+                pipe.send((True, None))
+                break
+            if cmd == "reset":
+                seeds, options = arg
+                out = venv.reset(seed=seeds, options=options)
+            elif cmd == "step":
+                out = venv.step(arg)
+            elif cmd == "apply":
+                out = venv.apply(*arg)
+            elif cmd == "set_attr":
+                name, values = arg
+                for env, value in zip(venv.envs, values):
+                    setattr(env, name, value)
+                out = None
+            else:
+                raise ValueError(f"unknown command {cmd!r}")
+            pipe.send((True, out))
+        except Exception:  # noqa: BLE001
+            pipe.send((False, traceback.format_exc()))
+    pipe.close()
+
+
+def _indices(indices, n: int) -> list[int]:
+    if indices is None:
+        return list(range(n))
+    out = [int(indices)] if isinstance(indices, (int, np.integer)) else [int(i) for i in indices]
+    bad = [i for i in out if not 0 <= i < n]
+    if bad:
+        raise IndexError(f"sub-env indices {bad} out of range for {n} sub-envs")
+    return out
+
+
+def _is_wrapped(env, wrapper_class):
+    from stable_baselines3.common.env_util import is_wrapped
+
+    return is_wrapped(env, wrapper_class)
+
+
+def _call(env, name, args, kwargs):
+    f = getattr(env, name)
+    return f(*args, **kwargs) if callable(f) else f
+
+
+def _get_attr(env, name):
+    return getattr(env, name)
+
 
 
 class SB3VecEnv:
@@ -121,27 +413,22 @@ class _SB3VecEnvImpl:
         self.venv.close()
 
     def get_attr(self, attr_name, indices=None):
-        return [getattr(self.venv.envs[i], attr_name) for i in self._indices(indices)]
+        return self.venv.apply(partial(_get_attr, name=attr_name), indices)
 
     def set_attr(self, attr_name, value, indices=None):
-        for i in self._indices(indices):
-            setattr(self.venv.envs[i], attr_name, value)
+        values = list(self.venv.get_attr(attr_name))
+        for i in _indices(indices, self.num_envs):
+            values[i] = value
+        self.venv.set_attr(attr_name, values)
 
     def env_method(self, method_name, *args, indices=None, **kwargs):
-        return [getattr(self.venv.envs[i], method_name)(*args, **kwargs) for i in self._indices(indices)]
+        return self.venv.apply(partial(_call, name=method_name, args=args, kwargs=kwargs), indices)
 
     def env_is_wrapped(self, wrapper_class, indices=None):
-        from stable_baselines3.common.env_util import is_wrapped
-
-        return [is_wrapped(self.venv.envs[i], wrapper_class) for i in self._indices(indices)]
+        return self.venv.apply(partial(_is_wrapped, wrapper_class=wrapper_class), indices)
 
     def get_images(self):
-        return [e.render() for e in self.venv.envs]
-
-    def _indices(self, indices):
-        if indices is None:
-            return range(self.num_envs)
-        return [indices] if isinstance(indices, int) else indices
+        return self.venv.apply(partial(_call, name="render", args=(), kwargs={}))
 
 
 def _split_infos(info: dict, n: int) -> list[dict]:

@@ -31,7 +31,7 @@ RED_LIGHT_TOKEN = "red_light"  # PDMObservation._red_light_token
 
 
 _AREA_CACHE: "OrderedDict[tuple, tuple]" = OrderedDict()
-_AREA_CACHE_SIZE = 8
+_AREA_CACHE_SIZE = 128  # scenes of many envs at once (SimScaleVectorEnv): one entry per map neighbourhood
 
 
 def _cached_area_index(ids, types, polygons, on_route) -> AreaIndex:

@@ -1396,26 +1396,31 @@ def _needs_extension(agents: IDMAgents, config: IDMConfig) -> bool:
     return bool(np.any(end - agents.s[alive] < bound + 1e-6))  # a margin: rounding never leaves a write unseen
 
 
-def step_agents(m: MapAPI, agents: IDMAgents, *, ego_corners: np.ndarray, ego_center: np.ndarray, ego_speed: float,
-                ego_heading: float, object_corners: np.ndarray, green_ids, red_ids, dt: float = 0.1,
-                config: IDMConfig = IDMConfig()) -> IDMAgents:
-    """One step of all agents (a new IDMAgents; the input is not modified).
-
-    `ego_corners` [4, 2] and `object_corners` [K, 4, 2]: the ego box and the replayed objects at the next
-    iteration; `green_ids` / `red_ids`: connector ids with that light at the next iteration; `ego_speed` and
-    `ego_heading`: the ego's rear-axle speed and heading (what a leading ego's velocity is projected from).
-    """
+def light_masks(m: MapAPI, green_ids, red_ids) -> tuple[np.ndarray, np.ndarray]:
+    """(green, red): bool masks over the map's lane graph of the connectors with that light."""
     g = lane_graph(m)
     green = np.zeros(len(g.ids), dtype=bool)
     red = np.zeros(len(g.ids), dtype=bool)
-    for cid in green_ids:
-        k = g.index.get(str(cid))
-        if k is not None:
-            green[k] = True
-    for cid in red_ids:
-        k = g.index.get(str(cid))
-        if k is not None:
-            red[k] = True
+    for ids, mask in ((green_ids, green), (red_ids, red)):
+        for cid in ids:
+            k = g.index.get(str(cid))
+            if k is not None:
+                mask[k] = True
+    return green, red
+
+
+def step_agents(m: MapAPI, agents: IDMAgents, *, ego_corners: np.ndarray, ego_center: np.ndarray, ego_speed: float,
+                ego_heading: float, object_corners: np.ndarray, green_ids, red_ids, dt: float = 0.1,
+                config: IDMConfig = IDMConfig(), masks: tuple | None = None) -> IDMAgents:
+    """One step of all agents (a new IDMAgents; the input is not modified).
+
+    `ego_corners` [4, 2] and `object_corners` [K, 4, 2]: the ego box and the replayed objects at the next
+    iteration; `green_ids` / `red_ids`: connector ids with that light at the next iteration (or `masks`, their
+    `light_masks(m, green_ids, red_ids)` computed beforehand); `ego_speed` and `ego_heading`: the ego's rear-axle
+    speed and heading (what a leading ego's velocity is projected from).
+    """
+    g = lane_graph(m)
+    green, red = masks if masks is not None else light_masks(m, green_ids, red_ids)
     ego = np.ascontiguousarray(np.asarray(ego_corners, dtype=np.float64).reshape(4, 2))
     objs = np.ascontiguousarray(np.asarray(object_corners, dtype=np.float64).reshape(-1, 4, 2))
     cap = agents.capacity

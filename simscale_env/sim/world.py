@@ -24,8 +24,8 @@ from ..data.scenario import Scenario
 from ..data.schema import AGENT_CATEGORIES, TL_GREEN, TL_RED, VEHICLE
 from ..map.map_api import MapAPI
 from .bicycle import BicycleConfig, propagate
-from .idm import (IDMAgents, IDMConfig, box_corners, navsim_parked_vehicles, parked_overlaps, prepare_spawn,
-                  spawn_agents, step_agents)
+from .idm import (IDMAgents, IDMConfig, box_corners, light_masks, navsim_parked_vehicles, parked_overlaps,
+                  prepare_spawn, spawn_agents, step_agents)
 from .lqr import BatchLQRTracker, LQRConfig
 from .state import (ACCELERATION_X, ANGULAR_ACCELERATION, ANGULAR_VELOCITY, STATE_SIZE, VELOCITY_X, check_states,
                     make_state)
@@ -137,6 +137,15 @@ class Simulation:
         self._vx = np.nan_to_num(ag.vx)  # unknown log velocities read as 0 (once, not per step)
         self._vy = np.nan_to_num(ag.vy)
         self._spawn = None  # iteration 0's vehicles and their ego-independent spawn work (`_spawn_inputs`)
+        # per-iteration values that depend on the iteration alone (the lights, the lane graph's light masks, the
+        # replayed open-loop boxes), computed once per simulation: every step from any state reads them
+        self._lights: dict = {}
+        self._light_masks: dict = {}
+        self._open_loop_boxes: dict = {}
+        # the replayed objects per iteration for one replay mask (a world's, kept by identity: an episode's worlds
+        # share their reset's mask) and the parked vehicles' boxes per parked set
+        self._replayed: dict = {}
+        self._parked_boxes: tuple | None = None
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -156,9 +165,12 @@ class Simulation:
 
     def lights(self, iteration: int) -> tuple[np.ndarray, np.ndarray]:
         """(green connector ids, red connector ids) at an iteration."""
-        tl = self.scenario.traffic_lights
-        st = tl.status[self.frame(iteration)]
-        return tl.connector_ids[st == TL_GREEN], tl.connector_ids[st == TL_RED]
+        hit = self._lights.get(iteration)
+        if hit is None:
+            tl = self.scenario.traffic_lights
+            st = tl.status[self.frame(iteration)]
+            hit = self._lights[iteration] = (tl.connector_ids[st == TL_GREEN], tl.connector_ids[st == TL_RED])
+        return hit
 
     def red_light_polygons(self, iteration: int, lane_ids=None) -> dict:
         """{connector id: polygon} of the connectors whose light is red at an iteration (restricted to `lane_ids`,
@@ -245,13 +257,18 @@ class Simulation:
                 new_ego[ANGULAR_ACCELERATION] = -world.ego[ANGULAR_VELOCITY] / dt
         idm = world.idm
         if self.config.agent_mode == "reactive" and idm is not None:
-            ol, _ = self._log_boxes(it + 1, self._open_loop)
-            green, red = self.lights(it + 1)
+            ol = self._open_loop_boxes.get(it + 1)
+            if ol is None:
+                ol = self._open_loop_boxes[it + 1] = self._log_boxes(it + 1, self._open_loop)[0]
+            masks = self._light_masks.get(it + 1)
+            if masks is None:
+                masks = self._light_masks[it + 1] = light_masks(self.map, *self.lights(it + 1))
             idm_dt = t1 * 1e-6 - t0 * 1e-6 if self.config.devkit_time_step else dt
             idm = step_agents(self.map, idm, ego_corners=ego_box(world.ego, self.config.vehicle),
                               ego_center=ego_center(world.ego, self.config.vehicle),
                               ego_speed=float(np.hypot(world.ego[3], world.ego[4])), ego_heading=float(world.ego[2]),
-                              object_corners=ol, green_ids=green, red_ids=red, dt=idm_dt, config=self.config.idm)
+                              object_corners=ol, green_ids=(), red_ids=(), masks=masks, dt=idm_dt,
+                              config=self.config.idm)
         return WorldState(it + 1, t1, new_ego, idm, world.replay_mask, world.parked)
 
     # ------------------------------------------------------------------ observation
@@ -281,16 +298,22 @@ class Simulation:
         sim = Objects(track=tr, category=ag.category[tr], x=idm.pose[alive, 0], y=idm.pose[alive, 1], heading=h,
                       vx=v * np.cos(h), vy=v * np.sin(h), length=idm.length[alive], width=idm.width[alive],
                       height=idm.height[alive], reactive=np.ones(len(alive), bool))
-        sel = np.nonzero(ag.valid[f] & world.replay_mask)[0]
         del cols
-        out = _concat(sim, self._from_log(f, sel, np.zeros(len(sel), bool)))
+        hit = self._replayed.get(world.iteration)
+        if hit is None or hit[0] is not world.replay_mask:
+            sel = np.nonzero(ag.valid[f] & world.replay_mask)[0]
+            hit = (world.replay_mask, self._from_log(f, sel, np.zeros(len(sel), bool)))
+            self._replayed[world.iteration] = hit
+        out = _concat(sim, hit[1])
         if world.parked is not None and len(world.parked):
             # NAVSIM NavsimIDMAgents.get_observation: parked vehicles at their current-frame pose, unless an active
             # agent's box overlaps theirs at this step
             f0 = self.frame(0)
             p = world.parked
-            keep = ~parked_overlaps(box_corners(ag.x[f0, p], ag.y[f0, p], ag.heading[f0, p], ag.length[f0, p],
-                                                ag.width[f0, p]), idm)
+            if self._parked_boxes is None or self._parked_boxes[0] is not p:
+                self._parked_boxes = (p, box_corners(ag.x[f0, p], ag.y[f0, p], ag.heading[f0, p], ag.length[f0, p],
+                                                     ag.width[f0, p]))
+            keep = ~parked_overlaps(self._parked_boxes[1], idm)
             out = _concat(out, self._from_log(f0, p[keep], np.zeros(int(keep.sum()), bool)))
         return out
 

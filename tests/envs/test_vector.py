@@ -3,6 +3,8 @@ with the same seeds through episode ends and gymnasium's autoreset modes; the su
 
 from __future__ import annotations
 
+import operator
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -127,3 +129,65 @@ def test_sb3_vec_env_runs_ppo_with_sb3s_episode_semantics(mini):
     model = PPO("MultiInputPolicy", venv, n_steps=8, batch_size=8, n_epochs=1, seed=0, device="cpu")
     model.learn(16)
     assert model.num_timesteps == 16
+
+
+def _same_info(a, b, where=""):
+    """Two gymnasium vector infos: the same keys, masks and values (dtypes included)."""
+    assert set(a) == set(b), (where, set(a) ^ set(b))
+    for k in a:
+        if isinstance(a[k], dict):
+            _same_info(a[k], b[k], f"{where}.{k}")
+        elif k == "final_obs":
+            for x, y in zip(a[k], b[k]):
+                assert (x is None) == (y is None), where
+                if x is not None:
+                    _same(x, y, f"{where}.final_obs")
+        else:
+            assert np.asarray(a[k]).dtype == np.asarray(b[k]).dtype, f"{where}.{k}"
+            if a[k].dtype == object:
+                assert [str(x) for x in a[k]] == [str(x) for x in b[k]], f"{where}.{k}"
+            else:
+                np.testing.assert_array_equal(a[k], b[k], err_msg=f"{where}.{k}")
+
+
+@pytest.mark.parametrize("mode", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP])
+def test_workers_give_what_one_process_gives(mini, mode):
+    """SimScaleVectorEnv(workers=2): N = 3 sub-envs in two worker processes (shards of 2 and 1) step exactly as in
+    one process: observations, rewards, flags and every info key with its mask and dtype, through episode ends, a
+    partial reset (gymnasium's reset_mask) and attribute access."""
+    one = SimScaleVectorEnv(num_envs=N, autoreset_mode=mode, **KW)
+    two = gym.make_vec("SimScale-navhard-v0", num_envs=N, vectorization_mode="vector_entry_point",
+                       autoreset_mode=mode, workers=2, **KW)
+    try:
+        assert isinstance(two, SimScaleVectorEnv) and two.shards == [(0, 2), (2, 1)]
+        assert two.single_observation_space == one.single_observation_space
+        assert two.observation_space == one.observation_space and two.action_space == one.action_space
+        for env in (one, two):
+            env.action_space.seed(0)
+        r1, r2 = one.reset(seed=SEED), two.reset(seed=SEED)
+        _same(r1[0], r2[0], "reset obs")
+        _same_info(r1[1], r2[1], "reset info")
+        ends = 0
+        for t in range(STEPS):
+            a, b = one.step(_plans(t)), two.step(_plans(t))
+            _same(a[0], b[0], f"step {t} obs")
+            for x, y in zip(a[1:4], b[1:4]):
+                np.testing.assert_array_equal(x, y, err_msg=f"step {t}")
+            _same_info(a[4], b[4], f"step {t} info")
+            ends += int(np.sum(a[2] | a[3]))
+        assert ends >= 1
+        mask = np.array([False, False, True])
+        r1 = one.reset(seed=[None, None, 11], options={"reset_mask": mask})
+        r2 = two.reset(seed=[None, None, 11], options={"reset_mask": mask})
+        _same(r1[0], r2[0], "partial reset obs")
+        _same_info(r1[1], r2[1], "partial reset info")
+        assert two.get_attr("spec") == one.get_attr("spec")
+        it = operator.attrgetter("unwrapped.world.iteration")  # apply's function must pickle with workers
+        assert two.apply(it, [2, 0]) == one.apply(it, [2, 0]) and len(set(two.apply(it))) > 1
+        with pytest.raises(AttributeError, match="apply"):
+            two.sub_envs
+    finally:
+        one.close()
+        two.close()
+    with pytest.raises(ValueError, match="workers must be an integer >= 1"):
+        SimScaleVectorEnv(num_envs=2, workers=0, **KW)

@@ -146,16 +146,17 @@ def test_same_seed_same_first_rollout(run, tmp_path):
 
 def test_simscale_vector_env_equals_dummy_vec_env(mini, tmp_path):
     """n_envs = 2: PPO on `SimScaleVectorEnv` (vec_env="simscale", the default) samples the same actions and finishes
-    the same episodes as on SB3's DummyVecEnv of two separate envs (the same seeds, wrappers and autoreset)."""
+    the same episodes as on SB3's DummyVecEnv of two separate envs (the same seeds, wrappers and autoreset), and as
+    with the envs in two worker processes (env_workers=2)."""
     out = {}
-    for vec in ("simscale", "dummy"):
+    for vec, workers in (("simscale", 1), ("dummy", 1), ("simscale", 2)):
         rec = _recorder()
-        cfg = rl.RLConfig(total_timesteps=128, n_envs=2, vec_env=vec, **dict(FAST, n_steps=64))
-        rl.train_rl(cfg, tmp_path / vec, progress=False, callback=rec)
-        out[vec] = (np.concatenate(rec.actions), _rows(tmp_path / vec / rl.EPISODES_NAME))
-    (a, rows), (b, rows_b) = out["simscale"], out["dummy"]
-    assert a.shape == (128, 24) and a.tobytes() == b.tobytes()
-    assert len(rows) >= 8 and rows == rows_b
+        cfg = rl.RLConfig(total_timesteps=128, n_envs=2, vec_env=vec, env_workers=workers, **dict(FAST, n_steps=64))
+        rl.train_rl(cfg, tmp_path / f"{vec}{workers}", progress=False, callback=rec)
+        out[vec, workers] = (np.concatenate(rec.actions), _rows(tmp_path / f"{vec}{workers}" / rl.EPISODES_NAME))
+    (a, rows), (b, rows_b), (c, rows_c) = out["simscale", 1], out["dummy", 1], out["simscale", 2]
+    assert a.shape == (128, 24) and a.tobytes() == b.tobytes() == c.tobytes()
+    assert len(rows) >= 8 and rows == rows_b == rows_c  # env workers (processes) give the same episodes
     assert {r["env"] for r in rows} == {"0", "1"}
     with pytest.raises(rl.RLError, match="vec_env"):
         rl.RLConfig(vec_env="ray")
