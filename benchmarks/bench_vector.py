@@ -64,6 +64,21 @@ def time_vector(venv, mode: str, warmup: int, min_seconds: float) -> tuple[float
     return steps / dt, steps, dt
 
 
+def rss_after_episodes(venv, max_steps: int = 400) -> float:
+    """Step `venv` (no-cameras mode) until every sub-env has ended an episode; the RSS then (MB)."""
+    import numpy as np
+
+    ended = np.zeros(venv.num_envs, dtype=bool)
+    obs, info = venv.reset(seed=1)
+    low, high = venv.single_action_space.low, venv.single_action_space.high
+    for _ in range(max_steps):
+        obs, r, te, tr, info = venv.step(np.clip(_actions("no_cameras", info), low, high))
+        ended |= te | tr
+        if ended.all():
+            break
+    return _rss_mb()
+
+
 def main(argv) -> int:
     ap = argparse.ArgumentParser(prog="simscale bench vector")
     ap.add_argument("--data", default=None, help="mini dataset root (default: the cache)")
@@ -73,6 +88,9 @@ def main(argv) -> int:
     ap.add_argument("--min-seconds", type=float, default=3.0, help="time each (mode, N) at least this long")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--async", dest="async_", action="store_true", help="also AsyncVectorEnv at N = 8")
+    ap.add_argument("--rss-episodes", action="store_true",
+                    help="after timing, step each N without cameras until every sub-env has ended an episode and "
+                         "report that RSS too (rss_mb_n<N>_episodes: the episode's kept states included)")
     ap.add_argument("--workers", default="1",
                     help="worker processes of SimScaleVectorEnv, comma-separated (default 1: one process; e.g. 1,2)")
     args = ap.parse_args(argv)
@@ -104,6 +122,8 @@ def main(argv) -> int:
                 out[f"steps_per_s_{mode}_n{n}{tag}"] = round(rate, 1)
                 if w == 1:
                     out[f"rss_mb_n{n}"] = _rss_mb()
+                if w == 1 and mode == "no_cameras" and args.rss_episodes:
+                    out[f"rss_mb_n{n}_episodes"] = rss_after_episodes(venv)
                 print(f"N={n} workers={w} {mode}: {rate:.1f} decision steps/s ({steps} in {dt:.1f} s; "
                       f"{time.perf_counter() - t:.0f} s with set-up)"
                       + (f", RSS {out[f'rss_mb_n{n}']} MB" if w == 1 else ""), file=sys.stderr)

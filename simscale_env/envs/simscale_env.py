@@ -509,6 +509,7 @@ class SimScaleEnv(gym.Env):
         left = (self.sim.num_iterations - 1) // self._k
         self._n_steps = min(cfg.episode_steps or left, left)
         self._worlds = [self.world]
+        self._frames = [None]  # Simulation.objects of each world, as the steps compute them (pure: computed once)
         # the ego's past before iteration 0 (`envs.history`): its states over the last 1.5 s (0.1 s apart), which the
         # ego status's past poses and HC read; the log's at a logged start, else the perturbed past the ego drove in
         # (`perturbed_past`: the log's path at the perturbed speed with the offset blended in), then the realised ones
@@ -648,14 +649,19 @@ class SimScaleEnv(gym.Env):
         final = None
         if plan_scores is not None and stage == 1 and cfg.human_filter:
             plan_scores, final = self._human_filtered(plan_scores)
-        frames = [self.sim.objects(w)]
+        if self._frames[-1] is None:
+            self._frames[-1] = self.sim.objects(w)
+        frames = [self._frames[-1]]
         seg = [w.ego.copy()]
         for i in range(k):
             w = self.sim.step(w, tracker=steps[i]) if steps[i] is not None else self.sim.step(w, control=a)
             self._worlds.append(w)
             frames.append(self.sim.objects(w))
+            self._frames.append(frames[-1])
             seg.append(w.ego.copy())
             self._past.append(self._worlds[-2].ego.copy())
+            # past worlds are observed and scored, never stepped again: kept without the agents' paths (MBs each)
+            self._worlds[-2] = self._worlds[-2].observed()
         self.world = w
         self._steps += 1
         step_scores = self._score_segment(np.stack(seg), frames)
@@ -862,9 +868,13 @@ class SimScaleEnv(gym.Env):
             sim, worlds = wh
             for i in range(len(worlds), self._worlds[-1].iteration + 1):
                 worlds.append(sim.step(worlds[-1], ego_state=sim.logged_ego_state(i)))
+                worlds[-2] = worlds[-2].observed()  # only the last one is stepped again
             # the logged drive judged alone, without a past, as NAVSIM's human filter scores the human
             self._human_cache[key] = episode_summary(self.sim, worlds[:self._worlds[-1].iteration + 1])["scores"]
-        s = episode_summary(self.sim, self._worlds, human=self._human_cache[key], past_states=self._start_hc_past)
+        if self._frames[0] is None:
+            self._frames[0] = self.sim.objects(self._worlds[0])
+        s = episode_summary(self.sim, self._worlds, human=self._human_cache[key], past_states=self._start_hc_past,
+                            frames=self._frames)
         s.pop("scores")
         return s
 
@@ -875,7 +885,9 @@ class SimScaleEnv(gym.Env):
         obs = {}
         objs = None
         if "cameras" in cfg.observation_keys or "bev" in cfg.observation_keys or "agents" in cfg.observation_keys:
-            objs = self.sim.objects(w)
+            if self._frames[-1] is None:  # the current world's objects (the step computed them)
+                self._frames[-1] = self.sim.objects(w)
+            objs = self._frames[-1]
         self._last_objects = objs
         if "cameras" in cfg.observation_keys:
             self._last_render = self._camera_observation(objs)

@@ -436,7 +436,7 @@ def pseudo_simulate(sim: Simulation, world: WorldState, plans: np.ndarray, *, ag
 
 def episode_summary(sim: Simulation, worlds: list[WorldState], config: ScorerConfig = ScorerConfig(),
                     human: "PlanScores | None" = None, filter_variant: str = "fixed",
-                    past_states: np.ndarray | None = None) -> dict:
+                    past_states: np.ndarray | None = None, frames: list | None = None) -> dict:
     """The EPDMS sub-metrics over a realised closed-loop rollout (`worlds` at consecutive iterations).
 
     The scene holds what actually happened (the agents as simulated, the lights of the log); EP is the ego's
@@ -447,7 +447,8 @@ def episode_summary(sim: Simulation, worlds: list[WorldState], config: ScorerCon
     `envs.history.hc_past` a perturbed one). None or an empty array: no past, and HC is 1 (`_history_comfort`). EC
     compares the realised trajectory with itself and is left out. With `human` (the `scores` of the logged
     drive's own summary) NAVSIM's human false-positive filter is applied (`filter_variant`), and `epdms` is the
-    filtered score. Returns sub-scores, `epdms` (multiplicative product x weighted / 14), and diagnostics."""
+    filtered score. `frames`: `sim.objects(w)` of each world where the caller has them (the env keeps them).
+    Returns sub-scores, `epdms` (multiplicative product x weighted / 14), and diagnostics."""
     if len(worlds) < 2:
         raise ValueError("an episode summary needs at least two world states")
     past = None
@@ -460,7 +461,10 @@ def episode_summary(sim: Simulation, worlds: list[WorldState], config: ScorerCon
     states = np.stack([w.ego for w in worlds])[None]
     w0 = worlds[0]
     T = len(worlds)
-    frames = [sim.objects(w) for w in worlds]
+    if frames is None:
+        frames = [sim.objects(w) for w in worlds]
+    elif len(frames) != len(worlds):
+        raise ValueError(f"frames must hold one Objects per world: {len(frames)} for {len(worlds)} worlds")
     m = sim.map
     tracks, seen = [], {}
     for fr in frames:

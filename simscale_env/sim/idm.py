@@ -146,6 +146,13 @@ class IDMAgents:
         return IDMAgents(**{k: getattr(self, k) if k in share else getattr(self, k).copy()
                             for k in self.__dataclass_fields__})
 
+    def slim(self) -> "IDMAgents":
+        """The state without its paths, footprints and routes (zero-length arrays; the rest shared, not copied): what
+        observing and scoring a past state read (poses, speeds, sizes, who is alive), a few kB instead of the paths'
+        MBs. `step_agents` refuses it."""
+        A = len(self.alive)
+        return replace(self, path=np.zeros((A, 0, 4)), foot=np.zeros((A, 0, 2)), route=np.zeros((A, 0), np.int64))
+
     @property
     def num_alive(self) -> int:
         return int(self.alive.sum())
@@ -1385,15 +1392,22 @@ def _scratch(shape) -> np.ndarray:
     return a
 
 
-def _needs_extension(agents: IDMAgents, config: IDMConfig) -> bool:
-    """Whether an alive agent's path ahead is shorter than the kernel's route-extension bound (`_idm_step` step 2,
-    evaluated on the input state, as the kernel does: the radius cut before it only clears `alive`; conservative)."""
+def _needs_extension(agents: IDMAgents, config: IDMConfig, g: LaneGraph, green: np.ndarray, red: np.ndarray) -> bool:
+    """Whether the kernel may write an agent's path (`_idm_step` step 2, on the input state as the kernel reads it:
+    the radius cut before it only clears `alive`): an alive agent whose path ahead is shorter than the extension
+    bound (with a margin against rounding) and whose route's last lane has an outgoing lane it may take (green where
+    it has a light, else not red). Conservative: never False where the kernel writes."""
     alive = np.nonzero(agents.alive)[0]
     if not len(alive):
         return False
     end = agents.path[alive, agents.n_path[alive] - 1, 3]
     bound = config.minimum_path_length + agents.target[alive] * config.headway_time
-    return bool(np.any(end - agents.s[alive] < bound + 1e-6))  # a margin: rounding never leaves a write unseen
+    for i in alive[end - agents.s[alive] < bound + 1e-6]:
+        last = agents.route[i, agents.n_route[i] - 1]
+        e = g.out_idx[g.out_ptr[last]:g.out_ptr[last + 1]]
+        if np.any(np.where(g.has_light[e], green[e], ~red[e])):
+            return True
+    return False
 
 
 def light_masks(m: MapAPI, green_ids, red_ids) -> tuple[np.ndarray, np.ndarray]:
@@ -1419,6 +1433,9 @@ def step_agents(m: MapAPI, agents: IDMAgents, *, ego_corners: np.ndarray, ego_ce
     `light_masks(m, green_ids, red_ids)` computed beforehand); `ego_speed` and `ego_heading`: the ego's rear-axle
     speed and heading (what a leading ego's velocity is projected from).
     """
+    if agents.path.shape[1] == 0 and agents.alive.any():
+        raise ValueError("these IDM agents were slimmed (IDMAgents.slim: a past state kept for observation); step the "
+                         "state they were slimmed from")
     g = lane_graph(m)
     green, red = masks if masks is not None else light_masks(m, green_ids, red_ids)
     ego = np.ascontiguousarray(np.asarray(ego_corners, dtype=np.float64).reshape(4, 2))
@@ -1428,7 +1445,7 @@ def step_agents(m: MapAPI, agents: IDMAgents, *, ego_corners: np.ndarray, ego_ce
     # the kernel writes an agent's path only to extend its route (step 2, `extend_route`), where the path ahead has run
     # shorter than min_path_len + target * headway: without such an agent the new state shares the input's path
     # array (by far its largest, [A, NP, 4]) instead of copying it; no code writes a state's arrays after its step
-    share_path = not (config.extend_route and _needs_extension(agents, config))
+    share_path = not (config.extend_route and _needs_extension(agents, config, g, green, red))
     while True:
         if (cap, fcap) != (agents.capacity, agents.foot.shape[1]):
             a = agents.grown(cap, fcap)

@@ -16,7 +16,7 @@ Agent modes:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -67,6 +67,14 @@ class WorldState:
     # NAVSIM's open-loop parked vehicles (IDMConfig.add_open_loop_parked_vehicles): tracks shown static at their
     # iteration-0 pose while no agent overlaps them
     parked: np.ndarray | None = None
+
+    def observed(self) -> "WorldState":
+        """This state without what only stepping it needs (the IDM agents' paths and footprints, `IDMAgents.slim`):
+        what an episode keeps of its past states, which are observed and scored (`Simulation.objects`) but never
+        stepped again. Stepping it raises."""
+        if self.idm is None or self.idm.path.shape[1] == 0:
+            return self
+        return replace(self, idm=self.idm.slim())
 
 
 @dataclass(frozen=True, eq=False)

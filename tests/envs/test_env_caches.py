@@ -63,3 +63,33 @@ def test_env_cache_sizes_argument_is_checked(mini):
         SimScaleEnv("navhard", cache_sizes={"scenes": 3}, **SMALL)
     with pytest.raises(ValueError, match="cache_sizes.renderers must be at least 1"):
         EnvConfig(cache_sizes={"renderers": 0})
+
+
+def test_kept_frames_and_logged_drive_give_what_recomputing_gives(mini):
+    """The env keeps each world's objects as its steps compute them and the logged drive's worlds per scenario
+    (extended as far as an episode needs): its episode summaries equal those recomputed from scratch (every
+    world's objects again, the logged drive stepped anew), for a long episode and then a shorter one of the same
+    scene that reuses the logged drive."""
+    import gymnasium as gym
+
+    from simscale_env.metrics.pseudo_sim import episode_summary
+
+    env = gym.make("SimScale-navhard-v0", disable_env_checker=True, observation_keys=("ego_status",),
+                   pseudo_experts=False, plan_scoring=None, valid_start=False).unwrapped
+    token = env.tokens[0]
+    for steps in (8, 3):
+        obs, info = env.reset(seed=5, options={"scenario_token": token})
+        for _ in range(steps):
+            obs, r, term, trunc, info = env.step(info["logged_plan"])
+            if term or trunc:
+                break
+        got = env.episode_summary()
+        sim = env.sim
+        wh = [sim.reset()]
+        for i in range(1, env._worlds[-1].iteration + 1):
+            wh.append(sim.step(wh[-1], ego_state=sim.logged_ego_state(i)))
+        ref = episode_summary(sim, env._worlds, human=episode_summary(sim, wh)["scores"],
+                              past_states=env._start_hc_past)
+        ref.pop("scores")
+        _same(got, ref, f"{steps} steps")
+        assert env._worlds[0].idm.path.shape[1] == 0 and env.world.idm.path.shape[1] > 0  # past worlds kept slim

@@ -126,3 +126,34 @@ def test_a_braking_ego_holds_at_standstill_instead_of_backing_up(scene):
     assert speeds[False].min() < -0.5  # the devkit's integration reverses
     assert speeds[True].min() == 0.0 and np.all(speeds[True][np.argmax(speeds[True] == 0):] == 0.0)
     np.testing.assert_array_equal(speeds[True][speeds[False] > 0], speeds[False][speeds[False] > 0])
+
+
+def test_branches_share_paths_without_writing_each_others(scene):
+    """A step shares its input's path array when no agent extends its route (a copy of MBs otherwise): stepping
+    one state twice (two futures) and rolling both on changes no state of the other branch, and the shared
+    paths are really shared."""
+    sc, m = scene
+    sim = Simulation(sc, m, SimConfig(agent_mode="reactive"))
+    a = _roll(sim, 60)
+    frozen = [w.idm.copy() for w in a]
+    shared = sum(x.idm.path is y.idm.path for x, y in zip(a, a[1:]))
+    assert 0 < shared < 60  # some steps share, some extend a route (and copy)
+    w = a[10]
+    for t in range(50):  # another future from the same state: brake and steer
+        w = sim.step(w, control=[-2.0, 0.2 * (-1) ** t])
+    for i, (wa, f) in enumerate(zip(a, frozen)):
+        for k in f.__dataclass_fields__:
+            assert np.array_equal(getattr(wa.idm, k), getattr(f, k)), (i, k)
+
+
+def test_observed_states_score_as_the_full_ones_and_refuse_to_step(scene):
+    sc, m = scene
+    sim = Simulation(sc, m, SimConfig(agent_mode="reactive"))
+    w = _roll(sim, 12)[-1]
+    slim = w.observed()
+    assert slim.idm.path.shape[1] == 0 and slim.idm.path.nbytes == 0 and slim.observed() is slim
+    full, obs = sim.objects(w), sim.objects(slim)
+    for k in full.__dataclass_fields__:
+        assert np.array_equal(getattr(full, k), getattr(obs, k)), k
+    with pytest.raises(ValueError, match="slimmed"):
+        sim.step(slim, control=[0.0, 0.0])
