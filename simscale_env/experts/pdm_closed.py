@@ -147,7 +147,10 @@ class _Path:
         return out.reshape(q.shape + (3,))
 
     def project(self, points) -> np.ndarray:
-        return shapely.line_locate_point(self.geom, shapely.points(np.asarray(points).reshape(-1, 2)))
+        """shapely.line_locate_point(self.geom, points) (GEOS's LengthIndexedLine.project), computed as GEOS does
+        (`_geos_project`) without a shapely call per point set."""
+        pts = np.ascontiguousarray(np.asarray(points, dtype=np.float64).reshape(-1, 2))
+        return _geos_project(self.xy, pts)
 
     def substring(self, a: float, b: float) -> shapely.LineString:
         a, b = float(np.clip(a, 0.0, self.length)), float(np.clip(b, 0.0, self.length))
@@ -429,7 +432,7 @@ class PDMClosedPlanner:
             per.append(cand)
         cents = [o[2][c] for o, c in zip(occ, per)]
         n = sum(len(c) for c in per)
-        prog = shapely.line_locate_point(path.geom, np.concatenate(cents)) if n else np.zeros(0)
+        prog = path.project(shapely.get_coordinates(np.concatenate(cents))) if n else np.zeros(0)
         k0 = 0
         for k, o, c in zip(samples, occ, per):
             out[k] = (o[0], c, prog[k0:k0 + len(c)])
@@ -494,6 +497,63 @@ def _idm_propagate(progress, vel, lead, targets, t, min_gap, headway, sqrt_ab, a
         acc = min(max(acc, -decel_max), accel_max)
         progress[i, t] = x + interval * v
         vel[i, t] = v + interval * acc
+
+
+@njit(cache=True, error_model="numpy")
+def _geos_project(xy, pts):
+    """GEOS's LengthIndexedLine::project of each point onto the polyline `xy` [N, 2] (what shapely's
+    line_locate_point returns), operation for operation: LengthIndexOfPoint::indexOfFromStart walks the segments,
+    keeping the first with the strictly smallest Distance::pointToSegment, and measures the point's projection on it
+    (LineSegment::projectionFactor clamped to the segment) plus the lengths of the segments before it. IEEE
+    division (a repeated vertex gives the projection factor inf or NaN, as in GEOS)."""
+    n = xy.shape[0]
+    out = np.empty(pts.shape[0])
+    for i in range(pts.shape[0]):
+        px = pts[i, 0]
+        py = pts[i, 1]
+        min_d = np.inf
+        measure = -1.0  # minIndex
+        start = 0.0
+        for k in range(n - 1):
+            ax = xy[k, 0]
+            ay = xy[k, 1]
+            bx = xy[k + 1, 0]
+            by = xy[k + 1, 1]
+            # Distance::pointToSegment(p, A, B)
+            if ax == bx and ay == by:
+                d = np.sqrt((px - ax) * (px - ax) + (py - ay) * (py - ay))
+            else:
+                len2 = (bx - ax) * (bx - ax) + (by - ay) * (by - ay)
+                r = ((px - ax) * (bx - ax) + (py - ay) * (by - ay)) / len2
+                if r <= 0.0:
+                    d = np.sqrt((px - ax) * (px - ax) + (py - ay) * (py - ay))
+                elif r >= 1.0:
+                    d = np.sqrt((px - bx) * (px - bx) + (py - by) * (py - by))
+                else:
+                    s = ((ay - py) * (bx - ax) - (ax - px) * (by - ay)) / len2
+                    d = abs(s) * np.sqrt(len2)
+            seg_len = np.sqrt((ax - bx) * (ax - bx) + (ay - by) * (ay - by))  # p0.distance(p1)
+            # LengthIndexOfPoint::segmentNearestMeasure with LineSegment::projectionFactor
+            if px == ax and py == ay:
+                f = 0.0
+            elif px == bx and py == by:
+                f = 1.0
+            else:
+                dx = bx - ax
+                dy = by - ay
+                f = ((px - ax) * dx + (py - ay) * dy) / (dx * dx + dy * dy)
+            if f <= 0.0:
+                m = start
+            elif f <= 1.0:
+                m = start + f * seg_len
+            else:
+                m = start + seg_len
+            if d < min_d and m > -1.0:
+                measure = m
+                min_d = d
+            start += seg_len
+        out[i] = measure
+    return out
 
 
 @njit(cache=True, error_model="numpy")

@@ -153,6 +153,8 @@ class Simulation:
         # the replayed objects per iteration for one replay mask (a world's, kept by identity: an episode's worlds
         # share their reset's mask) and the parked vehicles' boxes per parked set
         self._replayed: dict = {}
+        self._red_polygons: dict = {}  # iteration -> {connector id: polygon} of the red connectors
+        self._want: dict = {}  # lane-id collections (hashable ones) -> their ids as strings (`red_light_polygons`)
         self._parked_boxes: tuple | None = None
 
     # ------------------------------------------------------------------ helpers
@@ -183,14 +185,22 @@ class Simulation:
     def red_light_polygons(self, iteration: int, lane_ids=None) -> dict:
         """{connector id: polygon} of the connectors whose light is red at an iteration (restricted to `lane_ids`,
         e.g. the route's lanes, as NAVSIM's observation does)."""
-        _, red = self.lights(iteration)
-        want = None if lane_ids is None else {str(x) for x in lane_ids}
-        out = {}
-        for cid in red:
-            key = str(int(cid))
-            if key in self.map.lanes and (want is None or key in want):
-                out[key] = self.map.lanes[key].polygon
-        return out
+        red = self._red_polygons.get(iteration)
+        if red is None:  # {connector id: polygon} of every red connector on the map at this iteration, kept
+            lanes = self.map.lanes
+            red = {key: lanes[key].polygon for key in (str(int(cid)) for cid in self.lights(iteration)[1])
+                   if key in lanes}
+            self._red_polygons[iteration] = red
+        if not red or lane_ids is None:
+            return dict(red)
+        want = self._want.get(lane_ids) if isinstance(lane_ids, (frozenset, tuple)) else None
+        if want is None:
+            want = {str(x) for x in lane_ids}
+            if isinstance(lane_ids, (frozenset, tuple)):
+                if len(self._want) > 64:
+                    self._want.clear()
+                self._want[lane_ids] = want
+        return {key: poly for key, poly in red.items() if key in want}
 
     def _log_boxes(self, iteration: int, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ag = self.scenario.agents
