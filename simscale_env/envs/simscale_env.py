@@ -841,7 +841,8 @@ class SimScaleEnv(gym.Env):
         """EPDMS sub-metrics of the executed step against the simulated objects (no HC: the step is too short)."""
         scene = scene_from_frames(self.sim, self._worlds[-len(frames)], frames, route_ids=self._route_lanes,
                                   centerline=self._centerline, past_states=np.zeros((0, 11)))
-        return score_states(scene, states[None], ScorerConfig(), progress_reference=(1.0, 1.0))
+        return score_states(scene, states[None], ScorerConfig(), progress_reference=(1.0, 1.0),
+                            multiplicative_only=True)  # the reward reads NC, DAC, DDC and TLC of the segment
 
     def _progress(self, states) -> float:
         c = self.sim.config.vehicle.rear_axle_to_center

@@ -226,8 +226,11 @@ def _relative_angle(ex, ey, eh, box):
 # ---------------------------------------------------------------------------------------------- the scorer
 def score_states(scene: ScoringScene, states: np.ndarray, config: C.ScorerConfig = C.ScorerConfig(), *,
                  progress_reference: np.ndarray | None = None, previous_states: np.ndarray | None = None,
-                 vehicle: VehicleParameters = PACIFICA) -> PlanScores:
+                 vehicle: VehicleParameters = PACIFICA, multiplicative_only: bool = False) -> PlanScores:
     """Score proposals `states` [N, T, 11] (T = scene.num_steps) against one scene.
+
+    `multiplicative_only`: only NC, DAC, DDC and TLC (and the collision time); EP, TTC, LK, HC, EC and the raw
+    progress are NaN (what the env's per-step reward reads of the driven 0.5 s, without the rest's cost).
 
     EP normalisation: NAVSIM's `score_proposals` normalises jointly over the proposals scored together
     (`progress_reference=None`). With `progress_reference` = (raw progress, multiplicative product) of the
@@ -250,6 +253,9 @@ def score_states(scene: ScoringScene, states: np.ndarray, config: C.ScorerConfig
     dac = np.where(areas["non_drivable"].any(1), 0.0, 1.0)
     tlc = _traffic_light_compliance(scene, quads)
     ddc = _driving_direction(scene, coords, areas, config)
+    if multiplicative_only:
+        nan = np.full(N, np.nan)
+        return PlanScores(nc, dac, ddc, tlc, nan, nan, nan, nan, nan, nan, t_coll * config.dt, nan)
     progress_raw = _progress(scene, coords)
     ttc, t_ttc = _ttc(scene, states, coords, areas, config)
     lk = _lane_keeping(scene, coords, areas, config)

@@ -192,3 +192,23 @@ def test_scoring_on_pdm_closeds_repaired_route(oracle_mini_dir):
         np.testing.assert_array_equal(fixed.centerline, sim.map.route_centerline(route, tuple(world.ego[:3])).xy)
         differs += logged.route_lane_ids != frozenset(s["route_lane_ids"])
     assert differs == 3
+
+
+def test_multiplicative_only_scores_equal_the_full_ones(follower_sim):
+    """score_states(multiplicative_only=True) (the env's per-step reward of the driven 0.5 s): NC, DAC, DDC, TLC and
+    the collision time as the full scoring gives them, the rest NaN."""
+    from simscale_env.metrics.epdms import score_states
+
+    sim = follower_sim
+    w = sim.reset()
+    plans = np.stack([np.zeros((8, 3)), _straight(6.0), _straight(3.0) + [0.0, 2.5, 0.3]])
+    scene = scoring_scene(sim, w, agent_mode="non_reactive")
+    states = plan_states(w, plans)
+    full = score_states(scene, states)
+    part = score_states(scene, states, multiplicative_only=True)
+    for k in ("no_at_fault_collisions", "drivable_area_compliance", "driving_direction_compliance",
+              "traffic_light_compliance", "time_to_at_fault_collision_s"):
+        assert getattr(part, k).tobytes() == getattr(full, k).tobytes(), k
+    assert full.traffic_light_compliance.tolist() == [1.0, 0.0, 0.0]  # something to compare
+    for k in ("ego_progress", "time_to_collision_within_bound", "lane_keeping", "history_comfort", "progress_raw"):
+        assert np.isnan(getattr(part, k)).all(), k
