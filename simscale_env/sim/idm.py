@@ -151,7 +151,10 @@ class IDMAgents:
         observing and scoring a past state read (poses, speeds, sizes, who is alive), a few kB instead of the paths'
         MBs. `step_agents` refuses it."""
         A = len(self.alive)
-        return replace(self, path=np.zeros((A, 0, 4)), foot=np.zeros((A, 0, 2)), route=np.zeros((A, 0), np.int64))
+        new = object.__new__(IDMAgents)  # a frozen dataclass: its fields set as dataclasses.replace would, cheaper
+        new.__dict__.update(self.__dict__, path=np.zeros((A, 0, 4)), foot=np.zeros((A, 0, 2)),
+                            route=np.zeros((A, 0), np.int64))
+        return new
 
     @property
     def num_alive(self) -> int:
@@ -1196,7 +1199,10 @@ def _box_corners(x, y, h, length, width, signs, out):
 def box_corners(x, y, h, length, width) -> np.ndarray:
     """Corners [N, 4, 2] (FL, RL, RR, FR as nuPlan's OrientedBox) of boxes centred at (x, y) with heading h
     (scalars broadcast)."""
-    args = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64).reshape(-1) for a in (x, y, h, length, width)))
+    args = [np.asarray(a, dtype=np.float64).reshape(-1) for a in (x, y, h, length, width)]
+    n = len(args[0])
+    if any(len(a) != n for a in args):  # scalars (or length-1 arrays) among arrays: broadcast
+        args = np.broadcast_arrays(*args)
     x, y, h, length, width = (np.ascontiguousarray(a) for a in args)
     out = np.empty((x.shape[0], 4, 2))
     _box_corners(x, y, h, length, width, _CORNER_SIGNS, out)

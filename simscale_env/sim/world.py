@@ -16,7 +16,7 @@ Agent modes:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -74,7 +74,7 @@ class WorldState:
         stepped again. Stepping it raises."""
         if self.idm is None or self.idm.path.shape[1] == 0:
             return self
-        return replace(self, idm=self.idm.slim())
+        return WorldState(self.iteration, self.time_us, self.ego, self.idm.slim(), self.replay_mask, self.parked)
 
 
 @dataclass(frozen=True, eq=False)
