@@ -211,29 +211,37 @@ def scene_from_frames(sim: Simulation, world: WorldState, frames, *, near=None, 
         near = near_map_indices(m, ego_box(world.ego).mean(axis=0), radius)
     if route_ids is None:
         route_ids = route_lane_set(sim)
-    T = len(frames)
-    tracks = []
-    seen = {}
-    for fr in frames:
-        for k, tr in enumerate(fr.track):
-            if tr not in seen:
-                seen[tr] = (fr, k)
-                tracks.append(int(tr))
-    M = len(tracks)
-    col = {t: i for i, t in enumerate(tracks)}
-    corners = np.zeros((T, M, 4, 2))
-    valid = np.zeros((T, M), dtype=bool)
-    for t, fr in enumerate(frames):
-        if len(fr):
-            idx = np.array([col[int(x)] for x in fr.track])
-            corners[t, idx] = fr.corners()
-            valid[t, idx] = True
-    ag = sim.scenario.agents
-    heading = np.array([seen[t][0].heading[seen[t][1]] for t in tracks])
-    speed = np.array([np.hypot(seen[t][0].vx[seen[t][1]], seen[t][0].vy[seen[t][1]]) for t in tracks])
-    is_agent = np.array([ag.category[t] in AGENT_CATEGORIES for t in tracks], dtype=bool)
+    tracks, corners, valid, heading, speed = _sightings(frames)
+    is_agent = np.isin(sim.scenario.agents.category[tracks], AGENT_CATEGORIES)
     return _assemble_scene(sim, world, tracks, corners, valid, heading, speed, is_agent, near, frozenset(route_ids),
                            centerline, past_states, light_ids)
+
+
+def _sightings(frames) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The objects of per-step `Objects` frames as tracks: (track columns in order of first appearance, corners
+    [T, M, 4, 2] and valid [T, M] per step, heading [M] and speed [M] at each track's first sighting), NAVSIM's
+    unique_objects (one array pass instead of a Python loop over every sighting)."""
+    T = len(frames)
+    sizes = [len(fr) for fr in frames]
+    if not sum(sizes):
+        return [], np.zeros((T, 0, 4, 2)), np.zeros((T, 0), dtype=bool), np.zeros(0), np.zeros(0)
+    seen = [fr for fr in frames if len(fr)]
+    track = np.concatenate([np.asarray(fr.track, dtype=np.int64) for fr in seen])
+    uniq, first = np.unique(track, return_index=True)
+    order = np.argsort(first, kind="stable")  # first appearance: frame order, then row order within a frame
+    col = np.empty(len(uniq), dtype=np.int64)
+    col[order] = np.arange(len(uniq))
+    cols = col[np.searchsorted(uniq, track)]
+    step = np.repeat(np.arange(T), sizes)
+    M = len(uniq)
+    corners = np.zeros((T, M, 4, 2))
+    valid = np.zeros((T, M), dtype=bool)
+    corners[step, cols] = np.concatenate([fr.corners() for fr in seen])
+    valid[step, cols] = True
+    at = first[order]
+    heading = np.concatenate([fr.heading for fr in seen])[at]
+    speed = np.hypot(np.concatenate([fr.vx for fr in seen])[at], np.concatenate([fr.vy for fr in seen])[at])
+    return uniq[order].tolist(), corners, valid, heading, speed
 
 
 def _assemble_scene(sim, world, tracks, corners, valid, heading, speed, is_agent, near, route_ids, centerline,
@@ -466,20 +474,7 @@ def episode_summary(sim: Simulation, worlds: list[WorldState], config: ScorerCon
     elif len(frames) != len(worlds):
         raise ValueError(f"frames must hold one Objects per world: {len(frames)} for {len(worlds)} worlds")
     m = sim.map
-    tracks, seen = [], {}
-    for fr in frames:
-        for k, tr in enumerate(fr.track):
-            if tr not in seen:
-                seen[tr] = (fr, k)
-                tracks.append(int(tr))
-    col = {t: i for i, t in enumerate(tracks)}
-    corners = np.zeros((T, len(tracks), 4, 2))
-    valid = np.zeros((T, len(tracks)), dtype=bool)
-    for t, fr in enumerate(frames):
-        if len(fr):
-            idx = np.array([col[int(x)] for x in fr.track])
-            corners[t, idx] = fr.corners()
-            valid[t, idx] = True
+    tracks, corners, valid, heading, speed = _sightings(frames)
     base = scoring_scene(sim, w0, agent_mode="non_reactive", num_steps=1)
     route_ids = base.route_lane_ids
     red = tuple(tuple(sorted(sim.red_light_polygons(w.iteration, route_ids).items())) for w in worlds)
@@ -496,9 +491,7 @@ def episode_summary(sim: Simulation, worlds: list[WorldState], config: ScorerCon
     scene = ScoringScene(
         map_ids=tuple(ids), map_types=tuple(types), map_polygons=tuple(polys), route_lane_ids=route_ids,
         centerline=base.centerline, obj_tokens=tuple(ag.track_tokens[t] for t in tracks),
-        obj_is_agent=np.array([ag.category[t] in AGENT_CATEGORIES for t in tracks], dtype=bool),
-        obj_heading=np.array([seen[t][0].heading[seen[t][1]] for t in tracks]),
-        obj_speed=np.array([np.hypot(seen[t][0].vx[seen[t][1]], seen[t][0].vy[seen[t][1]]) for t in tracks]),
+        obj_is_agent=np.isin(ag.category[tracks], AGENT_CATEGORIES), obj_heading=heading, obj_speed=speed,
         obj_corners=corners, obj_valid=valid, red_light_polygons=red, collided_track_ids=base.collided_track_ids,
         human_past_states=past, name=sim.scenario.token)
     # human progress over the same iterations, on the same centreline

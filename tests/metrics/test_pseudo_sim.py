@@ -212,3 +212,45 @@ def test_multiplicative_only_scores_equal_the_full_ones(follower_sim):
     assert full.traffic_light_compliance.tolist() == [1.0, 0.0, 0.0]  # something to compare
     for k in ("ego_progress", "time_to_collision_within_bound", "lane_keeping", "history_comfort", "progress_raw"):
         assert np.isnan(getattr(part, k)).all(), k
+
+
+def _sightings_reference(frames):
+    """NAVSIM's unique_objects as a loop over every sighting (the reference `_sightings` vectorises)."""
+    T, tracks, seen = len(frames), [], {}
+    for fr in frames:
+        for k, tr in enumerate(fr.track):
+            if tr not in seen:
+                seen[tr] = (fr, k)
+                tracks.append(int(tr))
+    col = {t: i for i, t in enumerate(tracks)}
+    corners, valid = np.zeros((T, len(tracks), 4, 2)), np.zeros((T, len(tracks)), dtype=bool)
+    for t, fr in enumerate(frames):
+        if len(fr):
+            idx = np.array([col[int(x)] for x in fr.track])
+            corners[t, idx] = fr.corners()
+            valid[t, idx] = True
+    heading = np.array([seen[t][0].heading[seen[t][1]] for t in tracks])
+    speed = np.array([np.hypot(seen[t][0].vx[seen[t][1]], seen[t][0].vy[seen[t][1]]) for t in tracks])
+    return tracks, corners, valid, heading, speed
+
+
+@pytest.mark.parametrize("mode", ["reactive", "constant_velocity"])
+def test_sightings_equal_the_loop_over_every_sighting(mini, mode):
+    import gymnasium as gym
+
+    from simscale_env.metrics.pseudo_sim import _sightings
+
+    env = gym.make("SimScale-navhard-v0", disable_env_checker=True, observation_keys=("ego_status",),
+                   pseudo_experts=False, plan_scoring=None, valid_start=False, agent_mode=mode).unwrapped
+    obs, info = env.reset(seed=1)
+    for _ in range(6):
+        obs, r, term, trunc, info = env.step(info["logged_plan"])
+        if term or trunc:
+            break
+    frames = env._frames
+    for part in (frames, frames[:6], frames[-4:], []):
+        want, got = _sightings_reference(part), _sightings(part)
+        assert want[0] == got[0]
+        for a, b in zip(want[1:], got[1:]):
+            assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+    assert len(_sightings(frames)[0]) > 5
