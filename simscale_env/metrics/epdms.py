@@ -14,15 +14,15 @@ from collections import OrderedDict
 from dataclasses import dataclass, field, fields
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 from scipy.signal import savgol_filter
 
 from ..sim.state import (ACCELERATION_X, ACCELERATION_Y, ANGULAR_ACCELERATION, ANGULAR_VELOCITY, HEADING,
                          STATE_SIZE, VELOCITY_X, VELOCITY_Y, X, Y)
 from ..sim.vehicle import PACIFICA, VehicleParameters
 from . import constants as C
-from .geometry import (AreaIndex, PolygonSet, _flags_at, object_index, polyline_project, query_overlaps,
-                       quads_meet_polygons, segment_hits_quad)
+from .geometry import (AreaIndex, PolygonSet, _flags_at, object_index, parallel_chunk, polyline_project,
+                       query_overlaps, quads_meet_polygons, segment_hits_quad)
 
 # map object types as in nuPlan's SemanticMapLayer names
 DRIVABLE_TYPES = ("ROADBLOCK", "INTERSECTION", "DRIVABLE_AREA", "CARPARK_AREA")  # PDMScorer._calculate_ego_area
@@ -290,25 +290,38 @@ def _no_at_fault_collision(scene, states, quads, areas, config):
     track_stopped = (~scene.obj_is_agent) | (scene.obj_speed <= C.COLLISION_STOPPED_SPEED_THRESHOLD)
     speeds = np.hypot(states[..., VELOCITY_X], states[..., VELOCITY_Y])
     risky = areas["multiple_lanes"] | areas["non_drivable"]
-    return _nc_kernel(quads, speeds, states[..., X:HEADING + 1], scene.obj_corners, scene.obj_valid, skip,
-                      np.asarray(scene.obj_is_agent, dtype=bool), track_stopped, risky,
-                      float(C.COLLISION_STOPPED_SPEED_THRESHOLD), np.deg2rad(C.BEHIND_ANGLE_DEG))
+    args = (quads, speeds, states[..., X:HEADING + 1], scene.obj_corners, scene.obj_valid, skip,
+            np.asarray(scene.obj_is_agent, dtype=bool), track_stopped, risky,
+            float(C.COLLISION_STOPPED_SPEED_THRESHOLD), np.deg2rad(C.BEHIND_ANGLE_DEG),
+            object_index(scene.obj_corners, scene.obj_valid))
+    return _by_proposal(_nc_rows, _nc_chunks, N, args)
+
+
+def _by_proposal(rows, chunks, N: int, args: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """(score [N] starting at 1, first time [N] starting at inf) of a per-proposal kernel: `rows(lo, hi, *args,
+    score, t_first)` in one loop, or `chunks` spreading chunks of proposals over numba's threads from
+    `geometry.PARALLEL_MIN_ROWS` proposals on (each proposal is scored alone: the same values either way)."""
+    score, t_first = np.ones(N), np.full(N, np.inf)
+    chunk = parallel_chunk(N)
+    if chunk:  # numba's parallel loops take no tuples of arrays: those go flat, `chunks` packs them again
+        chunks(chunk, N, *(x for a in args for x in (a if isinstance(a, tuple) else (a,))), score, t_first)
+    else:
+        rows(0, N, *args, score, t_first)
+    return score, t_first
 
 
 @njit(cache=True, error_model="numpy")
-def _nc_kernel(quads, speeds, rear, obj, obj_valid, skip, is_agent, track_stopped, risky, stopped, behind_rad):
-    """Per proposal in NAVSIM's order (time, then track): collision types STOPPED_EGO, STOPPED_TRACK, ACTIVE_REAR,
-    ACTIVE_FRONT (the FL-FR segment meets the track), ACTIVE_LATERAL; at fault: stopped track, active front, or
-    lateral while in multiple lanes / off the drivable area -> 0 for agents, 0.5 for static objects. A harmless
-    contact adds the track to the proposal's ignore list."""
-    N, T = quads.shape[0], quads.shape[1]
+def _nc_rows(lo, hi, quads, speeds, rear, obj, obj_valid, skip, is_agent, track_stopped, risky, stopped, behind_rad,
+             index, nc, t_first):
+    """Per proposal (lo..hi-1) in NAVSIM's order (time, then track): collision types STOPPED_EGO, STOPPED_TRACK,
+    ACTIVE_REAR, ACTIVE_FRONT (the FL-FR segment meets the track), ACTIVE_LATERAL; at fault: stopped track, active
+    front, or lateral while in multiple lanes / off the drivable area -> 0 for agents, 0.5 for static objects. A
+    harmless contact adds the track to the proposal's ignore list."""
+    T = quads.shape[1]
     M = obj.shape[1]
-    index = object_index(obj, obj_valid)
-    nc = np.ones(N)
-    t_first = np.full(N, np.inf)
     ignored = np.zeros(M, dtype=np.bool_)
     found = np.empty(M, dtype=np.int64)
-    for n in range(N):
+    for n in range(lo, hi):
         for m in range(M):
             ignored[m] = skip[m]
         for t in range(T):
@@ -342,7 +355,14 @@ def _nc_kernel(quads, speeds, rear, obj, obj_valid, skip, is_agent, track_stoppe
                     ignored[m] = True
             if nc[n] == 0.0:
                 break
-    return nc, t_first
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def _nc_chunks(chunk, N, quads, speeds, rear, obj, obj_valid, skip, is_agent, track_stopped, risky, stopped,
+               behind_rad, ox, oy, orad, order, nvalid, sx, maxr, nc, t_first):
+    for ci in prange((N + chunk - 1) // chunk):
+        _nc_rows(ci * chunk, min(N, (ci + 1) * chunk), quads, speeds, rear, obj, obj_valid, skip, is_agent,
+                 track_stopped, risky, stopped, behind_rad, (ox, oy, orad, order, nvalid, sx, maxr), nc, t_first)
 
 
 def _traffic_light_compliance(scene, quads):
@@ -391,27 +411,24 @@ def _ttc(scene, states, coords, areas, config):
         return np.ones(N), np.full(N, np.inf)
     skip = np.array([tok in scene.collided_track_ids for tok in scene.obj_tokens], dtype=bool)
     risky = areas["multiple_lanes"] | areas["non_drivable"]
-    return _ttc_kernel(coords[:, :, :4, :], dxy, speeds, states[..., X:HEADING + 1], scene.obj_corners,
-                       scene.obj_valid, skip, risky, future, n_eval, float(config.dt),
-                       float(config.stopped_speed_threshold), np.deg2rad(C.AHEAD_ANGLE_DEG),
-                       np.deg2rad(C.BEHIND_ANGLE_DEG), scene.area_index()._kernel_args())
+    args = (coords[:, :, :4, :], dxy, speeds, states[..., X:HEADING + 1], scene.obj_corners,
+            scene.obj_valid, skip, risky, future, n_eval, float(config.dt), float(config.stopped_speed_threshold),
+            np.deg2rad(C.AHEAD_ANGLE_DEG), np.deg2rad(C.BEHIND_ANGLE_DEG), scene.area_index()._kernel_args(),
+            object_index(scene.obj_corners, scene.obj_valid))
+    return _by_proposal(_ttc_rows, _ttc_chunks, N, args)
 
 
 @njit(cache=True, error_model="numpy")
-def _ttc_kernel(quads, dxy, speeds, rear, obj, obj_valid, skip, risky, future, n_eval, dt, stopped, ahead_rad,
-                behind_rad, area_args):
-    """The loop of _calculate_ttc per proposal in NAVSIM's order (time, then projection offset): a track hit
-    harmlessly joins the proposal's ignore list; the first violation sets TTC to 0 (and its time)."""
+def _ttc_rows(lo, hi, quads, dxy, speeds, rear, obj, obj_valid, skip, risky, future, n_eval, dt, stopped, ahead_rad,
+              behind_rad, area_args, index, ttc, t_first):
+    """The loop of _calculate_ttc per proposal (lo..hi-1) in NAVSIM's order (time, then projection offset): a track
+    hit harmlessly joins the proposal's ignore list; the first violation sets TTC to 0 (and its time)."""
     xy, ptr, origin, cell, nx, ny, fine_ptr, fine_idx, fine_full, flags, slabs = area_args
-    N = quads.shape[0]
     M = obj.shape[1]
-    index = object_index(obj, obj_valid)
-    ttc = np.ones(N)
-    t_first = np.full(N, np.inf)
     ignored = np.zeros(M, dtype=np.bool_)
     found = np.empty(M, dtype=np.int64)
     q = np.empty((4, 2))
-    for n in range(N):
+    for n in range(lo, hi):
         for m in range(M):
             ignored[m] = skip[m]
         done = False
@@ -453,7 +470,17 @@ def _ttc_kernel(quads, dxy, speeds, rear, obj, obj_valid, skip, risky, future, n
                     break
             if done:
                 break
-    return ttc, t_first
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def _ttc_chunks(chunk, N, quads, dxy, speeds, rear, obj, obj_valid, skip, risky, future, n_eval, dt, stopped,
+                ahead_rad, behind_rad, xy, ptr, origin, cell, nx, ny, fine_ptr, fine_idx, fine_full, flags, slabs,
+                ox, oy, orad, order, nvalid, sx, maxr, ttc, t_first):
+    for ci in prange((N + chunk - 1) // chunk):
+        _ttc_rows(ci * chunk, min(N, (ci + 1) * chunk), quads, dxy, speeds, rear, obj, obj_valid, skip, risky,
+                  future, n_eval, dt, stopped, ahead_rad, behind_rad,
+                  (xy, ptr, origin, cell, nx, ny, fine_ptr, fine_idx, fine_full, flags, slabs),
+                  (ox, oy, orad, order, nvalid, sx, maxr), ttc, t_first)
 
 
 def _lane_keeping(scene, coords, areas, config):

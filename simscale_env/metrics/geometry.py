@@ -612,7 +612,14 @@ class AreaIndex(PolygonSet):
         """coords [N, T, 5, 2] (FL, RL, RR, FR, centre) -> non_drivable, multiple_lanes, centre_on_route,
         centre_in_intersection, each [N, T]."""
         c = np.ascontiguousarray(coords, dtype=np.float64)
-        return _ego_area_kernel(c, *self._kernel_args())
+        N, T = c.shape[0], c.shape[1]
+        out = tuple(np.zeros((N, T), dtype=np.bool_) for _ in range(4))
+        chunk = parallel_chunk(N)
+        if chunk:
+            _ego_area_chunks(chunk, c, *self._kernel_args(), *out)
+        else:
+            _ego_area_rows(0, N, c, *self._kernel_args(), *out)
+        return out
 
     def point_flags(self, points: np.ndarray) -> np.ndarray:
         """OR of the category flags of the polygons containing each point [P, 2]."""
@@ -782,18 +789,15 @@ def _point_flags_kernel(p, xy, ptr, origin, cell, nx, ny, fine_ptr, fine_idx, fi
 
 
 @njit(cache=True)
-def _ego_area_kernel(coords, xy, ptr, origin, cell, nx, ny, fine_ptr, fine_idx, fine_full, flags, slabs):
-    """PDMScorer._calculate_ego_area per (proposal, step): a corner outside every drivable polygon -> non-drivable;
-    corners in more than one lane with no lane holding all four -> multiple lanes; the centre's on-route lane and
-    intersection membership."""
-    N, T = coords.shape[0], coords.shape[1]
-    non_drivable = np.zeros((N, T), dtype=np.bool_)
-    multiple = np.zeros((N, T), dtype=np.bool_)
-    on_route = np.zeros((N, T), dtype=np.bool_)
-    inter = np.zeros((N, T), dtype=np.bool_)
+def _ego_area_rows(lo, hi, coords, xy, ptr, origin, cell, nx, ny, fine_ptr, fine_idx, fine_full, flags, slabs,
+                   non_drivable, multiple, on_route, inter):
+    """PDMScorer._calculate_ego_area per (proposal, step) for proposals lo..hi-1: a corner outside every drivable
+    polygon -> non-drivable; corners in more than one lane with no lane holding all four -> multiple lanes; the
+    centre's on-route lane and intersection membership (written into the four [N, T] outputs)."""
+    T = coords.shape[1]
     lane_ids = np.empty(64, dtype=np.int64)
     lane_cnt = np.empty(64, dtype=np.int64)
-    for n in range(N):
+    for n in range(lo, hi):
         for t in range(T):
             n_lanes = 0
             drv_corners = 0
@@ -838,4 +842,29 @@ def _ego_area_kernel(coords, xy, ptr, origin, cell, nx, ny, fine_ptr, fine_idx, 
                     if lane_cnt[q] == 4:
                         single = True
                 multiple[n, t] = not single
-    return non_drivable, multiple, on_route, inter
+
+
+@njit(cache=True, parallel=True)
+def _ego_area_chunks(chunk, coords, xy, ptr, origin, cell, nx, ny, fine_ptr, fine_idx, fine_full, flags, slabs,
+                     non_drivable, multiple, on_route, inter):
+    """`_ego_area_rows` over chunks of `chunk` proposals on numba's threads (each proposal alone: the same values)."""
+    N = coords.shape[0]
+    for ci in prange((N + chunk - 1) // chunk):
+        _ego_area_rows(ci * chunk, min(N, (ci + 1) * chunk), coords, xy, ptr, origin, cell, nx, ny, fine_ptr,
+                       fine_idx, fine_full, flags, slabs, non_drivable, multiple, on_route, inter)
+
+
+# proposals scored on numba's threads from this many on (fewer: one loop, no thread-pool dispatch per call)
+PARALLEL_MIN_ROWS = 256
+
+
+def parallel_chunk(n: int) -> int:
+    """Proposals per chunk to spread `n` proposals over numba's threads (8 chunks a thread), or 0: score them in
+    one serial loop (one thread, or fewer than PARALLEL_MIN_ROWS). Every proposal is scored alone, so the chunking
+    changes no value."""
+    import numba
+
+    threads = numba.get_num_threads()
+    if threads < 2 or n < PARALLEL_MIN_ROWS:
+        return 0
+    return max(16, -(-n // (8 * threads)))

@@ -254,3 +254,37 @@ def test_sightings_equal_the_loop_over_every_sighting(mini, mode):
         for a, b in zip(want[1:], got[1:]):
             assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
     assert len(_sightings(frames)[0]) > 5
+
+
+def test_many_proposals_on_numbas_threads_score_as_one_loop(follower_sim, monkeypatch):
+    """From geometry.PARALLEL_MIN_ROWS proposals on, NC, TTC and the ego areas spread chunks of proposals over
+    numba's threads: every score equals the one-loop scores (here from 1 proposal on, chunks of 16)."""
+    import dataclasses
+
+    import numba
+
+    from simscale_env.metrics import geometry
+    from simscale_env.metrics.epdms import score_states
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba has one thread here (NUMBA_NUM_THREADS=1)")
+    sim = follower_sim
+    w = sim.reset()
+    rng = np.random.default_rng(0)
+    speeds = rng.uniform(0.0, 12.0, 70)
+    plans = np.stack([_straight(v) + [0.0, y, 0.1 * y] for v, y in zip(speeds, rng.normal(0.0, 1.5, 70))])
+    scene = scoring_scene(sim, w, agent_mode="non_reactive")
+    states = plan_states(w, plans)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        serial = score_states(scene, states)
+        numba.set_num_threads(2)
+        monkeypatch.setattr(geometry, "PARALLEL_MIN_ROWS", 1)
+        assert geometry.parallel_chunk(len(plans)) == 16
+        par = score_states(scene, states)
+    finally:
+        numba.set_num_threads(before)
+    for f in dataclasses.fields(serial):
+        assert getattr(serial, f.name).tobytes() == getattr(par, f.name).tobytes(), f.name
+    assert 0 < serial.time_to_collision_within_bound.mean() < 1 or 0 < serial.no_at_fault_collisions.mean() < 1
