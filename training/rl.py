@@ -481,7 +481,8 @@ def train_rl(cfg: RLConfig, out_dir: str | Path, progress: bool = True, callback
     conf_path = out / CONFIG_NAME
     old = check_run_folder(out, CONFIG_NAME, "a train-rl run")
     if old is not None:
-        diff = config_diff(old.get("config") or {}, cfg.to_json())
+        # where the envs run (vec_env, env_workers) changes no result: not part of a run's identity
+        diff = config_diff(_identity(old.get("config") or {}), _identity(cfg.to_json()))
         if old.get("format") != FORMAT or diff:
             raise OutputFolderError(out, f"holds a run of another config ({diff or 'format'}); use another --out")
         if (out / SUMMARY_NAME).exists():
@@ -503,6 +504,13 @@ def train_rl(cfg: RLConfig, out_dir: str | Path, progress: bool = True, callback
         return _train(cfg, out, progress, callback, t0)
     finally:
         torch.set_num_threads(threads)
+
+
+EXECUTION_FIELDS = ("vec_env", "env_workers")  # where the envs run: the same episodes either way (tested)
+
+
+def _identity(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in EXECUTION_FIELDS}
 
 
 def _train(cfg: RLConfig, out: Path, progress: bool, callback, t0: float) -> dict:

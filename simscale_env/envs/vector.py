@@ -1,27 +1,30 @@
-"""`SimScaleVectorEnv`: N scenarios in one process behind gymnasium's `VectorEnv` API (issue 20, first part).
+"""`SimScaleVectorEnv`: N scenarios behind gymnasium's `VectorEnv` API, in one process or in k worker processes
+(issue 20).
 
     envs = gym.make_vec("SimScale-navhard-v0", num_envs=8, vectorization_mode="vector_entry_point",
-                        observation_keys=("ego_status",), pseudo_experts=False)
+                        observation_keys=("ego_status",), pseudo_experts=False)          # workers=2: two processes
     obs, info = envs.reset(seed=0)              # sub-env i seeded with 0 + i, as SyncVectorEnv seeds
     obs, reward, terminated, truncated, info = envs.step(plans)   # plans [N, 8, 3]
 
-What it is today, and what it is for:
-
-- **One process, shared caches.** The N sub-envs are siblings (`SimScaleEnv.sibling`): one dataset resolution, one
+- **Shared caches.** The N sub-envs of a process are siblings (`SimScaleEnv.sibling`): one dataset resolution, one
   split, one reward vocabulary and one set of caches (maps, scenarios, their simulations, camera renderers, the
-  logged drive's scores), where N separate envs (`SyncVectorEnv`, `AsyncVectorEnv`) hold N copies. The caches hold
-  only episode-independent values, so a sibling gives what it would alone (tested: bit-identical observations,
-  rewards and infos per sub-env against single envs with the same seeds). The renderer cache grows to N entries so
-  that N sub-envs in N logs do not evict each other's renderers at every step.
-- **Stepping.** The sub-envs step in turn (gymnasium's `SyncVectorEnv` loop). Batching the kernels across sub-envs
-  (one LQR for N plans, one IDM update over every scene's agents, one EPDMS call for N plans) goes behind this API
-  next, held to the same bit-identity test.
+  logged drive's worlds and scores), where N separate envs (`SyncVectorEnv`, `AsyncVectorEnv`) hold N copies. The
+  caches hold only episode-independent values, so a sibling gives what it would alone (tested: bit-identical
+  observations, rewards and infos per sub-env against single envs with the same seeds). The renderer cache grows to
+  N entries so that N sub-envs in N logs do not evict each other's renderers at every step.
+- **Stepping.** Within a process the sub-envs step in turn (gymnasium's `SyncVectorEnv` loop); the kernels are not
+  batched across sub-envs (each sub-env's step is many small array operations whose Python overhead a batch would
+  not remove without restructuring the step; `simscale bench vector` measures what a sub-env step costs).
+  `workers=k` (k > 1, `ShardedSimScaleVectorEnv`): consecutive shards of the sub-envs in k worker processes, all
+  stepping at once, one numba thread each; the observations, rewards, flags and infos come back in sub-env order,
+  identical to one process (tested).
 - **Autoreset**: gymnasium's modes. NEXT_STEP (default): the step after a sub-env's episode ends resets it (its action
   ignored, reward 0, not terminated or truncated) and returns the reset observation and info. SAME_STEP: the ending
   step resets it at once, with the last observation and info under ``info["final_obs"]`` / ``info["final_info"]``
-  (SB3's semantics: `SB3VecEnv`).
-- `SB3VecEnv(vector_env)`: the stable-baselines3 `VecEnv` interface over a SAME_STEP vector env (``dones``, a list of
-  per-env infos with ``terminal_observation`` and ``TimeLimit.truncated``), so PPO runs on it directly.
+  (SB3's semantics: `SB3VecEnv`). Partial resets (``options={"reset_mask": ...}``) as gymnasium's.
+- `SB3VecEnv.make(vector_env)`: the stable-baselines3 `VecEnv` interface over a SAME_STEP vector env (``dones``, a
+  list of per-env infos with ``terminal_observation`` and ``TimeLimit.truncated``), so PPO runs on it directly
+  (`simscale train-rl --n-envs N`, optionally `--env-workers k`).
 """
 
 from __future__ import annotations

@@ -199,6 +199,9 @@ def test_run_directory_rules_and_cli(run, capsys):
 
     with pytest.raises(OutputFolderError, match="another config"):
         rl.train_rl(rl.RLConfig(total_timesteps=4096, **FAST), out, progress=False)
+    # where the envs run is not part of the run (the same episodes): the finished run is reused
+    assert rl.train_rl(rl.RLConfig(total_timesteps=2048, vec_env="subproc", env_workers=2, **FAST), out,
+                       progress=False) == summary
     # the CLI: arguments -> config; run_from_args reuses the finished run, returns its summary and prints nothing
     parser = rl.add_arguments(argparse.ArgumentParser())
     args = parser.parse_args(["--split", "mini-navhard", "--timesteps", "2048", "--out", str(out), "--action",
