@@ -105,6 +105,7 @@ class ShardedSimScaleVectorEnv(SimScaleVectorEnv):
     def __init__(self, num_envs: int = 1, split: str = "navhard", *, autoreset_mode=AutoresetMode.NEXT_STEP,
                  wrappers=(), copy: bool = True, render_mode: str | None = None, workers: int = 2, **kwargs):
         import multiprocessing as mp
+        import pickle
 
         from gymnasium.vector.utils import batch_space
 
@@ -121,13 +122,21 @@ class ShardedSimScaleVectorEnv(SimScaleVectorEnv):
         self.metadata = {"autoreset_mode": autoreset_mode, "render_modes": ["rgb_array"]}
         ctx = mp.get_context("forkserver")
         self._pipes, self._procs = [], []
+        self._closed_workers = True  # until every worker has started (close_extras then has nothing to stop)
         spec = dict(split=split, autoreset_mode=autoreset_mode, wrappers=tuple(wrappers), copy=False,
                     render_mode=render_mode, **kwargs)
         for start, count in self.shards:
             here, there = ctx.Pipe()
             proc = ctx.Process(target=_shard_worker, args=(there, spec, count), daemon=True,
                                name=f"SimScaleVectorEnv-{start}")
-            proc.start()
+            try:
+                proc.start()
+            except (pickle.PicklingError, AttributeError, TypeError) as exc:
+                self._closed_workers = False
+                self.close_extras()
+                raise ValueError(f"SimScaleVectorEnv(workers={k}) sends its wrappers and keyword arguments to its "
+                                 f"worker processes, and they must pickle (module-level classes and functions, "
+                                 f"functools.partial, no lambdas): {exc}") from None
             there.close()
             self._pipes.append(here)
             self._procs.append(proc)

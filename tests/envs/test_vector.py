@@ -191,3 +191,5 @@ def test_workers_give_what_one_process_gives(mini, mode):
         two.close()
     with pytest.raises(ValueError, match="workers must be an integer >= 1"):
         SimScaleVectorEnv(num_envs=2, workers=0, **KW)
+    with pytest.raises(ValueError, match="must pickle"):
+        SimScaleVectorEnv(num_envs=2, workers=2, wrappers=(lambda e: e,), **KW)
