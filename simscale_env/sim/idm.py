@@ -1403,16 +1403,22 @@ def _needs_extension(agents: IDMAgents, config: IDMConfig, g: LaneGraph, green: 
     the radius cut before it only clears `alive`): an alive agent whose path ahead is shorter than the extension
     bound (with a margin against rounding) and whose route's last lane has an outgoing lane it may take (green where
     it has a light, else not red). Conservative: never False where the kernel writes."""
-    alive = np.nonzero(agents.alive)[0]
-    if not len(alive):
-        return False
-    end = agents.path[alive, agents.n_path[alive] - 1, 3]
-    bound = config.minimum_path_length + agents.target[alive] * config.headway_time
-    for i in alive[end - agents.s[alive] < bound + 1e-6]:
-        last = agents.route[i, agents.n_route[i] - 1]
-        e = g.out_idx[g.out_ptr[last]:g.out_ptr[last + 1]]
-        if np.any(np.where(g.has_light[e], green[e], ~red[e])):
-            return True
+    return bool(_may_extend(agents.alive, agents.path, agents.n_path, agents.s, agents.target, agents.route,
+                            agents.n_route, g.out_ptr, g.out_idx, g.has_light, green, red,
+                            float(config.minimum_path_length), float(config.headway_time)))
+
+
+@njit(cache=True)
+def _may_extend(alive, path, n_path, s, target, route, n_route, out_ptr, out_idx, has_light, green, red, min_len,
+                headway):
+    for i in range(len(alive)):
+        if not alive[i] or not path[i, n_path[i] - 1, 3] - s[i] < min_len + target[i] * headway + 1e-6:
+            continue
+        last = route[i, n_route[i] - 1]
+        for q in range(out_ptr[last], out_ptr[last + 1]):
+            e = out_idx[q]
+            if (green[e] if has_light[e] else not red[e]):
+                return True
     return False
 
 
