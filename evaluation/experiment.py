@@ -268,25 +268,12 @@ def _split_tokens_sha(split: str, env_kwargs: dict) -> str:
 
 # ================================================================================================ vocabulary
 def split_log_paths(split: str, env_kwargs: dict | None = None) -> list[Path]:
-    """The nuPlan .db logs of a split (its YAML's log_names; every log of the data split when it names none)."""
-    from simscale_env.data.openscene import load_split
+    """The nuPlan .db logs of a split (`DataConfig.split_logs`), for the experiment's vocabulary (or pass --vocab)."""
     from simscale_env.data.paths import DataConfig
-    from simscale_env.data.scenario import find_log_files
-    from simscale_env.errors import MissingFileError
 
     e = dict(env_kwargs or {})
     data = DataConfig.resolve(e.get("data_root"), e.get("maps_root"), e.get("openscene_root"))
-    spec = load_split(data.split_file(split))
-    if data.nuplan_data_root is None:
-        raise MissingFileError(data.openscene_root, "the experiment's vocabulary is built from human plans at 0.1 s of "
-                                                    "the nuPlan .db logs; set NUPLAN_DATA_ROOT or pass --vocab")
-    logs = find_log_files(data.nuplan_data_root, data.split)
-    if spec.log_names is not None:
-        wanted = set(spec.log_names)
-        logs = [p for p in logs if p.stem in wanted]
-    if not logs:
-        raise MissingFileError(data.log_dir, f"none of the logs of split {split!r} is there")
-    return sorted(logs)
+    return data.split_logs(split, "the experiment's vocabulary (or pass --vocab)")[1]
 
 
 def dataset_info(env_kwargs: dict | None = None) -> dict:

@@ -107,23 +107,10 @@ def _cmd_check_epdms(args) -> int:
 
 
 def _split_logs(args):
-    from .data.openscene import load_split
     from .data.paths import DataConfig
-    from .data.scenario import find_log_files
 
     cfg = DataConfig.resolve(args.data, args.maps) if args.data else DataConfig.resolve()
-    spec = load_split(cfg.split_file(args.split))
-    if cfg.nuplan_data_root is None:
-        raise MissingFileError(cfg.openscene_root, "`simscale vocab` reads human plans at 0.1 s from the nuPlan .db "
-                                                   "logs; set NUPLAN_DATA_ROOT (OpenScene logs alone are 2 Hz)")
-    logs = find_log_files(cfg.nuplan_data_root, cfg.split)
-    if spec.log_names is not None:
-        wanted = set(spec.log_names)
-        logs = [p for p in logs if p.stem in wanted]
-    if not logs:
-        from .errors import MissingFileError
-
-        raise MissingFileError(cfg.log_dir, f"none of the logs of split '{spec.name}' is there")
+    spec, logs = cfg.split_logs(args.split, "`simscale vocab`")
     return cfg, spec, logs
 
 

@@ -193,6 +193,26 @@ class DataConfig:
         raise MissingFileError(folder, f"no split named '{name}' (known: {', '.join(known) or 'none'}; or pass the "
                                        f"path of a NAVSIM scene_filter YAML)")
 
+    def split_logs(self, split: str | Path, purpose: str = "this") -> tuple:
+        """(the split's spec, its nuPlan .db logs in path order): the logs its scene_filter YAML names, every log of
+        the data split where it names none. One MissingFileError where the data has no .db logs (`purpose` names
+        what reads them, e.g. "`simscale vocab`") or none of the split's logs."""
+        from ..errors import MissingFileError
+        from .openscene import load_split
+        from .scenario import find_log_files
+
+        spec = load_split(self.split_file(split))
+        if self.nuplan_data_root is None:
+            raise MissingFileError(self.openscene_root, f"{purpose} reads human plans at 0.1 s from the nuPlan .db "
+                                                        f"logs; set NUPLAN_DATA_ROOT (OpenScene logs alone are 2 Hz)")
+        logs = find_log_files(self.nuplan_data_root, self.split)
+        if spec.log_names is not None:
+            wanted = set(spec.log_names)
+            logs = [p for p in logs if p.stem in wanted]
+        if not logs:
+            raise MissingFileError(self.log_dir, f"none of the logs of split '{spec.name}' is there")
+        return spec, logs
+
     def source(self, requested: str = "auto") -> str:
         """Which logs scenarios come from: "nuplan" (the ``.db`` files) or "openscene" (the ``navsim_logs`` pickles).
         "auto": nuPlan where the data root holds ``.db`` logs, else OpenScene where the OpenScene root holds

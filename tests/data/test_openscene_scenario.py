@@ -130,6 +130,11 @@ def test_the_source_follows_the_data(mini, mini_openscene, tmp_path, monkeypatch
     cfg = DataConfig.resolve()
     assert cfg.nuplan_data_root is None and cfg.source() == "openscene"
     assert cfg.split_file("navhard") == mini_openscene / "splits" / "mini-navhard.yaml"
+    # the .db logs of a split (`simscale vocab`, the experiment's vocabulary): none in OpenScene-only data
+    with pytest.raises(MissingFileError, match="`simscale vocab` reads human plans at 0.1 s from the nuPlan .db logs"):
+        cfg.split_logs("navhard", "`simscale vocab`")
+    spec, logs = DataConfig.resolve(mini).split_logs("navhard")
+    assert logs and sorted(logs) == logs and {p.stem for p in logs} == set(spec.log_names)
     monkeypatch.delenv("NUPLAN_MAPS_ROOT")
     with pytest.raises(MissingFileError, match="NUPLAN_MAPS_ROOT"):
         DataConfig.resolve(openscene_root=tmp_path)

@@ -123,3 +123,16 @@ def test_vocab_cli_builds_and_labels_a_split(mini, tmp_path, capsys):
                  "--k", "100000", "--out", str(tmp_path / "big.npy"), "--quiet"]) == 2
     assert "--k 100000 clusters need at least 100000 human plans" in capsys.readouterr().err
     assert not (tmp_path / "big.npy").exists()
+
+
+def test_vocab_on_openscene_only_data_is_one_clear_error(mini_openscene, tmp_path, capsys, monkeypatch):
+    """`simscale vocab build` reads 0.1 s human plans from .db logs: NAVSIM users' OpenScene-only data gets one line
+    saying so (before: an UnboundLocalError traceback), and nothing is written."""
+    for v in ("NUPLAN_DATA_ROOT", "SIMSCALE_MINI"):
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setenv("OPENSCENE_DATA_ROOT", str(mini_openscene))
+    monkeypatch.setenv("NUPLAN_MAPS_ROOT", str(mini_openscene / "maps"))
+    assert main(["vocab", "build", "--split", "navhard", "--k", "8", "--out", str(tmp_path / "v.npy"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "`simscale vocab` reads human plans at 0.1 s from the nuPlan .db logs; set NUPLAN_DATA_ROOT" in err
+    assert "Traceback" not in err and not (tmp_path / "v.npy").exists()
