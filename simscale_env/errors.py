@@ -21,6 +21,9 @@ class DataError(SimScaleError):
         self.detail = message
         super().__init__(f"{self.path}: {message}" if self.path else message)
 
+    def __reduce__(self):  # pickles as it was made (a worker process re-raises it in its parent)
+        return type(self), (self.path, self.detail)
+
 
 class MissingFileError(DataError, FileNotFoundError):
     """A file or folder that should exist does not."""
@@ -68,3 +71,6 @@ class PolicyError(SimScaleError, ValueError):
         self.spec = None if spec is None else str(spec)
         self.detail = message
         super().__init__(f"{self.spec}: {message}" if self.spec else message)
+
+    def __reduce__(self):
+        return type(self), (self.spec, self.detail)

@@ -141,7 +141,11 @@ class ShardedSimScaleVectorEnv(SimScaleVectorEnv):
             self._pipes.append(here)
             self._procs.append(proc)
         self._closed_workers = False
-        spaces = self._gather()  # each worker sends its spaces once its env is built
+        try:
+            spaces = self._gather()  # each worker sends its spaces once its env is built
+        except BaseException:
+            self.close_extras()  # a worker that could not build its envs: stop the others too
+            raise
         self.single_observation_space, self.single_action_space = spaces[0]
         self.observation_space = batch_space(self.single_observation_space, n)
         self.action_space = batch_space(self.single_action_space, n)
@@ -252,17 +256,24 @@ class ShardedSimScaleVectorEnv(SimScaleVectorEnv):
 
     # -- helpers
     def _gather(self, pipes=None) -> list:
-        out = []
+        """Every asked worker's reply, in order. A worker's exception is raised here as it was raised there (its
+        traceback chained), after every reply is read so that the workers stay in step: the env stays usable after a
+        bad action, as with workers=1. A dead worker closes the env."""
+        out, failure = [], None
         for pipe in self._pipes if pipes is None else pipes:
             try:
                 ok, value = pipe.recv()
             except EOFError:
                 self.close_extras()
                 raise RuntimeError("a SimScaleVectorEnv worker died (see its output above)") from None
-            if not ok:
-                self.close_extras()
-                raise RuntimeError(f"a SimScaleVectorEnv worker failed:\n{value}")
+            if not ok and failure is None:
+                failure = value
             out.append(value)
+        if failure is not None:
+            exc, trace = failure
+            if exc is None:
+                raise RuntimeError(f"a SimScaleVectorEnv worker failed:\n{trace}")
+            raise exc from _WorkerTraceback(trace)
         return out
 
     def _merge_obs(self, parts):
@@ -301,19 +312,34 @@ def _merge_vector_infos(parts: list[dict], counts: list[int]) -> dict:
     return out
 
 
-def _shard_worker(pipe, spec: dict, count: int) -> None:
-    """A `ShardedSimScaleVectorEnv` worker: one SimScaleVectorEnv of `count` siblings, driven over `pipe`; every
-    reply is (ok, value), a failure's value its traceback."""
+class _WorkerTraceback(Exception):
+    """The traceback of an exception raised in a SimScaleVectorEnv worker (chained to the exception re-raised)."""
+
+
+def _failure(exc: BaseException) -> tuple:
+    """(the exception, if it pickles, else None; its traceback text): what a worker reports."""
+    import pickle
     import traceback
 
+    trace = traceback.format_exc()
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:  # noqa: BLE001 (an exception that does not pickle: its traceback alone)
+        return None, trace
+    return exc, trace
+
+
+def _shard_worker(pipe, spec: dict, count: int) -> None:
+    """A `ShardedSimScaleVectorEnv` worker: one SimScaleVectorEnv of `count` siblings, driven over `pipe`; every
+    reply is (ok, value), a failure's value `_failure(exc)`."""
     from ..parallel import set_worker_threads
 
     set_worker_threads(1)
     try:
         venv = SimScaleVectorEnv(count, **spec)
         pipe.send((True, (venv.single_observation_space, venv.single_action_space)))
-    except Exception:  # noqa: BLE001 (reported to the parent, which raises)
-        pipe.send((False, traceback.format_exc()))
+    except Exception as exc:  # noqa: BLE001 (reported to the parent, which raises it)
+        pipe.send((False, _failure(exc)))
         return
     while True:
         try:
@@ -340,8 +366,8 @@ def _shard_worker(pipe, spec: dict, count: int) -> None:
             else:
                 raise ValueError(f"unknown command {cmd!r}")
             pipe.send((True, out))
-        except Exception:  # noqa: BLE001
-            pipe.send((False, traceback.format_exc()))
+        except Exception as exc:  # noqa: BLE001 (reported to the parent, which raises it)
+            pipe.send((False, _failure(exc)))
     pipe.close()
 
 

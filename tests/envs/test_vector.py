@@ -186,6 +186,14 @@ def test_workers_give_what_one_process_gives(mini, mode):
         assert two.apply(it, [2, 0]) == one.apply(it, [2, 0]) and len(set(two.apply(it))) > 1
         with pytest.raises(AttributeError, match="apply"):
             two.sub_envs
+        # a sub-env's error is raised as it is with one process, and the env goes on stepping
+        bad = _plans(0)
+        bad[2, 0, 0] = np.nan
+        for env in (one, two):
+            with pytest.raises(ValueError, match="NaN"):
+                env.step(bad)
+        a, b = one.step(_plans(1)), two.step(_plans(1))
+        _same(a[0], b[0], "step after an error")
     finally:
         one.close()
         two.close()
@@ -193,3 +201,7 @@ def test_workers_give_what_one_process_gives(mini, mode):
         SimScaleVectorEnv(num_envs=2, workers=0, **KW)
     with pytest.raises(ValueError, match="must pickle"):
         SimScaleVectorEnv(num_envs=2, workers=2, wrappers=(lambda e: e,), **KW)
+    from simscale_env.errors import MissingFileError
+
+    with pytest.raises(MissingFileError, match="no split named 'nosuchsplit'"):  # the worker's error, as raised there
+        SimScaleVectorEnv(num_envs=2, workers=2, split="nosuchsplit", **KW)
