@@ -321,6 +321,7 @@ class SimScaleEnv(gym.Env):
         self._vocab = load_reward_vocabulary(cfg.reward_vocabulary) if cfg.reward_vocabulary else None
         self.sim = None
         self.world = None
+        self._ahead = None  # (action, world, the worlds it leads to): `prepare_plan_steps`
 
     # what a sibling shares with its env: everything __init__ sets but the episode state (`sim`, `world`)
     _SHARED = ("config", "render_mode", "_data", "split", "data_source", "_builder", "tokens", "_pert_cfg", "_k",
@@ -336,6 +337,7 @@ class SimScaleEnv(gym.Env):
         new.__dict__.update({k: self.__dict__[k] for k in self._SHARED})
         new.sim = None
         new.world = None
+        new._ahead = None
         return new
 
     # ------------------------------------------------------------------ helpers
@@ -480,6 +482,7 @@ class SimScaleEnv(gym.Env):
     # ------------------------------------------------------------------ reset
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
+        self._ahead = None
         options = dict(options or {})
         unknown = sorted(set(options) - {"scenario_token", "perturbation", "start_offset_s"})
         if unknown:
@@ -634,13 +637,16 @@ class SimScaleEnv(gym.Env):
         a = self._check_action(action)
         w = self.world
         k = min(self._k, self.sim.num_iterations - 1 - w.iteration)
+        # the worlds this action leads to, when `prepare_plan_steps` stepped them with other envs' (for this action
+        # from this world: anything else steps here)
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and not (ahead[1] is w and np.array_equal(ahead[0], a)):
+            ahead = None
         plan_scores = None
         if cfg.action_type == "plan":
-            ref = plan_to_reference(a.astype(np.float64), w.ego, w.time_us)
-            tracker = PlanTracker(ref, w.iteration, self.sim.config.lqr)
+            steps = [None] * k if ahead is not None else [self._plan_tracker(a)] * k
             if cfg.plan_scoring:
                 plan_scores = self._score_plan(a.astype(np.float64))
-            steps = [tracker] * k
         else:
             if cfg.plan_scoring:
                 plan_scores = self._score_control(a.astype(np.float64))
@@ -654,7 +660,12 @@ class SimScaleEnv(gym.Env):
         frames = [self._frames[-1]]
         seg = [w.ego.copy()]
         for i in range(k):
-            w = self.sim.step(w, tracker=steps[i]) if steps[i] is not None else self.sim.step(w, control=a)
+            if ahead is not None:
+                w = ahead[2][i]
+            elif steps[i] is not None:
+                w = self.sim.step(w, tracker=steps[i])
+            else:
+                w = self.sim.step(w, control=a)
             self._worlds.append(w)
             frames.append(self.sim.objects(w))
             self._frames.append(frames[-1])
@@ -711,6 +722,12 @@ class SimScaleEnv(gym.Env):
             info["epdms_episode"] = summary
             info["episode"] = dict(summary)
         return obs, reward, terminated, truncated, info
+
+    def _plan_tracker(self, plan: np.ndarray) -> PlanTracker:
+        """The LQR tracker of a (checked) plan from the current state: NAVSIM's interpolated reference."""
+        w = self.world
+        return PlanTracker(plan_to_reference(plan.astype(np.float64), w.ego, w.time_us), w.iteration,
+                           self.sim.config.lqr)
 
     def _check_action(self, action) -> np.ndarray:
         sp = self.action_space
@@ -1079,6 +1096,37 @@ class SimScaleEnv(gym.Env):
             self._render_bev = (key, self.sim, BEVRenderer(self.sim.map, self._route_lanes, size=size))
         bev = self._render_bev[2].rgb(w.ego, objs, ego_box=ego_box(w.ego), plans=self._last_plans)
         return mosaic(cams, bev)
+
+
+def prepare_plan_steps(envs, actions) -> int:
+    """Step several envs' plan actions together, ahead of their `step` calls (`SimScaleVectorEnv`): for each
+    `SimScaleEnv` in `envs` whose `step(actions[i])` would track a plan, the worlds of its next
+    `replan_interval` are computed now, the LQR and bicycle of all envs batched per iteration
+    (`sim.world.advance_tracked`), and its next `step` of that same action from that same state uses them instead
+    of stepping (any other call steps as usual). Bit-identical to stepping each env alone. An env whose step would
+    raise (no reset, episode over, a bad action) is left to raise in its own `step`; None actions are skipped.
+    Returns how many envs were prepared."""
+    from ..sim.world import advance_tracked
+
+    todo = []
+    for env, action in zip(envs, actions):
+        env._ahead = None
+        if action is None or env.sim is None or env._done or env._steps >= env._n_steps \
+                or env.config.action_type != "plan":
+            continue
+        try:
+            a = env._check_action(action)
+            tracker = env._plan_tracker(a)
+        except (ValueError, TypeError):
+            continue  # `step` raises it
+        todo.append((env, a, tracker, min(env._k, env.sim.num_iterations - 1 - env.world.iteration)))
+    if not todo:
+        return 0
+    ahead = advance_tracked([t[0].sim for t in todo], [t[0].world for t in todo], [t[2] for t in todo],
+                            [t[3] for t in todo])
+    for (env, a, _, _), worlds in zip(todo, ahead):
+        env._ahead = (a, env.world, worlds)
+    return len(todo)
 
 
 def load_reward_vocabulary(path: str | Path) -> np.ndarray:

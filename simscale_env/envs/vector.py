@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 from functools import partial
 
+import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
@@ -68,6 +69,25 @@ class SimScaleVectorEnv(SyncVectorEnv):
         """The unwrapped sub-envs (`SimScaleEnv`), in order."""
         return [e.unwrapped for e in self.envs]
 
+    def step(self, actions):
+        if self.num_envs > 1:
+            from gymnasium.vector.utils import iterate
+
+            from .simscale_env import prepare_plan_steps
+
+            # the plans of the sub-envs stepping now (not those NEXT_STEP resets), as their SimScaleEnv receives
+            # them, tracked together first (`prepare_plan_steps`); each sub-env's step then reads its worlds
+            stepping = [not (self.autoreset_mode == AutoresetMode.NEXT_STEP and self._autoreset_envs[i])
+                        for i in range(self.num_envs)]
+            try:
+                plans = [_unwrapped_action(env, a) if go else None
+                         for env, a, go in zip(self.envs, iterate(self.action_space, actions), stepping)]
+            except Exception:  # noqa: BLE001  (a malformed batch: SyncVectorEnv.step says what is wrong)
+                plans = None
+            if plans is not None:
+                prepare_plan_steps(self.sub_envs, plans)
+        return super().step(actions)
+
     def apply(self, fn, indices=None) -> list:
         """[fn(env) for each (wrapped) sub-env], in order, or for the sub-envs at `indices` (with `workers` > 1 this
         runs in the workers: `fn` must pickle)."""
@@ -84,6 +104,25 @@ def _check_workers(workers) -> int:
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     return int(workers)
+
+
+def _unwrapped_action(env, action):
+    """The action `env.step(action)` hands its unwrapped env through its wrappers: action wrappers whose `action()`
+    is pure (`pure_action = True`, or gymnasium's ClipAction / RescaleAction) transform it, other wrappers pass it
+    on; None where another action wrapper (e.g. one drawing noise) stands in the way. A guess that is wrong costs
+    only time: the env steps an action it was not prepared for itself."""
+    from gymnasium.wrappers import ClipAction, RescaleAction
+
+    while env is not env.unwrapped:
+        if isinstance(env, gym.ActionWrapper):
+            if not (getattr(type(env), "pure_action", False) or type(env) in (ClipAction, RescaleAction)):
+                return None
+            try:
+                action = env.action(action)
+            except Exception:  # noqa: BLE001  (the sub-env's own step raises it)
+                return None
+        env = env.env
+    return action
 
 
 def _wrapped(env, wrappers):

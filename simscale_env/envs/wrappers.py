@@ -115,6 +115,8 @@ class NormalizedPlanAction(gym.ActionWrapper):
     then pose 1's ...). `low`, `high`: [8, 3] per-pose bounds, default `plan_bounds()` (x in [-0.5, 20 t] m,
     y in +-(0.5 + 1.5 t^2) m, heading in +-(0.3 + 0.45 t) rad at t = 0.5 ... 4 s). -1 and 1 give the bounds."""
 
+    pure_action = True  # action() has no side effects (SimScaleVectorEnv may call it ahead of step)
+
     def __init__(self, env: gym.Env, low=None, high=None):
         super().__init__(env)
         _plan_env(env, "NormalizedPlanAction")
@@ -161,6 +163,8 @@ class ResidualExpertAction(gym.ActionWrapper):
     """Action Box(-1, 1, (24,)) -> info["pseudo_expert"][expert] of the current state (kept from the last reset or
     step) + `residual_scale(scale)` * action, clipped to the env's plan bounds. The zero action is the expert's plan
     exactly. Needs the env's pseudo-experts (`pseudo_experts=True`, the default)."""
+
+    pure_action = True  # action() has no side effects (SimScaleVectorEnv may call it ahead of step)
 
     def __init__(self, env: gym.Env, expert: str = "pdm_closed", scale=(5.0, 2.0, 0.3)):
         super().__init__(env)

@@ -178,6 +178,24 @@ class BatchLQRTracker:
         self._velocity, self._curvature = fit_velocity_curvature(ref, c.discretization_time, c.jerk_penalty,
                                                                  c.curvature_rate_penalty, c.jerk_regularizer)
 
+    @classmethod
+    def stacked(cls, trackers) -> "BatchLQRTracker":
+        """One tracker holding the loaded references of `trackers` (equal configs and reference lengths), in order:
+        its `track` of stacked states gives, row by row, what each tracker's own `track` gives (every operation of
+        `track` is row-wise), in one call. The profiles are each tracker's own fit (a batched fit differs from
+        single fits in the last bits: BLAS)."""
+        trackers = list(trackers)
+        if not trackers or any(t._poses is None for t in trackers):
+            raise ValueError("BatchLQRTracker.stacked needs trackers with loaded references (update)")
+        config = trackers[0].config
+        if any(t.config != config for t in trackers):
+            raise ValueError("BatchLQRTracker.stacked needs trackers with equal configs")
+        out = cls(config)
+        out._poses = np.concatenate([t._poses for t in trackers])
+        out._velocity = np.concatenate([t._velocity for t in trackers])
+        out._curvature = np.concatenate([t._curvature for t in trackers])
+        return out
+
     def track(self, index: int, states: np.ndarray) -> np.ndarray:
         """Commands [B, 2] (acceleration, steering rate) at reference index `index` for current states [B, 11]."""
         c = self.config

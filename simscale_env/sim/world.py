@@ -263,25 +263,33 @@ class Simulation:
             cmd = np.asarray(control, dtype=np.float64).reshape(-1)
             if cmd.shape != (2,) or not np.all(np.isfinite(cmd)):
                 raise ValueError(f"control must be 2 finite values (acceleration, steering rate), got {control!r}")
-        t0 = int(self.scenario.timestamps_us[self.frame(it)])
-        t1 = int(self.scenario.timestamps_us[self.frame(it + 1)])
-        dt = (t1 - t0) * 1e-6
+        t1, dt = self._step_time(it)
         if cmd is None:
             new_ego = check_states(ego_state, "ego_state").copy()
         else:
-            new_ego = propagate(world.ego[None], cmd[None], dt, self.config.bicycle)[0]
-            if self.config.hold_at_standstill and world.ego[VELOCITY_X] >= 0.0 > new_ego[VELOCITY_X]:
-                new_ego[[VELOCITY_X, ACCELERATION_X, ANGULAR_VELOCITY]] = 0.0
-                new_ego[ANGULAR_ACCELERATION] = -world.ego[ANGULAR_VELOCITY] / dt
+            new_ego = _propagate_held(world.ego[None], cmd[None], np.array([dt]), self.config)[0]
+        return self._advance(world, new_ego, t1)
+
+    def _step_time(self, it: int) -> tuple[int, float]:
+        """(the timestamp of iteration it + 1 [us], the step's length [s])."""
+        t0 = int(self.scenario.timestamps_us[self.frame(it)])
+        t1 = int(self.scenario.timestamps_us[self.frame(it + 1)])
+        return t1, (t1 - t0) * 1e-6
+
+    def _advance(self, world: WorldState, new_ego: np.ndarray, t1: int) -> WorldState:
+        """The world at iteration + 1 with the ego at `new_ego` (timestamp t1): the agents step seeing the ego of
+        `world`."""
+        it = world.iteration
         idm = world.idm
         if self.config.agent_mode == "reactive" and idm is not None:
+            t0 = int(self.scenario.timestamps_us[self.frame(it)])
             ol = self._open_loop_boxes.get(it + 1)
             if ol is None:
                 ol = self._open_loop_boxes[it + 1] = self._log_boxes(it + 1, self._open_loop)[0]
             masks = self._light_masks.get(it + 1)
             if masks is None:
                 masks = self._light_masks[it + 1] = light_masks(self.map, *self.lights(it + 1))
-            idm_dt = t1 * 1e-6 - t0 * 1e-6 if self.config.devkit_time_step else dt
+            idm_dt = t1 * 1e-6 - t0 * 1e-6 if self.config.devkit_time_step else (t1 - t0) * 1e-6
             idm = step_agents(self.map, idm, ego_corners=ego_box(world.ego, self.config.vehicle),
                               ego_center=ego_center(world.ego, self.config.vehicle),
                               ego_speed=float(np.hypot(world.ego[3], world.ego[4])), ego_heading=float(world.ego[2]),
@@ -340,6 +348,60 @@ class Simulation:
         return Objects(track=sel, category=ag.category[sel], x=ag.x[f, sel], y=ag.y[f, sel],
                        heading=ag.heading[f, sel], vx=self._vx[f, sel], vy=self._vy[f, sel],
                        length=ag.length[f, sel], width=ag.width[f, sel], height=ag.height[f, sel], reactive=reactive)
+
+
+def _propagate_held(egos: np.ndarray, cmds: np.ndarray, dt: np.ndarray, config: SimConfig) -> np.ndarray:
+    """The bicycle step of egos [B, 11] under commands [B, 2] over steps dt [B] (row by row the same arithmetic
+    whatever B), then `SimConfig.hold_at_standstill`: a row that would pass from forward motion into reversing
+    stops (speed, acceleration and yaw rate 0)."""
+    new = propagate(egos, cmds, dt, config.bicycle)
+    if config.hold_at_standstill:
+        held = (egos[:, VELOCITY_X] >= 0.0) & (new[:, VELOCITY_X] < 0.0)
+        if held.any():
+            new[np.ix_(held, [VELOCITY_X, ACCELERATION_X, ANGULAR_VELOCITY])] = 0.0
+            new[held, ANGULAR_ACCELERATION] = -egos[held, ANGULAR_VELOCITY] / dt[held]
+    return new
+
+
+def advance_tracked(sims, worlds, trackers, steps) -> list[list[WorldState]]:
+    """Several simulations stepped together, each ego following its `PlanTracker`: simulation i advances `steps[i]`
+    iterations from `worlds[i]`. Per iteration the LQR commands of all egos come from one batched tracker call and
+    the bicycle steps them in one call (per group of simulations with equal LQR / bicycle / standstill settings);
+    the agents step per simulation. Returns the worlds each simulation passed through (without its start),
+    bit-identical to calling `sims[i].step(w, tracker=trackers[i])` steps[i] times (every operation is row-wise)."""
+    n = len(sims)
+    if not (len(worlds) == len(trackers) == len(steps) == n):
+        raise ValueError(f"advance_tracked needs as many worlds, trackers and step counts as simulations ({n}), got "
+                         f"{len(worlds)}, {len(trackers)} and {len(steps)}")
+    out: list[list[WorldState]] = [[] for _ in range(n)]
+    groups: dict = {}
+    for i, (sim, w, tr) in enumerate(zip(sims, worlds, trackers)):
+        k = int(steps[i])
+        if k < 0 or w.iteration + k >= sim.num_iterations:
+            raise ValueError(f"simulation {i} cannot advance {k} iterations from iteration {w.iteration} (it ends at "
+                             f"{sim.num_iterations - 1})")
+        start = w.iteration - tr.start_iteration
+        if start < 0 or start + k > len(tr.reference) - 1:
+            raise ValueError(f"simulation {i}: iterations {w.iteration}..{w.iteration + k} are outside its tracker's "
+                             f"reference (starts at {tr.start_iteration}, {len(tr.reference)} poses)")
+        c = sim.config
+        key = (c.lqr, c.bicycle, c.hold_at_standstill, tr.reference.shape, start)
+        groups.setdefault(key, []).append(i)
+    for (lqr, _, _, _, start), rows in groups.items():
+        batch = BatchLQRTracker.stacked([trackers[i]._tracker for i in rows])
+        cur = [worlds[i] for i in rows]
+        left = np.array([int(steps[i]) for i in rows])
+        for j in range(int(left.max(initial=0))):
+            egos = np.stack([w.ego for w in cur])
+            cmds = batch.track(start + j, egos)
+            times = [sims[i]._step_time(w.iteration) for i, w in zip(rows, cur)]
+            dt = np.array([t[1] for t in times])
+            new = _propagate_held(egos, cmds, dt, sims[rows[0]].config)
+            for r, i in enumerate(rows):
+                if j < left[r]:
+                    cur[r] = sims[i]._advance(cur[r], new[r], times[r][0])
+                    out[i].append(cur[r])
+    return out
 
 
 def _concat(a: Objects, b: Objects) -> Objects:

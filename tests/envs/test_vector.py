@@ -98,11 +98,56 @@ def test_siblings_share_the_caches_and_only_them(mini):
         assert getattr(a, name) is getattr(b, name), name
     assert venv.sub_envs[0].config.cache_sizes.renderers >= 4  # N sub-envs in N logs keep their renderers
     fresh = SimScaleEnv(**KW)
-    assert set(fresh.__dict__) == set(SimScaleEnv._SHARED) | {"sim", "world"}  # a new attribute must be classified
+    assert set(fresh.__dict__) == set(SimScaleEnv._SHARED) | {"sim", "world", "_ahead"}  # a new attribute must be classified
     venv.reset(seed=0)
     assert a.world is not b.world and a.np_random is not b.np_random
     with pytest.raises(ValueError, match="num_envs must be an integer >= 1"):
         SimScaleVectorEnv(num_envs=0, **KW)
+
+
+def test_plans_are_tracked_together_and_each_step_reads_its_worlds(mini):
+    """`prepare_plan_steps` (what the vector env's step does first) steps the sub-envs' plans together; a sub-env's
+    step of the same action from the same state then reads those worlds, any other call steps anew; an env whose
+    step would raise (bad action, no reset) is left to raise there."""
+    from simscale_env.envs.simscale_env import prepare_plan_steps
+
+    venv = SimScaleVectorEnv(num_envs=N, **KW)
+    envs = venv.sub_envs
+    assert prepare_plan_steps(envs, list(_plans(0))) == 0  # before reset(): each step says so itself
+    venv.reset(seed=SEED)
+    plans = list(_plans(1))
+    assert prepare_plan_steps(envs, plans) == N
+    ahead = [e._ahead for e in envs]
+    for e, p, a in zip(envs, plans, ahead):
+        e.step(p)
+        assert e._ahead is None and e._worlds[-1] is a[2][-1] and len(a[2]) == e._k
+    prepare_plan_steps(envs, plans)
+    stale = envs[0]._ahead
+    envs[0].step(plans[1])  # another plan than the one prepared: stepped here
+    assert envs[0]._worlds[-1] is not stale[2][-1]
+    bad = np.full((8, 3), np.nan, np.float32)
+    assert prepare_plan_steps(envs, [bad, None, plans[2]]) == 1 and envs[0]._ahead is None
+    with pytest.raises(ValueError, match="NaN"):
+        envs[0].step(bad)
+
+
+class _NoisyPlan(gym.ActionWrapper):
+    """An action wrapper drawing from the env's generator: calling action() one extra time would change the run."""
+
+    def action(self, action):
+        return (np.asarray(action) + self.np_random.normal(0.0, 0.05, np.shape(action))).astype(np.float32)
+
+
+def test_impure_action_wrappers_are_not_called_ahead(mini):
+    venv = SimScaleVectorEnv(num_envs=2, wrappers=(_NoisyPlan,), **KW)
+    ref = gym.vector.SyncVectorEnv([lambda: _NoisyPlan(SimScaleEnv(**KW)) for _ in range(2)])
+    a, _ = venv.reset(seed=SEED)
+    b, _ = ref.reset(seed=SEED)
+    for t in range(4):
+        a, ra, *_ = venv.step(_plans(t)[:2])
+        b, rb, *_ = ref.step(_plans(t)[:2])
+        _same(a, b, f"step {t}")
+        np.testing.assert_array_equal(ra, rb)
 
 
 def test_sb3_vec_env_runs_ppo_with_sb3s_episode_semantics(mini):

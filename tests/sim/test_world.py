@@ -157,3 +157,54 @@ def test_observed_states_score_as_the_full_ones_and_refuse_to_step(scene):
         assert np.array_equal(getattr(full, k), getattr(obs, k)), k
     with pytest.raises(ValueError, match="slimmed"):
         sim.step(slim, control=[0.0, 0.0])
+
+
+def test_advance_tracked_equals_stepping_each_simulation_alone(mini_builder, mini):
+    """Simulations of two scenes (two maps' worth of agents), from different iterations, with different plans and
+    step counts, stepped together (one LQR and one bicycle call per iteration): every world bit-identical to
+    `Simulation.step(w, tracker=...)` alone. One plan brakes a moving ego to a stop (the standstill hold fires in the
+    batch); configs that differ (hold off) form their own group."""
+    from simscale_env.sim.plans import plan_to_reference
+    from simscale_env.sim import WorldState
+    from simscale_env.sim.state import VELOCITY_X, make_state
+    from simscale_env.sim.world import advance_tracked
+
+    refs = mini_builder.refs()
+    scs = [mini_builder.load(refs[0]), mini_builder.load(refs[-1])]
+    maps = {sc.map_location: load_map(sc.map_location, mini / "maps") for sc in scs}
+    sims = [Simulation(scs[0], maps[scs[0].map_location]), Simulation(scs[1], maps[scs[1].map_location]),
+            Simulation(scs[0], maps[scs[0].map_location], SimConfig(hold_at_standstill=False)),
+            Simulation(scs[1], maps[scs[1].map_location])]
+    e = sims[1].logged_ego_state(7)
+    starts = [sims[0].reset(), _advanced(sims[1], 7), sims[2].reset(), _advanced(sims[3], 3)]
+    # the second: rolling at 1 m/s while braking hard, a zero plan (the lagged deceleration carries it through 0)
+    starts[1] = WorldState(7, starts[1].time_us, make_state(e[0], e[1], e[2], velocity=1.0, acceleration=-4.0),
+                           starts[1].idm, starts[1].replay_mask, starts[1].parked)
+    t = np.arange(1, 9)[:, None] * 0.5
+    plans = [np.concatenate([t * 6.0, t * 0.1, t * 0.02], 1), np.zeros((8, 3)),  # the second stops its ego
+             np.concatenate([t * 3.0, t * 0.0, t * 0.0], 1), np.concatenate([t * 9.0, -t * 0.2, -t * 0.05], 1)]
+    trackers = [PlanTracker(plan_to_reference(p, w.ego, w.time_us), w.iteration, s.config.lqr)
+                for p, w, s in zip(plans, starts, sims)]
+    steps = [5, 12, 4, 0]
+    ahead = advance_tracked(sims, starts, trackers, steps)
+    assert [len(a) for a in ahead] == steps
+    for i, (sim, w, tr) in enumerate(zip(sims, starts, trackers)):
+        for j in range(steps[i]):
+            w = sim.step(w, tracker=tr)
+            b = ahead[i][j]
+            assert b.iteration == w.iteration and b.time_us == w.time_us
+            np.testing.assert_array_equal(b.ego, w.ego, err_msg=f"sim {i} step {j}")
+            for k in w.idm.__dataclass_fields__:
+                np.testing.assert_array_equal(getattr(b.idm, k), getattr(w.idm, k), err_msg=f"{i} {j} {k}")
+    assert starts[1].ego[VELOCITY_X] == 1.0 and ahead[1][-1].ego[VELOCITY_X] == 0.0  # braked to a held standstill
+    with pytest.raises(ValueError, match="outside its tracker's reference"):
+        advance_tracked(sims[:1], starts[:1], trackers[:1], [41])
+    with pytest.raises(ValueError, match="as many worlds, trackers and step counts"):
+        advance_tracked(sims, starts[:2], trackers, steps)
+
+
+def _advanced(sim, n):
+    w = sim.reset()
+    for i in range(n):
+        w = sim.step(w, ego_state=sim.logged_ego_state(i + 1))
+    return w
