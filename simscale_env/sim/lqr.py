@@ -14,6 +14,7 @@ of nuplan/planning/simulation/controller/tracker/lqr.py and tracker_utils.py):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 from numba import njit
@@ -84,8 +85,10 @@ def fit_velocity_curvature(poses: np.ndarray, dt: float, jerk_penalty: float = 1
 
     Same least squares as the reference, using its structure: the rows of the velocity fit for displacement k are
     (cos h_k, sin h_k) r_k with r_k = [dt, dt^2 (j <= k)], so A^T A = sum_k r_k r_k^T does not depend on the poses
-    (cos^2 + sin^2 = 1) and is factorised once; A^T y = sum_k r_k (displacement_k . heading_k). The curvature fit's
-    normal matrix is l_i l_j * (suffix sum of (v dt)^2)[max(i, j)]. Agrees with the dense form to ~1e-12.
+    (cos^2 + sin^2 = 1): its solution operator (A^T A + jerk penalty)^-1 R^T is computed once per shape and applied
+    to (displacement_k . heading_k). The curvature fit's normal matrix is l_i l_j * (suffix sum of (v dt)^2)
+    [max(i, j)], solved by Cholesky. Agrees with the dense form to ~1e-12. Each row's profiles are computed on their
+    own (`_fit_rows`), so a row's result does not depend on the batch it comes in.
     """
     poses = np.asarray(poses, dtype=np.float64)
     B, T, _ = poses.shape
@@ -93,27 +96,67 @@ def fit_velocity_curvature(poses: np.ndarray, dt: float, jerk_penalty: float = 1
         raise ValueError(f"poses must have at least 4 samples along axis 1, got {T}")
     d = np.diff(poses, axis=1)
     dh = normalize_angle(d[..., 2])
-    M = T - 1
     h = poses[:, :-1, 2]
     proj = d[..., 0] * np.cos(h) + d[..., 1] * np.sin(h)  # [B, M]
+    G, l, q = _fit_operators(T - 1, float(dt), float(jerk_penalty), float(curvature_rate_penalty), jerk_regularizer)
+    return _fit_rows(np.ascontiguousarray(proj), np.ascontiguousarray(dh), G, float(dt), l, q)
+
+
+@lru_cache(maxsize=16)
+def _fit_operators(M: int, dt: float, jerk_penalty: float, curvature_rate_penalty: float, jerk_regularizer: str):
+    """(G = (Rk^T Rk + jerk_penalty R^T R)^-1 Rk^T [M, M], the curvature fit's l [M] and q [M]) for M displacements
+    (read-only, kept per shape and penalties)."""
     Rk = np.zeros((M, M))  # row k = r_k
     Rk[:, 0] = dt
     Rk[:, 1:] = dt ** 2 * np.tril(np.ones((M, M)))[:, 1:]
     n_j = M - 2
     R = np.concatenate([np.zeros((n_j, 1)), jerk_difference_matrix(n_j, jerk_regularizer)], axis=1)
-    N = Rk.T @ Rk + jerk_penalty * (R.T @ R)
-    x = np.linalg.solve(N, (proj @ Rk).T).T  # [B, M]
-    velocity = _profile(x[:, 0], x[:, 1:], dt)  # [B, M]
-    # curvature fit: A2[k, 0] = v_k dt, A2[k, j] = v_k dt^2 for 1 <= j <= k
+    G = np.ascontiguousarray(np.linalg.solve(Rk.T @ Rk + jerk_penalty * (R.T @ R), Rk.T))
     l = np.full(M, dt)
     l[0] = 1.0
-    w = (velocity * dt) ** 2
-    S = np.cumsum(w[:, ::-1], axis=1)[:, ::-1]  # S[m] = sum_{k >= m} w_k
     q = np.full(M, curvature_rate_penalty)
     q[0] = INITIAL_CURVATURE_PENALTY
-    rhs = np.cumsum((velocity * dt * dh)[:, ::-1], axis=1)[:, ::-1] * l[None]
-    x2 = _solve_curvature(np.ascontiguousarray(S), np.ascontiguousarray(rhs), l, q)
-    curvature = _profile(x2[:, 0], x2[:, 1:], dt)
+    for a in (G, l, q):
+        a.flags.writeable = False
+    return G, l, q
+
+
+@njit(cache=True)
+def _fit_rows(proj, dh, G, dt, l, q):
+    """Per row b: x = G proj_b (the velocity fit), velocity = x_0 + cumsum(x_1: dt) (`_profile`), then the curvature
+    fit (`_solve_curvature` on suffix sums, as `fit_velocity_curvature` describes) and its profile."""
+    B, M = proj.shape
+    velocity = np.empty((B, M))
+    S = np.empty((B, M))
+    rhs = np.empty((B, M))
+    x = np.empty(M)
+    for b in range(B):
+        for i in range(M):
+            acc = 0.0
+            for k in range(M):
+                acc += G[i, k] * proj[b, k]
+            x[i] = acc
+        velocity[b, 0] = x[0] + 0.0
+        c = 0.0
+        for j in range(1, M):
+            c += x[j] * dt
+            velocity[b, j] = x[0] + c
+        sw = 0.0
+        sr = 0.0
+        for m in range(M - 1, -1, -1):
+            vd = velocity[b, m] * dt
+            sw += vd * vd
+            S[b, m] = sw
+            sr += vd * dh[b, m]
+            rhs[b, m] = sr * l[m]
+    x2 = _solve_curvature(S, rhs, l, q)
+    curvature = np.empty((B, M))
+    for b in range(B):
+        curvature[b, 0] = x2[b, 0] + 0.0
+        c = 0.0
+        for j in range(1, M):
+            c += x2[b, j] * dt
+            curvature[b, j] = x2[b, 0] + c
     return velocity, curvature
 
 
@@ -182,8 +225,7 @@ class BatchLQRTracker:
     def stacked(cls, trackers) -> "BatchLQRTracker":
         """One tracker holding the loaded references of `trackers` (equal configs and reference lengths), in order:
         its `track` of stacked states gives, row by row, what each tracker's own `track` gives (every operation of
-        `track` is row-wise), in one call. The profiles are each tracker's own fit (a batched fit differs from
-        single fits in the last bits: BLAS)."""
+        `track` is row-wise), in one call. The profiles are each tracker's own fit."""
         trackers = list(trackers)
         if not trackers or any(t._poses is None for t in trackers):
             raise ValueError("BatchLQRTracker.stacked needs trackers with loaded references (update)")

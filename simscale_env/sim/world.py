@@ -24,8 +24,8 @@ from ..data.scenario import Scenario
 from ..data.schema import AGENT_CATEGORIES, TL_GREEN, TL_RED, VEHICLE
 from ..map.map_api import MapAPI
 from .bicycle import BicycleConfig, propagate
-from .idm import (IDMAgents, IDMConfig, box_corners, light_masks, navsim_parked_vehicles, parked_overlaps,
-                  prepare_spawn, spawn_agents, step_agents)
+from .idm import (IDMAgents, IDMConfig, box_corners, light_masks, navsim_parked_vehicles, one_box_corners,
+                  parked_overlaps, prepare_spawn, spawn_agents, step_agents)
 from .lqr import BatchLQRTracker, LQRConfig
 from .state import (ACCELERATION_X, ANGULAR_ACCELERATION, ANGULAR_VELOCITY, STATE_SIZE, VELOCITY_X, check_states,
                     make_state)
@@ -97,7 +97,14 @@ class Objects:
         return len(self.track)
 
     def corners(self) -> np.ndarray:
-        return box_corners(self.x, self.y, self.heading, self.length, self.width)
+        """Box corners [N, 4, 2], computed once per Objects (a frame is scored by the step and again by the episode
+        summary): read-only."""
+        c = self.__dict__.get("_corners")
+        if c is None:
+            c = box_corners(self.x, self.y, self.heading, self.length, self.width)
+            c.flags.writeable = False
+            self.__dict__["_corners"] = c
+        return c
 
 
 class PlanTracker:
@@ -122,8 +129,8 @@ class PlanTracker:
 def ego_box(state: np.ndarray, vehicle: VehicleParameters = PACIFICA) -> np.ndarray:
     """Corners [4, 2] of the ego box of a rear-axle state."""
     c = vehicle.rear_axle_to_center
-    return box_corners(state[0] + c * np.cos(state[2]), state[1] + c * np.sin(state[2]), state[2], vehicle.length,
-                       vehicle.width)[0]
+    return one_box_corners(state[0] + c * np.cos(state[2]), state[1] + c * np.sin(state[2]), state[2],
+                           vehicle.length, vehicle.width)
 
 
 def ego_center(state: np.ndarray, vehicle: VehicleParameters = PACIFICA) -> np.ndarray:
@@ -313,7 +320,8 @@ class Simulation:
             dt = (self.scenario.timestamps_us[f] - self.scenario.timestamps_us[f0]) * 1e-6
             log = self._from_log(f, static, np.zeros(len(static), bool))
             cv = self._from_log(f0, moving, np.ones(len(moving), bool))
-            cv = Objects(**{**cv.__dict__, "x": cv.x + cv.vx * dt, "y": cv.y + cv.vy * dt})
+            cv = Objects(**{**{k: getattr(cv, k) for k in cv.__dataclass_fields__}, "x": cv.x + cv.vx * dt,
+                            "y": cv.y + cv.vy * dt})
             return _concat(cv, log)
         # reactive
         idm = world.idm
