@@ -208,3 +208,20 @@ def _advanced(sim, n):
     for i in range(n):
         w = sim.step(w, ego_state=sim.logged_ego_state(i + 1))
     return w
+
+
+def test_the_lqr_fit_of_a_reference_does_not_depend_on_its_batch():
+    """Each reference's velocity and curvature profiles are the same alone or among others (what lets
+    `advance_tracked` and the vector env batch trackers without changing a bit)."""
+    from simscale_env.sim.lqr import fit_velocity_curvature
+
+    rng = np.random.default_rng(3)
+    t = np.linspace(0.0, 4.0, 41)
+    x = rng.uniform(0, 20, (17, 1)) * t + rng.normal(0, 0.1, (17, 41)) + 4.0e5
+    y = rng.normal(0, 0.05, (17, 1)) * (x - 4.0e5) ** 2 + rng.normal(0, 0.1, (17, 41))
+    poses = np.stack([x, y, rng.normal(0, 0.5, (17, 41))], -1)
+    vb, cb = fit_velocity_curvature(poses, 0.1)
+    for i in range(17):
+        v1, c1 = fit_velocity_curvature(poses[i:i + 1], 0.1)
+        np.testing.assert_array_equal(v1[0], vb[i])
+        np.testing.assert_array_equal(c1[0], cb[i])
