@@ -1108,7 +1108,7 @@ def prepare_plan_steps(envs, actions) -> int:
     Returns how many envs were prepared."""
     from ..sim.world import advance_tracked
 
-    todo = []
+    todo, groups = [], {}
     for env, action in zip(envs, actions):
         env._ahead = None
         if action is None or env.sim is None or env._done or env._steps >= env._n_steps \
@@ -1116,12 +1116,19 @@ def prepare_plan_steps(envs, actions) -> int:
             continue
         try:
             a = env._check_action(action)
-            tracker = env._plan_tracker(a)
+            w = env.world
+            ref = plan_to_reference(a.astype(np.float64), w.ego, w.time_us)
         except (ValueError, TypeError):
             continue  # `step` raises it
-        todo.append((env, a, tracker, min(env._k, env.sim.num_iterations - 1 - env.world.iteration)))
+        groups.setdefault((env.sim.config.lqr, ref.shape), []).append(len(todo))
+        todo.append([env, a, ref, min(env._k, env.sim.num_iterations - 1 - w.iteration)])
     if not todo:
         return 0
+    for (lqr, _), rows in groups.items():  # the trackers' fits in one call per LQR config (`PlanTracker.many`)
+        trackers = PlanTracker.many(np.stack([todo[r][2] for r in rows]), [todo[r][0].world.iteration for r in rows],
+                                    lqr)
+        for r, tr in zip(rows, trackers):
+            todo[r][2] = tr
     ahead = advance_tracked([t[0].sim for t in todo], [t[0].world for t in todo], [t[2] for t in todo],
                             [t[3] for t in todo])
     for (env, a, _, _), worlds in zip(todo, ahead):

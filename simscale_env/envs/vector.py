@@ -12,9 +12,14 @@
   caches hold only episode-independent values, so a sibling gives what it would alone (tested: bit-identical
   observations, rewards and infos per sub-env against single envs with the same seeds). The renderer cache grows to
   N entries so that N sub-envs in N logs do not evict each other's renderers at every step.
-- **Stepping.** Within a process the sub-envs step in turn (gymnasium's `SyncVectorEnv` loop); the kernels are not
-  batched across sub-envs (each sub-env's step is many small array operations whose Python overhead a batch would
-  not remove without restructuring the step; `simscale bench vector` measures what a sub-env step costs).
+- **Stepping.** Within a process the sub-envs' plans are tracked together: first the plans of every sub-env stepping
+  now, as their `SimScaleEnv` receives them (through pure action wrappers: `_unwrapped_action`), are stepped in
+  phases (`prepare_plan_steps` -> `sim.world.advance_tracked`: per simulated iteration one LQR call and one bicycle
+  call for all sub-envs, then each scene's IDM agents), then each sub-env's step (gymnasium's `SyncVectorEnv` loop,
+  wrappers and autoreset included) reads the worlds prepared for its action and state and does the rest (scoring,
+  observation, info, episode summary) in turn. Bit-identical to stepping each sub-env alone (tested). The IDM
+  update, the scoring and the pseudo-experts are not batched across scenes (each scene has its own map, objects
+  and lights; `simscale bench vector` measures what a sub-env step costs).
   `workers=k` (k > 1, `ShardedSimScaleVectorEnv`): consecutive shards of the sub-envs in k worker processes, all
   stepping at once, one numba thread each; the observations, rewards, flags and infos come back in sub-env order,
   identical to one process (tested).

@@ -118,6 +118,27 @@ class PlanTracker:
         self._tracker = BatchLQRTracker(config)
         self._tracker.update(self.reference[None])
 
+    @classmethod
+    def many(cls, references, start_iterations, config: LQRConfig = LQRConfig()) -> list["PlanTracker"]:
+        """Trackers of several references [T, 3] (equal lengths) with one batched fit of their profiles: each
+        the same as `PlanTracker(reference, start, config)` (a reference's fit does not depend on its batch)."""
+        refs = np.asarray(references, dtype=np.float64)
+        if refs.ndim != 3 or refs.shape[2] != 3 or refs.shape[1] < 4:
+            raise ValueError(f"references must have shape [B, T >= 4, 3], got {refs.shape}")
+        batch = BatchLQRTracker(config)
+        batch.update(refs)
+        out = []
+        for b, start in enumerate(start_iterations):
+            t = object.__new__(cls)
+            t.reference = refs[b]
+            t.start_iteration = int(start)
+            t._tracker = BatchLQRTracker(config)
+            t._tracker._poses = batch._poses[b:b + 1]
+            t._tracker._velocity = batch._velocity[b:b + 1]
+            t._tracker._curvature = batch._curvature[b:b + 1]
+            out.append(t)
+        return out
+
     def command(self, world: WorldState) -> np.ndarray:
         k = world.iteration - self.start_iteration
         if k < 0 or k >= len(self.reference) - 1:

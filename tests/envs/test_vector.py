@@ -131,6 +131,19 @@ def test_plans_are_tracked_together_and_each_step_reads_its_worlds(mini):
         envs[0].step(bad)
 
 
+def test_the_rl_action_wrappers_hand_their_plans_to_the_batch(mini, monkeypatch):
+    """train-rl's sub-envs (residual on PDM-Closed, SB3's observation wrapper) are all prepared together."""
+    import simscale_env.envs.simscale_env as mod
+    from simscale_env.envs import ResidualExpertAction, SB3ObservationWrapper
+
+    real, counts = mod.prepare_plan_steps, []
+    monkeypatch.setattr(mod, "prepare_plan_steps", lambda envs, plans: counts.append(real(envs, plans)) or counts[-1])
+    venv = SimScaleVectorEnv(num_envs=2, wrappers=(ResidualExpertAction, SB3ObservationWrapper), **KW)
+    venv.reset(seed=SEED)
+    venv.step(np.zeros((2, 24), np.float32))
+    assert counts == [2]
+
+
 class _NoisyPlan(gym.ActionWrapper):
     """An action wrapper drawing from the env's generator: calling action() one extra time would change the run."""
 

@@ -225,3 +225,12 @@ def test_the_lqr_fit_of_a_reference_does_not_depend_on_its_batch():
         v1, c1 = fit_velocity_curvature(poses[i:i + 1], 0.1)
         np.testing.assert_array_equal(v1[0], vb[i])
         np.testing.assert_array_equal(c1[0], cb[i])
+    many = PlanTracker.many(poses, range(17))
+    for i in (0, 9, 16):
+        one = PlanTracker(poses[i], i)
+        assert many[i].start_iteration == i
+        np.testing.assert_array_equal(many[i].reference, one.reference)
+        for k in ("_poses", "_velocity", "_curvature"):
+            np.testing.assert_array_equal(getattr(many[i]._tracker, k), getattr(one._tracker, k))
+    with pytest.raises(ValueError, match=r"references must have shape \[B, T >= 4, 3\]"):
+        PlanTracker.many(poses[:, :3], range(17))
