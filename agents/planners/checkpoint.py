@@ -155,10 +155,10 @@ class PlannerPolicy(BasePolicy):
     and resizes the cameras to the model's image_size (`features.py`), and returns the predicted [8, 3] float32 plan
     (headings wrapped to (-pi, pi]).
 
-    `threads`: torch's intra-op threads while it acts on the CPU (set process-wide at every `act`; default 1). In the
-    env's process numba's render threads share the cores: with torch's default (all cores) one LTF step took 1.78 s
-    against 0.039 s with one thread on 2 loaded cores (0.13 s with OMP_WAIT_POLICY=PASSIVE). None keeps torch's
-    setting."""
+    `threads`: torch's intra-op threads while it acts on the CPU (set for the duration of each `act`, then the
+    process's setting is restored: code run after it, e.g. a training loop, keeps its own; default 1). In the env's
+    process numba's render threads share the cores: with torch's default (all cores) one LTF step took 1.78 s against
+    0.039 s with one thread on 2 loaded cores (0.13 s with OMP_WAIT_POLICY=PASSIVE). None keeps torch's setting."""
 
     observation_keys = ("cameras", "ego_status")
     cameras = FRONT_CHANNELS
@@ -183,13 +183,19 @@ class PlannerPolicy(BasePolicy):
     def act(self, observation: dict, info: dict) -> np.ndarray:
         from simscale_env.geometry import wrap_angle
 
+        prev = None
         if self.threads and str(self.device) == "cpu":
             import torch
 
-            if torch.get_num_threads() != self.threads:
+            prev = torch.get_num_threads()
+            if prev != self.threads:
                 torch.set_num_threads(int(self.threads))
-        image, status = self.features(observation, info)
-        plan = self.model.predict(image, status)[0].detach().cpu().numpy().astype(np.float64)
+        try:
+            image, status = self.features(observation, info)
+            plan = self.model.predict(image, status)[0].detach().cpu().numpy().astype(np.float64)
+        finally:
+            if prev is not None and prev != self.threads:
+                torch.set_num_threads(prev)
         plan[:, 2] = wrap_angle(plan[:, 2])
         return plan.astype(np.float32)
 

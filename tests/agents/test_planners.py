@@ -411,5 +411,10 @@ def test_checkpoints_load_as_policies_that_act_in_navhard(checkpoints, navhard_e
         image, status = policy.features(obs, info)
         assert np.allclose(plan, model.predict(image, status)[0].numpy(), atol=1e-6)  # the model's own plan
         assert np.array_equal(plan, policy.act(obs, info))  # deterministic (DiffusionDrive's seeded noise too)
+        torch.set_num_threads(2)  # the policy acts on one thread and leaves the process's setting as it found it
+        try:
+            assert np.array_equal(plan, policy.act(obs, info)) and torch.get_num_threads() == 2
+        finally:
+            torch.set_num_threads(1)
     obs2, reward, terminated, truncated, info2 = navhard_env.step(plan)
     assert np.isfinite(reward)

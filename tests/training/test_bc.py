@@ -314,7 +314,9 @@ def test_a_killed_run_resumes_to_the_same_weights(tiny_run, tmp_path):
     """SIGKILL while round 1's checkpoint is written (simscale_env.data.atomic's test hook), then --resume."""
     out, _ = tiny_run
     run = tmp_path / "killed"
-    code = (f"from training.bc import BCConfig, train_bc; "
+    # the same torch threads as this process (the weights are bit-identical for the same number: module docstring)
+    code = (f"import torch; torch.set_num_threads({torch.get_num_threads()}); "
+            f"from training.bc import BCConfig, train_bc; "
             f"train_bc(BCConfig(**{TINY!r}), {str(run)!r}, progress=False, tensorboard=False)")
     env = {**os.environ, "SIMSCALE_TEST_KILL_AT": "pt:2"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
