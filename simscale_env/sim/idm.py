@@ -1459,6 +1459,10 @@ def light_masks(m: MapAPI, green_ids, red_ids) -> tuple[np.ndarray, np.ndarray]:
     return green, red
 
 
+# the arrays `_idm_step` only reads: a step's state shares them with its input
+_NEVER_WRITTEN = ("track", "length", "width", "height")
+
+
 def step_agents(m: MapAPI, agents: IDMAgents, *, ego_corners: np.ndarray, ego_center: np.ndarray, ego_speed: float,
                 ego_heading: float, object_corners: np.ndarray, green_ids, red_ids, dt: float = 0.1,
                 config: IDMConfig = IDMConfig(), masks: tuple | None = None) -> IDMAgents:
@@ -1486,9 +1490,9 @@ def step_agents(m: MapAPI, agents: IDMAgents, *, ego_corners: np.ndarray, ego_ce
         if (cap, fcap) != (agents.capacity, agents.foot.shape[1]):
             a = agents.grown(cap, fcap)
         elif share_path:
-            a = agents.copy(share=("path",))
+            a = agents.copy(share=("path",) + _NEVER_WRITTEN)
         else:
-            a = agents.copy()
+            a = agents.copy(share=_NEVER_WRITTEN)
         pieces = _PIECE_CAPACITY[0]
         sp, sb = _scratch((pieces, 4, 2)), _scratch((pieces, 4))
         st, stb = _scratch((40 * (cap + 2), 4, 2)), _scratch((40 * (cap + 2), 4))
