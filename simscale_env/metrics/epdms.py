@@ -11,17 +11,18 @@ Entry point: :func:`score_states` (states [N, 41, 11] simulated from the current
 from __future__ import annotations
 
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 from scipy.signal import savgol_filter
 
 from ..sim.state import (ACCELERATION_X, ACCELERATION_Y, ANGULAR_ACCELERATION, ANGULAR_VELOCITY, HEADING,
                          STATE_SIZE, VELOCITY_X, VELOCITY_Y, X, Y)
 from ..sim.vehicle import PACIFICA, VehicleParameters
 from . import constants as C
-from .geometry import (AreaIndex, PolygonSet, _flags_at, object_index, parallel_chunk, polyline_project,
+from .geometry import (AreaIndex, PolygonSet, _flags_at, object_index, polyline_project,
                        query_overlaps, quads_meet_polygons, segment_hits_quad)
 
 # map object types as in nuPlan's SemanticMapLayer names
@@ -186,7 +187,7 @@ def ego_coords(states: np.ndarray, vehicle: VehicleParameters = PACIFICA) -> np.
                               vehicle.length / 2.0, vehicle.width / 2.0)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _ego_coords_kernel(x, y, c, s, cp, sp, d, hl, hw):
     out = np.empty(x.shape + (5, 2))
     lons = (hl, -hl, -hl, hl)
@@ -212,7 +213,7 @@ def ego_areas(scene: ScoringScene, coords: np.ndarray) -> dict[str, np.ndarray]:
             "centre_in_intersection": inter}
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _relative_angle(ex, ey, eh, box):
     """nuplan idm utils.get_agent_relative_angle between the ego pose and the centroid of a box [4, 2]: arccos of
     the heading vector dotted with the normalised direction, unclipped (a rounding |dot| > 1 gives NaN, which is
@@ -245,7 +246,60 @@ def score_states(scene: ScoringScene, states: np.ndarray, config: C.ScorerConfig
         raise ValueError(f"states have {states.shape[1]} steps but the scene has {scene.num_steps}")
     if not np.all(np.isfinite(states)):
         raise ValueError("states contains NaN or infinite values")
-    N, T = states.shape[:2]
+    if previous_states is not None:
+        previous_states = np.asarray(previous_states, dtype=np.float64)
+    parts = score_parts(len(states))
+    if parts is None:
+        s = _score_part(scene, states, config, previous_states, vehicle, multiplicative_only)
+    else:
+        s = _score_on_threads(scene, states, config, previous_states, vehicle, multiplicative_only, parts)
+    if multiplicative_only:
+        return s
+    ep = _normalise_progress(s.progress_raw, s.multiplicative_metrics_prod, config, progress_reference)
+    return s.replace(ego_progress=ep)
+
+
+# proposals spread over threads from this many on (fewer: one part, no thread pool per call)
+PARALLEL_MIN_ROWS = 256
+
+
+def score_parts(n: int) -> list[tuple[int, int]] | None:
+    """How `score_states` spreads `n` proposals over numba's thread count: contiguous parts (lo, hi), up to 4 a
+    thread for balance (at least 512 proposals a part beyond one a thread), each scored by a Python thread with
+    GIL-free kernels; or None (one thread, or fewer than PARALLEL_MIN_ROWS proposals): one part, in this thread.
+    Every proposal is scored alone, so the parts change no value."""
+    import numba
+
+    threads = numba.get_num_threads()
+    if threads < 2 or n < PARALLEL_MIN_ROWS:
+        return None
+    k = min(4 * threads, max(threads, n // 512), n)
+    cuts = [round(i * n / k) for i in range(k + 1)]
+    return [(cuts[i], cuts[i + 1]) for i in range(k)]
+
+
+def _score_on_threads(scene, states, config, previous_states, vehicle, multiplicative_only, parts) -> PlanScores:
+    """`_score_part` of each part on a pool of numba's thread count, concatenated in order."""
+    import numba
+
+    # the scene's lazily built indices, built once here rather than raced for by the threads
+    scene.area_index()
+    scene.red_light_index()
+    scene.centerline_s()
+
+    def one(bounds):
+        lo, hi = bounds
+        return _score_part(scene, states[lo:hi], config, None if previous_states is None else previous_states[lo:hi],
+                           vehicle, multiplicative_only)
+
+    with ThreadPoolExecutor(max_workers=min(numba.get_num_threads(), len(parts))) as pool:
+        done = list(pool.map(one, parts))
+    return PlanScores(**{f.name: np.concatenate([getattr(d, f.name) for d in done]) for f in fields(PlanScores)})
+
+
+def _score_part(scene, states, config, previous_states, vehicle, multiplicative_only) -> PlanScores:
+    """Every sub-score of the proposals `states` but EP (NaN: its normalisation looks at all proposals)."""
+    N = states.shape[0]
     coords = ego_coords(states, vehicle)
     areas = ego_areas(scene, coords)
     quads = coords[..., :4, :]
@@ -253,19 +307,17 @@ def score_states(scene: ScoringScene, states: np.ndarray, config: C.ScorerConfig
     dac = np.where(areas["non_drivable"].any(1), 0.0, 1.0)
     tlc = _traffic_light_compliance(scene, quads)
     ddc = _driving_direction(scene, coords, areas, config)
+    nan = np.full(N, np.nan)
     if multiplicative_only:
-        nan = np.full(N, np.nan)
         return PlanScores(nc, dac, ddc, tlc, nan, nan, nan, nan, nan, nan, t_coll * config.dt, nan)
     progress_raw = _progress(scene, coords)
     ttc, t_ttc = _ttc(scene, states, coords, areas, config)
     lk = _lane_keeping(scene, coords, areas, config)
     hc = _history_comfort(scene, states, vehicle, config.dt)
-    prod = nc * dac * ddc * tlc
-    ep = _normalise_progress(progress_raw, prod, config, progress_reference)
-    ec = np.full(N, np.nan)
+    ec = nan
     if previous_states is not None:
-        ec = two_frame_extended_comfort(states, np.asarray(previous_states, dtype=np.float64), config.dt)
-    return PlanScores(nc, dac, ddc, tlc, ep, ttc, lk, hc, ec, progress_raw, t_coll * config.dt, t_ttc * config.dt)
+        ec = two_frame_extended_comfort(states, previous_states, config.dt)
+    return PlanScores(nc, dac, ddc, tlc, nan, ttc, lk, hc, ec, progress_raw, t_coll * config.dt, t_ttc * config.dt)
 
 
 def _normalise_progress(progress_raw, prod, config, reference):
@@ -294,23 +346,18 @@ def _no_at_fault_collision(scene, states, quads, areas, config):
             np.asarray(scene.obj_is_agent, dtype=bool), track_stopped, risky,
             float(C.COLLISION_STOPPED_SPEED_THRESHOLD), np.deg2rad(C.BEHIND_ANGLE_DEG),
             object_index(scene.obj_corners, scene.obj_valid))
-    return _by_proposal(_nc_rows, _nc_chunks, N, args)
+    return _by_proposal(_nc_rows, N, args)
 
 
-def _by_proposal(rows, chunks, N: int, args: tuple) -> tuple[np.ndarray, np.ndarray]:
-    """(score [N] starting at 1, first time [N] starting at inf) of a per-proposal kernel: `rows(lo, hi, *args,
-    score, t_first)` in one loop, or `chunks` spreading chunks of proposals over numba's threads from
-    `geometry.PARALLEL_MIN_ROWS` proposals on (each proposal is scored alone: the same values either way)."""
+def _by_proposal(rows, N: int, args: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """(score [N] starting at 1, first time [N] starting at inf) of a per-proposal kernel `rows(lo, hi, *args,
+    score, t_first)` (`score_states` spreads many proposals over threads in parts)."""
     score, t_first = np.ones(N), np.full(N, np.inf)
-    chunk = parallel_chunk(N)
-    if chunk:  # numba's parallel loops take no tuples of arrays: those go flat, `chunks` packs them again
-        chunks(chunk, N, *(x for a in args for x in (a if isinstance(a, tuple) else (a,))), score, t_first)
-    else:
-        rows(0, N, *args, score, t_first)
+    rows(0, N, *args, score, t_first)
     return score, t_first
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _nc_rows(lo, hi, quads, speeds, rear, obj, obj_valid, skip, is_agent, track_stopped, risky, stopped, behind_rad,
              index, nc, t_first):
     """Per proposal (lo..hi-1) in NAVSIM's order (time, then track): collision types STOPPED_EGO, STOPPED_TRACK,
@@ -355,14 +402,6 @@ def _nc_rows(lo, hi, quads, speeds, rear, obj, obj_valid, skip, is_agent, track_
                     ignored[m] = True
             if nc[n] == 0.0:
                 break
-
-
-@njit(cache=True, parallel=True, error_model="numpy")
-def _nc_chunks(chunk, N, quads, speeds, rear, obj, obj_valid, skip, is_agent, track_stopped, risky, stopped,
-               behind_rad, ox, oy, orad, order, nvalid, sx, maxr, nc, t_first):
-    for ci in prange((N + chunk - 1) // chunk):
-        _nc_rows(ci * chunk, min(N, (ci + 1) * chunk), quads, speeds, rear, obj, obj_valid, skip, is_agent,
-                 track_stopped, risky, stopped, behind_rad, (ox, oy, orad, order, nvalid, sx, maxr), nc, t_first)
 
 
 def _traffic_light_compliance(scene, quads):
@@ -415,10 +454,10 @@ def _ttc(scene, states, coords, areas, config):
             scene.obj_valid, skip, risky, future, n_eval, float(config.dt), float(config.stopped_speed_threshold),
             np.deg2rad(C.AHEAD_ANGLE_DEG), np.deg2rad(C.BEHIND_ANGLE_DEG), scene.area_index()._kernel_args(),
             object_index(scene.obj_corners, scene.obj_valid))
-    return _by_proposal(_ttc_rows, _ttc_chunks, N, args)
+    return _by_proposal(_ttc_rows, N, args)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _ttc_rows(lo, hi, quads, dxy, speeds, rear, obj, obj_valid, skip, risky, future, n_eval, dt, stopped, ahead_rad,
               behind_rad, area_args, index, ttc, t_first):
     """The loop of _calculate_ttc per proposal (lo..hi-1) in NAVSIM's order (time, then projection offset): a track
@@ -472,17 +511,6 @@ def _ttc_rows(lo, hi, quads, dxy, speeds, rear, obj, obj_valid, skip, risky, fut
                 break
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
-def _ttc_chunks(chunk, N, quads, dxy, speeds, rear, obj, obj_valid, skip, risky, future, n_eval, dt, stopped,
-                ahead_rad, behind_rad, xy, ptr, origin, cell, nx, ny, fine_ptr, fine_idx, fine_full, flags, slabs,
-                ox, oy, orad, order, nvalid, sx, maxr, ttc, t_first):
-    for ci in prange((N + chunk - 1) // chunk):
-        _ttc_rows(ci * chunk, min(N, (ci + 1) * chunk), quads, dxy, speeds, rear, obj, obj_valid, skip, risky,
-                  future, n_eval, dt, stopped, ahead_rad, behind_rad,
-                  (xy, ptr, origin, cell, nx, ny, fine_ptr, fine_idx, fine_full, flags, slabs),
-                  (ox, oy, orad, order, nvalid, sx, maxr), ttc, t_first)
-
-
 def _lane_keeping(scene, coords, areas, config):
     """PDMScorer._calculate_lane_keeping: > 0.5 m from the centreline for ceil(2.0 / 0.1) consecutive evaluated
     steps; steps whose centre is in an intersection are skipped (neither counted nor resetting)."""
@@ -491,53 +519,80 @@ def _lane_keeping(scene, coords, areas, config):
                                np.ascontiguousarray(scene.centerline, dtype=np.float64), scene.centerline_s())
     exceed = (dist.reshape(N, T) > config.lane_keeping_deviation_limit)
     need = int(np.ceil(config.lane_keeping_horizon_window / config.dt))
-    skip = areas["centre_in_intersection"]
     lk = np.ones(N)
-    for n in range(N):
-        e = exceed[n][~skip[n]]
-        if len(e) < need:
-            continue
-        run = 0
-        for v in e:
-            run = run + 1 if v else 0
-            if run >= need:
-                lk[n] = 0.0
-                break
+    _lane_keeping_rows(exceed, areas["centre_in_intersection"], need, lk)
     return lk
 
 
+@njit(cache=True, nogil=True)
+def _lane_keeping_rows(exceed, skip, need, lk):
+    """0 where `need` consecutive non-skipped steps exceed (fewer than `need` non-skipped steps never can)."""
+    for n in range(exceed.shape[0]):
+        run = 0
+        for t in range(exceed.shape[1]):
+            if skip[n, t]:
+                continue
+            run = run + 1 if exceed[n, t] else 0
+            if run >= need:
+                lk[n] = 0.0
+                break
+
+
 # ---------------------------------------------------------------------------------------------- comfort
-def _center_accelerations(states, vehicle):
-    """state_array_to_center_state_array: rear-axle accelerations shifted to the box centre."""
+def _center_accelerations(acc_x, acc_y, w, wd, vehicle):
+    """state_array_to_center_state_array: rear-axle accelerations shifted to the box centre (from the rear-axle
+    accelerations, yaw rate and yaw acceleration)."""
     d = vehicle.rear_axle_to_center
-    w = states[..., ANGULAR_VELOCITY]
-    wd = states[..., ANGULAR_ACCELERATION]
-    ax = states[..., ACCELERATION_X] + d * w ** 2 + d * wd
-    ay = states[..., ACCELERATION_Y] + 0.0 * w ** 2 + 0.0 * wd
+    ax = acc_x + d * w ** 2 + d * wd
+    ay = acc_y + 0.0 * w ** 2 + 0.0 * wd
     return ax, ay
 
 
 _SAVGOL_CACHE: dict = {}
 
 
-def _savgol_matrix(n: int, window: int, poly: int, deriv: int, delta: float) -> np.ndarray:
-    """scipy's savgol_filter(mode="interp") along a length-n axis as an [n, n] linear map (the filter is linear in
-    its input: interior convolution, polynomial fits at the edges), built once per shape by filtering the identity.
-    Applying it equals scipy's result up to floating-point summation order."""
+def _savgol_matrix(n: int, window: int, poly: int, deriv: int, delta: float) -> tuple[np.ndarray, np.ndarray]:
+    """scipy's savgol_filter(mode="interp") along a length-n axis as a linear map (the filter is linear in its
+    input: interior convolution, polynomial fits at the edges), built once per shape by filtering the identity:
+    (the [n, n] matrix, each row's first nonzero column). Every row's nonzeros are `window` consecutive columns."""
     key = (n, window, poly, deriv, float(delta))
-    m = _SAVGOL_CACHE.get(key)
-    if m is None:
+    hit = _SAVGOL_CACHE.get(key)
+    if hit is None:
         m = savgol_filter(np.eye(n), polyorder=poly, window_length=window, deriv=deriv, delta=delta, axis=0)
-        _SAVGOL_CACHE[key] = m
-    return m
+        first = np.clip(np.arange(n) - (window - 1) // 2, 0, n - window).astype(np.int64)
+        band = np.zeros_like(m, dtype=bool)
+        for i, f in enumerate(first):
+            band[i, f:f + window] = True
+        if np.any(m[~band] != 0.0):
+            raise AssertionError("a Savitzky-Golay row has nonzeros outside its window")  # scipy changed its edges
+        hit = _SAVGOL_CACHE[key] = (np.ascontiguousarray(m), first)
+    return hit
 
 
 def _savgol(y, window, poly, deriv=0, delta=1.0):
+    """scipy's savgol_filter(mode="interp") along the last axis, up to floating-point summation order: each output
+    is its window's weighted sum in column order (a kernel: no BLAS, whose threads would compete with the scorer's;
+    the same bits on every machine)."""
     n = y.shape[-1]
     window = min(window, n)
     if not poly < window:
         raise ValueError(f"{poly} < {window} does not hold!")
-    return y @ _savgol_matrix(n, window, poly, deriv, delta).T
+    m, first = _savgol_matrix(n, window, poly, deriv, delta)
+    flat = np.ascontiguousarray(y, dtype=np.float64).reshape(-1, n)
+    return _banded_apply(flat, m, first, window).reshape(y.shape)
+
+
+@njit(cache=True, nogil=True)
+def _banded_apply(y, m, first, window):
+    out = np.empty_like(y)
+    for r in range(y.shape[0]):
+        for i in range(y.shape[1]):
+            f = first[i]
+            acc = 0.0
+            for k in range(f, f + window):
+                acc += m[i, k] * y[r, k]
+            out[r, i] = acc
+    return out
 
 
 def _savgol_accel(a, window=8):
@@ -556,8 +611,12 @@ def _phase_unwrap(h):
 
 
 def _yaw_rate(states, dt, deriv=1, poly=2):
+    return _yaw_rate_of(states[..., HEADING], dt, deriv, poly)
+
+
+def _yaw_rate_of(heading, dt, deriv=1, poly=2):
     # _extract_ego_yaw_rate does not forward its window_length: _approximate_derivatives uses its default 5
-    return np.round(_derivative(_phase_unwrap(states[..., HEADING]), dt, 5, poly, deriv), 8)
+    return np.round(_derivative(_phase_unwrap(heading), dt, 5, poly, deriv), 8)
 
 
 def _within(metric, lo=None, hi=None):
@@ -569,15 +628,21 @@ def _within(metric, lo=None, hi=None):
 def comfort_checks(states: np.ndarray, dt: float = 0.1, vehicle: VehicleParameters = PACIFICA) -> np.ndarray:
     """pdm_comfort_metrics.ego_is_comfortable: [N, 6] booleans (lon accel, lat accel, jerk, lon jerk, yaw accel,
     yaw rate)."""
-    ax, ay = _center_accelerations(states, vehicle)
+    return _comfort_of(states[..., ACCELERATION_X], states[..., ACCELERATION_Y], states[..., ANGULAR_VELOCITY],
+                       states[..., ANGULAR_ACCELERATION], states[..., HEADING], dt, vehicle)
+
+
+def _comfort_of(acc_x, acc_y, w, wd, heading, dt, vehicle):
+    """`comfort_checks` from the five state columns it reads ([..., T] each)."""
+    ax, ay = _center_accelerations(acc_x, acc_y, w, wd, vehicle)
     lon = _savgol_accel(ax)
     lat = _savgol_accel(ay)
-    mag = _savgol_accel(np.hypot(states[..., ACCELERATION_X], states[..., ACCELERATION_Y]))
+    mag = _savgol_accel(np.hypot(acc_x, acc_y))
     # pdm_comfort_metrics._extract_ego_jerk defaults: window_length 15, poly_order 2, decimals 8
     jerk = np.round(_derivative(mag, dt, 15, 2, 1), 8)
     lon_jerk = np.round(_derivative(lon, dt, 15, 2, 1), 8)
-    yaw_acc = _yaw_rate(states, dt, deriv=2, poly=3)
-    yaw_rate = _yaw_rate(states, dt)
+    yaw_acc = _yaw_rate_of(heading, dt, deriv=2, poly=3)
+    yaw_rate = _yaw_rate_of(heading, dt)
     return np.stack([
         _within(lon, C.MIN_LON_ACCEL, C.MAX_LON_ACCEL), _within(lat, -C.MAX_ABS_LAT_ACCEL, C.MAX_ABS_LAT_ACCEL),
         _within(jerk, -C.MAX_ABS_MAG_JERK, C.MAX_ABS_MAG_JERK),
@@ -592,12 +657,14 @@ def _history_comfort(scene, states, vehicle, dt=0.1):
     if scene.human_past_states is None or len(scene.human_past_states) == 0:
         return np.ones(len(states))
     hist = np.asarray(scene.human_past_states, dtype=np.float64)
-    cols = [ACCELERATION_X, ACCELERATION_Y, ANGULAR_VELOCITY, ANGULAR_ACCELERATION, HEADING]
-    padded = np.zeros((len(states), len(hist) + states.shape[1], STATE_SIZE))  # only the columns comfort reads
-    for c in cols:
-        padded[:, :len(hist), c] = hist[:, c]
-        padded[:, len(hist):, c] = states[:, :, c]
-    return comfort_checks(padded, dt, vehicle).all(axis=-1).astype(np.float64)
+    N, H, T = len(states), len(hist), states.shape[1]
+    cols = []
+    for c in (ACCELERATION_X, ACCELERATION_Y, ANGULAR_VELOCITY, ANGULAR_ACCELERATION, HEADING):  # what comfort reads
+        col = np.empty((N, H + T))
+        col[:, :H] = hist[:, c]
+        col[:, H:] = states[:, :, c]
+        cols.append(col)
+    return _comfort_of(*cols, dt, vehicle).all(axis=-1).astype(np.float64)
 
 
 def human_past_for_hc(past_states: np.ndarray, past_times_us: np.ndarray) -> np.ndarray:

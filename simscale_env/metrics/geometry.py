@@ -7,7 +7,7 @@ Semantics follow shapely where NAVSIM uses it: `shapely.vectorized.contains` (a 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 
 class PolygonSet:
@@ -56,7 +56,7 @@ _CCW_ERRBOUND_A = (3.0 + 16.0 * _EPS) * _EPS
 _SPLITTER = 134217729.0  # 2^27 + 1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _two_sum(a, b):
     x = a + b
     bv = x - a
@@ -64,7 +64,7 @@ def _two_sum(a, b):
     return x, (a - av) + (b - bv)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _two_diff(a, b):
     x = a - b
     bv = a - x
@@ -72,7 +72,7 @@ def _two_diff(a, b):
     return x, (a - av) + (bv - b)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _two_prod(a, b):
     p = a * b
     c = _SPLITTER * a
@@ -84,7 +84,7 @@ def _two_prod(a, b):
     return p, al * bl - (((p - ah * bh) - al * bh) - ah * bl)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _orient_exact(ax, ay, bx, by, cx, cy):
     d1, d1l = _two_diff(bx, ax)
     d2, d2l = _two_diff(cy, ay)
@@ -116,7 +116,7 @@ def _orient_exact(ax, ay, bx, by, cx, cy):
     return 0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def orient2d(ax, ay, bx, by, cx, cy):
     """Exact sign of (b - a) x (c - a): 1 if c is left of a->b, -1 right, 0 collinear."""
     detl = (bx - ax) * (cy - ay)
@@ -130,7 +130,7 @@ def orient2d(ax, ay, bx, by, cx, cy):
     return _orient_exact(ax, ay, bx, by, cx, cy)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _ray_count(pu, pv, u1, v1, u2, v2):
     """GEOS RayCrossingCounter::countSegment for the edge (u1, v1)->(u2, v2) and a ray from (pu, pv) along +u:
     returns 2 if the point is on the edge, 1 if the edge crosses the ray, else 0."""
@@ -152,7 +152,7 @@ def _ray_count(pu, pv, u1, v1, u2, v2):
     return 0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _slab_edges(xy, ptr, poly_slab, axes, v0s, hs, pos, edges, fill):
     """Every (slab, edge) pair of every polygon: counted into pos[slab] (fill False), or written to
     edges[pos[slab]] with pos advanced (fill True)."""
@@ -175,7 +175,7 @@ def _slab_edges(xy, ptr, poly_slab, axes, v0s, hs, pos, edges, fill):
                 pos[q] += 1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _build_slabs(xy, ptr, bounds):
     """Per polygon, slabs of its edges along the axis whose heaviest slabs are lighter (sum of squared slab sizes);
     axis 0: y-slabs (horizontal ray), 1: x-slabs (vertical ray). Edge i runs from vertex i-1 to i."""
@@ -230,7 +230,7 @@ def _build_slabs(xy, ptr, bounds):
     return poly_slab, slab_ptr, edges, v0s, hs, axes
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _point_in_ring(px, py, xy, a, b):
     """Strictly inside the ring xy[a:b] (implicitly closed); on an edge -> False (shapely `contains`)."""
     inside = False
@@ -245,7 +245,7 @@ def _point_in_ring(px, py, xy, a, b):
     return inside
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _sat_overlap(a, b):
     """Do convex quads a [4, 2] and b [4, 2] intersect (touching counts)? Separating axes decide clear cases; gaps
     within rounding reach of zero go to the exact test."""
@@ -284,7 +284,7 @@ def _sat_overlap(a, b):
     return _quads_intersect_exact(a, b)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _in_convex(px, py, quad):
     """Inside or on the boundary of the convex quad (either orientation)?"""
     sgn = 0
@@ -298,7 +298,7 @@ def _in_convex(px, py, quad):
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _quads_intersect_exact(a, b):
     for i in range(4):
         for j in range(4):
@@ -325,10 +325,12 @@ def boxes_overlap(ego, obj, obj_valid):
         cap = k
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def object_index(obj, obj_valid):
     """Per step: the valid objects sorted by centre x, with centres and bounding radii, for pruned overlap queries.
-    Returns (ox, oy, orad, order, nvalid, sx, maxr)."""
+    Returns (ox, oy, orad, order, nvalid, sx, maxr): step t's q-th object by x is order[t, q], centred at
+    (ox[t, q], oy[t, q]) = (sx[t, q], oy[t, q]) with radius orad[t, q] (in sorted order: a query reads them
+    contiguously)."""
     T, M = obj.shape[0], obj.shape[1]
     ox = np.zeros((T, M))
     oy = np.zeros((T, M))
@@ -347,25 +349,30 @@ def object_index(obj, obj_valid):
             r = 0.0
             for k in range(4):
                 r = max(r, np.hypot(obj[t, m, k, 0] - cx, obj[t, m, k, 1] - cy))
-            ox[t, m] = cx
-            oy[t, m] = cy
-            orad[t, m] = r
+            ox[t, cnt] = cx
+            oy[t, cnt] = cy
+            orad[t, cnt] = r
             maxr[t] = max(maxr[t], r)
             order[t, cnt] = m
             cnt += 1
         nvalid[t] = cnt
         xs = np.empty(cnt)
         for q in range(cnt):
-            xs[q] = ox[t, order[t, q]]
+            xs[q] = ox[t, q]
         perm = np.argsort(xs, kind="mergesort")
         tmp = order[t, :cnt].copy()
+        ty = oy[t, :cnt].copy()
+        tr = orad[t, :cnt].copy()
         for q in range(cnt):
             order[t, q] = tmp[perm[q]]
             sx[t, q] = xs[perm[q]]
+            ox[t, q] = xs[perm[q]]
+            oy[t, q] = ty[perm[q]]
+            orad[t, q] = tr[perm[q]]
     return ox, oy, orad, order, nvalid, sx, maxr
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def query_overlaps(quad, obj, t, index, found):
     """Objects at step t whose box intersects (touches) the quad [4, 2]; writes their indices, ascending, into
     `found` and returns how many."""
@@ -383,9 +390,13 @@ def query_overlaps(quad, obj, t, index, found):
     hi = np.searchsorted(sx[t, :cnt], cx + reach, side="right")
     nf = 0
     for q in range(lo, hi):
-        m = order[t, q]
-        if np.hypot(ox[t, m] - cx, oy[t, m] - cy) > er + orad[t, m] + 1e-9:
+        dy = oy[t, q] - cy
+        reach_q = er + orad[t, q] + 1e-9
+        if abs(dy) > reach_q:  # implies the test below (hypot >= |dy|): a cheaper rejection of the same objects
             continue
+        if np.hypot(ox[t, q] - cx, dy) > reach_q:
+            continue
+        m = order[t, q]
         if _sat_overlap(quad, obj[t, m]):
             found[nf] = m
             nf += 1
@@ -394,7 +405,7 @@ def query_overlaps(quad, obj, t, index, found):
     return nf
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _boxes_overlap_kernel(ego, obj, obj_valid, n_out, t_out, m_out):
     N, T = ego.shape[0], ego.shape[1]
     M = obj.shape[1]
@@ -414,7 +425,7 @@ def _boxes_overlap_kernel(ego, obj, obj_valid, n_out, t_out, m_out):
     return k
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def segment_hits_quad(p0, p1, quad):
     """Does segment p0-p1 intersect (touch) the convex quad [4, 2]?"""
     if _in_convex(p0[0], p0[1], quad) or _in_convex(p1[0], p1[1], quad):
@@ -425,7 +436,7 @@ def segment_hits_quad(p0, p1, quad):
     return False
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def quad_meets_ring(quad, xy, a, b):
     """Do the convex quad [4, 2] and the polygon with exterior ring xy[a:b] (implicitly closed) intersect, touching
     included (shapely `intersects`)?"""
@@ -441,7 +452,7 @@ def quad_meets_ring(quad, xy, a, b):
     return segment_hits_quad(xy[a], xy[a], quad)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def quads_meet_polygons(quads, xy, ptr, bounds, step_ptr, step_poly):
     """[N] bool: does quads[n, t] meet any polygon listed for step t (step_poly[step_ptr[t]:step_ptr[t + 1]])?"""
     N, T = quads.shape[0], quads.shape[1]
@@ -465,12 +476,12 @@ def quads_meet_polygons(quads, xy, ptr, bounds, step_ptr, step_poly):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _on_seg(ax, ay, bx, by, cx, cy):
     return min(ax, bx) <= cx <= max(ax, bx) and min(ay, by) <= cy <= max(ay, by)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _seg_seg(ax, ay, bx, by, cx, cy, dx, dy):
     o1 = orient2d(ax, ay, bx, by, cx, cy)
     o2 = orient2d(ax, ay, bx, by, dx, dy)
@@ -501,7 +512,7 @@ def polyline_project(points, xy, s):
                             bb, chunk)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _chunk_bounds(xy, chunk):
     """Bounding boxes of the polyline's segments in chunks of `chunk` segments."""
     nseg = len(xy) - 1
@@ -523,7 +534,7 @@ def _chunk_bounds(xy, chunk):
     return bb
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _seg_d2(px, py, xy, j):
     dx = xy[j + 1, 0] - xy[j, 0]
     dy = xy[j + 1, 1] - xy[j, 1]
@@ -540,7 +551,7 @@ def _seg_d2(px, py, xy, j):
     return ex * ex + ey * ey, t * np.sqrt(l2)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _project_chunked(points, xy, s, bb, chunk):
     """Nearest segment per point (min distance, ties to the first segment). The previous point's segment seeds the
     bound (consecutive points are near), so most chunks are pruned by their bounding box."""
@@ -614,11 +625,7 @@ class AreaIndex(PolygonSet):
         c = np.ascontiguousarray(coords, dtype=np.float64)
         N, T = c.shape[0], c.shape[1]
         out = tuple(np.zeros((N, T), dtype=np.bool_) for _ in range(4))
-        chunk = parallel_chunk(N)
-        if chunk:
-            _ego_area_chunks(chunk, c, *self._kernel_args(), *out)
-        else:
-            _ego_area_rows(0, N, c, *self._kernel_args(), *out)
+        _ego_area_rows(0, N, c, *self._kernel_args(), *out)
         return out
 
     def point_flags(self, points: np.ndarray) -> np.ndarray:
@@ -627,7 +634,7 @@ class AreaIndex(PolygonSet):
         return _point_flags_kernel(p, *self._kernel_args())
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _seg_meets_rect(ax, ay, bx, by, x0, y0, x1, y1):
     """Does segment a-b meet the closed rectangle [x0, x1] x [y0, y1]? (Liang-Barsky clipping, conservative by a
     relative epsilon so rounding never hides a crossing.)"""
@@ -667,7 +674,7 @@ def _seg_meets_rect(ax, ay, bx, by, x0, y0, x1, y1):
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _classify_cells(xy, ptr, bounds, origin, cell, nx, ny, out_ptr, out_idx, out_full, slabs, fill):
     """Per fine cell, the polygons that touch it: 1 = cell strictly inside (no edge meets it), 0 = an edge crosses
     it (test each point). Cells outside a polygon are left out. Two passes: counts, then fill."""
@@ -724,7 +731,7 @@ def _classify_cells(xy, ptr, bounds, origin, cell, nx, ny, out_ptr, out_idx, out
     return counts
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _cell_of(px, py, origin, cell, nx, ny):
     i = int((px - origin[0]) // cell)
     j = int((py - origin[1]) // cell)
@@ -733,7 +740,7 @@ def _cell_of(px, py, origin, cell, nx, ny):
     return i * ny + j
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _flags_at(px, py, xy, ptr, origin, cell, nx, ny, fine_ptr, fine_idx, fine_full, flags, slabs, mask):
     """OR of the flags (restricted to `mask`) of the polygons strictly containing the point."""
     c = _cell_of(px, py, origin, cell, nx, ny)
@@ -750,7 +757,7 @@ def _flags_at(px, py, xy, ptr, origin, cell, nx, ny, fine_ptr, fine_idx, fine_fu
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _pip_slab(px, py, xy, ptr, k, slabs):
     """Strictly inside polygon k (on an edge -> False), by the crossings of a ray across the point's slab."""
     poly_slab, slab_ptr, slab_edges, slab_y0, slab_h, slab_axis = slabs
@@ -779,7 +786,7 @@ def _pip_slab(px, py, xy, ptr, k, slabs):
     return inside
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _point_flags_kernel(p, xy, ptr, origin, cell, nx, ny, fine_ptr, fine_idx, fine_full, flags, slabs):
     out = np.zeros(len(p), dtype=np.int64)
     for q in range(len(p)):
@@ -788,7 +795,7 @@ def _point_flags_kernel(p, xy, ptr, origin, cell, nx, ny, fine_ptr, fine_idx, fi
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _ego_area_rows(lo, hi, coords, xy, ptr, origin, cell, nx, ny, fine_ptr, fine_idx, fine_full, flags, slabs,
                    non_drivable, multiple, on_route, inter):
     """PDMScorer._calculate_ego_area per (proposal, step) for proposals lo..hi-1: a corner outside every drivable
@@ -842,29 +849,3 @@ def _ego_area_rows(lo, hi, coords, xy, ptr, origin, cell, nx, ny, fine_ptr, fine
                     if lane_cnt[q] == 4:
                         single = True
                 multiple[n, t] = not single
-
-
-@njit(cache=True, parallel=True)
-def _ego_area_chunks(chunk, coords, xy, ptr, origin, cell, nx, ny, fine_ptr, fine_idx, fine_full, flags, slabs,
-                     non_drivable, multiple, on_route, inter):
-    """`_ego_area_rows` over chunks of `chunk` proposals on numba's threads (each proposal alone: the same values)."""
-    N = coords.shape[0]
-    for ci in prange((N + chunk - 1) // chunk):
-        _ego_area_rows(ci * chunk, min(N, (ci + 1) * chunk), coords, xy, ptr, origin, cell, nx, ny, fine_ptr,
-                       fine_idx, fine_full, flags, slabs, non_drivable, multiple, on_route, inter)
-
-
-# proposals scored on numba's threads from this many on (fewer: one loop, no thread-pool dispatch per call)
-PARALLEL_MIN_ROWS = 256
-
-
-def parallel_chunk(n: int) -> int:
-    """Proposals per chunk to spread `n` proposals over numba's threads (8 chunks a thread), or 0: score them in
-    one serial loop (one thread, or fewer than PARALLEL_MIN_ROWS). Every proposal is scored alone, so the chunking
-    changes no value."""
-    import numba
-
-    threads = numba.get_num_threads()
-    if threads < 2 or n < PARALLEL_MIN_ROWS:
-        return 0
-    return max(16, -(-n // (8 * threads)))

@@ -257,17 +257,16 @@ def test_sightings_equal_the_loop_over_every_sighting(mini, mode):
 
 
 def _threads_vs_one_loop(mini_root: str) -> dict:
-    """NC, TTC and the ego areas of 70 proposals around the follower scene scored in one loop (one thread) and in
-    chunks of 16 on two numba threads (PARALLEL_MIN_ROWS lowered to 1): which fields differ, and how many proposals
-    the scores separate (so that the comparison compares something)."""
+    """Every score of 70 proposals around the follower scene scored in one part (one thread) and in parts on two
+    threads (PARALLEL_MIN_ROWS lowered to 1, 4 parts): which fields differ, and how many proposals the scores separate
+    (so that the comparison compares something)."""
     import dataclasses
     from pathlib import Path
 
     import numba
 
     from simscale_env.data import ScenarioBuilder
-    from simscale_env.metrics import geometry
-    from simscale_env.metrics.epdms import score_states
+    from simscale_env.metrics import epdms
 
     root = Path(mini_root)
     sc = _with_follower(ScenarioBuilder(root / "nuplan-v1.1" / "splits" / "mini").load(FOLLOWER_SCENE))
@@ -278,29 +277,37 @@ def _threads_vs_one_loop(mini_root: str) -> dict:
     plans = np.stack([_straight(v) + [0.0, y, 0.1 * y] for v, y in zip(speeds, rng.normal(0.0, 1.5, 70))])
     scene = scoring_scene(sim, w, agent_mode="non_reactive")
     states = plan_states(w, plans)
-    before, min_rows = numba.get_num_threads(), geometry.PARALLEL_MIN_ROWS
+    previous = states[::-1]
+    before, min_rows, split = numba.get_num_threads(), epdms.PARALLEL_MIN_ROWS, epdms.score_parts
     try:
         numba.set_num_threads(1)
-        serial = score_states(scene, states)
+        serial = [epdms.score_states(scene, states, previous_states=previous),
+                  epdms.score_states(scene, states, multiplicative_only=True)]
         numba.set_num_threads(2)
-        geometry.PARALLEL_MIN_ROWS = 1
-        chunk = geometry.parallel_chunk(len(plans))
-        par = score_states(scene, states)
+        epdms.PARALLEL_MIN_ROWS = 1
+        epdms.score_parts = lambda n: split(n) and [(0, 9), (9, 30), (30, 31), (31, n)]
+        parts = epdms.score_parts(len(plans))
+        par = [epdms.score_states(scene, states, previous_states=previous),
+               epdms.score_states(scene, states, multiplicative_only=True)]
     finally:
         numba.set_num_threads(before)
-        geometry.PARALLEL_MIN_ROWS = min_rows
-    return {"chunk": chunk,
-            "differ": [f.name for f in dataclasses.fields(serial)
-                       if getattr(serial, f.name).tobytes() != getattr(par, f.name).tobytes()],
-            "ttc_below_1": int(np.sum(serial.time_to_collision_within_bound < 1)),
-            "nc_below_1": int(np.sum(serial.no_at_fault_collisions < 1)),
-            "off_road": int(np.sum(serial.drivable_area_compliance < 1))}
+        epdms.PARALLEL_MIN_ROWS = min_rows
+        epdms.score_parts = split
+    return {"parts": parts, "default_parts": split(16384) if numba.get_num_threads() == 2 else None,
+            "differ": [f.name for a, b in zip(serial, par) for f in dataclasses.fields(a)
+                       if getattr(a, f.name).tobytes() != getattr(b, f.name).tobytes()],
+            "ttc_below_1": int(np.sum(serial[0].time_to_collision_within_bound < 1)),
+            "nc_below_1": int(np.sum(serial[0].no_at_fault_collisions < 1)),
+            "off_road": int(np.sum(serial[0].drivable_area_compliance < 1)),
+            "progress_normalised": bool(np.all(serial[0].ego_progress >= 0) and serial[0].ego_progress.max() == 1.0)}
 
 
-def test_many_proposals_on_numbas_threads_score_as_one_loop(mini):
-    """From geometry.PARALLEL_MIN_ROWS proposals on, NC, TTC and the ego areas spread chunks of proposals over
-    numba's threads: every score equals the one-loop scores (here from 1 proposal on, chunks of 16). Where this
-    process's numba has one thread (NUMBA_NUM_THREADS=1), the comparison runs in a child with two."""
+def test_many_proposals_on_threads_score_as_one_part(mini):
+    """From epdms.PARALLEL_MIN_ROWS proposals on, `score_states` scores contiguous parts of the proposals on as many
+    Python threads as numba has (GIL-free kernels): every score equals the one-part scores (here 4 uneven parts of
+    70 proposals, EC against previous states, EP normalised jointly over all parts, and the multiplicative-only
+    mode). Where this process's numba has one thread (NUMBA_NUM_THREADS=1), the comparison runs in a child with
+    two."""
     import json
     import os
     import subprocess
@@ -319,6 +326,9 @@ def test_many_proposals_on_numbas_threads_score_as_one_loop(mini):
                            env={**os.environ, "NUMBA_NUM_THREADS": "2"}, timeout=600)
         assert r.returncode == 0, r.stderr[-3000:]
         got = json.loads(r.stdout.strip().splitlines()[-1])
-    assert got["chunk"] == 16
+    assert [tuple(p) for p in got["parts"]] == [(0, 9), (9, 30), (30, 31), (31, 70)]
+    if got["default_parts"] is not None:  # 16,384 proposals on 2 threads: 8 parts of 2,048
+        assert [tuple(p) for p in got["default_parts"]] == [(2048 * i, 2048 * (i + 1)) for i in range(8)]
     assert got["differ"] == []
+    assert got["progress_normalised"]
     assert 0 < got["ttc_below_1"] + got["nc_below_1"] < 70 and got["off_road"] > 0  # something to compare

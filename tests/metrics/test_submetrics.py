@@ -205,3 +205,25 @@ def test_two_stage_weights_for_known_distances():
     wp = two_stage_weights((0, 0), [[0, 0], [0.5, 0]])
     assert per[0] == pytest.approx(0.5 * (0.8 * 1.0 + 0.6 * float(wp @ [0.5, 0.5])))
     assert score == pytest.approx(per[0])
+
+
+@pytest.mark.parametrize("n", [41, 61, 12, 6])
+def test_comfort_filters_equal_scipys_savgol_and_do_not_depend_on_the_batch(n):
+    """The comfort metrics' Savitzky-Golay filters (a banded kernel over each output's window) equal
+    scipy.signal.savgol_filter(mode="interp") up to summation order, for every (window, order, derivative) EPDMS
+    uses and for signals shorter than the window; a row alone gives the same bits as in a batch."""
+    from scipy.signal import savgol_filter
+
+    from simscale_env.metrics.epdms import _savgol
+
+    rng = np.random.default_rng(n)
+    y = rng.normal(0.0, 3.0, (50, n)) + np.cumsum(rng.normal(0.0, 1.0, (50, n)), axis=1)
+    for window, poly, deriv in ((8, 2, 0), (15, 2, 1), (5, 2, 1), (5, 3, 2)):
+        w = min(window, n)
+        if not poly < w:
+            continue
+        got = _savgol(y, window, poly, deriv, 0.1)
+        want = savgol_filter(y, window_length=w, polyorder=poly, deriv=deriv, delta=0.1, axis=-1)
+        assert np.allclose(got, want, rtol=1e-12, atol=1e-9 * np.abs(want).max()), (window, poly, deriv)
+        assert np.array_equal(_savgol(y[7:8], window, poly, deriv, 0.1), got[7:8])
+        assert np.array_equal(_savgol(y.reshape(5, 10, n), window, poly, deriv, 0.1).reshape(50, n), got)
