@@ -42,10 +42,7 @@ def _numba_cache_folder(base: str, keep: int = 8, stale_s: float = 86400.0) -> s
     import shutil
     import time
 
-    name = "simscale-" + _source_digest(_os.path.dirname(__file__))
-    if _os.path.basename(_os.path.normpath(base)) == name:  # a child process of one that chose it already
-        return base
-    folder = _os.path.join(base, name)
+    folder = _os.path.join(base, "simscale-" + _source_digest(_os.path.dirname(__file__)))
     try:
         _os.makedirs(folder, exist_ok=True)
         _os.utime(folder)
@@ -62,7 +59,6 @@ def _numba_cache_folder(base: str, keep: int = 8, stale_s: float = 86400.0) -> s
 if _os.environ.get("NUMBA_CACHE_DIR"):
     import numba as _numba
 
-    # in the environment too: numba re-reads its NUMBA_* variables at a compilation after any of them changed
-    _os.environ["NUMBA_CACHE_DIR"] = _numba.config.CACHE_DIR = _numba_cache_folder(_os.environ["NUMBA_CACHE_DIR"])
+    _numba.config.CACHE_DIR = _numba_cache_folder(_os.environ["NUMBA_CACHE_DIR"])
 
 from . import envs  # noqa: E402,F401  (registration)

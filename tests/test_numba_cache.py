@@ -31,23 +31,12 @@ def test_the_source_digest_changes_with_any_source_file_and_only_then(tmp_path):
 
 
 def test_kernels_are_cached_under_the_digest_of_the_sources(tmp_path):
-    """In numba's config and in the environment (numba re-reads NUMBA_* variables when one changed; a child process
-    inherits it and keeps it), and a kernel compiled after another NUMBA_* variable changed is cached there."""
-    src, cache = tmp_path / "src", tmp_path / "cache"
-    src.mkdir()
-    (src / "kernel_mod.py").write_text("from numba import njit\n\n\n@njit(cache=True)\ndef f(x):\n    return x + 1\n")
-    code = ("import json, os, sys, numba, simscale_env; c = numba.config.CACHE_DIR; os.environ['NUMBA_OPT'] = '2'; "
-            f"sys.path.insert(0, {str(src)!r}); import kernel_mod; kernel_mod.f(1); "
-            "print(json.dumps([c, os.environ['NUMBA_CACHE_DIR'], numba.config.CACHE_DIR]))")
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache)}
-    want = cache / ("simscale-" + _source_digest(os.path.dirname(simscale_env.__file__)))
-    for run in range(2):  # the second as a child would run: NUMBA_CACHE_DIR already the digest folder
-        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, r.stderr[-2000:]
-        assert [Path(p) for p in json.loads(r.stdout.strip().splitlines()[-1])] == [want] * 3
-        env["NUMBA_CACHE_DIR"] = str(want)
-    assert sorted(p.name for p in cache.iterdir()) == [want.name]
-    assert any(p.suffix == ".nbi" for p in want.rglob("*"))  # the kernel's cache index went there
+    code = "import json, numba, simscale_env; print(json.dumps(numba.config.CACHE_DIR))"
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    want = tmp_path / ("simscale-" + _source_digest(os.path.dirname(simscale_env.__file__)))
+    assert Path(json.loads(r.stdout.strip().splitlines()[-1])) == want
 
 
 def test_old_cache_folders_are_pruned_but_recent_and_current_ones_kept(tmp_path):
