@@ -56,6 +56,9 @@ def _numba_cache_folder(base: str, keep: int = 8, stale_s: float = 86400.0) -> s
     return folder
 
 
+# Both choices live in numba's config only: numba re-reads its whole NUMBA_* environment at a compilation after any
+# NUMBA_* variable changed, which resets them (set NUMBA_* variables before importing this package). Writing the
+# folder into the environment instead would itself trigger that reset (and the default OpenMP layer aborts forks).
 if _os.environ.get("NUMBA_CACHE_DIR"):
     import numba as _numba
 
