@@ -361,16 +361,27 @@ class _WorkerTraceback(Exception):
 
 
 def _failure(exc: BaseException) -> tuple:
-    """(the exception, if it pickles, else None; its traceback text): what a worker reports."""
-    import pickle
+    """(the exception, if the parent can rebuild it from its pickle, else None; its traceback text): what a worker
+    reports."""
     import traceback
 
     trace = traceback.format_exc()
+    return (exc if _rebuilds(exc) else None), trace
+
+
+def _rebuilds(exc: BaseException) -> bool:
+    """Whether `exc` pickles and its class rebuilds from what the pickle stores (the call unpickling makes, here on
+    the live objects rather than by unpickling bytes): an exception whose __init__ wants other arguments than it
+    stores in `args` pickles but fails to unpickle, which would break the parent's receive."""
+    import pickle
+
     try:
-        pickle.loads(pickle.dumps(exc))
-    except Exception:  # noqa: BLE001 (an exception that does not pickle: its traceback alone)
-        return None, trace
-    return exc, trace
+        pickle.dumps(exc)
+        rebuild = exc.__reduce_ex__(pickle.DEFAULT_PROTOCOL)
+        rebuild[0](*rebuild[1])
+    except Exception:  # noqa: BLE001 (an exception that does not travel: its traceback alone)
+        return False
+    return True
 
 
 def _shard_worker(pipe, spec: dict, count: int) -> None:

@@ -564,7 +564,8 @@ def _savgol_matrix(n: int, window: int, poly: int, deriv: int, delta: float) -> 
         for i, f in enumerate(first):
             band[i, f:f + window] = True
         if np.any(m[~band] != 0.0):
-            raise AssertionError("a Savitzky-Golay row has nonzeros outside its window")  # scipy changed its edges
+            raise RuntimeError(f"scipy's savgol_filter (window {window}, order {poly}, derivative {deriv}, length {n}) "
+                               "has nonzero weights outside each output's window: the banded kernel does not apply")
         hit = _SAVGOL_CACHE[key] = (np.ascontiguousarray(m), first)
     return hit
 

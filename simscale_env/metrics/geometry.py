@@ -328,17 +328,19 @@ def boxes_overlap(ego, obj, obj_valid):
 @njit(cache=True, nogil=True)
 def object_index(obj, obj_valid):
     """Per step: the valid objects sorted by centre x, with centres and bounding radii, for pruned overlap queries.
-    Returns (ox, oy, orad, order, nvalid, sx, maxr): step t's q-th object by x is order[t, q], centred at
-    (ox[t, q], oy[t, q]) = (sx[t, q], oy[t, q]) with radius orad[t, q] (in sorted order: a query reads them
-    contiguously)."""
+    Returns (oy, orad, order, nvalid, sx, maxr): step t's q-th object by x is order[t, q], centred at
+    (sx[t, q], oy[t, q]) with radius orad[t, q] (in sorted order: a query reads them contiguously)."""
     T, M = obj.shape[0], obj.shape[1]
-    ox = np.zeros((T, M))
     oy = np.zeros((T, M))
     orad = np.zeros((T, M))
     order = np.zeros((T, M), dtype=np.int64)
     nvalid = np.zeros(T, dtype=np.int64)
     sx = np.zeros((T, M))
     maxr = np.zeros(T)
+    xs = np.empty(M)
+    ys = np.empty(M)
+    rs = np.empty(M)
+    idx = np.empty(M, dtype=np.int64)
     for t in range(T):
         cnt = 0
         for m in range(M):
@@ -349,34 +351,27 @@ def object_index(obj, obj_valid):
             r = 0.0
             for k in range(4):
                 r = max(r, np.hypot(obj[t, m, k, 0] - cx, obj[t, m, k, 1] - cy))
-            ox[t, cnt] = cx
-            oy[t, cnt] = cy
-            orad[t, cnt] = r
+            xs[cnt] = cx
+            ys[cnt] = cy
+            rs[cnt] = r
+            idx[cnt] = m
             maxr[t] = max(maxr[t], r)
-            order[t, cnt] = m
             cnt += 1
         nvalid[t] = cnt
-        xs = np.empty(cnt)
+        perm = np.argsort(xs[:cnt], kind="mergesort")
         for q in range(cnt):
-            xs[q] = ox[t, q]
-        perm = np.argsort(xs, kind="mergesort")
-        tmp = order[t, :cnt].copy()
-        ty = oy[t, :cnt].copy()
-        tr = orad[t, :cnt].copy()
-        for q in range(cnt):
-            order[t, q] = tmp[perm[q]]
+            order[t, q] = idx[perm[q]]
             sx[t, q] = xs[perm[q]]
-            ox[t, q] = xs[perm[q]]
-            oy[t, q] = ty[perm[q]]
-            orad[t, q] = tr[perm[q]]
-    return ox, oy, orad, order, nvalid, sx, maxr
+            oy[t, q] = ys[perm[q]]
+            orad[t, q] = rs[perm[q]]
+    return oy, orad, order, nvalid, sx, maxr
 
 
 @njit(cache=True, nogil=True)
 def query_overlaps(quad, obj, t, index, found):
     """Objects at step t whose box intersects (touches) the quad [4, 2]; writes their indices, ascending, into
     `found` and returns how many."""
-    ox, oy, orad, order, nvalid, sx, maxr = index
+    oy, orad, order, nvalid, sx, maxr = index
     cnt = nvalid[t]
     if cnt == 0:
         return 0
@@ -394,7 +389,7 @@ def query_overlaps(quad, obj, t, index, found):
         reach_q = er + orad[t, q] + 1e-9
         if abs(dy) > reach_q:  # implies the test below (hypot >= |dy|): a cheaper rejection of the same objects
             continue
-        if np.hypot(ox[t, q] - cx, dy) > reach_q:
+        if np.hypot(sx[t, q] - cx, dy) > reach_q:
             continue
         m = order[t, q]
         if _sat_overlap(quad, obj[t, m]):

@@ -263,3 +263,26 @@ def test_workers_give_what_one_process_gives(mini, mode):
 
     with pytest.raises(MissingFileError, match="no split named 'nosuchsplit'"):  # the worker's error, as raised there
         SimScaleVectorEnv(num_envs=2, workers=2, split="nosuchsplit", **KW)
+
+
+class _ArgsMismatch(Exception):
+    def __init__(self, a, b):  # stores only `a` in args: pickles, but unpickling calls _ArgsMismatch(a) and fails
+        super().__init__(a)
+        self.b = b
+
+
+def test_a_workers_exception_travels_only_if_the_parent_can_rebuild_it():
+    """What a worker reports of a failure: the exception itself when it round-trips through pickle, else None (the
+    parent then raises a RuntimeError with the traceback text) - decided without unpickling any bytes."""
+    import threading
+
+    from simscale_env.envs.vector import _failure
+
+    for exc, travels in ((ValueError("bad action"), True), (_ArgsMismatch(1, 2), False),
+                         (RuntimeError(threading.Lock()), False)):
+        try:
+            raise exc
+        except Exception as e:  # noqa: BLE001
+            got, trace = _failure(e)
+        assert (got is exc) == travels and (got is None) == (not travels)
+        assert type(exc).__name__ in trace
