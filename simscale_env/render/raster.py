@@ -10,9 +10,11 @@
   alpha = min(0.999, o exp(-sigma)), skip sigma < 0 or alpha < 1/255, stop before the Gaussian that would bring
   T (1 - alpha) to <= 1e-4 (exclusive); colour + T * background; expected depth = sum(w z) / (1 - T).
 
-The tile pass is Gaussian-major: each tile walks its depth-sorted Gaussians once, touching only the pixels inside
-each Gaussian's own box (outside it alpha < 1/255 by construction of the extent), with an early exit when every pixel
-of the tile is saturated. Tiles run in parallel (numba prange).
+The tile pass is Gaussian-major: each tile walks its depth-sorted Gaussians once, touching only the rows inside each
+Gaussian's own box where its alpha >= 1/255 ellipse meets the row (outside it alpha < 1/255 by construction of the
+extent), with an early exit when every pixel of the tile is saturated. A row's 16 pixels are one branch-free
+stretch of vector lanes (`_row`), with exp(-sigma) as a float32 polynomial within 1 ulp (`exp_neg`; libm's expf
+cannot be vectorised here, gsplat itself uses CUDA's ~2 ulp __expf). Tiles run in parallel (numba prange).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 from .sh import sh_colors_all
 
@@ -306,11 +310,78 @@ def pack_intersections(ids, base, m2d, conic, opac, colors, depth, radii):
     return out
 
 
+LOG2E = np.float32(1.4426950408889634)
+LN2_HI = np.float32(0.693359375)  # Cody-Waite split of ln 2 (Cephes expf)
+LN2_LO = np.float32(-2.12194440e-4)
+EXP_FLOOR = np.float32(-20.0)  # exp(-20) o < 1/255 for every opacity <= 1: below it only "alpha < 1/255" matters
+
+
+@intrinsic
+def _f32_from_bits(typingctx, bits):
+    """The float32 whose IEEE-754 bit pattern is the int32 `bits` (a register bitcast; no memory round trip)."""
+    if bits != types.int32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.int32), codegen
+
+
+@njit(cache=True, inline="always")
+def exp_neg(s):
+    """exp(-s) in float32 for s >= 0 (Cephes expf: Cody-Waite reduction, degree-7 polynomial, the power of two from
+    its bit pattern; <= 1 ulp on [0, 20], tested), written without calls or table lookups so that a row of 16
+    pixels compiles to vector instructions. s > 20 gives exp(-20) and s < 0 gives 1 (both only ever compared
+    against 1/255 or skipped). gsplat's CUDA kernel uses the __expf intrinsic (~2 ulp)."""
+    x = min(max(-s, EXP_FLOOR), F32(0.0))
+    n = np.floor(x * LOG2E + F32(0.5))
+    r = x - n * LN2_HI - n * LN2_LO
+    p = F32(1.9875691500e-4)
+    p = p * r + F32(1.3981999507e-3)
+    p = p * r + F32(8.3334519073e-3)
+    p = p * r + F32(4.1665795894e-2)
+    p = p * r + F32(1.6666665459e-1)
+    p = p * r + F32(5.0000001201e-1)
+    p = p * r * r + r + F32(1.0)
+    return p * _f32_from_bits(np.int32((np.int32(n) + np.int32(127)) << np.int32(23)))  # 2^n, n in [-29, 0]
+
+
+@njit(cache=True, inline="always")
+def _row(S, yy, pxs, x_lo, x_hi, gx, dy, ca, cb, cc, o, col0, col1, col2, z):
+    """One Gaussian over the 16 pixels of row yy of a tile's state S [6, TILE, TILE] (T, colour (3), depth
+    accumulators, live: 0 once the pixel is saturated or outside the image): gsplat's compositing rules, free of
+    branches so that the lanes compile to vector instructions; pixels outside [x_lo, x_hi) or not live are left as
+    they are. Returns how many pixels saturated."""
+    cdy = cc * dy * dy
+    n_sat = 0
+    for q in range(TILE):  # indices >= 0 known to the compiler (no wraparound select): vector lanes
+        dx = gx - pxs[q]
+        sigma = F32(0.5) * (ca * dx * dx + cdy) + cb * dx * dy
+        alpha = min(F32(0.999), o * exp_neg(sigma))  # gsplat RasterizeToPixels3DGSFwd.cu
+        ok = (S[5, yy, q] != F32(0.0)) & (q >= x_lo) & (q < x_hi) & (sigma >= F32(0.0)) & (alpha >= ALPHA_THRESHOLD)
+        Tp = S[0, yy, q]
+        next_T = Tp * (F32(1.0) - alpha)
+        sat = ok & (next_T <= T_MIN)  # gsplat stops before the Gaussian that would bring T to <= 1e-4
+        use = ok & (next_T > T_MIN)
+        vis = alpha * Tp if use else F32(0.0)
+        S[1, yy, q] += col0 * vis
+        S[2, yy, q] += col1 * vis
+        S[3, yy, q] += col2 * vis
+        S[4, yy, q] += z * vis
+        S[0, yy, q] = next_T if use else Tp
+        S[5, yy, q] = F32(0.0) if sat else S[5, yy, q]
+        n_sat += np.int32(sat)
+    return n_sat
+
+
 @njit(cache=True, parallel=True)
 def composite(offsets, base, packed, width, height, bg, out_rgb, out_alpha, out_depth):
-    """All tiles of all cameras in parallel (see `bin_tiles` for the lists); colours [C, N, 3]; bg [C, 3].
-    Each Gaussian visits, row by row, only the pixels where sigma <= ln(255 o) (alpha >= 1/255), one pixel wider
-    on each side against rounding; the others would be skipped by the alpha rule anyway."""
+    """All tiles of all cameras in parallel (see `bin_tiles` for the lists); bg [C, 3]. A Gaussian visits only the
+    rows of its radius box (one pixel wider each side against rounding) where the ellipse sigma <= ln(255 o) (alpha
+    >= 1/255) meets the row; on such a row all 16 pixels are evaluated at once (vector lanes), masked to the
+    ellipse's x-interval (again one and a half pixels wider) and to the pixels not yet saturated: the others would
+    be skipped by the alpha rule anyway."""
     tw = (width + TILE - 1) // TILE
     th = (height + TILE - 1) // TILE
     nt = tw * th
@@ -321,6 +392,7 @@ def composite(offsets, base, packed, width, height, bg, out_rgb, out_alpha, out_
     step = 7919 if njobs % 7919 != 0 else 1
     for jj in range(njobs):
         order[jj] = (jj * step) % njobs
+    lane = np.arange(TILE).astype(np.float32) + F32(0.5)
     for jj in prange(njobs):
         job = order[jj]
         c = job // nt
@@ -329,16 +401,18 @@ def composite(offsets, base, packed, width, height, bg, out_rgb, out_alpha, out_
         b = base[c] + offsets[c, t + 1]
         ox = (t % tw) * TILE
         oy = (t // tw) * TILE
-        T = np.ones((TILE, TILE), dtype=np.float32)
-        acc = np.zeros((TILE, TILE, 3), dtype=np.float32)
-        dacc = np.zeros((TILE, TILE), dtype=np.float32)
-        done = np.zeros((TILE, TILE), dtype=np.bool_)
+        S = np.zeros((6, TILE, TILE), dtype=np.float32)  # T, colour (3), depth accumulators, live (see `_row`)
+        S[0] = F32(1.0)
+        S[5] = F32(1.0)
+        pxs = np.empty(TILE, dtype=np.float32)
+        for xx in range(TILE):
+            pxs[xx] = F32(ox) + lane[xx]
         row_mask = np.zeros(TILE, dtype=np.int64)  # bit x set: pixel (x, row) is done
         n_done = 0
         for yy in range(TILE):
             for xx in range(TILE):
                 if oy + yy >= height or ox + xx >= width:
-                    done[yy, xx] = True
+                    S[5, yy, xx] = F32(0.0)
                     row_mask[yy] |= np.int64(1) << xx
                     n_done += 1
         for k in range(a, b):
@@ -377,35 +451,21 @@ def composite(offsets, base, packed, width, height, bg, out_rgb, out_alpha, out_
                     dxa = (-cb * dy - sq) * inv_a
                     dxb = (-cb * dy + sq) * inv_a
                     # px = gx - dx
-                    x_lo = max(0, int(math.floor(gx - dxb - F32(1.5))) - ox)
-                    x_hi = min(TILE, int(math.ceil(gx - dxa + F32(1.5))) - ox)
+                    x_lo = max(0, int(np.floor(gx - dxb - F32(1.5))) - ox)
+                    x_hi = min(TILE, int(np.ceil(gx - dxa + F32(1.5))) - ox)
                 if x_hi <= x_lo:
                     continue
                 span = ((np.int64(1) << (x_hi - x_lo)) - 1) << x_lo
                 if (row_mask[yy] & span) == span:
                     continue  # every pixel of this row's interval is already saturated
-                for xx in range(x_lo, x_hi):
-                    if done[yy, xx]:
-                        continue
-                    px = F32(ox + xx) + F32(0.5)
-                    dx = gx - px
-                    sigma = F32(0.5) * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
-                    alpha = min(F32(0.999), o * math.exp(-sigma))  # gsplat RasterizeToPixels3DGSFwd.cu
-                    if sigma < F32(0.0) or alpha < ALPHA_THRESHOLD:
-                        continue
-                    Tp = T[yy, xx]
-                    next_T = Tp * (F32(1.0) - alpha)
-                    if next_T <= T_MIN:
-                        done[yy, xx] = True
-                        row_mask[yy] |= np.int64(1) << xx
-                        n_done += 1
-                        continue
-                    vis = alpha * Tp
-                    acc[yy, xx, 0] += col0 * vis
-                    acc[yy, xx, 1] += col1 * vis
-                    acc[yy, xx, 2] += col2 * vis
-                    dacc[yy, xx] += z * vis
-                    T[yy, xx] = next_T
+                n_sat = _row(S, yy, pxs, x_lo, x_hi, gx, dy, ca, cb, cc, o, col0, col1, col2, z)
+                if n_sat:
+                    n_done += n_sat
+                    m = np.int64(0)
+                    for xx in range(TILE):
+                        if S[5, yy, xx] == F32(0.0):
+                            m |= np.int64(1) << xx
+                    row_mask[yy] = m
         for yy in range(TILE):
             y = oy + yy
             if y >= height:
@@ -414,12 +474,12 @@ def composite(offsets, base, packed, width, height, bg, out_rgb, out_alpha, out_
                 x = ox + xx
                 if x >= width:
                     break
-                Tp = T[yy, xx]
-                out_rgb[c, y, x, 0] = acc[yy, xx, 0] + Tp * bg[c, 0]
-                out_rgb[c, y, x, 1] = acc[yy, xx, 1] + Tp * bg[c, 1]
-                out_rgb[c, y, x, 2] = acc[yy, xx, 2] + Tp * bg[c, 2]
+                Tp = S[0, yy, xx]
+                out_rgb[c, y, x, 0] = S[1, yy, xx] + Tp * bg[c, 0]
+                out_rgb[c, y, x, 1] = S[2, yy, xx] + Tp * bg[c, 1]
+                out_rgb[c, y, x, 2] = S[3, yy, xx] + Tp * bg[c, 2]
                 out_alpha[c, y, x] = F32(1.0) - Tp
-                out_depth[c, y, x] = dacc[yy, xx] / max(F32(1.0) - Tp, F32(1e-10))
+                out_depth[c, y, x] = S[4, yy, xx] / max(F32(1.0) - Tp, F32(1e-10))
 
 
 def rasterize_cpu(means, cov6, opacities, sh, viewmats, Ks, width, height, *, near=0.01, far=1e10, eps2d=0.3,
