@@ -86,25 +86,41 @@ def project_into(means, cov6, opacities, viewmats, Ks, width, height, near, far,
         lims[c, 1] = cx / fx + F32(0.3) * tan_fovx
         lims[c, 2] = (hf - cy) / fy + F32(0.3) * tan_fovy
         lims[c, 3] = cy / fy + F32(0.3) * tan_fovy
-    for j in prange(C * n):  # one parallel region for every (camera, Gaussian) pair
-        c = j // n
-        i = j - c * n
-        R = viewmats[c]
-        fx, fy, cx, cy = Ks[c, 0, 0], Ks[c, 1, 1], Ks[c, 0, 2], Ks[c, 1, 2]
-        lim_x_pos, lim_x_neg, lim_y_pos, lim_y_neg = lims[c, 0], lims[c, 1], lims[c, 2], lims[c, 3]
-        if True:
+    for i in prange(n):  # Gaussian-major: each Gaussian is read once for all cameras
+        px = means[i, 0]
+        py = means[i, 1]
+        pz = means[i, 2]
+        s00, s01, s02, s11, s12, s22 = cov6[i, 0], cov6[i, 1], cov6[i, 2], cov6[i, 3], cov6[i, 4], cov6[i, 5]
+        fro = math.sqrt(s00 * s00 + s11 * s11 + s22 * s22 + F32(2.0) * (s01 * s01 + s02 * s02 + s12 * s12))
+        for c in range(C):
+            R = viewmats[c]
+            fx, fy, cx, cy = Ks[c, 0, 0], Ks[c, 1, 1], Ks[c, 0, 2], Ks[c, 1, 2]
+            lim_x_pos, lim_x_neg, lim_y_pos, lim_y_neg = lims[c, 0], lims[c, 1], lims[c, 2], lims[c, 3]
             radii[c, i, 0] = 0
             radii[c, i, 1] = 0
-            px = means[i, 0]
-            py = means[i, 1]
-            pz = means[i, 2]
             x = R[0, 0] * px + R[0, 1] * py + R[0, 2] * pz + R[0, 3]
             y = R[1, 0] * px + R[1, 1] * py + R[1, 2] * pz + R[1, 3]
             z = R[2, 0] * px + R[2, 1] * py + R[2, 2] * pz + R[2, 3]
             if z < near or z > far:
                 continue
+            rz = F32(1.0) / z
+            rz2 = rz * rz
+            tx = z * min(lim_x_pos, max(-lim_x_neg, x * rz))
+            ty = z * min(lim_y_pos, max(-lim_y_neg, y * rz))
+            j00 = fx * rz
+            j02 = -fx * tx * rz2
+            j11 = fy * rz
+            j12 = -fy * ty * rz2
+            mx = fx * x * rz + cx
+            my = fy * y * rz + cy
+            # a cheap bound first: v00 = J0 C J0^T <= |J0|^2 |Sigma|_F (any symmetric Sigma; rotations keep the norm), so
+            # rx <= 3.33 sqrt(|J0|^2 |Sigma|_F + eps2d) + 1 (ceil); a box that misses the image even at that size is
+            # culled below anyway: skip its covariance, log and square roots (about 2/3 of the pairs in front)
+            bx = F32(3.34) * math.sqrt((j00 * j00 + j02 * j02) * fro + eps2d) + F32(1.0)
+            by = F32(3.34) * math.sqrt((j11 * j11 + j12 * j12) * fro + eps2d) + F32(1.0)
+            if mx + bx <= 0 or mx - bx >= wf or my + by <= 0 or my - by >= hf:
+                continue
             # covar_c = R Sigma R^T
-            s00, s01, s02, s11, s12, s22 = cov6[i, 0], cov6[i, 1], cov6[i, 2], cov6[i, 3], cov6[i, 4], cov6[i, 5]
             a0 = R[0, 0] * s00 + R[0, 1] * s01 + R[0, 2] * s02
             a1 = R[0, 0] * s01 + R[0, 1] * s11 + R[0, 2] * s12
             a2 = R[0, 0] * s02 + R[0, 1] * s12 + R[0, 2] * s22
@@ -120,20 +136,10 @@ def project_into(means, cov6, opacities, viewmats, Ks, width, height, near, far,
             c11 = b0 * R[1, 0] + b1 * R[1, 1] + b2 * R[1, 2]
             c12 = b0 * R[2, 0] + b1 * R[2, 1] + b2 * R[2, 2]
             c22 = d0 * R[2, 0] + d1 * R[2, 1] + d2 * R[2, 2]
-            rz = F32(1.0) / z
-            rz2 = rz * rz
-            tx = z * min(lim_x_pos, max(-lim_x_neg, x * rz))
-            ty = z * min(lim_y_pos, max(-lim_y_neg, y * rz))
-            j00 = fx * rz
-            j02 = -fx * tx * rz2
-            j11 = fy * rz
-            j12 = -fy * ty * rz2
             # cov2d = J C J^T with J = [[j00, 0, j02], [0, j11, j12]]
             v00 = j00 * (j00 * c00 + j02 * c02) + j02 * (j00 * c02 + j02 * c22)
             v01 = j00 * (j11 * c01 + j12 * c02) + j02 * (j11 * c12 + j12 * c22)
             v11 = j11 * (j11 * c11 + j12 * c12) + j12 * (j11 * c12 + j12 * c22)
-            mx = fx * x * rz + cx
-            my = fy * y * rz + cy
             det_orig = v00 * v11 - v01 * v01
             v00 += eps2d
             v11 += eps2d

@@ -168,16 +168,47 @@ def test_render_path_colours_equal_gsplat_reference_per_camera():
             assert np.all(out[c, rest] == -1.0)  # only the camera's visible Gaussians are written
 
 
-def test_projection_culls_and_sizes_as_gsplats_cuda_kernel():
+def _border_scene(rng, n, W, H, K):
+    """Gaussians whose centres project outside the image, 0-60 px beyond a border, large and anisotropic: their
+    boxes reach into the image or just miss it (the projection's early off-image bound must keep every one that
+    reaches in)."""
+    z = rng.uniform(0.5, 25, n)
+    side = rng.integers(0, 4, n)
+    off = rng.uniform(0, 60, n)
+    u = np.where(side == 0, -off, np.where(side == 1, W + off, rng.uniform(0, W, n)))
+    v = np.where(side == 2, -off, np.where(side == 3, H + off, rng.uniform(0, H, n)))
+    means = np.stack([(u - K[0, 2]) * z / K[0, 0], (v - K[1, 2]) * z / K[1, 1], z], -1)
+    scales = np.exp(rng.uniform(np.log(0.05), np.log(3.0), (n, 3))) * rng.choice([1.0, 0.05], (n, 3))
+    quats = rng.normal(size=(n, 4))
+    opac = rng.uniform(0.02, 1.0, n)
+    # half are opaque needles across the viewing ray along a Jacobian row (x: (1, 0, -x/z), y: (0, 1, -y/z)):
+    # there the bound on the screen radius is tight
+    k = n // 2
+    needle_x = side[:k] < 2
+    scales[:k] = np.where(needle_x[:, None], [1.0, 1e-3, 1e-3], [1e-3, 1.0, 1e-3]) * rng.uniform(0.1, 2.0, (k, 1))
+    th = np.arctan(means[:k, 0] / z[:k])  # about y: the x axis turns to (cos th, 0, -sin th)
+    ph = -np.arctan(means[:k, 1] / z[:k])  # about x: the y axis turns to (0, cos ph, sin ph)
+    quats[:k] = np.where(needle_x[:, None], np.stack([np.cos(th / 2), 0 * th, np.sin(th / 2), 0 * th], -1),
+                         np.stack([np.cos(ph / 2), np.sin(ph / 2), 0 * ph, 0 * ph], -1))
+    opac[:k] = 0.999
+    return [a.astype(F) for a in (means, quats, scales, opac)]
+
+
+@pytest.mark.parametrize("kind", ["mixed", "border"])
+def test_projection_culls_and_sizes_as_gsplats_cuda_kernel(kind):
     """Visibility and radii: the torch reference's projection with the CUDA kernel's opacity-aware extent
     (ProjectionEWA3DGSFused.cu: extend = min(3.33, sqrt(2 ln(o / (1/255)))), radius = ceil(extend sqrt(cov_ii)),
     culled below alpha 1/255, at radius 0 or off the image)."""
     torch = pytest.importorskip("torch")
     ti = pytest.importorskip("gsplat.cuda._torch_impl")
     rng = np.random.default_rng(5)
-    means, quats, scales, opac, _ = _random_scene(rng, 3000, "mixed")
     W, H = 96, 64
     viewmats, Ks = _cameras(W, H)
+    if kind == "mixed":
+        means, quats, scales, opac, _ = _random_scene(rng, 3000, "mixed")
+    else:
+        viewmats[1] = np.eye(4, dtype=F)
+        means, quats, scales, opac = _border_scene(rng, 3000, W, H, Ks[1])
     radii, m2d, depth, conic, o = project(means, covariances(quats, scales), opac, viewmats[1], Ks[1], W, H, F(0.01),
                                           F(1e10), F(0.3), F(0.0), False)
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
