@@ -88,7 +88,7 @@ def main(argv) -> int:
             times.append(time.perf_counter() - t)
         out[f"s_{label}_8cams"] = round(statistics.median(times), 3)
         vis = int(np.sum(meta["radii"][..., 0] > 0))
-        isects = int(len(meta["tile_ids"]))
+        isects = int(len(meta["tile_entries"]))
         out[f"pairs_{label}"] = vis
         out[f"tile_intersections_{label}"] = isects
         out[f"mean_alpha_{label}"] = round(float(alpha.mean()), 3)

@@ -243,8 +243,10 @@ def _depth_order(d):
 @njit(cache=True, parallel=True)
 def bin_tiles(vis, vis_start, radii, m2d, depth, width, height):
     """Tile lists of every camera from its visible Gaussians (vis[vis_start[c]:vis_start[c + 1]], ascending):
-    offsets [C, n_tiles + 1] (relative to base[c]), base [C + 1], ids (flat). Gaussians are appended in (depth,
-    index) order, so each tile's list comes out sorted (gsplat's radix sort on (tile, depth), stable in the index)."""
+    offsets [C, n_tiles + 1] (relative to base[c]), base [C + 1], entries (flat): each the position r in `vis` of a
+    (camera, Gaussian) pair (vis[r] is the Gaussian; its row of `visible_rows` holds what compositing reads).
+    Gaussians are appended in (depth, index) order, so each tile's list comes out sorted (gsplat's radix sort on
+    (tile, depth), stable in the index)."""
     tw = (width + TILE - 1) // TILE
     th = (height + TILE - 1) // TILE
     nt = tw * th
@@ -283,36 +285,46 @@ def bin_tiles(vis, vis_start, radii, m2d, depth, width, height):
         b0 = base[c]
         for q in range(nv):
             r = a + order[q]
-            i = vis[r]
             x0, y0, x1, y1 = bounds[r, 0], bounds[r, 1], bounds[r, 2], bounds[r, 3]
             for ty_ in range(y0, y1):
                 for tx_ in range(x0, x1):
                     t = ty_ * tw + tx_
-                    ids[b0 + fill[t]] = i
+                    ids[b0 + fill[t]] = r
                     fill[t] += 1
     return counts, base, ids
 
 
 @njit(cache=True, parallel=True)
-def pack_intersections(ids, base, m2d, conic, opac, colors, depth, radii):
-    """[n_isect, 11] float32 per tile entry: mean2d (2), conic (3), opacity, colour (3), depth, radius_y - read
-    sequentially by `composite` instead of gathering six arrays per Gaussian (memory latency dominated)."""
-    C = len(base) - 1
-    out = np.empty((len(ids), 11), dtype=np.float32)
-    for c in range(C):
-        for k in prange(base[c], base[c + 1]):
-            g = ids[k]
-            out[k, 0] = m2d[c, g, 0]
-            out[k, 1] = m2d[c, g, 1]
-            out[k, 2] = conic[c, g, 0]
-            out[k, 3] = conic[c, g, 1]
-            out[k, 4] = conic[c, g, 2]
-            out[k, 5] = opac[c, g]
-            out[k, 6] = colors[c, g, 0]
-            out[k, 7] = colors[c, g, 1]
-            out[k, 8] = colors[c, g, 2]
-            out[k, 9] = depth[c, g]
-            out[k, 10] = F32(radii[c, g, 1])
+def visible_rows(vis, vis_start, m2d, conic, opac, colors, depth, radii):
+    """[n_visible, 11] float32 per visible (camera, Gaussian) pair, in `vis` order: mean2d (2), conic (3), opacity,
+    colour (3), depth, radius_y, read in ascending Gaussian order per camera (streaming); see `pack_entries`."""
+    out = np.empty((len(vis), 11), dtype=np.float32)
+    for c in range(len(vis_start) - 1):
+        for r in prange(vis_start[c], vis_start[c + 1]):
+            g = vis[r]
+            out[r, 0] = m2d[c, g, 0]
+            out[r, 1] = m2d[c, g, 1]
+            out[r, 2] = conic[c, g, 0]
+            out[r, 3] = conic[c, g, 1]
+            out[r, 4] = conic[c, g, 2]
+            out[r, 5] = opac[c, g]
+            out[r, 6] = colors[c, g, 0]
+            out[r, 7] = colors[c, g, 1]
+            out[r, 8] = colors[c, g, 2]
+            out[r, 9] = depth[c, g]
+            out[r, 10] = F32(radii[c, g, 1])
+    return out
+
+
+@njit(cache=True, parallel=True)
+def pack_entries(entries, rows):
+    """[n_isect, 11]: each tile entry's row of `visible_rows`, so that `composite` reads every tile's list
+    sequentially (one gather of one row per entry here, instead of six [C, N] arrays per entry)."""
+    out = np.empty((len(entries), rows.shape[1]), dtype=np.float32)
+    for k in prange(len(entries)):
+        r = entries[k]
+        for m in range(rows.shape[1]):
+            out[k, m] = rows[r, m]
     return out
 
 
@@ -383,7 +395,7 @@ def _row(S, yy, pxs, x_lo, x_hi, gx, dy, ca, cb, cc, o, col0, col1, col2, z):
 
 @njit(cache=True, parallel=True)
 def composite(offsets, base, packed, width, height, bg, out_rgb, out_alpha, out_depth):
-    """All tiles of all cameras in parallel (see `bin_tiles` for the lists); bg [C, 3]. A Gaussian visits only the
+    """All tiles of all cameras in parallel (see `bin_tiles` for the lists, `pack_entries` for packed); bg [C, 3]. A Gaussian visits only the
     rows of its radius box (one pixel wider each side against rounding) where the ellipse sigma <= ln(255 o) (alpha
     >= 1/255) meets the row; on such a row all 16 pixels are evaluated at once (vector lanes), masked to the
     ellipse's x-interval (again one and a half pixels wider) and to the pixels not yet saturated: the others would
@@ -520,12 +532,14 @@ def rasterize_cpu(means, cov6, opacities, sh, viewmats, Ks, width, height, *, ne
     elif len(vis_all):
         campos = np.stack([np.linalg.inv(viewmats[c].astype(np.float64))[:3, 3] for c in range(C)]).astype(np.float32)
         sh_colors_all(sh, means, campos, vis_all, vis_start, sh_degree, cols)
-    offsets, base, ids = bin_tiles(vis_all, vis_start, radii, m2d, depth, W, H)
+    rows = visible_rows(vis_all, vis_start, m2d, conic, opac, cols, depth, radii)
+    offsets, base, entries = bin_tiles(vis_all, vis_start, radii, m2d, depth, W, H)
+    packed = pack_entries(entries, rows)
     rgb = np.zeros((C, H, W, 3), np.float32)
     alpha = np.zeros((C, H, W), np.float32)
     dep = np.zeros((C, H, W), np.float32)
-    packed = pack_intersections(ids, base, m2d, conic, opac, cols, depth, radii)
     composite(offsets, base, packed, W, H, bg, rgb, alpha, dep)
     meta = {"radii": radii, "means2d": m2d, "depths": depth, "conics": conic, "opacities": opac, "colors": cols,
-            "tile_offsets": offsets, "tile_base": base, "tile_ids": ids}
+            "visible": vis_all, "visible_start": vis_start, "tile_offsets": offsets, "tile_base": base,
+            "tile_entries": entries}
     return rgb, alpha, dep, meta

@@ -121,22 +121,29 @@ def _camera_of(r, starts):
 @njit(cache=True, parallel=True)
 def _sh_all(coeffs, means, campos, ids, starts, degree, out, scratch):
     nb = (degree + 1) * (degree + 1)
-    for r in prange(len(ids)):
-        c = _camera_of(r, starts)
-        i = ids[r]
-        x = np.float64(means[i, 0] - campos[c, 0])
-        y = np.float64(means[i, 1] - campos[c, 1])
-        z = np.float64(means[i, 2] - campos[c, 2])
-        norm = math.sqrt(x * x + y * y + z * z)
-        if norm > 0:
-            x, y, z = x / norm, y / norm, z / norm
-        b = scratch[get_thread_id()]  # no allocation per element
-        _bases(x, y, z, nb, b)
-        for ch in range(3):
-            s = 0.0
-            for k in range(nb):
-                s += b[k] * coeffs[i, k, ch]
-            out[c, i, ch] = max(s + 0.5, 0.0)
+    for c in range(len(starts) - 1):
+        px, py, pz = campos[c, 0], campos[c, 1], campos[c, 2]
+        for r in prange(starts[c], starts[c + 1]):
+            i = ids[r]
+            x = np.float64(means[i, 0] - px)
+            y = np.float64(means[i, 1] - py)
+            z = np.float64(means[i, 2] - pz)
+            norm = math.sqrt(x * x + y * y + z * z)
+            if norm > 0:
+                x, y, z = x / norm, y / norm, z / norm
+            b = scratch[get_thread_id()]  # no allocation per element
+            _bases(x, y, z, nb, b)
+            s0 = 0.0
+            s1 = 0.0
+            s2 = 0.0
+            for k in range(nb):  # the coefficients in memory order; each channel summed over k as before
+                bk = b[k]
+                s0 += bk * coeffs[i, k, 0]
+                s1 += bk * coeffs[i, k, 1]
+                s2 += bk * coeffs[i, k, 2]
+            out[c, i, 0] = max(s0 + 0.5, 0.0)
+            out[c, i, 1] = max(s1 + 0.5, 0.0)
+            out[c, i, 2] = max(s2 + 0.5, 0.0)
 
 
 @njit(cache=True, parallel=True)
