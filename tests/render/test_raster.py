@@ -243,6 +243,12 @@ def test_depth_order_is_a_stable_sort():
     d[8] = np.float32(3e38)
     np.testing.assert_array_equal(_depth_order(d), np.argsort(d, kind="stable"))
     assert len(_depth_order(np.zeros(0, F))) == 0
+    # depths in [1, 2): the top 11-bit digit is the same for all (that pass is skipped); in [1, 1 + 2^-12): two are
+    narrow = rng.uniform(1.0, 2.0, 5000).astype(F)
+    narrow[::4] = narrow[3]
+    tight = (1.0 + rng.integers(0, 2048, 5000) * 2.0 ** -23).astype(F)
+    for x in (narrow, tight, d[::-1].copy()):
+        np.testing.assert_array_equal(_depth_order(x), np.argsort(x, kind="stable"))
 
 
 def test_vector_exp_is_within_one_ulp_of_exp():
