@@ -29,7 +29,7 @@ demo: mini
 	$(VENV)/bin/simscale demo --data $(MINI) --out $(SIMSCALE_CACHE)/demo
 
 test: mini
-	SIMSCALE_MINI=$(MINI) $(PY) -m pytest -x -q
+	SIMSCALE_MINI=$(MINI) $(PY) -m pytest -x -q --durations=25
 
 bench: mini
 	$(VENV)/bin/simscale bench data --data $(MINI)

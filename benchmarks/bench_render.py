@@ -7,7 +7,7 @@ Cameras: the mini dataset's nuPlan-style rig (8 cameras at 45-ish degree steps).
 are computed once (the renderer caches them across steps); the timing covers projection, SH, binning and
 compositing of one 8-view frame.
 
-Targets (issue 6): <= 0.2 s (100k) and <= 1.2 s (1M) per 8-view frame on CPU.
+Targets: issue 6 <= 0.2 s (100k) and <= 1.2 s (1M) per 8-view frame on CPU; issue 20 <= 0.10 s and <= 0.60 s.
 """
 
 from __future__ import annotations

@@ -295,10 +295,10 @@ def bin_tiles(vis, vis_start, radii, m2d, depth, width, height):
             ty = m2d[c, i, 1] / F32(TILE)
             rx = F32(radii[c, i, 0]) / F32(TILE)
             ry = F32(radii[c, i, 1]) / F32(TILE)
-            x0 = min(max(0, int(math.floor(tx - rx))), tw)
-            y0 = min(max(0, int(math.floor(ty - ry))), th)
-            x1 = min(max(0, int(math.ceil(tx + rx))), tw)
-            y1 = min(max(0, int(math.ceil(ty + ry))), th)
+            x0 = min(max(0, int(np.floor(tx - rx))), tw)
+            y0 = min(max(0, int(np.floor(ty - ry))), th)
+            x1 = min(max(0, int(np.ceil(tx + rx))), tw)
+            y1 = min(max(0, int(np.ceil(ty + ry))), th)
             bounds[r, 0], bounds[r, 1], bounds[r, 2], bounds[r, 3] = x0, y0, x1, y1
             for ty_ in range(y0, y1):
                 for tx_ in range(x0, x1):
@@ -331,9 +331,11 @@ def bin_tiles(vis, vis_start, radii, m2d, depth, width, height):
 
 @njit(cache=True, parallel=True)
 def visible_rows(vis, vis_start, m2d, conic, opac, colors, depth, radii):
-    """[n_visible, 11] float32 per visible (camera, Gaussian) pair, in `vis` order: mean2d (2), conic (3), opacity,
-    colour (3), depth, radius_y, read in ascending Gaussian order per camera (streaming); see `pack_entries`."""
-    out = np.empty((len(vis), 11), dtype=np.float32)
+    """[n_visible, 13] float32 per visible (camera, Gaussian) pair, in `vis` order: mean2d (2), conic (3), opacity,
+    colour (3), depth, radius_y, ln(255 opacity) (alpha >= 1/255 needs sigma <= it) and 1 / conic_a (0 if conic_a
+    <= 0), read in ascending Gaussian order per camera (streaming); see `pack_entries`. The log and the reciprocal
+    once per pair here, not once per tile entry in `composite`."""
+    out = np.empty((len(vis), 13), dtype=np.float32)
     for c in range(len(vis_start) - 1):
         for r in prange(vis_start[c], vis_start[c + 1]):
             g = vis[r]
@@ -348,12 +350,15 @@ def visible_rows(vis, vis_start, m2d, conic, opac, colors, depth, radii):
             out[r, 8] = colors[c, g, 2]
             out[r, 9] = depth[c, g]
             out[r, 10] = F32(radii[c, g, 1])
+            out[r, 11] = math.log(opac[c, g] * F32(255.0))
+            ca = conic[c, g, 0]
+            out[r, 12] = F32(1.0) / ca if ca > F32(0.0) else F32(0.0)
     return out
 
 
 @njit(cache=True, parallel=True)
 def pack_entries(entries, rows):
-    """[n_isect, 11]: each tile entry's row of `visible_rows`, so that `composite` reads every tile's list
+    """[n_isect, 13]: each tile entry's row of `visible_rows`, so that `composite` reads every tile's list
     sequentially (one gather of one row per entry here, instead of six [C, N] arrays per entry)."""
     out = np.empty((len(entries), rows.shape[1]), dtype=np.float32)
     for k in prange(len(entries)):
@@ -477,15 +482,15 @@ def composite(offsets, base, packed, width, height, bg, out_rgb, out_alpha, out_
             cb = packed[k, 3]
             cc = packed[k, 4]
             o = packed[k, 5]
-            smax = math.log(o * F32(255.0))  # alpha >= 1/255 needs sigma <= ln(255 o)
+            smax = packed[k, 11]
             ry = packed[k, 10]
-            y_lo = max(0, int(math.floor(gy - ry - F32(1.0))) - oy)
-            y_hi = min(TILE, int(math.ceil(gy + ry + F32(1.0))) - oy)
+            y_lo = max(0, int(np.floor(gy - ry - F32(1.0))) - oy)
+            y_hi = min(TILE, int(np.ceil(gy + ry + F32(1.0))) - oy)
             col0 = packed[k, 6]
             col1 = packed[k, 7]
             col2 = packed[k, 8]
             z = packed[k, 9]
-            inv_a = F32(1.0) / ca if ca > F32(0.0) else F32(0.0)
+            inv_a = packed[k, 12]
             for yy in range(y_lo, y_hi):
                 if row_mask[yy] == FULL_ROW:
                     continue
