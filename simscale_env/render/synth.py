@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import shapely
+from numba import njit
 
 from ..data.schema import BARRIER, BICYCLE, CZONE_SIGN, GENERIC_OBJECT, PEDESTRIAN, TRAFFIC_CONE, VEHICLE
 from .gaussians import Gaussians, quat_multiply, rgb_to_sh_dc
@@ -412,31 +413,82 @@ VEHICLE_PALETTE = np.array([(0.85, 0.85, 0.85), (0.10, 0.10, 0.12), (0.60, 0.62,
                             (0.10, 0.22, 0.55), (0.90, 0.90, 0.92), (0.25, 0.40, 0.25), (0.80, 0.55, 0.15)], np.float32)
 PERSON_PALETTE = np.array([(0.8, 0.2, 0.2), (0.2, 0.4, 0.8), (0.9, 0.8, 0.2), (0.3, 0.6, 0.3), (0.5, 0.3, 0.6),
                            (0.95, 0.95, 0.95), (0.15, 0.15, 0.15)], np.float32)
+# the templates as flat tables for `_pose_templates`: category -> first row and point count
+_TEMPLATE_IDS = np.array(sorted(_TEMPLATES), np.int64)
+_TPL_START = np.zeros(int(_TEMPLATE_IDS.max()) + 1, np.int64)
+_TPL_SIZE = np.zeros(int(_TEMPLATE_IDS.max()) + 1, np.int64)
+_rows = 0
+for _k in _TEMPLATE_IDS:
+    _TPL_START[_k], _TPL_SIZE[_k] = _rows, len(_TEMPLATES[int(_k)].pts)
+    _rows += _TPL_SIZE[_k]
+_tpls = [_TEMPLATES[int(_k)] for _k in _TEMPLATE_IDS]
+_TPL_PTS = np.ascontiguousarray(np.concatenate([t.pts for t in _tpls]), np.float64)
+_TPL_SCALE = np.ascontiguousarray(np.concatenate([t.scale for t in _tpls]), np.float64)
+_TPL_ROLE = np.ascontiguousarray(np.concatenate([t.role for t in _tpls]), np.int64)
+_TPL_FIXED = np.ascontiguousarray(np.concatenate([t.fixed for t in _tpls]), np.float64)
+
+
+@njit(cache=True)
+def _pose_templates(keys, offsets, dims, heading, tx, ty, z0, body, tpl_start, pts, scale, role, fixed):
+    """Every object's template points posed in its box (see `actor_gaussians`): means, scales, colours [n, 3]
+    (float64) and quaternions [n, 4] (float32), object after object."""
+    n = offsets[-1]
+    means = np.empty((n, 3))
+    scales = np.empty((n, 3))
+    rgb = np.empty((n, 3))
+    quats = np.zeros((n, 4), np.float32)
+    for k in range(len(keys)):
+        c = np.cos(heading[k])
+        s = np.sin(heading[k])
+        qw = np.float32(np.cos(heading[k] / 2))
+        qz = np.float32(np.sin(heading[k] / 2))
+        a = tpl_start[keys[k]]
+        for p in range(offsets[k + 1] - offsets[k]):
+            j = offsets[k] + p
+            t = a + p
+            px = pts[t, 0] * dims[k, 0]
+            py = pts[t, 1] * dims[k, 1]
+            pz = pts[t, 2] * dims[k, 2]
+            # R = [[c, -s, 0], [s, c, 0], [0, 0, 1]] applied to the point, then the box centre
+            means[j, 0] = px * c + py * -s + pz * 0.0 + tx[k]
+            means[j, 1] = px * s + py * c + pz * 0.0 + ty[k]
+            means[j, 2] = px * 0.0 + py * 0.0 + pz * 1.0 + z0
+            for m in range(3):
+                scales[j, m] = max(scale[t, m] * min(max(dims[k, m], 0.3), 20.0) * 0.5, 0.02)
+            r = role[t]
+            for m in range(3):
+                if r == 0:
+                    rgb[j, m] = body[k, m]
+                elif r == 1:
+                    rgb[j, m] = (0.12, 0.15, 0.2)[m]
+                elif r == 2:
+                    rgb[j, m] = 0.05
+                else:
+                    rgb[j, m] = fixed[t, m]
+            quats[j, 0] = qw
+            quats[j, 3] = qz
+    return means, scales, rgb, quats
 
 
 def actor_gaussians(category, x, y, heading, length, width, height, tokens, origin=(0.0, 0.0),
                     z0: float = 0.0) -> Gaussians:
     """Gaussians of the objects (box centres, global) in local coordinates: each category's template scaled to the
-    box, coloured per track token."""
-    parts = []
-    for k in range(len(category)):
-        tpl = _TEMPLATES.get(int(category[k]), _TEMPLATES[GENERIC_OBJECT])
-        dims = np.array([length[k], width[k], height[k]], np.float64)
-        pts = tpl.pts * dims
-        n = len(pts)
-        c, s = np.cos(heading[k]), np.sin(heading[k])
-        R = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
-        means = pts @ R.T + np.array([x[k] - origin[0], y[k] - origin[1], z0])
-        scales = np.maximum(tpl.scale * np.clip(dims, 0.3, 20.0) * 0.5, 0.02)
-        h = zlib.crc32(str(tokens[k]).encode())
-        pal = VEHICLE_PALETTE if int(category[k]) in (VEHICLE, GENERIC_OBJECT) else PERSON_PALETTE
-        body = pal[h % len(pal)]
-        rgb = np.where((tpl.role == 0)[:, None], body, tpl.fixed)
-        rgb = np.where((tpl.role == 1)[:, None], np.array([0.12, 0.15, 0.2]), rgb)
-        rgb = np.where((tpl.role == 2)[:, None], np.array([0.05, 0.05, 0.05]), rgb)
-        q = np.tile(np.array([np.cos(heading[k] / 2), 0, 0, np.sin(heading[k] / 2)], np.float32), (n, 1))
-        parts.append(Gaussians.create(means, q, scales, np.full(n, 0.97), rgb_to_sh_dc(rgb)[:, None, :]))
-    return Gaussians.concat(parts) if parts else Gaussians.empty()
+    box, coloured per track token; object after object, each in its template's point order (one kernel call)."""
+    if len(category) == 0:
+        return Gaussians.empty()
+    cat = np.asarray(category).astype(np.int64)
+    keys = np.where(np.isin(cat, _TEMPLATE_IDS), cat, GENERIC_OBJECT)
+    offsets = np.concatenate([[0], np.cumsum(_TPL_SIZE[keys])])
+    dims = np.stack([np.asarray(length, np.float64), np.asarray(width, np.float64), np.asarray(height, np.float64)], -1)
+    # the body colour per track token (a hash of its text)
+    h = np.array([zlib.crc32(str(t).encode()) for t in tokens], np.int64)
+    body = np.where(np.isin(cat, (VEHICLE, GENERIC_OBJECT))[:, None], VEHICLE_PALETTE[h % len(VEHICLE_PALETTE)],
+                    PERSON_PALETTE[h % len(PERSON_PALETTE)]).astype(np.float64)
+    means, scales, rgb, quats = _pose_templates(keys, offsets, dims, np.asarray(heading, np.float64),
+                                                np.asarray(x, np.float64) - origin[0],
+                                                np.asarray(y, np.float64) - origin[1], float(z0), body, _TPL_START,
+                                                _TPL_PTS, _TPL_SCALE, _TPL_ROLE, _TPL_FIXED)
+    return Gaussians.create(means, quats, scales, np.full(len(means), 0.97), rgb_to_sh_dc(rgb)[:, None, :])
 
 
 def sky_background(Ks: np.ndarray, viewmats: np.ndarray, width: int, height: int) -> np.ndarray:

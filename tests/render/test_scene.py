@@ -117,3 +117,46 @@ def test_sky_is_cached_across_headings(frame):
     a = r._sky(v0, k0)
     assert r._sky(v1, k1) is a and len(r._sky_cache) == 1
     np.testing.assert_allclose(sky_background(k1, v1, r.width, r.height), a, atol=1e-6)
+
+
+def _actor_gaussians_one_by_one(category, x, y, heading, length, width, height, tokens, origin, z0=0.0):
+    """The per-object formulation `actor_gaussians` replaced (its kernel must give the same bits)."""
+    import zlib
+
+    from simscale_env.data.schema import GENERIC_OBJECT, VEHICLE
+    from simscale_env.render.gaussians import Gaussians, rgb_to_sh_dc
+    from simscale_env.render.synth import _TEMPLATES, PERSON_PALETTE, VEHICLE_PALETTE
+
+    parts = []
+    for k in range(len(category)):
+        tpl = _TEMPLATES.get(int(category[k]), _TEMPLATES[GENERIC_OBJECT])
+        dims = np.array([length[k], width[k], height[k]], np.float64)
+        pts = tpl.pts * dims
+        c, s = np.cos(heading[k]), np.sin(heading[k])
+        R = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+        means = pts @ R.T + np.array([x[k] - origin[0], y[k] - origin[1], z0])
+        scales = np.maximum(tpl.scale * np.clip(dims, 0.3, 20.0) * 0.5, 0.02)
+        h = zlib.crc32(str(tokens[k]).encode())
+        body = (VEHICLE_PALETTE if int(category[k]) in (VEHICLE, GENERIC_OBJECT) else PERSON_PALETTE)
+        rgb = np.where((tpl.role == 0)[:, None], body[h % len(body)], tpl.fixed)
+        rgb = np.where((tpl.role == 1)[:, None], np.array([0.12, 0.15, 0.2]), rgb)
+        rgb = np.where((tpl.role == 2)[:, None], np.array([0.05, 0.05, 0.05]), rgb)
+        q = np.tile(np.array([np.cos(heading[k] / 2), 0, 0, np.sin(heading[k] / 2)], np.float32), (len(pts), 1))
+        parts.append(Gaussians.create(means, q, scales, np.full(len(pts), 0.97), rgb_to_sh_dc(rgb)[:, None, :]))
+    return Gaussians.concat(parts)
+
+
+def test_actor_gaussians_equal_posing_each_object_alone():
+    from simscale_env.render.synth import actor_gaussians
+
+    rng = np.random.default_rng(4)
+    m = 60
+    args = (rng.integers(0, 9, m).astype(np.int8),  # categories 7 and 8 have no template: the generic one
+            rng.uniform(-300, 300, m) + 664_000.0, rng.uniform(-300, 300, m) + 3_996_000.0, rng.uniform(-4, 4, m),
+            rng.uniform(0.2, 12, m), rng.uniform(0.1, 3, m), rng.uniform(0.3, 4, m),
+            [f"{t:016x}" for t in rng.integers(0, 2 ** 60, m)])
+    got = actor_gaussians(*args, origin=(664_000.0, 3_996_000.0), z0=0.4)
+    want = _actor_gaussians_one_by_one(*args, origin=(664_000.0, 3_996_000.0), z0=0.4)
+    for f in ("means", "quats", "scales", "opacities", "sh"):
+        assert np.array_equal(getattr(got, f), getattr(want, f)), f
+    assert len(actor_gaussians(*(a[:0] for a in args))) == 0
