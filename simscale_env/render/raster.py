@@ -113,9 +113,9 @@ def project_into(means, cov6, opacities, viewmats, Ks, width, height, near, far,
             j12 = -fy * ty * rz2
             mx = fx * x * rz + cx
             my = fy * y * rz + cy
-            # a cheap bound first: v00 = J0 C J0^T <= |J0|^2 |Sigma|_F (any symmetric Sigma; rotations keep the norm), so
-            # rx <= 3.33 sqrt(|J0|^2 |Sigma|_F + eps2d) + 1 (ceil); a box that misses the image even at that size is
-            # culled below anyway: skip its covariance, log and square roots (about 2/3 of the pairs in front)
+            # a cheap bound first: v00 = J0 C J0^T <= |J0|^2 |Sigma|_F (any symmetric Sigma; rotations keep the
+            # norm), so rx <= 3.33 sqrt(|J0|^2 |Sigma|_F + eps2d) + 1 (ceil); a box that misses the image even at that
+            # size is culled below anyway: skip its covariance, log and square roots (about 2/3 of the pairs in front)
             bx = F32(3.34) * math.sqrt((j00 * j00 + j02 * j02) * fro + eps2d) + F32(1.0)
             by = F32(3.34) * math.sqrt((j11 * j11 + j12 * j12) * fro + eps2d) + F32(1.0)
             if mx + bx <= 0 or mx - bx >= wf or my + by <= 0 or my - by >= hf:
@@ -435,11 +435,11 @@ def _row(S, yy, pxs, x_lo, x_hi, gx, dy, ca, cb, cc, o, col0, col1, col2, z):
 
 @njit(cache=True, parallel=True)
 def composite(offsets, base, packed, width, height, bg, out_rgb, out_alpha, out_depth):
-    """All tiles of all cameras in parallel (see `bin_tiles` for the lists, `pack_entries` for packed); bg [C, 3]. A Gaussian visits only the
-    rows of its radius box (one pixel wider each side against rounding) where the ellipse sigma <= ln(255 o) (alpha
-    >= 1/255) meets the row; on such a row all 16 pixels are evaluated at once (vector lanes), masked to the
-    ellipse's x-interval (again one and a half pixels wider) and to the pixels not yet saturated: the others would
-    be skipped by the alpha rule anyway."""
+    """All tiles of all cameras in parallel (see `bin_tiles` for the lists, `pack_entries` for packed); bg [C, 3].
+    A Gaussian visits only the rows of its radius box (one pixel wider each side against rounding) where the ellipse
+    sigma <= ln(255 o) (alpha >= 1/255) meets the row; on such a row all 16 pixels are evaluated at once (vector
+    lanes), masked to the ellipse's x-interval (again one and a half pixels wider) and to the pixels not yet
+    saturated: the others would be skipped by the alpha rule anyway."""
     tw = (width + TILE - 1) // TILE
     th = (height + TILE - 1) // TILE
     nt = tw * th
