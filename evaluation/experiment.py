@@ -1261,12 +1261,15 @@ def run_from_args(args) -> dict:
             raise MissingFileError(args.data, "mini dataset folder not found (build one with `simscale data "
                                               "build-mini --out DIR`)")
         os.environ["SIMSCALE_MINI"] = str(args.data)
-    elif not any(os.environ.get(v) for v in ("NUPLAN_DATA_ROOT", "OPENSCENE_DATA_ROOT")):
-        # the preset's dataset (built on demand), given to the cells (spawned processes, Ray) as the mini dataset
+    cfg = config_from_args(args)
+    _check_out(Path(args.out))  # a folder that is not an experiment's: one error before a dataset build
+    if not args.data and not any(os.environ.get(v) for v in ("NUPLAN_DATA_ROOT", "OPENSCENE_DATA_ROOT")):
+        # the preset's dataset (built on demand; a mistyped split name is an error before a build), given to the
+        # cells (spawned processes, Ray) as the mini dataset
         from simscale_env.data.paths import ensure_mini
 
-        os.environ["SIMSCALE_MINI"] = str(ensure_mini(preset=args.dataset, progress=not args.quiet))
-    cfg = config_from_args(args)
+        splits = dict.fromkeys(s for s in (cfg.real_split, cfg.gen_split, cfg.eval_split) if s is not None)
+        os.environ["SIMSCALE_MINI"] = str(ensure_mini(preset=args.dataset, progress=not args.quiet, splits=splits))
     argv = getattr(args, "argv", None)
     command = shlex.join(["simscale", *argv] if argv else sys.argv)
     r = run_experiment(cfg, args.out, progress=not args.quiet, command=command)

@@ -96,11 +96,13 @@ def mini_root(preset: str = "mini") -> Path:
     return _locate_mini(preset)[0]
 
 
-def ensure_mini(root: str | Path | None = None, seed: int = 0, progress: bool = True, preset: str = "mini") -> Path:
+def ensure_mini(root: str | Path | None = None, seed: int = 0, progress: bool = True, preset: str = "mini",
+                splits=()) -> Path:
     """The folder of the mini dataset of `preset` (`root`, else :func:`mini_root`), built first if it is missing or
     incomplete: a WARNING names the folder, size and time before the build starts, and with `progress` a bar counts
-    the logs."""
-    from .mini.build import build_mini, get_preset, is_complete
+    the logs. `splits`: the split names (or YAML paths) the caller will read; a name no mini dataset holds is one
+    MissingFileError before a build starts (the error `DataConfig.split_file` gives on a built dataset)."""
+    from .mini.build import SPLIT_NAMES, build_mini, get_preset, is_complete
 
     spec = get_preset(preset)
     if root is not None:
@@ -110,6 +112,13 @@ def ensure_mini(root: str | Path | None = None, seed: int = 0, progress: bool = 
     if complete:
         log.debug("mini dataset: %s (%s)", root, why)
         return root
+    for name in splits:
+        p = Path(name)
+        if not (p.suffix in (".yaml", ".yml") or p.exists()) and not {str(name), f"mini-{name}"} & set(SPLIT_NAMES):
+            from ..errors import MissingFileError
+
+            raise MissingFileError(root / "splits", f"no split named '{name}' (known: {', '.join(sorted(SPLIT_NAMES))}; "
+                                                    f"or pass the path of a NAVSIM scene_filter YAML)")
     log.warning("the SimScale mini dataset%s is not built yet: building it into %s (%s): about %d MB, %s minutes on "
                 "two cores, once. Set %s to a folder holding a built copy (e.g. a checkout's .cache/%s after "
                 "`make demo`) to use that instead, or NUPLAN_DATA_ROOT and NUPLAN_MAPS_ROOT for your own data",

@@ -139,6 +139,23 @@ def test_build_announced_where_and_how_big(places, monkeypatch, caplog, where):
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
 
 
+def test_a_mistyped_split_is_an_error_before_a_build(places, monkeypatch):
+    """`ensure_mini(splits=...)`: a split name no mini dataset holds fails at once, naming it and the known ones,
+    instead of after an 8-minute build of the large preset (`experiment simscale --eval-split navnowhere`); known
+    names, their base names and YAML paths go on to the (here faked) build."""
+    with pytest.raises(MissingFileError, match="no split named 'navnowhere' .*mini-navhard, mini-navtest"):
+        paths.ensure_mini(preset="large", splits=("mini-navtrain", "navnowhere"))
+    assert not places["checkout_mini"].parent.exists()  # nothing created
+    calls = []
+    monkeypatch.setattr(build, "build_mini", lambda out, seed=0, **kw: calls.append(Path(out)) or _complete(out))
+    paths.ensure_mini(splits=("navhard", "mini-navtrain-frames", str(places["tmp"] / "mine.yaml")))
+    assert calls == [places["checkout_mini"]]
+
+
+def test_split_names_are_what_a_build_writes(mini):
+    assert sorted(f.stem for f in (mini / "splits").glob("*.yaml")) == sorted(build.SPLIT_NAMES)
+
+
 def test_interrupted_build_is_resumed_where_it_is(places, monkeypatch):
     """A half-built copy (the builder's marker, no manifest) in ~/.cache is resumed rather than a new one started in
     the checkout."""

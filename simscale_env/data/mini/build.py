@@ -84,6 +84,9 @@ def get_preset(preset: "str | MiniPreset") -> MiniPreset:
     if preset not in PRESETS:
         raise ValueError(f"unknown mini dataset preset {preset!r} (known: {', '.join(PRESETS)})")
     return PRESETS[preset]
+# the split YAMLs every build writes into OUT/splits (`data.paths.ensure_mini` checks a caller's split names against
+# them before a build)
+SPLIT_NAMES = ("mini-navhard", "mini-navtest", "mini-navtrain", "mini-navtrain-frames")
 # scenario types that make mini-navhard (interactions, turns, lane changes, curves, vulnerable road users)
 HARD_TYPES = (
     "starting_left_turn", "starting_right_turn", "changing_lane", "high_lateral_acceleration",
@@ -446,7 +449,7 @@ def build_mini(out: str | Path, seed: int = 0, *, workers: int | None = None, pr
     def uniq(seq):
         return list(dict.fromkeys(seq))
 
-    splits_dir = out / "splits"
+    splits_dir = out / "splits"  # the names of SPLIT_NAMES
     write_split(splits_dir / "mini-navtrain.yaml", log_names=uniq(r.log_name for r in train),
                 tokens=uniq(r.token for r in train), comment="mini-navtrain: scenarios of the training logs")
     write_split(splits_dir / "mini-navtest.yaml", log_names=uniq(r.log_name for r in test),
