@@ -228,15 +228,44 @@ def _clamp(path, n, p):
     return max(lo, min(p, hi))
 
 
+@njit(cache=True, inline="always")
+def _first_above(path, n, p):
+    """The first k in [0, n] with progress path[k, 3] > p (progress never decreases along a path): the index the
+    devkit's linear scans stop at, by bisection."""
+    lo = 0
+    hi = n
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if path[mid, 3] <= p:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@njit(cache=True, inline="always")
+def _first_at_or_above(path, n, p):
+    """The first k in [0, n] with progress path[k, 3] >= p."""
+    lo = 0
+    hi = n
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if path[mid, 3] < p:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
 @njit(cache=True)
 def _trim_up_to(path, n, p, out):
-    """trim_path_up_to_progress: [state at p] + the points beyond p, or the last two points. Returns the count."""
-    k = 0
-    while k < n and path[k, 3] <= p:
-        k += 1
+    """trim_path_up_to_progress: [state at p] + the points beyond p, or the last two points (x, y, heading into
+    `out`). Returns the count."""
+    k = _first_above(path, n, p)
     if k == n:
-        out[0, :3] = path[n - 2, :3]
-        out[1, :3] = path[n - 1, :3]
+        for j in range(3):
+            out[0, j] = path[n - 2, j]
+            out[1, j] = path[n - 1, j]
         return 2
     x, y, h = _state_at(path, n, p)
     out[0, 0] = x
@@ -244,7 +273,30 @@ def _trim_up_to(path, n, p, out):
     out[0, 2] = h
     m = 1
     for q in range(k, n):
-        out[m, :3] = path[q, :3]
+        out[m, 0] = path[q, 0]
+        out[m, 1] = path[q, 1]
+        out[m, 2] = path[q, 2]
+        m += 1
+    return m
+
+
+@njit(cache=True)
+def _trim_up_to_xy(path, n, p, out):
+    """`_trim_up_to`'s x, y only (the path to go, as the leader search reads it) into out [>= n + 1, 2]."""
+    k = _first_above(path, n, p)
+    if k == n:
+        out[0, 0] = path[n - 2, 0]
+        out[0, 1] = path[n - 2, 1]
+        out[1, 0] = path[n - 1, 0]
+        out[1, 1] = path[n - 1, 1]
+        return 2
+    x, y, _ = _state_at(path, n, p)
+    out[0, 0] = x
+    out[0, 1] = y
+    m = 1
+    for q in range(k, n):
+        out[m, 0] = path[q, 0]
+        out[m, 1] = path[q, 1]
         m += 1
     return m
 
@@ -253,18 +305,14 @@ def _trim_up_to(path, n, p, out):
 def _trim(path, n, start, end, out):
     """trim_path: [state at start] + the points strictly between + [state at end] (or the first / last two points).
     Writes x, y into `out`; returns the count, or -1 when `out` is too short."""
-    front = 0
-    while front < n and not (path[front, 3] > start):
-        front += 1
+    front = _first_above(path, n, start)
     if front == n:
         out[0, 0] = path[n - 2, 0]
         out[0, 1] = path[n - 2, 1]
         out[1, 0] = path[n - 1, 0]
         out[1, 1] = path[n - 1, 1]
         return 2
-    tail = n - 1
-    while tail >= 0 and not (path[tail, 3] < end):
-        tail -= 1
+    tail = _first_at_or_above(path, n, end) - 1  # the last point before end
     if tail < 0:
         out[0, 0] = path[0, 0]
         out[0, 1] = path[0, 1]
@@ -938,7 +986,6 @@ def _idm_step(g_vtx_ptr, g_vx, g_vy, g_vh, g_speed, g_haslight, g_curv0, g_out_p
     NP = path.shape[1]
     sqrt_ab = np.sqrt(a_max * b_max)
     tmp = np.zeros((NP + 1, 4))
-    togo = np.zeros((NP + 1, 4))
     togo_xy = np.zeros((NP + 1, 2))
     # 1. agents beyond the radius from the ego's centre are dropped for good
     for i in range(A):
@@ -1026,10 +1073,7 @@ def _idm_step(g_vtx_ptr, g_vx, g_vy, g_vh, g_speed, g_haslight, g_curv0, g_out_p
                 s[i] = 0.0
         # 3. leader: what the buffered path to go touches, nearest to the agent's footprint
         hw = width[i] / 2.0
-        m = _trim_up_to(path[i], n, _clamp(path[i], n, s[i]), togo)
-        for q in range(m):
-            togo_xy[q, 0] = togo[q, 0]
-            togo_xy[q, 1] = togo[q, 1]
+        m = _trim_up_to_xy(path[i], n, _clamp(path[i], n, s[i]), togo_xy)
         b4 = _bounds(False, box[i], togo_xy, m, hw)
         tbb[0], tbb[1], tbb[2], tbb[3] = b4
         nc = 0
