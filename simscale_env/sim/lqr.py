@@ -342,69 +342,119 @@ def track_references(initial_state: np.ndarray, reference_poses: np.ndarray, num
                     float(bicycle.accel_time_constant), float(bicycle.steering_angle_time_constant))
 
 
+@njit(cache=True, inline="always")
+def _lqr_command(s, poses, velocity, curvature, b, t, dt, N, q_lon, r_lon, q_lat, r_lat, stop_v, stop_k, lqr_wb,
+                 vprof, curv, x0):
+    """`BatchLQRTracker.track` of state s [11] for row b at reference index t: (acceleration, steering rate). The
+    heading error is wrapped by libm's atan2 (numpy's own arctan2 differs from it by an ulp now and then)."""
+    n_prof = velocity.shape[1]
+    r0 = poses[b, t, 0]
+    r1 = poses[b, t, 1]
+    r2 = poses[b, t, 2]
+    dx = s[0] - r0
+    dy = s[1] - r1
+    lat = -dx * np.sin(r2) + dy * np.cos(r2)
+    d = s[2] - r2
+    herr = np.arctan2(np.sin(d), np.cos(d))
+    v0 = s[3]
+    ridx = min(t + N, n_prof - 1)
+    v_ref = velocity[b, ridx]
+    L = ridx - t
+    for k in range(N):
+        curv[0, k] = curvature[b, t + k] if k < L else curvature[b, ridx]
+    if v_ref <= stop_v and v0 <= stop_v:
+        return -stop_k * (v0 - v_ref), 0.0
+    Bl = N * dt
+    acc_cmd = -1.0 / (Bl * q_lon * Bl + r_lon) * Bl * q_lon * (v0 - v_ref)
+    run = 0.0
+    for k in range(N):
+        vprof[0, k] = v0 + run
+        run = run + acc_cmd * dt
+    x0[0, 0] = lat
+    x0[0, 1] = herr
+    x0[0, 2] = s[7]
+    return acc_cmd, _lateral_lqr(x0, vprof, curv, dt, lqr_wb, q_lat, r_lat)[0]
+
+
+@njit(cache=True, inline="always")
+def _bicycle_into(s, acc_cmd, steer_cmd, dt, bike_wb, max_steer, tau_a, tau_s, n):
+    """`bicycle.propagate` of state s [11] under one command over dt, into n [11]."""
+    accel = s[5]
+    steer = s[7]
+    ideal_steer = dt * steer_cmd + steer
+    new_accel = dt / (dt + tau_a) * (acc_cmd - accel) + accel
+    new_steer = dt / (dt + tau_s) * (ideal_steer - steer) + steer
+    steer_rate = (new_steer - steer) / dt
+    v = s[3]
+    n[0] = s[0] + v * np.cos(s[2]) * dt
+    n[1] = s[1] + v * np.sin(s[2]) * dt
+    n[2] = (s[2] + v * np.tan(steer) / bike_wb * dt - (-np.pi)) % (2 * np.pi) + (-np.pi)
+    n[3] = v + new_accel * dt
+    n[4] = 0.0
+    n[7] = min(max(steer + steer_rate * dt, -max_steer), max_steer)
+    n[9] = n[3] * np.tan(n[7]) / bike_wb
+    n[5] = new_accel
+    n[6] = 0.0
+    n[10] = (n[9] - s[9]) / dt
+    n[8] = steer_rate
+
+
 @njit(cache=True)
 def _rollout(init, poses, velocity, curvature, steps, dt, N, q_lon, r_lon, q_lat, r_lat, stop_v, stop_k, lqr_wb,
              bike_wb, max_steer, tau_a, tau_s):
     B = init.shape[0]
     S = init.shape[1]
     out = np.zeros((B, steps + 1, S))
-    n_prof = velocity.shape[1]
     vprof = np.empty((1, N))
     curv = np.empty((1, N))
     x0 = np.empty((1, 3))
     for b in range(B):
-        s = init[b].copy()
-        out[b, 0] = s
+        out[b, 0] = init[b]
         for t in range(steps):
-            # BatchLQRTracker.track
-            r0 = poses[b, t, 0]
-            r1 = poses[b, t, 1]
-            r2 = poses[b, t, 2]
-            dx = s[0] - r0
-            dy = s[1] - r1
-            lat = -dx * np.sin(r2) + dy * np.cos(r2)
-            d = s[2] - r2
-            herr = np.arctan2(np.sin(d), np.cos(d))
-            v0 = s[3]
-            ridx = min(t + N, n_prof - 1)
-            v_ref = velocity[b, ridx]
-            L = ridx - t
-            for k in range(N):
-                curv[0, k] = curvature[b, t + k] if k < L else curvature[b, ridx]
-            if v_ref <= stop_v and v0 <= stop_v:
-                acc_cmd = -stop_k * (v0 - v_ref)
-                steer_cmd = 0.0
-            else:
-                Bl = N * dt
-                acc_cmd = -1.0 / (Bl * q_lon * Bl + r_lon) * Bl * q_lon * (v0 - v_ref)
-                run = 0.0
-                for k in range(N):
-                    vprof[0, k] = v0 + run
-                    run = run + acc_cmd * dt
-                x0[0, 0] = lat
-                x0[0, 1] = herr
-                x0[0, 2] = s[7]
-                steer_cmd = _lateral_lqr(x0, vprof, curv, dt, lqr_wb, q_lat, r_lat)[0]
-            # bicycle.propagate
-            accel = s[5]
-            steer = s[7]
-            ideal_steer = dt * steer_cmd + steer
-            new_accel = dt / (dt + tau_a) * (acc_cmd - accel) + accel
-            new_steer = dt / (dt + tau_s) * (ideal_steer - steer) + steer
-            steer_rate = (new_steer - steer) / dt
-            v = s[3]
-            n = s.copy()
-            n[0] = s[0] + v * np.cos(s[2]) * dt
-            n[1] = s[1] + v * np.sin(s[2]) * dt
-            n[2] = (s[2] + v * np.tan(steer) / bike_wb * dt - (-np.pi)) % (2 * np.pi) + (-np.pi)
-            n[3] = v + new_accel * dt
-            n[4] = 0.0
-            n[7] = min(max(steer + steer_rate * dt, -max_steer), max_steer)
-            n[9] = n[3] * np.tan(n[7]) / bike_wb
-            n[5] = new_accel
-            n[6] = 0.0
-            n[10] = (n[9] - s[9]) / dt
-            n[8] = steer_rate
-            s = n
-            out[b, t + 1] = s
+            acc_cmd, steer_cmd = _lqr_command(out[b, t], poses, velocity, curvature, b, t, dt, N, q_lon, r_lon,
+                                              q_lat, r_lat, stop_v, stop_k, lqr_wb, vprof, curv, x0)
+            _bicycle_into(out[b, t], acc_cmd, steer_cmd, dt, bike_wb, max_steer, tau_a, tau_s, out[b, t + 1])
     return out
+
+
+@njit(cache=True)
+def _track_step(states, poses, velocity, curvature, index, dts, dt, N, q_lon, r_lon, q_lat, r_lat, stop_v, stop_k,
+                lqr_wb, bike_wb, max_steer, tau_a, tau_s, hold):
+    """One closed-loop ego step of each row b: the LQR command at reference index `index` (discretization dt), the
+    bicycle over dts[b], then the standstill hold (`SimConfig.hold_at_standstill`)."""
+    B = states.shape[0]
+    out = np.empty_like(states)
+    vprof = np.empty((1, N))
+    curv = np.empty((1, N))
+    x0 = np.empty((1, 3))
+    for b in range(B):
+        s = states[b]
+        acc_cmd, steer_cmd = _lqr_command(s, poses, velocity, curvature, b, index, dt, N, q_lon, r_lon, q_lat, r_lat,
+                                          stop_v, stop_k, lqr_wb, vprof, curv, x0)
+        n = out[b]
+        _bicycle_into(s, acc_cmd, steer_cmd, dts[b], bike_wb, max_steer, tau_a, tau_s, n)
+        if hold and s[3] >= 0.0 and n[3] < 0.0:  # forward motion would turn into reversing: stop
+            n[3] = 0.0
+            n[5] = 0.0
+            n[9] = 0.0
+            n[10] = -s[9] / dts[b]
+    return out
+
+
+def track_step(tracker: BatchLQRTracker, index: int, states: np.ndarray, dt, bicycle: BicycleConfig = BicycleConfig(),
+               hold_at_standstill: bool = True) -> np.ndarray:
+    """States [B, 11] one step on: each row's LQR command at reference index `index` of `tracker` (loaded with B
+    references), the bicycle over dt ([B] or a scalar, seconds) and, with `hold_at_standstill`, a row that would pass
+    from forward motion into reversing stopped there (speed, acceleration and yaw rate 0). The same arithmetic as
+    `tracker.track` + `bicycle.propagate` in one compiled call, except libm's atan2 and tan where numpy has its own
+    (they differ by an ulp now and then)."""
+    lqr = tracker.config
+    states = np.ascontiguousarray(states, dtype=np.float64)
+    dts = np.ascontiguousarray(np.broadcast_to(np.asarray(dt, dtype=np.float64), (states.shape[0],)))
+    return _track_step(states, tracker._poses, tracker._velocity, tracker._curvature, int(index), dts,
+                       float(lqr.discretization_time), int(lqr.tracking_horizon), float(lqr.q_longitudinal),
+                       float(lqr.r_longitudinal), np.asarray(lqr.q_lateral, dtype=np.float64), float(lqr.r_lateral),
+                       float(lqr.stopping_velocity), float(lqr.stopping_proportional_gain),
+                       float(lqr.vehicle.wheel_base), float(bicycle.vehicle.wheel_base),
+                       float(bicycle.max_steering_angle), float(bicycle.accel_time_constant),
+                       float(bicycle.steering_angle_time_constant), bool(hold_at_standstill))

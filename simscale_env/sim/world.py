@@ -26,7 +26,7 @@ from ..map.map_api import MapAPI
 from .bicycle import BicycleConfig, propagate
 from .idm import (IDMAgents, IDMConfig, box_corners, light_masks, navsim_parked_vehicles, one_box_corners,
                   parked_overlaps, prepare_spawn, spawn_agents, step_agents)
-from .lqr import BatchLQRTracker, LQRConfig
+from .lqr import BatchLQRTracker, LQRConfig, track_step
 from .state import (ACCELERATION_X, ANGULAR_ACCELERATION, ANGULAR_VELOCITY, STATE_SIZE, VELOCITY_X, check_states,
                     make_state)
 from .vehicle import PACIFICA, VehicleParameters
@@ -139,12 +139,17 @@ class PlanTracker:
             out.append(t)
         return out
 
-    def command(self, world: WorldState) -> np.ndarray:
+    def index(self, world: WorldState) -> int:
+        """The reference index of `world`'s iteration (a ValueError outside the reference)."""
         k = world.iteration - self.start_iteration
         if k < 0 or k >= len(self.reference) - 1:
             raise ValueError(f"iteration {world.iteration} is outside the reference (starts at {self.start_iteration}, "
                              f"{len(self.reference)} poses)")
-        return self._tracker.track(k, world.ego[None])[0]
+        return k
+
+    def command(self, world: WorldState) -> np.ndarray:
+        """The LQR command (acceleration, steering rate) at `world` (`BatchLQRTracker.track`)."""
+        return self._tracker.track(self.index(world), world.ego[None])[0]
 
 
 def ego_box(state: np.ndarray, vehicle: VehicleParameters = PACIFICA) -> np.ndarray:
@@ -283,11 +288,14 @@ class Simulation:
             raise ValueError(f"the scenario ends at iteration {self.num_iterations - 1}; cannot step from {it}")
         if sum(x is not None for x in (tracker, control, ego_state)) != 1:
             raise ValueError("step needs exactly one of tracker=, control= or ego_state=")
-        if ego_state is not None:
-            cmd = None
-        elif tracker is not None:
-            cmd = tracker.command(world)
-        else:
+        if tracker is not None:  # the LQR and the bicycle in one compiled call (`lqr.track_step`)
+            k = tracker.index(world)
+            t1, dt = self._step_time(it)
+            c = self.config
+            new_ego = track_step(tracker._tracker, k, world.ego[None], dt, c.bicycle, c.hold_at_standstill)[0]
+            return self._advance(world, new_ego, t1)
+        cmd = None
+        if control is not None:
             cmd = np.asarray(control, dtype=np.float64).reshape(-1)
             if cmd.shape != (2,) or not np.all(np.isfinite(cmd)):
                 raise ValueError(f"control must be 2 finite values (acceleration, steering rate), got {control!r}")
@@ -394,8 +402,8 @@ def _propagate_held(egos: np.ndarray, cmds: np.ndarray, dt: np.ndarray, config: 
 
 def advance_tracked(sims, worlds, trackers, steps) -> list[list[WorldState]]:
     """Several simulations stepped together, each ego following its `PlanTracker`: simulation i advances `steps[i]`
-    iterations from `worlds[i]`. Per iteration the LQR commands of all egos come from one batched tracker call and
-    the bicycle steps them in one call (per group of simulations with equal LQR / bicycle / standstill settings);
+    iterations from `worlds[i]`. Per iteration the LQR and the bicycle step all egos in one compiled call
+    (`lqr.track_step`, per group of simulations with equal LQR / bicycle / standstill settings);
     the agents step per simulation. Returns the worlds each simulation passed through (without its start),
     bit-identical to calling `sims[i].step(w, tracker=trackers[i])` steps[i] times (every operation is row-wise)."""
     n = len(sims)
@@ -422,10 +430,10 @@ def advance_tracked(sims, worlds, trackers, steps) -> list[list[WorldState]]:
         left = np.array([int(steps[i]) for i in rows])
         for j in range(int(left.max(initial=0))):
             egos = np.stack([w.ego for w in cur])
-            cmds = batch.track(start + j, egos)
             times = [sims[i]._step_time(w.iteration) for i, w in zip(rows, cur)]
             dt = np.array([t[1] for t in times])
-            new = _propagate_held(egos, cmds, dt, sims[rows[0]].config)
+            c = sims[rows[0]].config
+            new = track_step(batch, start + j, egos, dt, c.bicycle, c.hold_at_standstill)
             for r, i in enumerate(rows):
                 if j < left[r]:
                     cur[r] = sims[i]._advance(cur[r], new[r], times[r][0])

@@ -81,3 +81,60 @@ def test_bad_input_names_the_argument():
         track_references(init, np.full((1, 41, 3), np.inf))
     with pytest.raises(ValueError, match="times_us must be strictly increasing"):
         interpolate_poses(np.array([0, 5, 5]), np.zeros((3, 3)), np.array([1]))
+
+
+def _random_references(rng, B, T=41):
+    t = np.arange(T) * 0.1
+    refs = np.zeros((B, T, 3))
+    for b in range(B):
+        v, k = rng.uniform(0.0, 15.0), rng.normal(0.0, 0.05)
+        h = rng.uniform(-3.0, 3.0) + k * v * t
+        refs[b, :, 0] = np.cumsum(v * np.cos(h)) * 0.1
+        refs[b, :, 1] = np.cumsum(v * np.sin(h)) * 0.1
+        refs[b, :, 2] = h
+    return refs
+
+
+def test_the_compiled_ego_step_is_the_tracker_and_the_bicycle():
+    """`track_step` (the closed loop's ego step) against `BatchLQRTracker.track` + `propagate` + the standstill hold
+    in numpy, row by row over tracked rollouts: equal to 1e-13 (numpy's own arctan2 and tan differ from libm's by an
+    ulp now and then), and the rollout kernel `track_references` is the same step repeated, bit for bit."""
+    from simscale_env.sim.lqr import BatchLQRTracker, track_step
+    from simscale_env.sim.world import SimConfig, _propagate_held
+
+    rng = np.random.default_rng(1)
+    B = 48
+    refs = _random_references(rng, B)
+    init = np.zeros((B, 11))
+    init[:, 3] = rng.uniform(0.0, 15.0, B)
+    init[:, 2] = refs[:, 0, 2] + rng.normal(0.0, 0.1, B)
+    init[:, 7] = rng.normal(0.0, 0.1, B)
+    roll = track_references(init, refs)
+    tracker = BatchLQRTracker()
+    tracker.update(refs)
+    c = SimConfig()
+    for k in range(30):
+        new = track_step(tracker, k, roll[:, k], 0.1, c.bicycle, hold_at_standstill=False)
+        assert np.array_equal(new, roll[:, k + 1])
+        ref = _propagate_held(roll[:, k], tracker.track(k, roll[:, k]), np.full(B, 0.1), c)
+        held = track_step(tracker, k, roll[:, k], np.full(B, 0.1), c.bicycle, hold_at_standstill=True)
+        assert np.abs(held - ref).max() < 1e-13
+
+
+def test_the_compiled_ego_step_holds_at_standstill():
+    """A crawling ego told to brake hard stops (speed, acceleration and yaw rate 0) rather than backing up; without
+    the hold it reverses, as nuPlan's bicycle does."""
+    from simscale_env.sim.lqr import BatchLQRTracker, track_step
+
+    T = 41
+    ref = np.zeros((1, T, 3))  # stand still at the origin
+    s = make_state(0.5, 0.0, 0.0, velocity=0.05, acceleration=-3.0)[None]
+    s[0, 9] = 0.01
+    tracker = BatchLQRTracker()
+    tracker.update(ref)
+    free = track_step(tracker, 0, s, 0.1, hold_at_standstill=False)[0]
+    held = track_step(tracker, 0, s, 0.1, hold_at_standstill=True)[0]
+    assert free[3] < 0.0
+    assert held[3] == 0.0 and held[5] == 0.0 and held[9] == 0.0
+    assert held[10] == pytest.approx(-0.01 / 0.1)
+    assert np.array_equal(held[:3], free[:3])
