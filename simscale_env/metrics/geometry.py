@@ -377,19 +377,25 @@ def query_overlaps(quad, obj, t, index, found):
         return 0
     cx = 0.25 * (quad[0, 0] + quad[1, 0] + quad[2, 0] + quad[3, 0])
     cy = 0.25 * (quad[0, 1] + quad[1, 1] + quad[2, 1] + quad[3, 1])
-    er = 0.0
+    # bounding circles only prune (the 1e-9 m slack dwarfs the rounding of sqrt vs hypot): squared distances
+    e2 = 0.0
     for c in range(4):
-        er = max(er, np.hypot(quad[c, 0] - cx, quad[c, 1] - cy))
+        dx = quad[c, 0] - cx
+        dy = quad[c, 1] - cy
+        e2 = max(e2, dx * dx + dy * dy)
+    er = np.sqrt(e2)
     reach = er + maxr[t] + 1e-9
-    lo = np.searchsorted(sx[t, :cnt], cx - reach)
-    hi = np.searchsorted(sx[t, :cnt], cx + reach, side="right")
+    row = sx[t, :cnt]
+    lo = np.searchsorted(row, cx - reach)
+    hi = np.searchsorted(row, cx + reach, side="right")
     nf = 0
     for q in range(lo, hi):
         dy = oy[t, q] - cy
         reach_q = er + orad[t, q] + 1e-9
-        if abs(dy) > reach_q:  # implies the test below (hypot >= |dy|): a cheaper rejection of the same objects
+        if abs(dy) > reach_q:  # implies the test below: a cheaper rejection of the same objects
             continue
-        if np.hypot(sx[t, q] - cx, dy) > reach_q:
+        dx = sx[t, q] - cx
+        if dx * dx + dy * dy > reach_q * reach_q:
             continue
         m = order[t, q]
         if _sat_overlap(quad, obj[t, m]):
