@@ -1,5 +1,6 @@
 """`simscale bench sim`: a 15 s reactive episode (the mini scenario with the most vehicles, ~50 IDM agents), the ego
-tracking its logged route through the LQR. Target (issue 3): >= 1,000 simulation steps per second on one core.
+tracking its logged route through the LQR. Targets: >= 1,000 simulation steps per second on one core (issue 3);
+>= 3,000 (issue 20).
 
 For scale, measured on this machine class: nuplan-devkit's IDM agents + LQR + bicycle with a log-replay planner ran
 150 steps in 2-8 s (19-75 steps/s); with NAVSIM's PDM-Closed, 150 steps in 24 s.
