@@ -229,28 +229,14 @@ def _clamp(path, n, p):
 
 
 @njit(cache=True, inline="always")
-def _first_above(path, n, p):
-    """The first k in [0, n] with progress path[k, 3] > p (progress never decreases along a path): the index the
-    devkit's linear scans stop at, by bisection."""
+def _first_above(path, n, p, strict=True):
+    """The first k in [0, n] with progress path[k, 3] > p (`strict`; else >= p), by bisection: progress never
+    decreases along a path, so these are the indices where the devkit's linear scans stop."""
     lo = 0
     hi = n
     while lo < hi:
         mid = (lo + hi) // 2
-        if path[mid, 3] <= p:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
-
-
-@njit(cache=True, inline="always")
-def _first_at_or_above(path, n, p):
-    """The first k in [0, n] with progress path[k, 3] >= p."""
-    lo = 0
-    hi = n
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if path[mid, 3] < p:
+        if path[mid, 3] < p or (strict and path[mid, 3] == p):
             lo = mid + 1
         else:
             hi = mid
@@ -258,45 +244,24 @@ def _first_at_or_above(path, n, p):
 
 
 @njit(cache=True)
-def _trim_up_to(path, n, p, out):
-    """trim_path_up_to_progress: [state at p] + the points beyond p, or the last two points (x, y, heading into
-    `out`). Returns the count."""
+def _trim_up_to(path, n, p, out, cols=3):
+    """trim_path_up_to_progress: [state at p] + the points beyond p, or the last two points, into `out`: x, y and
+    heading (`cols` 3) or x, y only (2: the path to go, as the leader search reads it). Returns the count."""
     k = _first_above(path, n, p)
     if k == n:
-        for j in range(3):
+        for j in range(cols):
             out[0, j] = path[n - 2, j]
             out[1, j] = path[n - 1, j]
         return 2
     x, y, h = _state_at(path, n, p)
     out[0, 0] = x
     out[0, 1] = y
-    out[0, 2] = h
+    if cols > 2:
+        out[0, 2] = h
     m = 1
     for q in range(k, n):
-        out[m, 0] = path[q, 0]
-        out[m, 1] = path[q, 1]
-        out[m, 2] = path[q, 2]
-        m += 1
-    return m
-
-
-@njit(cache=True)
-def _trim_up_to_xy(path, n, p, out):
-    """`_trim_up_to`'s x, y only (the path to go, as the leader search reads it) into out [>= n + 1, 2]."""
-    k = _first_above(path, n, p)
-    if k == n:
-        out[0, 0] = path[n - 2, 0]
-        out[0, 1] = path[n - 2, 1]
-        out[1, 0] = path[n - 1, 0]
-        out[1, 1] = path[n - 1, 1]
-        return 2
-    x, y, _ = _state_at(path, n, p)
-    out[0, 0] = x
-    out[0, 1] = y
-    m = 1
-    for q in range(k, n):
-        out[m, 0] = path[q, 0]
-        out[m, 1] = path[q, 1]
+        for j in range(cols):
+            out[m, j] = path[q, j]
         m += 1
     return m
 
@@ -312,7 +277,7 @@ def _trim(path, n, start, end, out):
         out[1, 0] = path[n - 1, 0]
         out[1, 1] = path[n - 1, 1]
         return 2
-    tail = _first_at_or_above(path, n, end) - 1  # the last point before end
+    tail = _first_above(path, n, end, False) - 1  # the last point before end
     if tail < 0:
         out[0, 0] = path[0, 0]
         out[0, 1] = path[0, 1]
@@ -1073,7 +1038,7 @@ def _idm_step(g_vtx_ptr, g_vx, g_vy, g_vh, g_speed, g_haslight, g_curv0, g_out_p
                 s[i] = 0.0
         # 3. leader: what the buffered path to go touches, nearest to the agent's footprint
         hw = width[i] / 2.0
-        m = _trim_up_to_xy(path[i], n, _clamp(path[i], n, s[i]), togo_xy)
+        m = _trim_up_to(path[i], n, _clamp(path[i], n, s[i]), togo_xy, 2)
         b4 = _bounds(False, box[i], togo_xy, m, hw)
         tbb[0], tbb[1], tbb[2], tbb[3] = b4
         nc = 0

@@ -156,3 +156,57 @@ def test_a_step_that_outgrows_the_arrays_grows_them_and_gives_the_same_result(mi
     # the inputs were not touched (growing copies every array)
     assert tight.capacity == int(agents.n_path.max()) and np.array_equal(tight.s, agents.s)
     assert not tight.lead_gap.any() and np.array_equal(agents.s, arcs)
+
+
+def _scan_trim_up_to(path, p):
+    """The devkit's trim_path_up_to_progress as a linear scan (the reference the kernel's bisection must match)."""
+    from simscale_env.sim.idm import _state_at
+
+    n = len(path)
+    k = 0
+    while k < n and path[k, 3] <= p:
+        k += 1
+    if k == n:
+        return path[n - 2:, :3]
+    return np.vstack([np.array(_state_at(path, n, p))[None], path[k:, :3]])
+
+
+def _scan_trim(path, start, end):
+    """The devkit's trim_path (x, y) as linear scans from both ends."""
+    from simscale_env.sim.idm import _state_at
+
+    n = len(path)
+    front = 0
+    while front < n and not path[front, 3] > start:
+        front += 1
+    if front == n:
+        return path[n - 2:, :2]
+    tail = n - 1
+    while tail >= 0 and not path[tail, 3] < end:
+        tail -= 1
+    if tail < 0:
+        return path[:2, :2]
+    return np.vstack([np.array(_state_at(path, n, start)[:2])[None], path[front:tail + 1, :2],
+                      np.array(_state_at(path, n, end)[:2])[None]])
+
+
+def test_path_trims_find_the_linear_scans_points():
+    """The IDM kernel's path trims find their points by bisection: the same points as the devkit's linear scans, at
+    progress values on, between, before and beyond the path's vertices (ties included)."""
+    from simscale_env.sim.idm import _trim, _trim_up_to
+
+    rng = np.random.default_rng(3)
+    n = 23
+    prog = np.concatenate([[0.0], np.cumsum(rng.uniform(0.2, 2.0, n - 1))])
+    path = np.stack([np.cos(prog / 7) * 30, np.sin(prog / 7) * 30, prog / 7 + np.pi / 2, prog], -1)
+    queries = np.concatenate([prog, (prog[1:] + prog[:-1]) / 2, [-1.0, prog[-1] + 1.0]])
+    out = np.zeros((n + 3, 4))
+    xy = np.zeros((n + 3, 2))
+    for p in queries:
+        m = _trim_up_to(path, n, p, out)
+        assert np.array_equal(out[:m, :3], _scan_trim_up_to(path, p)), p
+        m = _trim_up_to(path, n, p, xy, 2)
+        assert np.array_equal(xy[:m], _scan_trim_up_to(path, p)[:, :2]), p
+        for e in queries[::3]:
+            m = _trim(path, n, p, e, xy)
+            assert np.array_equal(xy[:m], _scan_trim(path, p, e)), (p, e)
