@@ -257,11 +257,19 @@ def _assemble_scene(sim, world, tracks, corners, valid, heading, speed, is_agent
     for t in range(T):
         it = min(world.iteration + t, last)
         red.append(tuple(sorted(sim.red_light_polygons(it, light_ids).items())))
-    ego_poly = shapely.Polygon(ego_box(world.ego))
+    eb = ego_box(world.ego)
+    ego_poly = shapely.Polygon(eb)
     collided = set()
     if len(tracks) and valid[0].any():
-        hit = shapely.intersects(shapely.polygons(corners[0, valid[0]]), ego_poly)
-        collided = {ag.track_tokens[tracks[i]] for i, h in zip(np.nonzero(valid[0])[0], hit) if h}
+        # only boxes whose bounds meet the ego box's can intersect it (touching included): polygons for those only
+        rows = np.nonzero(valid[0])[0]
+        c0 = corners[0, rows]
+        lo, hi = eb.min(axis=0), eb.max(axis=0)
+        rows = rows[(c0[:, :, 0].max(axis=1) >= lo[0]) & (c0[:, :, 0].min(axis=1) <= hi[0])
+                    & (c0[:, :, 1].max(axis=1) >= lo[1]) & (c0[:, :, 1].min(axis=1) <= hi[1])]
+        if len(rows):
+            hit = shapely.intersects(shapely.polygons(corners[0, rows]), ego_poly)
+            collided = {ag.track_tokens[tracks[i]] for i, h in zip(rows, hit) if h}
     for cid, poly in red[0]:
         if ego_poly.within(poly):
             collided.add(f"red_light_{cid}")

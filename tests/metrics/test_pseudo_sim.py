@@ -332,3 +332,35 @@ def test_many_proposals_on_threads_score_as_one_part(mini):
     assert got["differ"] == []
     assert got["progress_normalised"]
     assert 0 < got["ttc_below_1"] + got["nc_below_1"] < 70 and got["off_road"] > 0  # something to compare
+
+
+def test_tracks_touching_the_ego_at_the_start_are_the_shapely_overlaps(follower_sim):
+    """`scene_from_frames` marks the tracks whose box meets the ego box at t0 (ignored by NC and TTC) after a bounds
+    prefilter: a box overlapping the ego, one whose bounds meet the ego's but which misses it (a diamond off a
+    corner), and one far away; the marked set is what shapely finds over every box."""
+    import shapely
+
+    from simscale_env.metrics.pseudo_sim import scene_from_frames
+    from simscale_env.sim.world import Objects, ego_box
+
+    sim = follower_sim
+    w = sim.reset()
+    eb = ego_box(w.ego)
+    c, h = eb.mean(axis=0), float(w.ego[2])
+    u, v = np.array([np.cos(h), np.sin(h)]), np.array([-np.sin(h), np.cos(h)])
+    front_left = eb[np.argmax(eb @ u + eb @ v)]  # the corner furthest forward-left
+    centres = np.array([c + 1.0 * u, front_left + 1.6 * (u + v) / np.sqrt(2), c + 60.0 * u])
+    n = len(centres)
+    heads = np.array([h, h + np.pi / 4, h])
+    frame = Objects(track=np.arange(n), category=np.zeros(n, np.int64), x=centres[:, 0], y=centres[:, 1],
+                    heading=heads, vx=np.zeros(n), vy=np.zeros(n), length=np.full(n, 2.0), width=np.full(n, 2.0),
+                    height=np.full(n, 1.5), reactive=np.zeros(n, bool))
+    corners = frame.corners()
+    lo, hi = eb.min(0), eb.max(0)
+    d_lo, d_hi = corners[1].min(0), corners[1].max(0)
+    assert (d_hi >= lo).all() and (d_lo <= hi).all()  # the diamond's bounds meet the ego box's
+    scene = scene_from_frames(sim, w, [frame], past_states=np.zeros((0, 11)))
+    hit = shapely.intersects(shapely.polygons(corners), shapely.Polygon(eb))
+    expected = {sim.scenario.agents.track_tokens[i] for i in np.nonzero(hit)[0]}
+    assert hit.tolist() == [True, False, False]
+    assert scene.collided_track_ids == frozenset(expected)
