@@ -187,6 +187,7 @@ class Simulation:
         # share their reset's mask) and the parked vehicles' boxes per parked set
         self._replayed: dict = {}
         self._red_polygons: dict = {}  # iteration -> {connector id: polygon} of the red connectors
+        self._light_lanes: dict | None = None  # connector id (int) -> (lane key, polygon) of the lights' connectors
         self._want: dict = {}  # lane-id collections (hashable ones) -> their ids as strings (`red_light_polygons`)
         self._parked_boxes: tuple | None = None
 
@@ -220,9 +221,12 @@ class Simulation:
         e.g. the route's lanes, as NAVSIM's observation does)."""
         red = self._red_polygons.get(iteration)
         if red is None:  # {connector id: polygon} of every red connector on the map at this iteration, kept
-            lanes = self.map.lanes
-            red = {key: lanes[key].polygon for key in (str(int(cid)) for cid in self.lights(iteration)[1])
-                   if key in lanes}
+            if self._light_lanes is None:  # the map's lanes of the log's light connectors, looked up once
+                lanes = self.map.lanes
+                keys = {int(c): str(int(c)) for c in self.scenario.traffic_lights.connector_ids.tolist()}
+                self._light_lanes = {c: (k, lanes[k].polygon) for c, k in keys.items() if k in lanes}
+            ll = self._light_lanes
+            red = dict(ll[c] for c in self.lights(iteration)[1].tolist() if c in ll)
             self._red_polygons[iteration] = red
         if not red or lane_ids is None:
             return dict(red)
@@ -367,7 +371,7 @@ class Simulation:
             sel = np.nonzero(ag.valid[f] & world.replay_mask)[0]
             hit = (world.replay_mask, self._from_log(f, sel, np.zeros(len(sel), bool)))
             self._replayed[world.iteration] = hit
-        out = _concat(sim, hit[1])
+        parts = [sim, hit[1]]
         if world.parked is not None and len(world.parked):
             # NAVSIM NavsimIDMAgents.get_observation: parked vehicles at their current-frame pose, unless an active
             # agent's box overlaps theirs at this step
@@ -377,8 +381,8 @@ class Simulation:
                 self._parked_boxes = (p, box_corners(ag.x[f0, p], ag.y[f0, p], ag.heading[f0, p], ag.length[f0, p],
                                                      ag.width[f0, p]))
             keep = ~parked_overlaps(self._parked_boxes[1], idm)
-            out = _concat(out, self._from_log(f0, p[keep], np.zeros(int(keep.sum()), bool)))
-        return out
+            parts.append(self._from_log(f0, p[keep], np.zeros(int(keep.sum()), bool)))
+        return _concat(*parts)
 
     def _from_log(self, f: int, sel: np.ndarray, reactive: np.ndarray) -> Objects:
         ag = self.scenario.agents
@@ -441,5 +445,5 @@ def advance_tracked(sims, worlds, trackers, steps) -> list[list[WorldState]]:
     return out
 
 
-def _concat(a: Objects, b: Objects) -> Objects:
-    return Objects(**{k: np.concatenate([getattr(a, k), getattr(b, k)]) for k in a.__dataclass_fields__})
+def _concat(*parts: Objects) -> Objects:
+    return Objects(**{k: np.concatenate([getattr(p, k) for p in parts]) for k in Objects.__dataclass_fields__})

@@ -85,8 +85,10 @@ def test_red_light_polygons_follow_the_log(mini_builder, mini):
             sim = Simulation(sc, m, SimConfig(agent_mode="non_reactive"))
             it = int(its[0])
             polys = sim.red_light_polygons(it)
-            red = {str(c) for c in tl.connector_ids[tl.status[sc.start_index + it] == TL_RED]}
-            assert set(polys) == red and all(m.lanes[k].is_connector for k in polys)
+            red = [str(c) for c in tl.connector_ids[tl.status[sc.start_index + it] == TL_RED] if str(c) in m.lanes]
+            assert list(polys) == red and all(m.lanes[k].is_connector for k in polys)  # in the log's order
+            assert all(polys[k] is m.lanes[k].polygon for k in polys)
+            assert sim.red_light_polygons(it, frozenset(red[:1])) == {red[0]: polys[red[0]]}  # restricted to lanes
             return
     pytest.fail("no red light in the mini scenarios")
 
