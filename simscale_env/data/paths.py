@@ -96,6 +96,14 @@ def mini_root(preset: str = "mini") -> Path:
     return _locate_mini(preset)[0]
 
 
+def unknown_split(folder: Path, name, known) -> Exception:
+    """The error for a split name that `folder` (a dataset's splits/) does not hold, naming the ones it does."""
+    from ..errors import MissingFileError
+
+    return MissingFileError(folder, f"no split named '{name}' (known: {', '.join(known) or 'none'}; or pass the path "
+                                    f"of a NAVSIM scene_filter YAML)")
+
+
 def ensure_mini(root: str | Path | None = None, seed: int = 0, progress: bool = True, preset: str = "mini",
                 splits=()) -> Path:
     """The folder of the mini dataset of `preset` (`root`, else :func:`mini_root`), built first if it is missing or
@@ -115,10 +123,7 @@ def ensure_mini(root: str | Path | None = None, seed: int = 0, progress: bool = 
     for name in splits:
         p = Path(name)
         if not (p.suffix in (".yaml", ".yml") or p.exists()) and not {str(name), f"mini-{name}"} & set(SPLIT_NAMES):
-            from ..errors import MissingFileError
-
-            raise MissingFileError(root / "splits", f"no split named '{name}' (known: {', '.join(sorted(SPLIT_NAMES))}; "
-                                                    f"or pass the path of a NAVSIM scene_filter YAML)")
+            raise unknown_split(root / "splits", name, sorted(SPLIT_NAMES))
     log.warning("the SimScale mini dataset%s is not built yet: building it into %s (%s): about %d MB, %s minutes on "
                 "two cores, once. Set %s to a folder holding a built copy (e.g. a checkout's .cache/%s after "
                 "`make demo`) to use that instead, or NUPLAN_DATA_ROOT and NUPLAN_MAPS_ROOT for your own data",
@@ -198,9 +203,7 @@ class DataConfig:
         for cand in (folder / f"{name}.yaml", folder / f"mini-{name}.yaml"):
             if cand.exists():
                 return cand
-        known = sorted(f.stem for f in folder.glob("*.yaml")) if folder.is_dir() else []
-        raise MissingFileError(folder, f"no split named '{name}' (known: {', '.join(known) or 'none'}; or pass the "
-                                       f"path of a NAVSIM scene_filter YAML)")
+        raise unknown_split(folder, name, sorted(f.stem for f in folder.glob("*.yaml")) if folder.is_dir() else [])
 
     def split_logs(self, split: str | Path, purpose: str = "this") -> tuple:
         """(the split's spec, its nuPlan .db logs in path order): the logs its scene_filter YAML names, every log of

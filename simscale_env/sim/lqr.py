@@ -451,7 +451,8 @@ def track_step(tracker: BatchLQRTracker, index: int, states: np.ndarray, dt, bic
     lqr = tracker.config
     states = np.ascontiguousarray(states, dtype=np.float64)
     dts = np.ascontiguousarray(np.broadcast_to(np.asarray(dt, dtype=np.float64), (states.shape[0],)))
-    return _track_step(states, tracker._poses, tracker._velocity, tracker._curvature, int(index), dts,
+    return _track_step(states, np.ascontiguousarray(tracker._poses), np.ascontiguousarray(tracker._velocity),
+                       np.ascontiguousarray(tracker._curvature), int(index), dts,
                        float(lqr.discretization_time), int(lqr.tracking_horizon), float(lqr.q_longitudinal),
                        float(lqr.r_longitudinal), np.asarray(lqr.q_lateral, dtype=np.float64), float(lqr.r_lateral),
                        float(lqr.stopping_velocity), float(lqr.stopping_proportional_gain),

@@ -138,3 +138,8 @@ def test_the_compiled_ego_step_holds_at_standstill():
     assert held[3] == 0.0 and held[5] == 0.0 and held[9] == 0.0
     assert held[10] == pytest.approx(-0.01 / 0.1)
     assert np.array_equal(held[:3], free[:3])
+    # the same rule as the numpy path's `_propagate_held` (the closed loop's ego under a direct control)
+    from simscale_env.sim.world import SimConfig, _propagate_held
+
+    ref = _propagate_held(s, tracker.track(0, s), np.array([0.1]), SimConfig())[0]
+    assert ref[3] == 0.0 and np.abs(held - ref).max() < 1e-13

@@ -84,6 +84,8 @@ def get_preset(preset: "str | MiniPreset") -> MiniPreset:
     if preset not in PRESETS:
         raise ValueError(f"unknown mini dataset preset {preset!r} (known: {', '.join(PRESETS)})")
     return PRESETS[preset]
+
+
 # the split YAMLs every build writes into OUT/splits (`data.paths.ensure_mini` checks a caller's split names against
 # them before a build)
 SPLIT_NAMES = ("mini-navhard", "mini-navtest", "mini-navtrain", "mini-navtrain-frames")
