@@ -322,6 +322,7 @@ class SimScaleEnv(gym.Env):
         self.sim = None
         self.world = None
         self._ahead = None  # (action, world, the worlds it leads to): `prepare_plan_steps`
+        self._ahead_pdm = None  # (world, its PDM-Closed plan): `prepare_expert_plans`
 
     # what a sibling shares with its env: everything __init__ sets but the episode state (`sim`, `world`)
     _SHARED = ("config", "render_mode", "_data", "split", "data_source", "_builder", "tokens", "_pert_cfg", "_k",
@@ -338,6 +339,7 @@ class SimScaleEnv(gym.Env):
         new.sim = None
         new.world = None
         new._ahead = None
+        new._ahead_pdm = None
         return new
 
     # ------------------------------------------------------------------ helpers
@@ -483,6 +485,7 @@ class SimScaleEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         self._ahead = None
+        self._ahead_pdm = None
         options = dict(options or {})
         unknown = sorted(set(options) - {"scenario_token", "perturbation", "start_offset_s"})
         if unknown:
@@ -1005,8 +1008,15 @@ class SimScaleEnv(gym.Env):
             from ..experts import PDMClosedConfig, PDMClosedPlanner, recovery_plan
 
             planner = PDMClosedPlanner(PDMClosedConfig(emergency_brake=self.config.expert_emergency_brake))
-            # at reset, the label `valid_start` judged (the same fresh planner on the same world)
-            self._pdm = self._start_plan if self._start_plan is not None else planner.plan(self.sim, w)
+            # at reset, the label `valid_start` judged (the same fresh planner on the same world); after a step
+            # `prepare_expert_plans` planned with other envs, the plan it made for this world
+            ahead, self._ahead_pdm = self._ahead_pdm, None
+            if self._start_plan is not None:
+                self._pdm = self._start_plan
+            elif ahead is not None and ahead[0] is w:
+                self._pdm = ahead[1]
+            else:
+                self._pdm = planner.plan(self.sim, w)
             self._start_plan = None
             rec = recovery_plan(self.sim, w, fallback_plan=self._pdm)
             info["pseudo_expert"] = {"pdm_closed": self._pdm.poses.astype(np.float32),
@@ -1134,6 +1144,28 @@ def prepare_plan_steps(envs, actions) -> int:
     for (env, a, _, _), worlds in zip(todo, ahead):
         env._ahead = (a, env.world, worlds)
     return len(todo)
+
+
+def prepare_expert_plans(envs) -> int:
+    """PDM-Closed's plans of the worlds the steps `prepare_plan_steps` prepared will end in, for every env in `envs`
+    with pseudo-experts, computed together (`experts.pdm_closed_plans`: one batched unrolling and LQR tracking of
+    every scene's proposals, per group of equal planner configs); that env's `info` after its step serves it when its
+    step does end in that world (else it plans itself). Each plan is the one a fresh planner makes (bit-identical,
+    tested). Returns how many plans were made."""
+    from ..experts import PDMClosedConfig, pdm_closed_plans
+
+    groups: dict = {}
+    for env in envs:
+        env._ahead_pdm = None
+        if env._ahead is None or not env._ahead[2] or not env.config.pseudo_experts:
+            continue
+        groups.setdefault(bool(env.config.expert_emergency_brake), []).append(env)
+    for brake, members in groups.items():
+        worlds = [env._ahead[2][-1] for env in members]
+        plans = pdm_closed_plans([env.sim for env in members], worlds, PDMClosedConfig(emergency_brake=brake))
+        for env, w, plan in zip(members, worlds, plans):
+            env._ahead_pdm = (w, plan)
+    return sum(len(m) for m in groups.values())
 
 
 def load_reward_vocabulary(path: str | Path) -> np.ndarray:

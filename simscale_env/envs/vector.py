@@ -78,7 +78,7 @@ class SimScaleVectorEnv(SyncVectorEnv):
         if self.num_envs > 1:
             from gymnasium.vector.utils import iterate
 
-            from .simscale_env import prepare_plan_steps
+            from .simscale_env import prepare_expert_plans, prepare_plan_steps
 
             # the plans of the sub-envs stepping now (not those NEXT_STEP resets), as their SimScaleEnv receives
             # them, tracked together first (`prepare_plan_steps`); each sub-env's step then reads its worlds
@@ -91,6 +91,7 @@ class SimScaleVectorEnv(SyncVectorEnv):
                 plans = None
             if plans is not None:
                 prepare_plan_steps(self.sub_envs, plans)
+                prepare_expert_plans(self.sub_envs)
         return super().step(actions)
 
     def apply(self, fn, indices=None) -> list:

@@ -296,6 +296,14 @@ class PDMClosedPlanner:
 
     # ------------------------------------------------------------------ plan
     def plan(self, sim: Simulation, world: WorldState) -> ExpertPlan:
+        job = self._prepare(sim, world)
+        proposals = _unroll_jobs([job], self.config)[0]
+        states = track_references(job.ego, proposals, self.config.proposal_poses, self.config.lqr)
+        return self._finish(job, proposals, states)
+
+    def _prepare(self, sim: Simulation, world: WorldState) -> "_Job":
+        """Everything before the proposals' unrolling: route, paths, targets, forecast, corridors and their
+        candidates (this planner's route, centreline and ignored tracks updated as `plan` does)."""
         cfg = self.config
         ego = np.asarray(world.ego, dtype=np.float64)
         m = sim.map
@@ -320,23 +328,28 @@ class PDMClosedPlanner:
         for rid, poly in zip(fc.red_ids, fc.red_polygons):
             if ego_poly.intersects(poly) and ego_poly.within(poly):
                 self._collided.add(f"{RED_LIGHT}_{rid}")
-        P, L = len(paths), len(targets)
         T = cfg.proposal_poses
         starts = [float(path.project(ego[None, :2])[0]) for path in paths]
         reach = abs(targets.max()) * cfg.trajectory_poses * cfg.interval_s
         corridors = [shapely.buffer(path.substring(p0, p0 + reach), self.vehicle.width / 2, cap_style="square")
                      for path, p0 in zip(paths, starts)]
         fc.restrict(shapely.total_bounds(np.array(corridors, dtype=object)))
-        proposals = np.zeros((P * L, T + 1, 3))
-        for p, path in enumerate(paths):
-            proposals[p * L:(p + 1) * L] = self._unroll(path, ego, targets, fc, starts[p], corridors[p])
-        states = track_references(ego, proposals, T, cfg.lqr)
-        scene = self._scene(sim, world, ego, fc, route_lanes, T)
+        for c in corridors:
+            shapely.prepare(c)
+        cands = [self._corridor_candidates(path, fc, c, T) for path, c in zip(paths, corridors)]
+        return _Job(self, sim, world, ego, route_rbs, route_lanes, start_lane, limit, targets, fc, paths, starts,
+                    cands)
+
+    def _finish(self, job: "_Job", proposals: np.ndarray, states: np.ndarray) -> ExpertPlan:
+        """Scoring of the tracked proposals and the choice (and the emergency brake where configured)."""
+        cfg = self.config
+        ego, T = job.ego, cfg.proposal_poses
+        scene = self._scene(job.sim, job.world, ego, job.fc, job.route_lanes, T)
         scores = score_states(scene, states, cfg.scorer)
         pdm = scores.pdm_score(cfg.scorer)
         best = int(np.argmax(pdm))
-        info = {"speed_limit": limit, "target_speeds": targets.tolist(), "starting_lane": start_lane,
-                "pdm_score": float(pdm[best]), "route_roadblock_ids": list(route_rbs)}
+        info = {"speed_limit": job.limit, "target_speeds": job.targets.tolist(), "starting_lane": job.start_lane,
+                "pdm_score": float(pdm[best]), "route_roadblock_ids": list(job.route_rbs)}
         if cfg.emergency_brake:
             speed = float(np.hypot(ego[VELOCITY_X], ego[VELOCITY_Y]))
             if scores.time_to_at_fault_collision_s[best] <= cfg.brake_time_to_infraction_s and \
@@ -346,70 +359,6 @@ class PDMClosedPlanner:
                 return ExpertPlan(plan_from_trajectory(traj, ego), traj, st, "emergency_brake", scores, best, info)
         traj = proposals[best]
         return ExpertPlan(plan_from_trajectory(traj, ego), traj, states[best], "pdm_closed", scores, best, info)
-
-    def _unroll(self, path: _Path, ego: np.ndarray, targets: np.ndarray, fc: Forecast, p0: float,
-                corridor) -> np.ndarray:
-        """PDMGenerator.generate_proposals for one path and its IDM policies -> poses [L, T + 1, 3]."""
-        cfg = self.config
-        L, T = len(targets), cfg.proposal_poses
-        progress = np.zeros((L, T + 1))
-        vel = np.zeros((L, T + 1))
-        lead = np.zeros((L, T + 1, 3))  # progress, velocity, rear length
-        out = np.zeros((L, T + 1, 3))
-        progress[:, 0] = p0
-        vel[:, 0] = ego[VELOCITY_X]
-        out[:, 0] = path.interpolate(p0)
-        shapely.prepare(corridor)
-        sqrt_ab = np.sqrt(cfg.accel_max * cfg.decel_max)
-        tgt = np.ascontiguousarray(targets, dtype=np.float64)
-        idm_params = tuple(float(x) for x in (cfg.min_gap_to_lead_agent, cfg.headway_time, sqrt_ab, cfg.accel_max,
-                                              cfg.decel_max, cfg.acceleration_exponent, cfg.interval_s))
-        d_rc = self.vehicle.rear_axle_to_center
-        cands = self._corridor_candidates(path, fc, corridor, T)
-        for t in range(1, T + 1):
-            if t % cfg.leading_agent_update_rate != 0:
-                lead[:, t] = lead[:, t - 1]
-            else:
-                polys_arr, cand, obj_prog = cands[fc.sample(t)]
-                cur_all = progress[:, t - 1]
-                dists = None
-                if len(cand) and (obj_prog[None, :] > cur_all[:, None]).any():
-                    pose = path.interpolate(cur_all)  # the proposals' poses at t - 1
-                    h = pose[:, 2]
-                    eb = box_corners(pose[:, 0] + d_rc * np.cos(h), pose[:, 1] + d_rc * np.sin(h), h,
-                                     np.full(L, self.vehicle.length), np.full(L, self.vehicle.width))
-                    dists = shapely.distance(shapely.polygons(eb)[:, None], polys_arr[cand][None, :])  # [L, K]
-                shared = np.zeros(3)  # NAVSIM reuses one array across the path's proposals
-                if dists is not None:
-                    # the nearest candidate ahead of each proposal (vectorized; same values as per proposal)
-                    ahead = obj_prog[None, :] > cur_all[:, None]  # [L, K]
-                    dm = np.where(ahead, dists, np.inf)
-                    kk = np.argmin(dm, axis=1)
-                    has = ahead.any(axis=1).tolist()
-                    dmin = dm[np.arange(L), kk].tolist()
-                    jj = cand[kk]
-                    valid = jj < len(fc.tokens)
-                    js = np.where(valid, jj, 0)
-                    if len(fc.tokens):
-                        rel = wrap_angle(fc.heading[js] - pose[:, 2])
-                        v_lead = np.where(fc.is_agent[js], fc.speed[js] * np.cos(rel), 0.0).tolist()
-                    else:
-                        v_lead = [0.0] * L
-                    valid = valid.tolist()
-                else:
-                    has = [False] * L
-                for i in range(L):
-                    if has[i]:
-                        shared[0] = cur_all[i] + dmin[i]
-                        if valid[i]:
-                            shared[1] = v_lead[i]
-                    else:
-                        shared[0] = path.length
-                        shared[2] = self.vehicle.length / 2
-                    lead[i, t] = shared
-            _idm_propagate(progress, vel, lead, tgt, t, *idm_params)
-        out[:, 1:] = path.interpolate(progress[:, 1:])
-        return out
 
     def _corridor_candidates(self, path: _Path, fc: Forecast, corridor, T: int) -> dict:
         """{occupancy sample: (polygons, indices of those meeting the corridor and not ignored, their progress on the
@@ -480,6 +429,227 @@ class PDMClosedPlanner:
 def pdm_closed_plan(sim: Simulation, world: WorldState, config: PDMClosedConfig = PDMClosedConfig()) -> ExpertPlan:
     """One PDM-Closed plan from a fresh planner (centreline from this state), as NAVSIM's metric cache computes it."""
     return PDMClosedPlanner(config).plan(sim, world)
+
+
+def pdm_closed_plans(sims, worlds, config: PDMClosedConfig = PDMClosedConfig(),
+                     vehicle: VehicleParameters = PACIFICA) -> list[ExpertPlan]:
+    """`pdm_closed_plan(sims[i], worlds[i], config)` for every i, computed together (issue 20): the proposals of
+    all scenes are unrolled as one batch (one leader search and one IDM update per step over every scene's
+    proposals) and tracked by one LQR + bicycle call; each scene's scoring and choice stay its own. Bit-identical
+    to planning each scene alone (every batched operation is row-wise; tested)."""
+    if len(sims) != len(worlds):
+        raise ValueError(f"pdm_closed_plans needs as many worlds as simulations, got {len(worlds)} and {len(sims)}")
+    jobs = [PDMClosedPlanner(config, vehicle)._prepare(sim, w) for sim, w in zip(sims, worlds)]
+    if not jobs:
+        return []
+    proposals = _unroll_jobs(jobs, config)
+    T = config.proposal_poses
+    init = np.concatenate([np.broadcast_to(j.ego, (len(p), len(j.ego))) for j, p in zip(jobs, proposals)])
+    states = track_references(init, np.concatenate(proposals), T, config.lqr)
+    out, k = [], 0
+    for j, p in zip(jobs, proposals):
+        out.append(j.planner._finish(j, p, states[k:k + len(p)]))
+        k += len(p)
+    return out
+
+
+@dataclass(eq=False)
+class _Job:
+    """One scene's PDM-Closed inputs after `PDMClosedPlanner._prepare`: what the unrolling and the scoring read."""
+
+    planner: PDMClosedPlanner
+    sim: Simulation
+    world: WorldState
+    ego: np.ndarray
+    route_rbs: list
+    route_lanes: list
+    start_lane: str
+    limit: float | None
+    targets: np.ndarray
+    fc: Forecast
+    paths: list
+    starts: list
+    cands: list  # per path: `_corridor_candidates`
+
+
+def _unroll_jobs(jobs: list[_Job], config: PDMClosedConfig) -> list[np.ndarray]:
+    """PDMGenerator.generate_proposals of every path of every job as one batch: poses [P * L, T + 1, 3] per job
+    (path-major, as `plan` stacks them). The rows (one per path and IDM policy) step together: per leader update one
+    interpolation of every row's pose, one shapely distance call over every (row, candidate ahead) pair, the nearest
+    candidate ahead and NAVSIM's leader array shared across a path's proposals in one kernel (`_leaders`), and one
+    IDM update of all rows (`_idm_propagate`); each row's values are those of unrolling its path alone."""
+    cfg = config
+    T = cfg.proposal_poses
+    groups = [(j, p) for j in jobs for p in range(len(j.paths))]
+    L = [len(j.targets) for j, _ in groups]
+    row0 = np.concatenate([[0], np.cumsum(L)]).astype(np.int64)
+    R = int(row0[-1])
+    progress = np.zeros((R, T + 1))
+    vel = np.zeros((R, T + 1))
+    lead = np.zeros((R, T + 1, 3))  # progress, velocity, rear length
+    tgt = np.ascontiguousarray(np.concatenate([j.targets for j, _ in groups]), dtype=np.float64)
+    # every group's path as one flat array (rows read their own slice)
+    p_all = np.concatenate([j.paths[p].progress for j, p in groups])
+    xyh_all = np.ascontiguousarray(np.concatenate([j.paths[p]._xyh for j, p in groups]))
+    n_pts = np.array([len(j.paths[p].progress) for j, p in groups], dtype=np.int64)
+    pt0 = np.concatenate([[0], np.cumsum(n_pts)]).astype(np.int64)
+    g_of_row = np.repeat(np.arange(len(groups)), L)
+    row_pt0, row_pt1 = pt0[g_of_row], pt0[g_of_row + 1]
+    path_len = np.array([j.paths[p].length for j, p in groups])
+    # every group's forecast attributes as flat arrays (a row's candidate jj < n_tok of its group is an object)
+    fcs = [j.fc for j, _ in groups]
+    n_tok = np.array([len(f.tokens) for f in fcs], dtype=np.int64)
+    fc_ofs = np.concatenate([[0], np.cumsum(n_tok)]).astype(np.int64)
+    fc_heading = np.concatenate([f.heading for f in fcs]) if fc_ofs[-1] else np.zeros(0)
+    fc_speed = np.concatenate([f.speed for f in fcs]) if fc_ofs[-1] else np.zeros(0)
+    fc_agent = np.concatenate([f.is_agent for f in fcs]) if fc_ofs[-1] else np.zeros(0, dtype=bool)
+    for g, (j, p) in enumerate(groups):
+        progress[row0[g]:row0[g + 1], 0] = j.starts[p]
+        vel[row0[g]:row0[g + 1], 0] = j.ego[VELOCITY_X]
+    sqrt_ab = np.sqrt(cfg.accel_max * cfg.decel_max)
+    idm_params = tuple(float(x) for x in (cfg.min_gap_to_lead_agent, cfg.headway_time, sqrt_ab, cfg.accel_max,
+                                          cfg.decel_max, cfg.acceleration_exponent, cfg.interval_s))
+    vehicles = {id(j.planner.vehicle): j.planner.vehicle for j, _ in groups}
+    if len(vehicles) != 1:
+        raise ValueError("the jobs of one unrolling batch must share one vehicle")
+    veh = next(iter(vehicles.values()))
+    d_rc = veh.rear_axle_to_center
+    half_len = veh.length / 2
+    for t in range(1, T + 1):
+        if t % cfg.leading_agent_update_rate != 0:
+            lead[:, t] = lead[:, t - 1]
+        else:
+            cur_all = progress[:, t - 1]
+            parts = [j.cands[p][j.fc.sample(t)] for j, p in groups]
+            k_ofs = np.concatenate([[0], np.cumsum([len(c) for _, c, _ in parts])]).astype(np.int64)
+            has = np.zeros(R, dtype=np.bool_)
+            dmin = np.zeros(R)
+            valid = np.zeros(R, dtype=np.bool_)
+            v_lead = np.zeros(R)
+            if k_ofs[-1]:
+                cand = np.concatenate([c for _, c, _ in parts])
+                obj_prog = np.concatenate([pr for _, _, pr in parts])
+                # the pairs (row, candidate) of the groups with a candidate ahead of one of their rows
+                pair_row, pair_k = _pairs(row0, k_ofs, obj_prog, cur_all)
+            else:
+                pair_row = np.zeros(0, dtype=np.int64)
+            if len(pair_row):
+                polys = np.concatenate([a[c] for a, c, _ in parts])
+                pose = _interp_rows(np.ascontiguousarray(cur_all), row_pt0, row_pt1, p_all, xyh_all)
+                if not np.isfinite(pose).all():  # only on a degenerate path; PDMPath sets NaN to 0
+                    pose = np.nan_to_num(pose, nan=0.0)
+                h = pose[:, 2]
+                eb = box_corners(pose[:, 0] + d_rc * np.cos(h), pose[:, 1] + d_rc * np.sin(h), h,
+                                 np.full(R, veh.length), np.full(R, veh.width))
+                need = np.unique(pair_row)  # the rows of the searching groups, ascending
+                ebp = np.full(R, None, dtype=object)
+                ebp[need] = shapely.polygons(eb[need])
+                dists = shapely.distance(ebp[pair_row], polys[pair_k])
+                kk = _nearest_ahead(pair_row, obj_prog[pair_k], dists, cur_all, has, dmin)
+                jj = cand[pair_k[kk[need]]]  # the chosen candidate of each searching row (index in its forecast)
+                g = g_of_row[need]
+                ok = jj < n_tok[g]
+                valid[need] = ok
+                r, fi = need[ok], fc_ofs[g[ok]] + jj[ok]
+                rel = wrap_angle(fc_heading[fi] - pose[r, 2])
+                v_lead[r] = np.where(fc_agent[fi], fc_speed[fi] * np.cos(rel), 0.0)
+            _leaders(lead, t, row0, has, dmin, valid, v_lead, cur_all, path_len, half_len)
+        _idm_propagate(progress, vel, lead, tgt, t, *idm_params)
+    out = []
+    for g, (j, p) in enumerate(groups):
+        path = j.paths[p]
+        o = np.zeros((L[g], T + 1, 3))
+        o[:, 0] = path.interpolate(j.starts[p])
+        o[:, 1:] = path.interpolate(progress[row0[g]:row0[g + 1], 1:])
+        out.append(o)
+    res, k = [], 0
+    for j in jobs:
+        res.append(np.concatenate(out[k:k + len(j.paths)]))
+        k += len(j.paths)
+    return res
+
+
+@njit(cache=True)
+def _pairs(row0, k_ofs, obj_prog, cur):
+    """The (row, candidate) pairs of every group g (rows row0[g]:row0[g + 1], candidates k_ofs[g]:k_ofs[g + 1]) with
+    a candidate ahead (progress > a row's) of one of its rows, by row, candidates in order: (rows, candidates)."""
+    n = 0
+    for g in range(len(row0) - 1):
+        if _any_ahead(row0[g], row0[g + 1], k_ofs[g], k_ofs[g + 1], obj_prog, cur):
+            n += (row0[g + 1] - row0[g]) * (k_ofs[g + 1] - k_ofs[g])
+    rows = np.empty(n, dtype=np.int64)
+    ks = np.empty(n, dtype=np.int64)
+    q = 0
+    for g in range(len(row0) - 1):
+        if _any_ahead(row0[g], row0[g + 1], k_ofs[g], k_ofs[g + 1], obj_prog, cur):
+            for r in range(row0[g], row0[g + 1]):
+                for k in range(k_ofs[g], k_ofs[g + 1]):
+                    rows[q] = r
+                    ks[q] = k
+                    q += 1
+    return rows, ks
+
+
+@njit(cache=True, inline="always")
+def _any_ahead(r0, r1, k0, k1, obj_prog, cur):
+    for r in range(r0, r1):
+        for k in range(k0, k1):
+            if obj_prog[k] > cur[r]:
+                return True
+    return False
+
+
+@njit(cache=True)
+def _nearest_ahead(rows, prog, dists, cur, has, dmin):
+    """For pairs (row, candidate) grouped by row, candidates in order: each row's nearest candidate ahead (progress >
+    the row's; the others count as inf), chosen as numpy's argmin over the row's candidates chooses; has[row] (a
+    candidate ahead) and dmin[row] set, the chosen pair's index returned per row (-1: the row has no pairs)."""
+    kk = np.full(len(cur), -1, dtype=np.int64)
+    best = np.empty(len(cur))
+    for q in range(len(rows)):
+        r = rows[q]
+        d = dists[q] if prog[q] > cur[r] else np.inf
+        # numpy's argmin: the first minimum, a NaN counting as the minimum (the first NaN)
+        if kk[r] < 0 or d < best[r] or (np.isnan(d) and not np.isnan(best[r])):
+            kk[r] = q
+            best[r] = d
+        if prog[q] > cur[r]:
+            has[r] = True
+    for r in range(len(cur)):
+        if kk[r] >= 0:
+            dmin[r] = best[r]
+    return kk
+
+
+@njit(cache=True)
+def _leaders(lead, t, row0, has, dmin, valid, v_lead, cur, path_len, half_len):
+    """NAVSIM's leader array of each path group at step t (pdm_generator.py `_update_leading_agents`): one array
+    shared across the group's proposals in order, reset per step, so a free proposal keeps the previous one's leader
+    velocity and later proposals keep the rear length a free one set."""
+    for g in range(len(row0) - 1):
+        s0 = 0.0
+        s1 = 0.0
+        s2 = 0.0
+        for i in range(row0[g], row0[g + 1]):
+            if has[i]:
+                s0 = cur[i] + dmin[i]
+                if valid[i]:
+                    s1 = v_lead[i]
+            else:
+                s0 = path_len[g]
+                s2 = half_len
+            lead[i, t, 0] = s0
+            lead[i, t, 1] = s1
+            lead[i, t, 2] = s2
+
+
+@njit(cache=True, error_model="numpy")
+def _interp_rows(q, lo, hi, p_all, xyh_all):
+    """`_interp_path` of each row's q[i] on its own path p_all[lo[i]:hi[i]], xyh_all[lo[i]:hi[i]]."""
+    out = np.empty((len(q), 3))
+    for i in range(len(q)):
+        out[i] = _interp_path(q[i:i + 1], p_all[lo[i]:hi[i]], xyh_all[lo[i]:hi[i]])[0]
+    return out
 
 
 @njit(cache=True, error_model="numpy")

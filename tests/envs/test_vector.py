@@ -83,6 +83,11 @@ def test_sub_envs_are_bit_identical_to_single_envs(mini, mode):
             assert rew[i] == r and term[i] == te and trunc[i] == tr, (t, i)
             if "epdms" in inf:
                 assert info["epdms"]["epdms"][i] == inf["epdms"]["epdms"]
+            # the pseudo-experts (PDM-Closed planned with the other sub-envs'); SAME_STEP: the ending step's info is
+            # final_info, beside the reset's
+            step_info = info["final_info"] if final is not None else info
+            for name, plan in inf["pseudo_expert"].items():
+                np.testing.assert_array_equal(step_info["pseudo_expert"][name][i], plan, err_msg=f"{t} {i} {name}")
             if final is not None:
                 ends += 1
                 _same(info["final_obs"][i], final, f"final obs {t} {i}")
@@ -98,7 +103,7 @@ def test_siblings_share_the_caches_and_only_them(mini):
         assert getattr(a, name) is getattr(b, name), name
     assert venv.sub_envs[0].config.cache_sizes.renderers >= 4  # N sub-envs in N logs keep their renderers
     fresh = SimScaleEnv(**KW)
-    assert set(fresh.__dict__) == set(SimScaleEnv._SHARED) | {"sim", "world", "_ahead"}  # a new attribute must be classified
+    assert set(fresh.__dict__) == set(SimScaleEnv._SHARED) | {"sim", "world", "_ahead", "_ahead_pdm"}  # a new attribute must be classified
     venv.reset(seed=0)
     assert a.world is not b.world and a.np_random is not b.np_random
     with pytest.raises(ValueError, match="num_envs must be an integer >= 1"):
@@ -129,6 +134,34 @@ def test_plans_are_tracked_together_and_each_step_reads_its_worlds(mini):
     assert prepare_plan_steps(envs, [bad, None, plans[2]]) == 1 and envs[0]._ahead is None
     with pytest.raises(ValueError, match="NaN"):
         envs[0].step(bad)
+
+
+def test_expert_plans_are_made_together_and_each_info_serves_its_own(mini):
+    """`prepare_expert_plans` (the vector env's step, after `prepare_plan_steps`) plans PDM-Closed for the worlds
+    the prepared steps end in, together; a sub-env's info after that step serves that plan (the same object), which
+    is a fresh planner's; a step that ends elsewhere plans anew."""
+    from simscale_env.envs.simscale_env import prepare_expert_plans, prepare_plan_steps
+    from simscale_env.experts import PDMClosedPlanner
+
+    venv = SimScaleVectorEnv(num_envs=N, **KW)
+    envs = venv.sub_envs
+    venv.reset(seed=SEED)
+    plans = list(_plans(1))
+    assert prepare_expert_plans(envs) == 0  # nothing prepared: nothing to plan
+    prepare_plan_steps(envs, plans)
+    assert prepare_expert_plans(envs) == N
+    ahead = [e._ahead_pdm for e in envs]
+    for e, p, a in zip(envs, plans, ahead):
+        e.step(p)
+        assert a[0] is e.world and e._pdm is a[1] and e._ahead_pdm is None
+        fresh = PDMClosedPlanner().plan(e.sim, e.world)
+        np.testing.assert_array_equal(fresh.trajectory, a[1].trajectory)
+        np.testing.assert_array_equal(fresh.states, a[1].states)
+    prepare_plan_steps(envs, plans)
+    prepare_expert_plans(envs)
+    stale = envs[0]._ahead_pdm
+    envs[0].step(plans[2])  # another plan than the one prepared: its world differs, planned here
+    assert envs[0]._pdm is not stale[1] and stale[0] is not envs[0].world
 
 
 def test_the_rl_action_wrappers_hand_their_plans_to_the_batch(mini, monkeypatch):

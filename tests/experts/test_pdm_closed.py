@@ -5,7 +5,7 @@ import pytest
 import shapely
 
 from simscale_env.data.synthetic import ObjectSpec, synthetic_scenario
-from simscale_env.experts import PDMClosedConfig, PDMClosedPlanner, drive, pdm_closed_plan
+from simscale_env.experts import PDMClosedConfig, PDMClosedPlanner, drive, pdm_closed_plan, pdm_closed_plans
 from simscale_env.sim import SimConfig, Simulation
 from simscale_env.sim.world import ego_box
 
@@ -90,3 +90,42 @@ def test_plans_at_the_very_end_of_its_route(arterial):
     sim = Simulation(sc, arterial, SimConfig(agent_mode="non_reactive"))
     plan = pdm_closed_plan(sim, sim.reset())
     assert plan.poses.shape == (8, 3) and np.all(np.isfinite(plan.poses))
+
+
+def _same_plan(a, b):
+    for name in ("poses", "trajectory", "states"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    assert (a.source, a.index, a.info) == (b.source, b.index, b.info)
+    for name in ("no_at_fault_collisions", "drivable_area_compliance", "ego_progress", "time_to_collision_within_bound",
+                 "time_to_at_fault_collision_s"):
+        np.testing.assert_array_equal(getattr(a.scores, name), getattr(b.scores, name), err_msg=name)
+
+
+@pytest.mark.parametrize("brake", [False, True])
+def test_plans_of_many_scenes_at_once_are_each_scenes_own(arterial, brake):
+    """`pdm_closed_plans` unrolls every scene's proposals as one batch: a stopped lead (a leader for some proposals,
+    ahead of none for others as they pass it), a red light (a leader that is not an object), a free road, an
+    imminent collision (the brake option) and the route's very end, each bit for bit a fresh planner's plan."""
+    lane = arterial.lanes[LANE]
+    sims = [_sim(arterial, s0=40.0, speed=8.0, objects=[ObjectSpec(*lane.baseline.interpolate(70.0))]),
+            _sim(arterial, s0=lane.length - 35.0, speed=8.0, red=[CONNECTOR]),
+            _sim(arterial, s0=40.0, speed=arterial.speed_limit(LANE)),
+            _sim(arterial, s0=40.0, speed=4.5, objects=[ObjectSpec(*lane.baseline.interpolate(49.0))])]
+    end = synthetic_scenario("us-ma-boston", ["20050"], ego_pose=lane.baseline.interpolate(lane.baseline.length - 0.3),
+                             ego_speed=5.0)
+    sims.append(Simulation(end, arterial, SimConfig(agent_mode="non_reactive")))
+    cfg = PDMClosedConfig(emergency_brake=brake)
+    # later states of the first two drives too (the lead nearer, the light closer)
+    worlds = [s.reset() for s in sims]
+    for s in sims[:2]:
+        ws = drive(s, s.reset(), PDMClosedPlanner(cfg).plan, 20, replan_every=2)
+        sims.append(s)
+        worlds.append(ws[-1])
+    many = pdm_closed_plans(sims, worlds, cfg)
+    assert len(many) == len(sims)
+    for s, w, b in zip(sims, worlds, many):
+        _same_plan(PDMClosedPlanner(cfg).plan(s, w), b)
+    assert {p.source for p in many} == ({"pdm_closed", "emergency_brake"} if brake else {"pdm_closed"})
+    assert pdm_closed_plans([], [], cfg) == []
+    with pytest.raises(ValueError, match="as many worlds as simulations"):
+        pdm_closed_plans(sims[:2], worlds[:1], cfg)
