@@ -322,7 +322,7 @@ class SimScaleEnv(gym.Env):
         self.sim = None
         self.world = None
         self._ahead = None  # (action, world, the worlds it leads to): `prepare_plan_steps`
-        self._ahead_pdm = None  # (world, its PDM-Closed plan): `prepare_expert_plans`
+        self._ahead_pdm = None  # (world, its PDM-Closed and recovery plans): `prepare_expert_plans`
 
     # what a sibling shares with its env: everything __init__ sets but the episode state (`sim`, `world`)
     _SHARED = ("config", "render_mode", "_data", "split", "data_source", "_builder", "tokens", "_pert_cfg", "_k",
@@ -1018,7 +1018,10 @@ class SimScaleEnv(gym.Env):
             else:
                 self._pdm = planner.plan(self.sim, w)
             self._start_plan = None
-            rec = recovery_plan(self.sim, w, fallback_plan=self._pdm)
+            if ahead is not None and ahead[0] is w and self._pdm is ahead[1]:
+                rec = ahead[2]  # planned with the other envs' from the same PDM-Closed fallback
+            else:
+                rec = recovery_plan(self.sim, w, fallback_plan=self._pdm)
             info["pseudo_expert"] = {"pdm_closed": self._pdm.poses.astype(np.float32),
                                      "recovery": rec.poses.astype(np.float32)}
             info["pseudo_expert_source"] = {"pdm_closed": self._pdm.source, "recovery": rec.source}
@@ -1147,12 +1150,13 @@ def prepare_plan_steps(envs, actions) -> int:
 
 
 def prepare_expert_plans(envs) -> int:
-    """PDM-Closed's plans of the worlds the steps `prepare_plan_steps` prepared will end in, for every env in `envs`
-    with pseudo-experts, computed together (`experts.pdm_closed_plans`: one batched unrolling and LQR tracking of
-    every scene's proposals, per group of equal planner configs); that env's `info` after its step serves it when its
-    step does end in that world (else it plans itself). Each plan is the one a fresh planner makes (bit-identical,
-    tested). Returns how many plans were made."""
-    from ..experts import PDMClosedConfig, pdm_closed_plans
+    """The pseudo-experts' plans (PDM-Closed, then recovery with it as fallback) of the worlds the steps
+    `prepare_plan_steps` prepared will end in, for every env in `envs` with pseudo-experts, computed together
+    (`experts.pdm_closed_plans`: one batched unrolling and LQR tracking of every scene's proposals, per group of equal
+    planner configs; `experts.recovery_plans`: each round of tracking in one call); that env's `info` after its step
+    serves them when its step does end in that world (else it plans itself). Each plan is the one planning alone
+    makes (bit-identical, tested). Returns how many envs were planned for."""
+    from ..experts import PDMClosedConfig, pdm_closed_plans, recovery_plans
 
     groups: dict = {}
     for env in envs:
@@ -1162,9 +1166,11 @@ def prepare_expert_plans(envs) -> int:
         groups.setdefault(bool(env.config.expert_emergency_brake), []).append(env)
     for brake, members in groups.items():
         worlds = [env._ahead[2][-1] for env in members]
-        plans = pdm_closed_plans([env.sim for env in members], worlds, PDMClosedConfig(emergency_brake=brake))
-        for env, w, plan in zip(members, worlds, plans):
-            env._ahead_pdm = (w, plan)
+        sims = [env.sim for env in members]
+        plans = pdm_closed_plans(sims, worlds, PDMClosedConfig(emergency_brake=brake))
+        recs = recovery_plans(sims, worlds, fallback_plans=plans)
+        for env, w, plan, rec in zip(members, worlds, plans, recs):
+            env._ahead_pdm = (w, plan, rec)
     return sum(len(m) for m in groups.values())
 
 

@@ -60,7 +60,7 @@ from ..map.polyline import Polyline
 from ..metrics.epdms import comfort_checks, human_filter, score_states
 from ..metrics.pseudo_sim import scoring_scene
 from ..sim.lqr import LQRConfig, track_references
-from ..sim.state import ACCELERATION_X, HEADING, VELOCITY_X, VELOCITY_Y, X, Y
+from ..sim.state import ACCELERATION_X, HEADING, STATE_SIZE, VELOCITY_X, VELOCITY_Y, X, Y
 from ..sim.world import Simulation, WorldState
 from .pdm_closed import ExpertPlan, PDMClosedPlanner, plan_from_trajectory
 
@@ -333,6 +333,59 @@ def recovery_plan(sim: Simulation, world: WorldState, config: RecoveryConfig = R
     """The recovery expert's plan from `world` (see the module docstring). When no candidate is comfortable and
     safe: `fallback_plan` (PDM-Closed's plan for this state, if already computed), else `fallback.plan(...)` (a
     fresh PDM-Closed planner if None)."""
+    return _run_tracked([_recovery(sim, world, config, fallback, fallback_plan)], config.lqr)[0]
+
+
+def recovery_plans(sims, worlds, config: RecoveryConfig = RecoveryConfig(), *,
+                   fallback_plans=None) -> list[ExpertPlan]:
+    """`recovery_plan(sims[i], worlds[i], config, fallback_plan=fallback_plans[i])` for every i, computed together
+    (issue 20): each round of LQR + bicycle tracking (the log, the candidates, their re-aimed versions) is one call
+    over every scene's rows. Bit-identical to planning each scene alone (the tracking is row-wise; tested)."""
+    fallback_plans = [None] * len(sims) if fallback_plans is None else list(fallback_plans)
+    if not (len(sims) == len(worlds) == len(fallback_plans)):
+        raise ValueError(f"recovery_plans needs as many worlds and fallback plans as simulations ({len(sims)}), got "
+                         f"{len(worlds)} and {len(fallback_plans)}")
+    return _run_tracked([_recovery(s, w, config, None, f) for s, w, f in zip(sims, worlds, fallback_plans)],
+                        config.lqr)
+
+
+def _run_tracked(gens: list, lqr: LQRConfig) -> list:
+    """Run generators that yield tracking requests (initial state [11], references [B, T, 3], steps) and receive
+    `track_references`' states [B, steps + 1, 11], in lock step: each round's requests of equal shape are tracked in
+    one call. Returns the generators' return values."""
+    out: list = [None] * len(gens)
+    req: dict = {}
+
+    def advance(i, value):
+        try:
+            req[i] = gens[i].send(value)
+        except StopIteration as stop:
+            out[i] = stop.value
+            req.pop(i, None)
+
+    for i in range(len(gens)):
+        advance(i, None)
+    while req:
+        groups: dict = {}
+        for i, (_, refs, steps) in req.items():
+            groups.setdefault((refs.shape[1:], int(steps)), []).append(i)
+        results = {}
+        for (_, steps), idx in groups.items():
+            refs = [np.asarray(req[i][1], dtype=np.float64) for i in idx]
+            init = np.concatenate([np.broadcast_to(np.asarray(req[i][0], dtype=np.float64), (len(r), STATE_SIZE))
+                                   for i, r in zip(idx, refs)])
+            states = track_references(init, np.concatenate(refs), steps, lqr)
+            k = 0
+            for i, r in zip(idx, refs):
+                results[i] = states[k:k + len(r)]
+                k += len(r)
+        for i in list(req):
+            advance(i, results[i])
+    return out
+
+
+def _recovery(sim: Simulation, world: WorldState, config: RecoveryConfig, fallback, fallback_plan):
+    """`recovery_plan` as a generator: yields its tracking requests (`_run_tracked`), returns the plan."""
     ego = np.asarray(world.ego, dtype=np.float64)
     ref = logged_reference(sim, world.iteration, config.horizon_s)
     trajs, targets, labels = _candidate_trajectories(ref, ego, config)
@@ -347,11 +400,11 @@ def recovery_plan(sim: Simulation, world: WorldState, config: RecoveryConfig = R
     # raw log as target rejected the log itself and left time-shifted candidates that put the rejoin off at every
     # replan, e.g. an ego standing on a log that pulls away)
     log_poses = ref.path.interpolate(np.interp(t, ref.times, ref.s))
-    log_states = track_references(sim.logged_ego_state(world.iteration), log_poses[None], steps, config.lqr)[0]
+    log_states = (yield (sim.logged_ego_state(world.iteration), log_poses[None], steps))[0]
     s_trk, _, _ = ref.path.project(log_states[:, :2])
     s_trk = np.maximum.accumulate(s_trk)
     v_trk = np.hypot(log_states[:, VELOCITY_X], log_states[:, VELOCITY_Y])
-    states = track_references(ego, trajs, steps, config.lqr)
+    states = yield (ego, trajs, steps)
     # the LQR tracks a velocity profile, so a speed change leaves an along-track lag it never recovers: aim the exact
     # candidates ahead by their tracked lag at the horizon and track again (shooting, `aim_iterations` times); the
     # time-shifted candidates rejoin the log shifted to where their tracked plan ends
@@ -366,7 +419,7 @@ def recovery_plan(sim: Simulation, world: WorldState, config: RecoveryConfig = R
         for key, v in lag.items():
             aims[key] = aims.get(key, 0.0) + float(np.mean(v))
         trajs, targets, labels = _candidate_trajectories(ref, ego, config, aims)
-        states = track_references(ego, trajs, steps, config.lqr)
+        states = yield (ego, trajs, steps)
     s_end, _, _ = ref.path.project(states[:, -1, :2])
     for k, (T, mode, _, frac) in enumerate(labels):
         shift = 0.0

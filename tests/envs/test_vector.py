@@ -137,11 +137,11 @@ def test_plans_are_tracked_together_and_each_step_reads_its_worlds(mini):
 
 
 def test_expert_plans_are_made_together_and_each_info_serves_its_own(mini):
-    """`prepare_expert_plans` (the vector env's step, after `prepare_plan_steps`) plans PDM-Closed for the worlds
-    the prepared steps end in, together; a sub-env's info after that step serves that plan (the same object), which
-    is a fresh planner's; a step that ends elsewhere plans anew."""
+    """`prepare_expert_plans` (the vector env's step, after `prepare_plan_steps`) plans PDM-Closed and recovery for
+    the worlds the prepared steps end in, together; a sub-env's info after that step serves those plans (the same
+    objects), which are what planning alone gives; a step that ends elsewhere plans anew."""
     from simscale_env.envs.simscale_env import prepare_expert_plans, prepare_plan_steps
-    from simscale_env.experts import PDMClosedPlanner
+    from simscale_env.experts import PDMClosedPlanner, recovery_plan
 
     venv = SimScaleVectorEnv(num_envs=N, **KW)
     envs = venv.sub_envs
@@ -154,9 +154,13 @@ def test_expert_plans_are_made_together_and_each_info_serves_its_own(mini):
     for e, p, a in zip(envs, plans, ahead):
         e.step(p)
         assert a[0] is e.world and e._pdm is a[1] and e._ahead_pdm is None
+        assert e._last_plans["recovery"] is a[2].trajectory
         fresh = PDMClosedPlanner().plan(e.sim, e.world)
         np.testing.assert_array_equal(fresh.trajectory, a[1].trajectory)
         np.testing.assert_array_equal(fresh.states, a[1].states)
+        rec = recovery_plan(e.sim, e.world, fallback_plan=fresh)
+        np.testing.assert_array_equal(rec.trajectory, a[2].trajectory)
+        assert rec.source == a[2].source
     prepare_plan_steps(envs, plans)
     prepare_expert_plans(envs)
     stale = envs[0]._ahead_pdm

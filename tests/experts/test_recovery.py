@@ -5,7 +5,7 @@ import pytest
 import shapely
 
 from simscale_env.data.synthetic import ObjectSpec, synthetic_scenario
-from simscale_env.experts import RecoveryConfig, recovery_plan
+from simscale_env.experts import PDMClosedPlanner, RecoveryConfig, recovery_plan, recovery_plans
 from simscale_env.metrics.epdms import comfort_checks
 from simscale_env.sim import SimConfig, Simulation
 from simscale_env.sim.state import make_state
@@ -310,3 +310,32 @@ def test_valid_start_judges_the_8_pose_label_as_navsim_scores_it(mini_builder, m
     label, _ = pseudo_simulate(sim, sim.reset(start), plan.poses[None], agent_mode="non_reactive")
     assert label.drivable_area_compliance[0] == 0  # the 8 poses leave the road
     assert valid_start(sim, sim.reset(apply_perturbation(sim.reset().ego, Perturbation(lateral=0.5), sim.map)))
+
+
+def test_recovery_plans_of_many_scenes_at_once_are_each_scenes_own(arterial):
+    """`recovery_plans` tracks every scene's rows in one call per round: offsets either side, a start ahead, a
+    standing log (no candidate: the fallback before any tracking), a log through a parked car (the fallback after
+    scoring), each bit for bit `recovery_plan`'s; the fallback plans handed in are the ones returned."""
+    lane = arterial.lanes[LANE]
+    sim, pose = _logged_sim(arterial)
+    ahead = _offset_start(pose, 0.0, 15.0)
+    ahead[:2] += 3.0 * np.array([np.cos(pose[2]), np.sin(pose[2])])
+    standing, spose = _logged_sim(arterial, speed=0.0)
+    parked, ppose = _logged_sim(arterial, objects=[ObjectSpec(*lane.baseline.interpolate(75.0))])
+    sims = [sim, sim, sim, standing, parked]
+    worlds = [sim.reset(_offset_start(pose, 2.0, 10.0)), sim.reset(_offset_start(pose, -2.0, 10.0)),
+              sim.reset(ahead), standing.reset(_offset_start(spose, 1.0, 0.0)),
+              parked.reset(_offset_start(ppose, 2.0, 10.0))]
+    fallbacks = [PDMClosedPlanner().plan(s, w) for s, w in zip(sims, worlds)]
+    many = recovery_plans(sims, worlds, fallback_plans=fallbacks)
+    assert {p.source for p in many} == {"recovery", "recovery->pdm_closed"}
+    for s, w, f, b in zip(sims, worlds, fallbacks, many):
+        a = recovery_plan(s, w, fallback_plan=f)
+        for name in ("poses", "trajectory", "states"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+        assert (a.source, a.index, a.info) == (b.source, b.index, b.info)
+        if b.source == "recovery->pdm_closed":
+            assert b.trajectory is f.trajectory
+    assert recovery_plans([], []) == []
+    with pytest.raises(ValueError, match="as many worlds and fallback plans"):
+        recovery_plans(sims, worlds[:2])
