@@ -17,9 +17,13 @@
   phases (`prepare_plan_steps` -> `sim.world.advance_tracked`: per simulated iteration one LQR call and one bicycle
   call for all sub-envs, then each scene's IDM agents), then each sub-env's step (gymnasium's `SyncVectorEnv` loop,
   wrappers and autoreset included) reads the worlds prepared for its action and state and does the rest (scoring,
-  observation, info, episode summary) in turn. Bit-identical to stepping each sub-env alone (tested). The IDM
-  update, the scoring and the pseudo-experts are not batched across scenes (each scene has its own map, objects
-  and lights; `simscale bench vector` measures what a sub-env step costs).
+  observation, info, episode summary) in turn. With pseudo-experts, the worlds the prepared steps end in are planned
+  for together before that (`prepare_expert_plans`): PDM-Closed's proposals of every sub-env unrolled as one batch
+  and tracked in one LQR call (`experts.pdm_closed_plans`), the recovery expert's tracking rounds one call each
+  (`experts.recovery_plans`); each sub-env's info serves its plans. Bit-identical to stepping each sub-env alone
+  (tested, the pseudo-experts' plans included). The IDM update, the scoring (of the segment, the submitted plan
+  and each expert's proposals) and the observation are not batched across scenes (each scene has its own map,
+  objects and lights; `simscale bench vector` measures what a sub-env step costs).
   `workers=k` (k > 1, `ShardedSimScaleVectorEnv`): consecutive shards of the sub-envs in k worker processes, all
   stepping at once, one numba thread each; the observations, rewards, flags and infos come back in sub-env order,
   identical to one process (tested).
