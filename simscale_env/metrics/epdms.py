@@ -634,7 +634,114 @@ def comfort_checks(states: np.ndarray, dt: float = 0.1, vehicle: VehicleParamete
 
 
 def _comfort_of(acc_x, acc_y, w, wd, heading, dt, vehicle):
-    """`comfort_checks` from the five state columns it reads ([..., T] each)."""
+    """`comfort_checks` from the five state columns it reads ([..., T] each), in one kernel (`_comfort_rows`):
+    the same operations as `_comfort_of_numpy`, bit for bit (tested), without its ~40 array calls."""
+    acc_x, acc_y, w, wd, heading = (np.asarray(a, dtype=np.float64) for a in (acc_x, acc_y, w, wd, heading))
+    shape = acc_x.shape
+    n = shape[-1]
+    mats = [_savgol_matrix(n, *_checked_window(n, window, poly), deriv, delta)
+            for window, poly, deriv, delta in ((8, 2, 0, 1.0), (15, 2, 1, dt), (5, 3, 2, dt), (5, 2, 1, dt))]
+    rows = [np.ascontiguousarray(a).reshape(-1, n) for a in (acc_x, acc_y, w, wd, heading)]
+    # hypot and the bounds as numpy computes them (`_within`: a bound of 0 or None is open)
+    mag_in = np.hypot(rows[0], rows[1])
+    b = [(lo if lo else -np.inf, hi if hi else np.inf) for lo, hi in _COMFORT_BOUNDS]
+    out = _comfort_rows(*rows, mag_in, float(vehicle.rear_axle_to_center), np.array(b, dtype=np.float64),
+                        *(m for pair in mats for m in pair), min(8, n), min(15, n), min(5, n))
+    return out.reshape(shape[:-1] + (6,))
+
+
+def _checked_window(n: int, window: int, poly: int) -> tuple[int, int]:
+    """(window, poly) as `_savgol` uses them (window capped at n), with its error for too short an input."""
+    window = min(window, n)
+    if not poly < window:
+        raise ValueError(f"{poly} < {window} does not hold!")
+    return window, poly
+
+
+# comfort_checks' six bounds (lower, upper), in its column order
+_COMFORT_BOUNDS = ((C.MIN_LON_ACCEL, C.MAX_LON_ACCEL), (-C.MAX_ABS_LAT_ACCEL, C.MAX_ABS_LAT_ACCEL),
+                   (-C.MAX_ABS_MAG_JERK, C.MAX_ABS_MAG_JERK), (-C.MAX_ABS_LON_JERK, C.MAX_ABS_LON_JERK),
+                   (-C.MAX_ABS_YAW_ACCEL, C.MAX_ABS_YAW_ACCEL), (-C.MAX_ABS_YAW_RATE, C.MAX_ABS_YAW_RATE))
+_TWO_PI = 2 * np.pi
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _band_row(y, m, first, window, out):
+    """One row of `_banded_apply`."""
+    for i in range(y.shape[0]):
+        f = first[i]
+        acc = 0.0
+        for k in range(f, f + window):
+            acc += m[i, k] * y[k]
+        out[i] = acc
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _round8(y):
+    """np.round(y, 8) element by element: rint(y * 1e8) / 1e8, as numpy rounds with decimals."""
+    for i in range(y.shape[0]):
+        y[i] = np.rint(y[i] * 1e8) / 1e8
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _all_within(y, lo, hi):
+    for i in range(y.shape[0]):
+        if not (y[i] > lo and y[i] < hi):
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def _comfort_rows(acc_x, acc_y, w, wd, heading, mag_in, d, bounds, m_acc, f_acc, m_jerk, f_jerk, m_yacc, f_yacc,
+                  m_yrate, f_yrate, w_acc, w_jerk, w_yaw):
+    """`_comfort_of_numpy` row by row: centre accelerations, Savitzky-Golay filters as banded sums, rounding to 8
+    decimals, the phase-unwrapped heading's derivatives, the six bounds."""
+    R, n = acc_x.shape
+    out = np.zeros((R, 6), dtype=np.bool_)
+    ax = np.empty(n)
+    ay = np.empty(n)
+    lon = np.empty(n)
+    lat = np.empty(n)
+    mag = np.empty(n)
+    tmp = np.empty(n)
+    hu = np.empty(n)
+    for r in range(R):
+        for i in range(n):
+            w2 = w[r, i] * w[r, i]
+            ax[i] = acc_x[r, i] + d * w2 + d * wd[r, i]
+            ay[i] = acc_y[r, i] + 0.0 * w2 + 0.0 * wd[r, i]
+        _band_row(ax, m_acc, f_acc, w_acc, lon)
+        _round8(lon)
+        _band_row(ay, m_acc, f_acc, w_acc, lat)
+        _round8(lat)
+        _band_row(mag_in[r], m_acc, f_acc, w_acc, mag)
+        _round8(mag)
+        out[r, 0] = _all_within(lon, bounds[0, 0], bounds[0, 1])
+        out[r, 1] = _all_within(lat, bounds[1, 0], bounds[1, 1])
+        _band_row(mag, m_jerk, f_jerk, w_jerk, tmp)
+        _round8(tmp)
+        out[r, 2] = _all_within(tmp, bounds[2, 0], bounds[2, 1])
+        _band_row(lon, m_jerk, f_jerk, w_jerk, tmp)
+        _round8(tmp)
+        out[r, 3] = _all_within(tmp, bounds[3, 0], bounds[3, 1])
+        # _phase_unwrap: h - 2 pi cumsum(round(diff(h) / (2 pi)))
+        adj = 0.0
+        hu[0] = heading[r, 0] - _TWO_PI * adj
+        for i in range(1, n):
+            adj += np.rint((heading[r, i] - heading[r, i - 1]) / _TWO_PI)
+            hu[i] = heading[r, i] - _TWO_PI * adj
+        _band_row(hu, m_yacc, f_yacc, w_yaw, tmp)
+        _round8(tmp)
+        out[r, 4] = _all_within(tmp, bounds[4, 0], bounds[4, 1])
+        _band_row(hu, m_yrate, f_yrate, w_yaw, tmp)
+        _round8(tmp)
+        out[r, 5] = _all_within(tmp, bounds[5, 0], bounds[5, 1])
+    return out
+
+
+def _comfort_of_numpy(acc_x, acc_y, w, wd, heading, dt, vehicle):
+    """`comfort_checks` from the five state columns it reads ([..., T] each), in numpy: the reference
+    `_comfort_of`'s kernel is tested against."""
     ax, ay = _center_accelerations(acc_x, acc_y, w, wd, vehicle)
     lon = _savgol_accel(ax)
     lat = _savgol_accel(ay)
@@ -644,13 +751,8 @@ def _comfort_of(acc_x, acc_y, w, wd, heading, dt, vehicle):
     lon_jerk = np.round(_derivative(lon, dt, 15, 2, 1), 8)
     yaw_acc = _yaw_rate_of(heading, dt, deriv=2, poly=3)
     yaw_rate = _yaw_rate_of(heading, dt)
-    return np.stack([
-        _within(lon, C.MIN_LON_ACCEL, C.MAX_LON_ACCEL), _within(lat, -C.MAX_ABS_LAT_ACCEL, C.MAX_ABS_LAT_ACCEL),
-        _within(jerk, -C.MAX_ABS_MAG_JERK, C.MAX_ABS_MAG_JERK),
-        _within(lon_jerk, -C.MAX_ABS_LON_JERK, C.MAX_ABS_LON_JERK),
-        _within(yaw_acc, -C.MAX_ABS_YAW_ACCEL, C.MAX_ABS_YAW_ACCEL),
-        _within(yaw_rate, -C.MAX_ABS_YAW_RATE, C.MAX_ABS_YAW_RATE),
-    ], axis=-1)
+    return np.stack([_within(m, lo, hi) for m, (lo, hi) in zip((lon, lat, jerk, lon_jerk, yaw_acc, yaw_rate),
+                                                                 _COMFORT_BOUNDS)], axis=-1)
 
 
 def _history_comfort(scene, states, vehicle, dt=0.1):

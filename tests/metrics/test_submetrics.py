@@ -227,3 +227,52 @@ def test_comfort_filters_equal_scipys_savgol_and_do_not_depend_on_the_batch(n):
         assert np.allclose(got, want, rtol=1e-12, atol=1e-9 * np.abs(want).max()), (window, poly, deriv)
         assert np.array_equal(_savgol(y[7:8], window, poly, deriv, 0.1), got[7:8])
         assert np.array_equal(_savgol(y.reshape(5, 10, n), window, poly, deriv, 0.1).reshape(50, n), got)
+
+
+def _oscillating_states(rng, n, T):
+    """States [n, T, 11] whose comfort metrics fall either side of EPDMS's bounds (sinusoidal accelerations and yaw
+    rates of random amplitude and frequency, the heading wrapped as the simulator keeps it)."""
+    from simscale_env.sim.state import (ACCELERATION_X, ACCELERATION_Y, ANGULAR_ACCELERATION, ANGULAR_VELOCITY,
+                                        HEADING)
+
+    t = np.arange(T) * 0.1
+    st = np.zeros((n, T, 11))
+    for k, amp in ((ACCELERATION_X, 3.0), (ACCELERATION_Y, 4.0), (ANGULAR_VELOCITY, 0.9), (ANGULAR_ACCELERATION, 1.0)):
+        f, ph = rng.uniform(0.05, 1.2, (n, 1)), rng.uniform(0.0, 6.0, (n, 1))
+        st[..., k] = rng.uniform(0.0, amp, (n, 1)) * np.sin(2 * np.pi * f * t + ph)
+    h = np.cumsum(st[..., ANGULAR_VELOCITY] * 0.1 * rng.uniform(0.5, 1.5, (n, 1)), axis=1) + rng.uniform(-3.2, 3.2,
+                                                                                                          (n, 1))
+    st[..., HEADING] = (h + np.pi) % (2 * np.pi) - np.pi
+    return st
+
+
+def test_comfort_kernel_is_the_numpy_reference_bit_for_bit():
+    """`comfort_checks` runs one kernel (`_comfort_rows`); it gives numpy's `_comfort_of_numpy` booleans on states
+    either side of every bound (each column both True and False), on any leading shape, for short signals (the same
+    error for too short a one) and for a row alone as in a batch."""
+    from simscale_env.metrics.epdms import _comfort_of_numpy, comfort_checks
+    from simscale_env.sim.state import (ACCELERATION_X, ACCELERATION_Y, ANGULAR_ACCELERATION, ANGULAR_VELOCITY,
+                                        HEADING)
+    from simscale_env.sim.vehicle import PACIFICA
+
+    def numpy_checks(st):
+        return _comfort_of_numpy(*(st[..., c] for c in (ACCELERATION_X, ACCELERATION_Y, ANGULAR_VELOCITY,
+                                                        ANGULAR_ACCELERATION, HEADING)), 0.1, PACIFICA)
+
+    rng = np.random.default_rng(5)
+    seen = np.zeros((2, 6), dtype=bool)
+    for T in (41, 61, 21, 12, 6, 4):
+        st = _oscillating_states(rng, 200, T)
+        got = comfort_checks(st)
+        np.testing.assert_array_equal(got, numpy_checks(st), err_msg=f"T={T}")
+        seen[0] |= got.any(axis=0)
+        seen[1] |= (~got).any(axis=0)
+        np.testing.assert_array_equal(comfort_checks(st.reshape(20, 10, T, 11)).reshape(200, 6), got)
+        np.testing.assert_array_equal(comfort_checks(st[17]), got[17])
+    assert seen.all()  # every bound was met and missed
+    for T in (3, 2):  # too short for a filter: numpy's message
+        st = _oscillating_states(rng, 2, T)
+        with pytest.raises(ValueError) as want:
+            numpy_checks(st)
+        with pytest.raises(ValueError, match=str(want.value)):
+            comfort_checks(st)
