@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
-from numba import njit
+from numba import get_num_threads, njit, prange
 
 from .bicycle import BicycleConfig, propagate
 from .state import CMD_ACCELERATION, CMD_STEERING_RATE, HEADING, STATE_SIZE, STEERING_ANGLE, VELOCITY_X, X, Y, \
@@ -99,7 +99,9 @@ def fit_velocity_curvature(poses: np.ndarray, dt: float, jerk_penalty: float = 1
     h = poses[:, :-1, 2]
     proj = d[..., 0] * np.cos(h) + d[..., 1] * np.sin(h)  # [B, M]
     G, l, q = _fit_operators(T - 1, float(dt), float(jerk_penalty), float(curvature_rate_penalty), jerk_regularizer)
-    return _fit_rows(np.ascontiguousarray(proj), np.ascontiguousarray(dh), G, float(dt), l, q)
+    # many rows (e.g. every sub-env's proposals of a vector env at once) on numba's threads; the same bits
+    fit = _fit_rows_threaded if B >= FIT_THREADED_MIN_ROWS and get_num_threads() > 1 else _fit_rows
+    return fit(np.ascontiguousarray(proj), np.ascontiguousarray(dh), G, float(dt), l, q)
 
 
 @lru_cache(maxsize=16)
@@ -124,13 +126,42 @@ def _fit_operators(M: int, dt: float, jerk_penalty: float, curvature_rate_penalt
 @njit(cache=True)
 def _fit_rows(proj, dh, G, dt, l, q):
     """Per row b: x = G proj_b (the velocity fit), velocity = x_0 + cumsum(x_1: dt) (`_profile`), then the curvature
-    fit (`_solve_curvature` on suffix sums, as `fit_velocity_curvature` describes) and its profile."""
+    fit (`_solve_curvature_row` on suffix sums, as `fit_velocity_curvature` describes) and its profile."""
     B, M = proj.shape
     velocity = np.empty((B, M))
-    S = np.empty((B, M))
-    rhs = np.empty((B, M))
+    curvature = np.empty((B, M))
+    _fit_range(0, B, proj, dh, G, dt, l, q, velocity, curvature)
+    return velocity, curvature
+
+
+# rows per task of the threaded fit (`_fit_rows_threaded`), and the fewest rows worth threads at all
+FIT_CHUNK = 16
+FIT_THREADED_MIN_ROWS = 64
+
+
+@njit(cache=True, parallel=True)
+def _fit_rows_threaded(proj, dh, G, dt, l, q):
+    """`_fit_rows` with chunks of FIT_CHUNK rows on numba's threads (each row's arithmetic unchanged)."""
+    B, M = proj.shape
+    velocity = np.empty((B, M))
+    curvature = np.empty((B, M))
+    for c in prange((B + FIT_CHUNK - 1) // FIT_CHUNK):
+        lo = c * FIT_CHUNK
+        _fit_range(lo, min(lo + FIT_CHUNK, B), proj, dh, G, dt, l, q, velocity, curvature)
+    return velocity, curvature
+
+
+@njit(cache=True)
+def _fit_range(lo, hi, proj, dh, G, dt, l, q, velocity, curvature):
+    """`_fit_rows` of rows lo..hi-1 into velocity and curvature (their own scratch arrays)."""
+    M = proj.shape[1]
     x = np.empty(M)
-    for b in range(B):
+    S = np.empty(M)
+    rhs = np.empty(M)
+    K = np.empty((M, M))
+    y = np.empty(M)
+    x2 = np.empty(M)
+    for b in range(lo, hi):
         for i in range(M):
             acc = 0.0
             for k in range(M):
@@ -146,57 +177,50 @@ def _fit_rows(proj, dh, G, dt, l, q):
         for m in range(M - 1, -1, -1):
             vd = velocity[b, m] * dt
             sw += vd * vd
-            S[b, m] = sw
+            S[m] = sw
             sr += vd * dh[b, m]
-            rhs[b, m] = sr * l[m]
-    x2 = _solve_curvature(S, rhs, l, q)
-    curvature = np.empty((B, M))
-    for b in range(B):
-        curvature[b, 0] = x2[b, 0] + 0.0
+            rhs[m] = sr * l[m]
+        _solve_curvature_row(S, rhs, l, q, K, y, x2)
+        curvature[b, 0] = x2[0] + 0.0
         c = 0.0
         for j in range(1, M):
-            c += x2[b, j] * dt
-            curvature[b, j] = x2[b, 0] + c
-    return velocity, curvature
+            c += x2[j] * dt
+            curvature[b, j] = x2[0] + c
 
 
-@njit(cache=True)
-def _solve_curvature(S, rhs, l, q):
-    """Solve (l_i l_j S[max(i, j)] + diag(q)) x = rhs per batch row by Cholesky (SPD: q > 0)."""
-    B, M = S.shape
-    out = np.empty((B, M))
-    K = np.empty((M, M))
-    y = np.empty(M)
-    for b in range(B):
-        for i in range(M):
-            for j in range(i + 1):
-                v = l[i] * l[j] * S[b, i]  # max(i, j) = i for j <= i
-                K[i, j] = v
-                K[j, i] = v
-            K[i, i] += q[i]
-        # Cholesky in place (lower)
-        for j in range(M):
-            s = K[j, j]
+@njit(cache=True, inline="always")
+def _solve_curvature_row(S, rhs, l, q, K, y, out):
+    """Solve (l_i l_j S[max(i, j)] + diag(q)) x = rhs for one row by Cholesky (SPD: q > 0), into out [M]
+    (scratch K [M, M], y [M])."""
+    M = S.shape[0]
+    for i in range(M):
+        for j in range(i + 1):
+            v = l[i] * l[j] * S[i]  # max(i, j) = i for j <= i
+            K[i, j] = v
+            K[j, i] = v
+        K[i, i] += q[i]
+    # Cholesky in place (lower)
+    for j in range(M):
+        s = K[j, j]
+        for k in range(j):
+            s -= K[j, k] * K[j, k]
+        d = np.sqrt(s)
+        K[j, j] = d
+        for i in range(j + 1, M):
+            s = K[i, j]
             for k in range(j):
-                s -= K[j, k] * K[j, k]
-            d = np.sqrt(s)
-            K[j, j] = d
-            for i in range(j + 1, M):
-                s = K[i, j]
-                for k in range(j):
-                    s -= K[i, k] * K[j, k]
-                K[i, j] = s / d
-        for i in range(M):
-            s = rhs[b, i]
-            for k in range(i):
-                s -= K[i, k] * y[k]
-            y[i] = s / K[i, i]
-        for i in range(M - 1, -1, -1):
-            s = y[i]
-            for k in range(i + 1, M):
-                s -= K[k, i] * out[b, k]
-            out[b, i] = s / K[i, i]
-    return out
+                s -= K[i, k] * K[j, k]
+            K[i, j] = s / d
+    for i in range(M):
+        s = rhs[i]
+        for k in range(i):
+            s -= K[i, k] * y[k]
+        y[i] = s / K[i, i]
+    for i in range(M - 1, -1, -1):
+        s = y[i]
+        for k in range(i + 1, M):
+            s -= K[k, i] * out[k]
+        out[i] = s / K[i, i]
 
 
 class BatchLQRTracker:
@@ -321,7 +345,8 @@ def track_references(initial_state: np.ndarray, reference_poses: np.ndarray, num
     """Simulate the LQR + bicycle tracking each reference [B, T, 3] from the same initial state [11] (or [B, 11]).
 
     Returns states [B, num_steps + 1, 11] at the discretization time; state 0 is the initial state
-    (navsim PDMSimulator.simulate_proposals). The whole rollout runs in one kernel (`_rollout`), step for step the
+    (navsim PDMSimulator.simulate_proposals). The whole rollout runs in one kernel (`_rollout`; from
+    ROLLOUT_THREADED_MIN_ROWS rows on numba's threads, `_rollout_threaded`), step for step the
     same operations as `BatchLQRTracker.track` + `bicycle.propagate`.
     """
     ref = np.asarray(reference_poses, dtype=np.float64)
@@ -333,13 +358,15 @@ def track_references(initial_state: np.ndarray, reference_poses: np.ndarray, num
     tracker = BatchLQRTracker(lqr)
     tracker.update(ref)
     init_b = np.ascontiguousarray(np.broadcast_to(init, (B, init.shape[-1])), dtype=np.float64)
-    return _rollout(init_b, np.ascontiguousarray(tracker._poses), np.ascontiguousarray(tracker._velocity),
-                    np.ascontiguousarray(tracker._curvature), steps, float(lqr.discretization_time),
-                    int(lqr.tracking_horizon), float(lqr.q_longitudinal), float(lqr.r_longitudinal),
-                    np.asarray(lqr.q_lateral, dtype=np.float64), float(lqr.r_lateral), float(lqr.stopping_velocity),
-                    float(lqr.stopping_proportional_gain), float(lqr.vehicle.wheel_base),
-                    float(bicycle.vehicle.wheel_base), float(bicycle.max_steering_angle),
-                    float(bicycle.accel_time_constant), float(bicycle.steering_angle_time_constant))
+    # many rows (e.g. every sub-env's proposals of a vector env at once) on numba's threads; the same bits
+    kernel = _rollout_threaded if B >= ROLLOUT_THREADED_MIN_ROWS and get_num_threads() > 1 else _rollout
+    return kernel(init_b, np.ascontiguousarray(tracker._poses), np.ascontiguousarray(tracker._velocity),
+                  np.ascontiguousarray(tracker._curvature), steps, float(lqr.discretization_time),
+                  int(lqr.tracking_horizon), float(lqr.q_longitudinal), float(lqr.r_longitudinal),
+                  np.asarray(lqr.q_lateral, dtype=np.float64), float(lqr.r_lateral), float(lqr.stopping_velocity),
+                  float(lqr.stopping_proportional_gain), float(lqr.vehicle.wheel_base),
+                  float(bicycle.vehicle.wheel_base), float(bicycle.max_steering_angle),
+                  float(bicycle.accel_time_constant), float(bicycle.steering_angle_time_constant))
 
 
 @njit(cache=True, inline="always")
@@ -403,18 +430,44 @@ def _bicycle_into(s, acc_cmd, steer_cmd, dt, bike_wb, max_steer, tau_a, tau_s, n
 def _rollout(init, poses, velocity, curvature, steps, dt, N, q_lon, r_lon, q_lat, r_lat, stop_v, stop_k, lqr_wb,
              bike_wb, max_steer, tau_a, tau_s):
     B = init.shape[0]
-    S = init.shape[1]
-    out = np.zeros((B, steps + 1, S))
+    out = np.zeros((B, steps + 1, init.shape[1]))
+    _rollout_rows(0, B, init, poses, velocity, curvature, steps, dt, N, q_lon, r_lon, q_lat, r_lat, stop_v, stop_k,
+                  lqr_wb, bike_wb, max_steer, tau_a, tau_s, out)
+    return out
+
+
+# rows per task of the threaded rollout (`_rollout_threaded`), and the fewest rows worth threads at all
+ROLLOUT_CHUNK = 16
+ROLLOUT_THREADED_MIN_ROWS = 64
+
+
+@njit(cache=True, parallel=True)
+def _rollout_threaded(init, poses, velocity, curvature, steps, dt, N, q_lon, r_lon, q_lat, r_lat, stop_v, stop_k,
+                      lqr_wb, bike_wb, max_steer, tau_a, tau_s):
+    """`_rollout` with chunks of ROLLOUT_CHUNK rows on numba's threads (each row's arithmetic unchanged)."""
+    B = init.shape[0]
+    out = np.zeros((B, steps + 1, init.shape[1]))
+    n_chunks = (B + ROLLOUT_CHUNK - 1) // ROLLOUT_CHUNK
+    for c in prange(n_chunks):
+        lo = c * ROLLOUT_CHUNK
+        _rollout_rows(lo, min(lo + ROLLOUT_CHUNK, B), init, poses, velocity, curvature, steps, dt, N, q_lon, r_lon,
+                      q_lat, r_lat, stop_v, stop_k, lqr_wb, bike_wb, max_steer, tau_a, tau_s, out)
+    return out
+
+
+@njit(cache=True)
+def _rollout_rows(lo, hi, init, poses, velocity, curvature, steps, dt, N, q_lon, r_lon, q_lat, r_lat, stop_v, stop_k,
+                  lqr_wb, bike_wb, max_steer, tau_a, tau_s, out):
+    """Rows lo..hi-1 of the rollout into out [B, steps + 1, 11] (their own scratch arrays)."""
     vprof = np.empty((1, N))
     curv = np.empty((1, N))
     x0 = np.empty((1, 3))
-    for b in range(B):
+    for b in range(lo, hi):
         out[b, 0] = init[b]
         for t in range(steps):
             acc_cmd, steer_cmd = _lqr_command(out[b, t], poses, velocity, curvature, b, t, dt, N, q_lon, r_lon,
                                               q_lat, r_lat, stop_v, stop_k, lqr_wb, vprof, curv, x0)
             _bicycle_into(out[b, t], acc_cmd, steer_cmd, dt, bike_wb, max_steer, tau_a, tau_s, out[b, t + 1])
-    return out
 
 
 @njit(cache=True)
