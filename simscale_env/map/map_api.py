@@ -127,6 +127,11 @@ class MapAPI:
             check_not_null(self.path, layer, NOT_NULL_COLUMNS.get(name, ()))
         self._layers = read
         self._build()
+        # route searches and centrelines already computed (the map never changes): a pure function of the route,
+        # the starting lane and the search depth, asked again at every step of an episode
+        self._route_info: dict = {}
+        self._route_seqs: dict = {}
+        self._centerlines: dict = {}
 
     # ------------------------------------------------------------------ construction
     def _build(self) -> None:
@@ -405,24 +410,37 @@ class MapAPI:
         furthest reachable roadblock of the route, as PDM-Closed does. `start_lane` overrides the starting lane;
         `search_depth` limits the search to that many roadblocks from the starting lane's (PDM-Closed: 30).
         """
-        route = [str(r) for r in roadblock_ids]
-        unknown = [r for r in route if r not in self.roadblocks]
-        if unknown:
-            raise UnknownMapObjectError(self.path, f"route roadblock ids not in the map: {', '.join(unknown)}")
-        order = {rb: k for k, rb in enumerate(route)}
-        on_route = [lid for lid in self.route_lane_ids(route)]
-        if not on_route:
-            raise MapError(self.path, "route has no lanes")
+        route = tuple(str(r) for r in roadblock_ids)
+        info = self._route_info.get(route)
+        if info is None:
+            unknown = [r for r in route if r not in self.roadblocks]
+            if unknown:
+                raise UnknownMapObjectError(self.path, f"route roadblock ids not in the map: {', '.join(unknown)}")
+            on_route = [lid for lid in self.route_lane_ids(route)]
+            if not on_route:
+                raise MapError(self.path, "route has no lanes")
+            info = ({rb: k for k, rb in enumerate(route)}, tuple(on_route), frozenset(on_route))
+            _bounded_put(self._route_info, route, info)
+        order, on_route, on_route_set = info
         if start_lane is not None:
-            if start_lane not in set(on_route):
+            if start_lane not in on_route_set:
                 raise MapError(self.path, f"start lane {start_lane} is not on the route")
             lane0 = start_lane
         elif start is not None:
-            inside = [lid for lid in self.lanes_at(start[0], start[1]) if lid in set(on_route)]
+            inside = [lid for lid in self.lanes_at(start[0], start[1]) if lid in on_route_set]
             lane0 = self.nearest_baseline(start[0], start[1], start[2], lane_ids=inside or on_route)[0] if (
                 inside) else self.nearest_baseline(start[0], start[1], lane_ids=on_route)[0]
         else:
             lane0 = self.roadblocks[route[0]].lane_ids[0]
+        key = (route, lane0, search_depth)
+        seq = self._route_seqs.get(key)
+        if seq is None:
+            seq = tuple(self._route_search(order, on_route, lane0, search_depth))
+            _bounded_put(self._route_seqs, key, seq)
+        return list(seq)
+
+    def _route_search(self, order: dict, on_route, lane0: str, search_depth: int | None) -> list[str]:
+        """`route_lanes`' Dijkstra from `lane0` over the on-route lanes (roadblock order `order`)."""
         on_set = set(on_route)
         if search_depth is not None:
             k0 = order[self.lanes[lane0].roadblock_id]
@@ -454,8 +472,26 @@ class MapAPI:
         return seq[::-1]
 
     def route_centerline(self, roadblock_ids, start: tuple[float, float, float] | None = None) -> Polyline:
-        """The route centreline: the baselines of :meth:`route_lanes` joined into one polyline."""
-        return concatenate([self.lanes[lid].baseline for lid in self.route_lanes(roadblock_ids, start)])
+        """The route centreline: the baselines of :meth:`route_lanes` joined into one polyline (one polyline per
+        lane sequence, computed once; its arrays are read-only)."""
+        lanes = tuple(self.route_lanes(roadblock_ids, start))
+        line = self._centerlines.get(lanes)
+        if line is None:
+            line = concatenate([self.lanes[lid].baseline for lid in lanes])
+            for a in (line.xy, line.heading, line.s, line.heading_unwrapped):
+                a.flags.writeable = False
+            _bounded_put(self._centerlines, lanes, line)
+        return line
+
+
+ROUTE_CACHE_SIZE = 512  # route searches / centrelines kept per map (a few kB each)
+
+
+def _bounded_put(cache: dict, key, value) -> None:
+    """cache[key] = value, dropping the oldest entries beyond ROUTE_CACHE_SIZE."""
+    cache[key] = value
+    while len(cache) > ROUTE_CACHE_SIZE:
+        cache.pop(next(iter(cache)))
 
 
 def _speed(v) -> float | None:

@@ -67,6 +67,32 @@ def test_route_centerline_continuity(lv):
     assert lv.route_lanes(["1", "201", "2"], (664061.0, 3996998.25, 0.0)) == ["12", "102", "22"]
 
 
+def test_route_searches_and_centrelines_are_kept_per_map(tiny_maps):
+    """A route's lane sequence and centreline are computed once per (route, starting lane, depth): asked again
+    (from another pose on the same lane), the same answer as a freshly loaded map's; a centreline is one read-only
+    polyline; another starting lane or depth is its own entry; a bad route is still an error every time."""
+    from simscale_env.errors import UnknownMapObjectError
+    from simscale_env.map.map_api import MapAPI as _MapAPI
+
+    m = load_map("us-nv-las-vegas-strip", tiny_maps)
+    fresh = _MapAPI(m.path)
+    route = ["1", "201", "2"]
+    a = m.route_centerline(route, (664061.0, 3997001.75, 0.0))
+    b = m.route_centerline(tuple(route), (664070.0, 3997001.5, 0.05))  # the same starting lane, further on
+    assert a is b and not a.xy.flags.writeable and not a.s.flags.writeable
+    np.testing.assert_array_equal(a.xy, fresh.route_centerline(route, (664061.0, 3997001.75, 0.0)).xy)
+    for start, depth in (((664061.0, 3997001.75, 0.0), None), ((664061.0, 3996998.25, 0.0), None),
+                         ((664061.0, 3996998.25, 0.0), 1)):
+        got = m.route_lanes(route, start, search_depth=depth)
+        assert got == fresh.route_lanes(route, start, search_depth=depth)
+        got.append("mutated")  # a caller's list is its own
+        assert m.route_lanes(route, start, search_depth=depth) == fresh.route_lanes(route, start, search_depth=depth)
+    assert m.route_lanes(route, (664061.0, 3996998.25, 0.0), search_depth=1) == ["12"]
+    for _ in range(2):
+        with pytest.raises(UnknownMapObjectError, match="nowhere"):
+            m.route_lanes(["1", "nowhere"], (664061.0, 3997001.75, 0.0))
+
+
 def test_map_is_cached_per_location(tiny_maps):
     assert load_map("us-nv-las-vegas-strip", tiny_maps) is load_map("us-nv-las-vegas-strip", tiny_maps)
 
