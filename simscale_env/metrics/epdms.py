@@ -691,6 +691,14 @@ def _all_within(y, lo, hi):
     return True
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _filter_within(y, m, first, window, out, lo, hi):
+    """The filtered signal rounded to 8 decimals into out; whether it stays within (lo, hi)."""
+    _band_row(y, m, first, window, out)
+    _round8(out)
+    return _all_within(out, lo, hi)
+
+
 @njit(cache=True, nogil=True)
 def _comfort_rows(acc_x, acc_y, w, wd, heading, mag_in, d, bounds, m_acc, f_acc, m_jerk, f_jerk, m_yacc, f_yacc,
                   m_yrate, f_yrate, w_acc, w_jerk, w_yaw):
@@ -710,32 +718,20 @@ def _comfort_rows(acc_x, acc_y, w, wd, heading, mag_in, d, bounds, m_acc, f_acc,
             w2 = w[r, i] * w[r, i]
             ax[i] = acc_x[r, i] + d * w2 + d * wd[r, i]
             ay[i] = acc_y[r, i] + 0.0 * w2 + 0.0 * wd[r, i]
-        _band_row(ax, m_acc, f_acc, w_acc, lon)
-        _round8(lon)
-        _band_row(ay, m_acc, f_acc, w_acc, lat)
-        _round8(lat)
+        out[r, 0] = _filter_within(ax, m_acc, f_acc, w_acc, lon, bounds[0, 0], bounds[0, 1])
+        out[r, 1] = _filter_within(ay, m_acc, f_acc, w_acc, lat, bounds[1, 0], bounds[1, 1])
         _band_row(mag_in[r], m_acc, f_acc, w_acc, mag)
         _round8(mag)
-        out[r, 0] = _all_within(lon, bounds[0, 0], bounds[0, 1])
-        out[r, 1] = _all_within(lat, bounds[1, 0], bounds[1, 1])
-        _band_row(mag, m_jerk, f_jerk, w_jerk, tmp)
-        _round8(tmp)
-        out[r, 2] = _all_within(tmp, bounds[2, 0], bounds[2, 1])
-        _band_row(lon, m_jerk, f_jerk, w_jerk, tmp)
-        _round8(tmp)
-        out[r, 3] = _all_within(tmp, bounds[3, 0], bounds[3, 1])
+        out[r, 2] = _filter_within(mag, m_jerk, f_jerk, w_jerk, tmp, bounds[2, 0], bounds[2, 1])
+        out[r, 3] = _filter_within(lon, m_jerk, f_jerk, w_jerk, tmp, bounds[3, 0], bounds[3, 1])
         # _phase_unwrap: h - 2 pi cumsum(round(diff(h) / (2 pi)))
         adj = 0.0
         hu[0] = heading[r, 0] - _TWO_PI * adj
         for i in range(1, n):
             adj += np.rint((heading[r, i] - heading[r, i - 1]) / _TWO_PI)
             hu[i] = heading[r, i] - _TWO_PI * adj
-        _band_row(hu, m_yacc, f_yacc, w_yaw, tmp)
-        _round8(tmp)
-        out[r, 4] = _all_within(tmp, bounds[4, 0], bounds[4, 1])
-        _band_row(hu, m_yrate, f_yrate, w_yaw, tmp)
-        _round8(tmp)
-        out[r, 5] = _all_within(tmp, bounds[5, 0], bounds[5, 1])
+        out[r, 4] = _filter_within(hu, m_yacc, f_yacc, w_yaw, tmp, bounds[4, 0], bounds[4, 1])
+        out[r, 5] = _filter_within(hu, m_yrate, f_yrate, w_yaw, tmp, bounds[5, 0], bounds[5, 1])
     return out
 
 
