@@ -509,10 +509,9 @@ def _unroll_jobs(jobs: list[_Job], config: PDMClosedConfig) -> list[np.ndarray]:
     sqrt_ab = np.sqrt(cfg.accel_max * cfg.decel_max)
     idm_params = tuple(float(x) for x in (cfg.min_gap_to_lead_agent, cfg.headway_time, sqrt_ab, cfg.accel_max,
                                           cfg.decel_max, cfg.acceleration_exponent, cfg.interval_s))
-    vehicles = {id(j.planner.vehicle): j.planner.vehicle for j, _ in groups}
-    if len(vehicles) != 1:
+    veh = jobs[0].planner.vehicle
+    if any(j.planner.vehicle != veh for j in jobs):
         raise ValueError("the jobs of one unrolling batch must share one vehicle")
-    veh = next(iter(vehicles.values()))
     d_rc = veh.rear_axle_to_center
     half_len = veh.length / 2
     for t in range(1, T + 1):
