@@ -575,9 +575,7 @@ def _savgol(y, window, poly, deriv=0, delta=1.0):
     is its window's weighted sum in column order (a kernel: no BLAS, whose threads would compete with the scorer's;
     the same bits on every machine)."""
     n = y.shape[-1]
-    window = min(window, n)
-    if not poly < window:
-        raise ValueError(f"{poly} < {window} does not hold!")
+    window, poly = _checked_window(n, window, poly)
     m, first = _savgol_matrix(n, window, poly, deriv, delta)
     flat = np.ascontiguousarray(y, dtype=np.float64).reshape(-1, n)
     return _banded_apply(flat, m, first, window).reshape(y.shape)
@@ -620,9 +618,13 @@ def _yaw_rate_of(heading, dt, deriv=1, poly=2):
     return np.round(_derivative(_phase_unwrap(heading), dt, 5, poly, deriv), 8)
 
 
+def _open_bounds(lo=None, hi=None) -> tuple[float, float]:
+    """pdm_comfort_metrics._within_bound's bounds: a bound of None (or 0) is open."""
+    return (lo if lo else -np.inf), (hi if hi else np.inf)
+
+
 def _within(metric, lo=None, hi=None):
-    lo = lo if lo else -np.inf
-    hi = hi if hi else np.inf
+    lo, hi = _open_bounds(lo, hi)
     return np.all((metric > lo) & (metric < hi), axis=-1)
 
 
@@ -639,14 +641,18 @@ def _comfort_of(acc_x, acc_y, w, wd, heading, dt, vehicle):
     acc_x, acc_y, w, wd, heading = (np.asarray(a, dtype=np.float64) for a in (acc_x, acc_y, w, wd, heading))
     shape = acc_x.shape
     n = shape[-1]
-    mats = [_savgol_matrix(n, *_checked_window(n, window, poly), deriv, delta)
-            for window, poly, deriv, delta in ((8, 2, 0, 1.0), (15, 2, 1, dt), (5, 3, 2, dt), (5, 2, 1, dt))]
+    # the filters `_comfort_of_numpy` applies (window, order, derivative, delta; pdm_comfort_metrics): accelerations
+    # (8, 2: _extract_ego_acceleration's defaults), jerk (15, 2, first derivative: _extract_ego_jerk's), yaw
+    # acceleration (5, 3, second) and yaw rate (5, 2, first: _approximate_derivatives' default window)
+    specs = ((8, 2, 0, 1.0), (15, 2, 1, dt), (5, 3, 2, dt), (5, 2, 1, dt))
+    windows = [_checked_window(n, window, poly) for window, poly, _, _ in specs]
+    mats = [_savgol_matrix(n, window, poly, deriv, delta)
+            for (window, poly), (_, _, deriv, delta) in zip(windows, specs)]
     rows = [np.ascontiguousarray(a).reshape(-1, n) for a in (acc_x, acc_y, w, wd, heading)]
-    # hypot and the bounds as numpy computes them (`_within`: a bound of 0 or None is open)
-    mag_in = np.hypot(rows[0], rows[1])
-    b = [(lo if lo else -np.inf, hi if hi else np.inf) for lo, hi in _COMFORT_BOUNDS]
-    out = _comfort_rows(*rows, mag_in, float(vehicle.rear_axle_to_center), np.array(b, dtype=np.float64),
-                        *(m for pair in mats for m in pair), min(8, n), min(15, n), min(5, n))
+    mag_in = np.hypot(rows[0], rows[1])  # numpy's hypot, as `_comfort_of_numpy` computes it
+    bounds = np.array([_open_bounds(lo, hi) for lo, hi in _COMFORT_BOUNDS], dtype=np.float64)
+    out = _comfort_rows(*rows, mag_in, float(vehicle.rear_axle_to_center), bounds,
+                        *(m for pair in mats for m in pair), windows[0][0], windows[1][0], windows[2][0])
     return out.reshape(shape[:-1] + (6,))
 
 
@@ -658,7 +664,7 @@ def _checked_window(n: int, window: int, poly: int) -> tuple[int, int]:
     return window, poly
 
 
-# comfort_checks' six bounds (lower, upper), in its column order
+# comfort_checks' six bounds (lower, upper), in its column order (pdm_comfort_metrics' constants: metrics.constants)
 _COMFORT_BOUNDS = ((C.MIN_LON_ACCEL, C.MAX_LON_ACCEL), (-C.MAX_ABS_LAT_ACCEL, C.MAX_ABS_LAT_ACCEL),
                    (-C.MAX_ABS_MAG_JERK, C.MAX_ABS_MAG_JERK), (-C.MAX_ABS_LON_JERK, C.MAX_ABS_LON_JERK),
                    (-C.MAX_ABS_YAW_ACCEL, C.MAX_ABS_YAW_ACCEL), (-C.MAX_ABS_YAW_RATE, C.MAX_ABS_YAW_RATE))

@@ -100,7 +100,7 @@ def fit_velocity_curvature(poses: np.ndarray, dt: float, jerk_penalty: float = 1
     proj = d[..., 0] * np.cos(h) + d[..., 1] * np.sin(h)  # [B, M]
     G, l, q = _fit_operators(T - 1, float(dt), float(jerk_penalty), float(curvature_rate_penalty), jerk_regularizer)
     # many rows (e.g. every sub-env's proposals of a vector env at once) on numba's threads; the same bits
-    fit = _fit_rows_threaded if B >= FIT_THREADED_MIN_ROWS and get_num_threads() > 1 else _fit_rows
+    fit = _fit_rows_threaded if B >= THREADED_MIN_ROWS and get_num_threads() > 1 else _fit_rows
     return fit(np.ascontiguousarray(proj), np.ascontiguousarray(dh), G, float(dt), l, q)
 
 
@@ -134,20 +134,21 @@ def _fit_rows(proj, dh, G, dt, l, q):
     return velocity, curvature
 
 
-# rows per task of the threaded fit (`_fit_rows_threaded`), and the fewest rows worth threads at all
-FIT_CHUNK = 16
-FIT_THREADED_MIN_ROWS = 64
+# rows per task of the threaded fit and rollout (`_fit_rows_threaded`, `_rollout_threaded`), and the fewest rows
+# worth threads at all
+THREADED_CHUNK = 16
+THREADED_MIN_ROWS = 64
 
 
 @njit(cache=True, parallel=True)
 def _fit_rows_threaded(proj, dh, G, dt, l, q):
-    """`_fit_rows` with chunks of FIT_CHUNK rows on numba's threads (each row's arithmetic unchanged)."""
+    """`_fit_rows` with chunks of THREADED_CHUNK rows on numba's threads (each row's arithmetic unchanged)."""
     B, M = proj.shape
     velocity = np.empty((B, M))
     curvature = np.empty((B, M))
-    for c in prange((B + FIT_CHUNK - 1) // FIT_CHUNK):
-        lo = c * FIT_CHUNK
-        _fit_range(lo, min(lo + FIT_CHUNK, B), proj, dh, G, dt, l, q, velocity, curvature)
+    for c in prange((B + THREADED_CHUNK - 1) // THREADED_CHUNK):
+        lo = c * THREADED_CHUNK
+        _fit_range(lo, min(lo + THREADED_CHUNK, B), proj, dh, G, dt, l, q, velocity, curvature)
     return velocity, curvature
 
 
@@ -346,7 +347,7 @@ def track_references(initial_state: np.ndarray, reference_poses: np.ndarray, num
 
     Returns states [B, num_steps + 1, 11] at the discretization time; state 0 is the initial state
     (navsim PDMSimulator.simulate_proposals). The whole rollout runs in one kernel (`_rollout`; from
-    ROLLOUT_THREADED_MIN_ROWS rows on numba's threads, `_rollout_threaded`), step for step the
+    THREADED_MIN_ROWS rows on numba's threads, `_rollout_threaded`), step for step the
     same operations as `BatchLQRTracker.track` + `bicycle.propagate`.
     """
     ref = np.asarray(reference_poses, dtype=np.float64)
@@ -359,7 +360,7 @@ def track_references(initial_state: np.ndarray, reference_poses: np.ndarray, num
     tracker.update(ref)
     init_b = np.ascontiguousarray(np.broadcast_to(init, (B, init.shape[-1])), dtype=np.float64)
     # many rows (e.g. every sub-env's proposals of a vector env at once) on numba's threads; the same bits
-    kernel = _rollout_threaded if B >= ROLLOUT_THREADED_MIN_ROWS and get_num_threads() > 1 else _rollout
+    kernel = _rollout_threaded if B >= THREADED_MIN_ROWS and get_num_threads() > 1 else _rollout
     return kernel(init_b, np.ascontiguousarray(tracker._poses), np.ascontiguousarray(tracker._velocity),
                   np.ascontiguousarray(tracker._curvature), steps, float(lqr.discretization_time),
                   int(lqr.tracking_horizon), float(lqr.q_longitudinal), float(lqr.r_longitudinal),
@@ -436,21 +437,16 @@ def _rollout(init, poses, velocity, curvature, steps, dt, N, q_lon, r_lon, q_lat
     return out
 
 
-# rows per task of the threaded rollout (`_rollout_threaded`), and the fewest rows worth threads at all
-ROLLOUT_CHUNK = 16
-ROLLOUT_THREADED_MIN_ROWS = 64
-
-
 @njit(cache=True, parallel=True)
 def _rollout_threaded(init, poses, velocity, curvature, steps, dt, N, q_lon, r_lon, q_lat, r_lat, stop_v, stop_k,
                       lqr_wb, bike_wb, max_steer, tau_a, tau_s):
-    """`_rollout` with chunks of ROLLOUT_CHUNK rows on numba's threads (each row's arithmetic unchanged)."""
+    """`_rollout` with chunks of THREADED_CHUNK rows on numba's threads (each row's arithmetic unchanged)."""
     B = init.shape[0]
     out = np.zeros((B, steps + 1, init.shape[1]))
-    n_chunks = (B + ROLLOUT_CHUNK - 1) // ROLLOUT_CHUNK
+    n_chunks = (B + THREADED_CHUNK - 1) // THREADED_CHUNK
     for c in prange(n_chunks):
-        lo = c * ROLLOUT_CHUNK
-        _rollout_rows(lo, min(lo + ROLLOUT_CHUNK, B), init, poses, velocity, curvature, steps, dt, N, q_lon, r_lon,
+        lo = c * THREADED_CHUNK
+        _rollout_rows(lo, min(lo + THREADED_CHUNK, B), init, poses, velocity, curvature, steps, dt, N, q_lon, r_lon,
                       q_lat, r_lat, stop_v, stop_k, lqr_wb, bike_wb, max_steer, tau_a, tau_s, out)
     return out
 

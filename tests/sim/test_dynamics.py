@@ -149,44 +149,37 @@ def test_the_threaded_rollout_is_the_serial_rollout_bit_for_bit():
     """`track_references` of many rows fits its profiles and rolls out on numba's threads in chunks
     (`_fit_rows_threaded`, `_rollout_threaded`): the same profiles and states as the serial kernels for every row,
     at batch sizes around the chunk and threshold sizes, and one row alone is the same as in a batch."""
-    from numba import get_num_threads, set_num_threads
-
     from simscale_env.sim import lqr
 
     rng = np.random.default_rng(7)
-    threads = get_num_threads()
-    set_num_threads(max(2, threads) if threads > 1 else 1)
-    try:
-        for B in (lqr.ROLLOUT_THREADED_MIN_ROWS, lqr.ROLLOUT_THREADED_MIN_ROWS + 1, 97, 160):
-            refs = _random_references(rng, B)
-            init = np.zeros((B, 11))
-            init[:, 3] = rng.uniform(0.0, 15.0, B)
-            init[:, 2] = refs[:, 0, 2] + rng.normal(0.0, 0.1, B)
-            got = track_references(init, refs)
-            tracker = lqr.BatchLQRTracker()
-            tracker.update(refs)
-            c, b = lqr.LQRConfig(), lqr.BicycleConfig()
-            args = (np.ascontiguousarray(tracker._poses), np.ascontiguousarray(tracker._velocity),
-                    np.ascontiguousarray(tracker._curvature), refs.shape[1] - 1, float(c.discretization_time),
-                    int(c.tracking_horizon))
-            rest = (float(c.q_longitudinal), float(c.r_longitudinal), np.asarray(c.q_lateral, dtype=np.float64),
-                    float(c.r_lateral), float(c.stopping_velocity), float(c.stopping_proportional_gain),
-                    float(c.vehicle.wheel_base), float(b.vehicle.wheel_base), float(b.max_steering_angle),
-                    float(b.accel_time_constant), float(b.steering_angle_time_constant))
-            serial = lqr._rollout(init, *args, *rest)
-            threaded = lqr._rollout_threaded(init, *args, *rest)
-            assert np.array_equal(serial, threaded) and np.array_equal(got, serial), B
-            # the profiles' fit alike (`_fit_rows_threaded`)
-            d = np.diff(refs, axis=1)
-            h = refs[:, :-1, 2]
-            proj = np.ascontiguousarray(d[..., 0] * np.cos(h) + d[..., 1] * np.sin(h))
-            dh = np.ascontiguousarray(lqr.normalize_angle(d[..., 2]))
-            ops = lqr._fit_operators(refs.shape[1] - 1, 0.1, float(c.jerk_penalty), float(c.curvature_rate_penalty),
-                                     c.jerk_regularizer)
-            fit_s = lqr._fit_rows(proj, dh, ops[0], 0.1, ops[1], ops[2])
-            fit_t = lqr._fit_rows_threaded(proj, dh, ops[0], 0.1, ops[1], ops[2])
-            assert all(np.array_equal(a, b) for a, b in zip(fit_s, fit_t)), B
-            assert all(np.array_equal(a, b) for a, b in zip(fit_s, (tracker._velocity, tracker._curvature))), B
-            assert np.array_equal(track_references(init[5], refs[5:6])[0], got[5])
-    finally:
-        set_num_threads(threads)
+    for B in (lqr.THREADED_MIN_ROWS, lqr.THREADED_MIN_ROWS + 1, 97, 160):
+        refs = _random_references(rng, B)
+        init = np.zeros((B, 11))
+        init[:, 3] = rng.uniform(0.0, 15.0, B)
+        init[:, 2] = refs[:, 0, 2] + rng.normal(0.0, 0.1, B)
+        got = track_references(init, refs)
+        tracker = lqr.BatchLQRTracker()
+        tracker.update(refs)
+        c, bike = lqr.LQRConfig(), lqr.BicycleConfig()
+        args = (np.ascontiguousarray(tracker._poses), np.ascontiguousarray(tracker._velocity),
+                np.ascontiguousarray(tracker._curvature), refs.shape[1] - 1, float(c.discretization_time),
+                int(c.tracking_horizon))
+        rest = (float(c.q_longitudinal), float(c.r_longitudinal), np.asarray(c.q_lateral, dtype=np.float64),
+                float(c.r_lateral), float(c.stopping_velocity), float(c.stopping_proportional_gain),
+                float(c.vehicle.wheel_base), float(bike.vehicle.wheel_base), float(bike.max_steering_angle),
+                float(bike.accel_time_constant), float(bike.steering_angle_time_constant))
+        serial = lqr._rollout(init, *args, *rest)
+        threaded = lqr._rollout_threaded(init, *args, *rest)
+        assert np.array_equal(serial, threaded) and np.array_equal(got, serial), B
+        # the profiles' fit alike (`_fit_rows_threaded`)
+        d = np.diff(refs, axis=1)
+        h = refs[:, :-1, 2]
+        proj = np.ascontiguousarray(d[..., 0] * np.cos(h) + d[..., 1] * np.sin(h))
+        dh = np.ascontiguousarray(lqr.normalize_angle(d[..., 2]))
+        ops = lqr._fit_operators(refs.shape[1] - 1, 0.1, float(c.jerk_penalty), float(c.curvature_rate_penalty),
+                                 c.jerk_regularizer)
+        fit_s = lqr._fit_rows(proj, dh, ops[0], 0.1, ops[1], ops[2])
+        fit_t = lqr._fit_rows_threaded(proj, dh, ops[0], 0.1, ops[1], ops[2])
+        assert all(np.array_equal(a, b) for a, b in zip(fit_s, fit_t)), B
+        assert all(np.array_equal(a, b) for a, b in zip(fit_s, (tracker._velocity, tracker._curvature))), B
+        assert np.array_equal(track_references(init[5], refs[5:6])[0], got[5])
