@@ -8,6 +8,9 @@ steps timed for at least --min-seconds; decision steps/s = N x vector steps / se
 a resetting sub-env's step is its reset). `rss_mb_n<N>`: the process's resident memory after mode (c) at N (VmRSS).
 With --async, gymnasium's `AsyncVectorEnv` of N single envs (one process each) at N = 8 beside it, for comparison;
 with --workers 1,2 also `SimScaleVectorEnv(workers=2)` (keys ending in _w2; its RSS is the parent's only).
+--scenario-cache / --open-logs shrink the env's scenario and open-log caches (the resets of a split larger than them
+load scenarios, and open logs: what a user of nuPlan's or NAVSIM's full splits meets), --prefetch turns on
+`prefetch_scenarios`; the JSON line then names them.
 
 Targets (issue 20, 2 cores): >= 2,000 steps/s at N = 32 without cameras, >= 300 with experts, >= 100 with cameras;
 RSS at N = 128 under 8 GB.
@@ -79,6 +82,17 @@ def rss_after_episodes(venv, max_steps: int = 400) -> float:
     return _rss_mb()
 
 
+def _data_kwargs(args, n: int) -> dict:
+    """The env kwargs of --scenario-cache, --open-logs and --prefetch (none: the env's defaults)."""
+    kw: dict = {}
+    sizes = {k: v for k, v in (("scenarios", args.scenario_cache), ("open_logs", args.open_logs)) if v is not None}
+    if sizes:
+        kw["cache_sizes"] = dict(sizes, renderers=max(4, n))  # as SimScaleVectorEnv sizes it by default
+    if args.prefetch:
+        kw["prefetch_scenarios"] = True
+    return kw
+
+
 def main(argv) -> int:
     ap = argparse.ArgumentParser(prog="simscale bench vector")
     ap.add_argument("--data", default=None, help="mini dataset root (default: the cache)")
@@ -93,6 +107,13 @@ def main(argv) -> int:
                          "report that RSS too (rss_mb_n<N>_episodes: the episode's kept states included)")
     ap.add_argument("--workers", default="1",
                     help="worker processes of SimScaleVectorEnv, comma-separated (default 1: one process; e.g. 1,2)")
+    ap.add_argument("--scenario-cache", type=int, default=None,
+                    help="cache_sizes.scenarios of the env (default 64: every mini scene stays loaded); e.g. 2 to "
+                         "time the resets of a split larger than its cache, which load their scenario")
+    ap.add_argument("--open-logs", type=int, default=None,
+                    help="cache_sizes.open_logs (default 16); e.g. 1: most of those loads open their log too")
+    ap.add_argument("--prefetch", action="store_true",
+                    help="prefetch_scenarios=True: load the next episode's scenario on a background thread")
     args = ap.parse_args(argv)
     os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
     if args.data:
@@ -117,7 +138,7 @@ def main(argv) -> int:
             tag = "" if w == 1 else f"_w{w}"
             for mode in modes:
                 t = time.perf_counter()
-                venv = SimScaleVectorEnv(num_envs=n, workers=w, **MODES[mode])
+                venv = SimScaleVectorEnv(num_envs=n, workers=w, **MODES[mode], **_data_kwargs(args, n))
                 rate, steps, dt = time_vector(venv, mode, args.warmup, args.min_seconds)
                 out[f"steps_per_s_{mode}_n{n}{tag}"] = round(rate, 1)
                 if w == 1:
@@ -130,11 +151,14 @@ def main(argv) -> int:
                 venv.close()
     if args.async_:
         for mode in modes:
-            venv = gym.make_vec("SimScale-navhard-v0", num_envs=8, vectorization_mode="async", **MODES[mode])
+            venv = gym.make_vec("SimScale-navhard-v0", num_envs=8, vectorization_mode="async", **MODES[mode],
+                                **_data_kwargs(args, 1))
             rate, steps, dt = time_vector(venv, mode, args.warmup, args.min_seconds)
             out[f"async_steps_per_s_{mode}_n8"] = round(rate, 1)
             print(f"AsyncVectorEnv N=8 {mode}: {rate:.1f} decision steps/s ({steps} in {dt:.1f} s)", file=sys.stderr)
             venv.close()
+    if args.scenario_cache is not None or args.open_logs is not None or args.prefetch:
+        out.update(scenario_cache=args.scenario_cache, open_logs=args.open_logs, prefetch=args.prefetch)
     out["cameras"] = 3
     out["resolution"] = "256x128"
     out["cores"] = os.cpu_count()

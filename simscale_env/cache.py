@@ -16,6 +16,9 @@ whose size is configurable (:class:`CacheSizes` for the env, ``ScenarioBuilder(m
 from __future__ import annotations
 
 import logging
+import os
+import threading
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, fields
 from typing import Callable, Generic, Hashable, Iterator, TypeVar
@@ -166,3 +169,114 @@ class CacheSizes:
                 raise ValueError(f"unknown cache_sizes keys {unknown}; known: {[f.name for f in fields(cls)]}")
             return cls(**value)
         raise ValueError(f"cache_sizes must be a CacheSizes or a dict of its fields, got {type(value).__name__}")
+
+
+class Prefetcher(Generic[K, V]):
+    """Values computed on one background thread ahead of their use (issue 20: the next episode's scenario loaded
+    while the current episode runs).
+
+    ``request(key)`` queues ``load(key)``; ``take(key)`` returns its value, waiting for it if it is being computed, or
+    None when the key was not requested, was dropped, had not started yet (then it is cancelled: the caller computing
+    it now is faster than waiting behind other requests) or failed (the caller then computes it itself and meets the
+    error itself, in its own thread). At most `max_pending` requests are kept (the oldest dropped first).
+
+    ``lock`` is held around every background load: hold it wherever the caller itself touches what `load` touches (a
+    scenario builder's open log databases, say). `load` must be pure (the same key, the same value): a prefetched
+    value is then the one the caller would have computed, and results do not depend on the thread's timing.
+
+    The thread starts at the first request; ``close()`` stops it (later requests are ignored). A process forked while
+    it ran gets a fresh lock and no pending requests (`os.register_at_fork`).
+
+    >>> p = Prefetcher(lambda k: k * 2)
+    >>> p.request(21)
+    True
+    >>> p.take(21), p.take(21)
+    (42, None)
+    >>> p.close()
+    """
+
+    def __init__(self, load: Callable[[K], V], max_pending: int = 64, name: str = "simscale-prefetch"):
+        if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
+            raise ValueError(f"max_pending must be a positive integer, got {max_pending!r}")
+        self.load = load
+        self.max_pending = max_pending
+        self.name = name
+        self.lock = threading.RLock()
+        self._pool = None
+        self._pending: OrderedDict = OrderedDict()
+        self._closed = False
+        self.requested = self.served = self.failed = self.dropped = 0
+        _PREFETCHERS.add(self)
+
+    def request(self, key: K) -> bool:
+        """Queue `load(key)` unless it is already pending (or the prefetcher is closed). Returns whether it was
+        queued."""
+        if self._closed or key in self._pending:
+            return False
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.name)
+        while len(self._pending) >= self.max_pending:
+            _, old = self._pending.popitem(last=False)
+            old.cancel()
+            self.dropped += 1
+        self._pending[key] = self._pool.submit(self._locked_load, key)
+        self.requested += 1
+        return True
+
+    def _locked_load(self, key):
+        with self.lock:
+            return self.load(key)
+
+    def pending(self, key: K) -> bool:
+        return key in self._pending
+
+    def take(self, key: K):
+        """The prefetched value of `key` (waiting for a running load), else None (see the class docstring)."""
+        fut = self._pending.pop(key, None)
+        if fut is None or fut.cancel():
+            return None
+        try:
+            value = fut.result()
+        except Exception as exc:  # noqa: BLE001  (the caller loads it again and raises it in its own thread)
+            self.failed += 1
+            log.debug("prefetching %r failed (%s: %s); the caller loads it itself", key, type(exc).__name__, exc)
+            return None
+        self.served += 1
+        return value
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until every pending load has finished (or `timeout` seconds passed); whether they all have."""
+        from concurrent.futures import wait
+
+        return not wait(list(self._pending.values()), timeout=timeout).not_done
+
+    def close(self) -> None:
+        """Cancel what has not started and stop the thread (waiting for a running load). Idempotent."""
+        self._closed = True
+        pool, self._pool = self._pool, None
+        for fut in self._pending.values():
+            fut.cancel()
+        self._pending.clear()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _after_fork(self) -> None:
+        self.lock = threading.RLock()
+        self._pool = None
+        self._pending = OrderedDict()
+
+    def __repr__(self) -> str:
+        return (f"Prefetcher(pending={len(self._pending)}, requested={self.requested}, served={self.served}, "
+                f"failed={self.failed}, dropped={self.dropped})")
+
+
+def _prefetchers_after_fork() -> None:
+    for p in list(_PREFETCHERS):
+        p._after_fork()
+
+
+_PREFETCHERS: "weakref.WeakSet[Prefetcher]" = weakref.WeakSet()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_prefetchers_after_fork)

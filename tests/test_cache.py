@@ -87,3 +87,39 @@ def test_map_cache_is_bounded(mini):
         assert map_api.load_map("us-ma-boston", mini / "maps") is not a  # evicted, loaded again
     finally:
         map_api.set_map_cache_size(old)
+
+
+def test_prefetcher_serves_what_was_requested_once_and_nothing_else():
+    import threading
+
+    from simscale_env.cache import Prefetcher
+
+    started, release = threading.Event(), threading.Event()
+    held = []
+
+    def load(key):
+        held.append(p.lock._is_owned())  # the load runs under the prefetcher's lock
+        if key == "slow":
+            started.set()
+            release.wait(5)
+        if key == "bad":
+            raise ValueError("corrupt log")
+        return key.upper()
+
+    p = Prefetcher(load, max_pending=2)
+    assert p.take("a") is None  # never requested
+    assert p.request("slow") and not p.request("slow")  # pending once
+    assert started.wait(5)
+    assert p.request("queued")  # behind "slow": not started when taken -> cancelled, the caller loads it itself
+    assert p.take("queued") is None and not p.pending("queued")
+    assert p.request("x") and p.request("y")  # over max_pending: the oldest ("slow", running) is dropped
+    assert p.dropped == 1 and not p.pending("slow") and p.pending("x") and p.pending("y")
+    release.set()
+    assert p.wait(5)
+    assert p.take("x") == "X" and p.take("y") == "Y" and p.take("x") is None
+    assert p.request("bad") and p.wait(5) and p.take("bad") is None and p.failed == 1  # the caller meets it itself
+    assert all(held) and p.served == 2
+    p.close()
+    assert not p.request("z") and p.take("z") is None  # closed: requests are ignored
+    with pytest.raises(ValueError, match="max_pending must be a positive integer"):
+        Prefetcher(load, max_pending=0)

@@ -73,16 +73,19 @@ lights (`envs.agent_inputs.planner_input`).
 
 from __future__ import annotations
 
+import copy
 import os
 from collections import deque
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from ..cache import CacheSizes, LRUCache
+from ..cache import CacheSizes, LRUCache, Prefetcher
 from ..data.openscene import load_split
 from ..data.paths import DataConfig
 from ..data.scenario import NAVSIM_SCENE_DURATION_S
@@ -113,6 +116,7 @@ PLAN_LOW = np.array([-20.0, -80.0, -np.pi], np.float32)
 PLAN_HIGH = np.array([160.0, 80.0, np.pi], np.float32)
 CONTROL_LOW = np.array([-8.0, -1.0], np.float32)  # m/s^2, rad/s
 CONTROL_HIGH = np.array([4.0, 1.0], np.float32)
+PREFETCH_PENDING = 4  # scenarios a single env keeps prefetched at most (a vector env of N: N + this)
 NAVSIM_FRAME_STEPS = 5  # NAVSIM's frames are 0.5 s apart (dataclasses.py NAVSIM_INTERVAL_LENGTH): 5 steps of 0.1 s
 
 
@@ -191,6 +195,13 @@ class EnvConfig:
     # (float16 [K, 9], metrics.SUB_METRICS order, EC NaN) and info["vocab_epdms"] (float16 [K]) at every decision
     # step, the labels the data engine writes (`vocabulary_scores`); None: off
     reward_vocabulary: str | None = None
+    # load the scenario the next reset will draw on a background thread while the current episode runs (issue 20:
+    # resets prepared ahead): the token an unseeded reset draws is peeked from a copy of the env's generator at the
+    # end of each reset and, unless cached, loaded from its log (`cache.Prefetcher`; the builder is locked for it).
+    # A pure cache fill: episodes are the same either way. Opt-in: it can only hide a load that waits on storage
+    # (logs on a slow or network disk); a load from logs the OS has cached is Python and numpy work that the thread
+    # contends for the GIL with (mini navhard, 32 sub-envs, 2 scenarios cached: no gain, see the README)
+    prefetch_scenarios: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "cache_sizes", CacheSizes.coerce(self.cache_sizes))
@@ -317,6 +328,11 @@ class SimScaleEnv(gym.Env):
         self._scenarios = LRUCache(sizes.scenarios)
         self._sims = LRUCache(sizes.scenarios)  # token -> (Simulation, its logged world at iteration 0): `_simulation`
         self._openscene_frames = LRUCache(2)  # OpenScene log -> {token: frame}, for the logged camera images
+        # the next episode's scenario, loaded ahead on a background thread (`_prefetch_next`); it holds the builder's
+        # lock while it loads, and so does every other use of the builder here (`_builder_lock`)
+        self._prefetch = (Prefetcher(partial(_load_scenario, self._builder, cfg),
+                                     max_pending=PREFETCH_PENDING, name="simscale-scenarios")
+                          if cfg.prefetch_scenarios else None)
         # loaded once; a bad file fails here, at gym.make, naming it
         self._vocab = load_reward_vocabulary(cfg.reward_vocabulary) if cfg.reward_vocabulary else None
         self.sim = None
@@ -327,7 +343,7 @@ class SimScaleEnv(gym.Env):
     # what a sibling shares with its env: everything __init__ sets but the episode state (`sim`, `world`)
     _SHARED = ("config", "render_mode", "_data", "split", "data_source", "_builder", "tokens", "_pert_cfg", "_k",
                "observation_space", "action_space", "_maps", "_human_cache", "_human_worlds", "_log_tails",
-               "_renderers", "_scenarios", "_sims", "_openscene_frames", "_vocab")
+               "_renderers", "_scenarios", "_sims", "_openscene_frames", "_vocab", "_prefetch")
 
     def sibling(self) -> "SimScaleEnv":
         """Another env of this config sharing this one's data, split, reward vocabulary and caches (maps, scenarios,
@@ -350,11 +366,33 @@ class SimScaleEnv(gym.Env):
 
     def _scenario(self, token):
         if token not in self._scenarios:
-            if self.config.scene_window == "navsim":
-                self._scenarios[token] = self._builder.navsim_scenario(token, duration_s=self.config.navsim_duration_s)
-            else:
-                self._scenarios[token] = self._builder.load(token)
+            sc = self._prefetch.take(token) if self._prefetch is not None else None
+            if sc is None:  # not prefetched (or its load failed: loaded here, so that its error is raised here)
+                with self._builder_lock():
+                    sc = _load_scenario(self._builder, self.config, token)
+            self._scenarios[token] = sc
         return self._scenarios[token]
+
+    def _builder_lock(self):
+        """The lock a prefetching thread holds while it loads (hold it around any use of the builder), or a no-op."""
+        return self._prefetch.lock if self._prefetch is not None else nullcontext()
+
+    def _prefetch_next(self) -> None:
+        """Queue the scenario the next unseeded reset will draw (its token draw peeked on a copy of the env's
+        generator: the reset draws nothing else before it, and steps draw nothing), unless it is cached. A reset
+        with a seed or a scenario_token draws another one: the prefetched scenario is then just not used."""
+        if self._prefetch is None or len(self.tokens) < 2:
+            return
+        token = self.tokens[int(copy.deepcopy(self.np_random).integers(len(self.tokens)))]
+        if token not in self._scenarios:
+            self._prefetch.request(token)
+
+    def close(self):
+        """Stop the scenario prefetching thread (shared by the env's siblings). The env still works after it,
+        without prefetching."""
+        if self._prefetch is not None:
+            self._prefetch.close()
+        super().close()
 
     def _offset_scenario(self, token, offset_s):
         """(scenario, its simulation cache key) for the reset option `start_offset_s`: the token's scenario whose
@@ -538,6 +576,7 @@ class SimScaleEnv(gym.Env):
         obs = self._observe()
         info = self._info()
         self._score_route = self._scoring_route()
+        self._prefetch_next()
         return obs, info
 
     @property
@@ -854,7 +893,8 @@ class SimScaleEnv(gym.Env):
         sc = self.sim.scenario
         key = (sc.log_name, sc.token, len(sc.timestamps_us))
         if key not in self._log_tails:
-            self._log_tails[key] = self._builder.log_tail(sc, 8 * NAVSIM_FRAME_STEPS)
+            with self._builder_lock():
+                self._log_tails[key] = self._builder.log_tail(sc, 8 * NAVSIM_FRAME_STEPS)
         return self._log_tails[key]
 
     def _score_segment(self, states, frames):
@@ -1109,6 +1149,13 @@ class SimScaleEnv(gym.Env):
             self._render_bev = (key, self.sim, BEVRenderer(self.sim.map, self._route_lanes, size=size))
         bev = self._render_bev[2].rgb(w.ego, objs, ego_box=ego_box(w.ego), plans=self._last_plans)
         return mosaic(cams, bev)
+
+
+def _load_scenario(builder, config: EnvConfig, token: str):
+    """The scenario of a split token as the env loads it (`SimScaleEnv._scenario`, and its prefetching thread)."""
+    if config.scene_window == "navsim":
+        return builder.navsim_scenario(token, duration_s=config.navsim_duration_s)
+    return builder.load(token)
 
 
 def prepare_plan_steps(envs, actions) -> int:

@@ -60,7 +60,7 @@ class SimScaleVectorEnv(SyncVectorEnv):
     def __init__(self, num_envs: int = 1, split: str = "navhard", *, autoreset_mode=AutoresetMode.NEXT_STEP,
                  wrappers=(), copy: bool = True, render_mode: str | None = None, workers: int = 1, **kwargs):
         from ..cache import CacheSizes
-        from .simscale_env import SimScaleEnv
+        from .simscale_env import PREFETCH_PENDING, SimScaleEnv
 
         _check_num_envs(num_envs)
         kwargs.pop("max_episode_steps", None)  # gym.make_vec's (the env ends episodes itself: episode_steps)
@@ -70,6 +70,8 @@ class SimScaleVectorEnv(SyncVectorEnv):
                 kwargs["cache_sizes"] = dataclasses.replace(sizes, renderers=int(num_envs))
         first = SimScaleEnv(split=split, render_mode=render_mode, **kwargs)
         subs = [first] + [first.sibling() for _ in range(int(num_envs) - 1)]
+        if first._prefetch is not None:  # shared by the siblings: each one's next scenario may be pending at once
+            first._prefetch.max_pending = PREFETCH_PENDING + int(num_envs)
         fns = [partial(_wrapped, env, tuple(wrappers)) for env in subs]
         super().__init__(fns, copy=copy, autoreset_mode=autoreset_mode)
 

@@ -149,3 +149,21 @@ def test_build_mini_refuses_a_folder_that_is_not_its_own(tmp_path):
     with pytest.raises(FileExistsError, match="refusing"):
         ensure_mini(tmp_path, progress=False)
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_block_size_changes_no_row(mini_logs):
+    """Boxes and traffic-light rows read through blocks of 1 s (`LogDB.BLOCK`, issue 20) are those blocks of 20 s
+    give, in the same order, for frames within one block, across blocks and across calls (cached blocks)."""
+    p = mini_logs[0]
+    with LogDB(p) as small, LogDB(p) as large:
+        large.BLOCK, large.MAX_BLOCKS = 400, 64
+        n = len(small.lidar_pc_timestamps)
+        assert small.BLOCK == 20 and n > 2 * large.BLOCK
+        for idx in (np.arange(3, 17), np.arange(0, n, 2), np.arange(395, 830, 2), np.array([n - 1, 5, 401])):
+            for kind in ("boxes", "traffic_lights"):
+                a, b = getattr(small, kind)(idx), getattr(large, kind)(idx)
+                assert set(a) == set(b) and len(a["frame"])
+                for k in a:
+                    assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), (kind, k)
+        a, b = small.boxes(np.arange(0, 60), with_tokens=True), large.boxes(np.arange(0, 60), with_tokens=True)
+        assert np.array_equal(a["token"], b["token"])

@@ -93,3 +93,32 @@ def test_kept_frames_and_logged_drive_give_what_recomputing_gives(mini):
         ref.pop("scores")
         _same(got, ref, f"{steps} steps")
         assert env._worlds[0].idm.path.shape[1] == 0 and env.world.idm.path.shape[1] > 0  # past worlds kept slim
+
+
+def test_prefetched_scenarios_change_nothing(mini):
+    """`prefetch_scenarios`: the next unseeded reset's scenario, loaded on a background thread, is the one that reset
+    draws and uses, and every episode is the one loading it at reset gives (a single-entry scenario cache: each
+    reset to another scene needs its scenario loaded)."""
+    from simscale_env.envs.simscale_env import SimScaleEnv
+
+    runs, served = {}, None
+    for prefetch in (False, True):
+        env = SimScaleEnv("navhard", observation_keys=("ego_status",), cache_sizes={"scenarios": 1},
+                          pseudo_experts=False, valid_start=False, prefetch_scenarios=prefetch)
+        out = []
+        obs, info = env.reset(seed=11)
+        for _ in range(4):
+            if prefetch:
+                assert env._prefetch.wait(60)  # the next scene is loaded while this episode runs
+            obs2, reward, term, trunc, info2 = env.step(info["logged_plan"])
+            out.append((env.sim.scenario.token, obs, info, obs2, reward, info2, env.episode_summary()))
+            obs, info = env.reset()
+        runs[prefetch] = out
+        if prefetch:
+            served = env._prefetch.served
+            env.close()
+        else:
+            assert env._prefetch is None  # opt-in
+    assert len({o[0] for o in runs[True]}) >= 3  # the draws changed scenes
+    assert served >= 2  # resets took their scenario from the prefetching thread
+    _same(runs[True], runs[False])
