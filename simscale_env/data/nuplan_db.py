@@ -508,16 +508,20 @@ class LogDB:
         return {"index": {t: i for i, t in enumerate(toks)}, "hex": np.array([t.hex() for t in toks], dtype="<U16"),
                 "category": np.array(cats, dtype=np.int8)}
 
-    def _block(self, kind: str, b: int) -> dict:
+    def _block(self, kind: str, b: int, parity: int | None = None) -> dict:
+        """The rows of block `b` (lidar_pcs b * BLOCK .. (b + 1) * BLOCK - 1), or with `parity` those of its lidar_pcs
+        of that parity only (a 10 Hz scenario reads every other 20 Hz lidar_pc; the whole block serves it too when
+        it is cached)."""
         cache = self.__dict__.setdefault("_blocks", {})
-        key = (kind, b)
-        if key in cache:
-            cache[key] = cache.pop(key)  # LRU order
-            return cache[key]
+        for key in ((kind, b, None), (kind, b, parity)):
+            if key in cache:
+                cache[key] = cache.pop(key)  # LRU order
+                return cache[key]
         lp = self._lidar_pc
         lo, hi = b * self.BLOCK, min(len(lp["token"]), (b + 1) * self.BLOCK)
-        toks = lp["token"][lo:hi]
-        pos = {t: lo + k for k, t in enumerate(toks)}
+        frames = range(lo, hi) if parity is None else range(lo + (parity - lo) % 2, hi, 2)
+        toks = [lp["token"][f] for f in frames]
+        pos = dict(zip(toks, frames))
         ph = ",".join("?" * len(toks))
         if kind == "box":
             rows = self.execute(
@@ -546,7 +550,7 @@ class LogDB:
                    "lane_connector_id": conn,
                    "status": np.fromiter((TRAFFIC_LIGHT_STATUS.get(v, TL_UNKNOWN) for v in cols[2]), dtype=np.int8,
                                          count=len(rows))}
-        cache[key] = blk
+        cache[(kind, b, parity)] = blk
         while len(cache) > self.MAX_BLOCKS:
             cache.pop(next(iter(cache)))
         return blk
@@ -557,8 +561,10 @@ class LogDB:
         where = np.full(len(self._lidar_pc["token"]), -1, dtype=np.int64)
         where[indices] = np.arange(len(indices))
         parts = []
-        for b in np.unique(indices // self.BLOCK):
-            blk = self._block(kind, int(b))
+        blocks = indices // self.BLOCK
+        for b in np.unique(blocks):
+            par = indices[blocks == b] % 2  # one parity (a 10 Hz window): only those lidar_pcs are read
+            blk = self._block(kind, int(b), int(par[0]) if par.min() == par.max() else None)
             sel = np.nonzero(where[blk["lidx"]] >= 0)[0]
             parts.append((blk, sel))
         keys = [k for k in parts[0][0] if k != "token"] if parts else []

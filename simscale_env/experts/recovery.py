@@ -261,7 +261,8 @@ def _candidate_trajectories(ref: LoggedReference, ego: np.ndarray, cfg: Recovery
         return np.zeros((0, len(t), 3)), np.zeros((0, len(t), 4)), labels
     # lateral offset as a quintic in the distance travelled: d(0) = d0, d' = tan(psi0), d'' = 0 -> 0 at L * frac
     Ld = np.maximum(L[m_idx] * fr[f_idx], 1e-6)
-    cd = np.stack([_quintic(d0, np.tan(np.clip(psi0, -1.2, 1.2)), 0.0, 0.0, 0.0, 0.0, x) for x in Ld])
+    slope0 = np.tan(np.clip(psi0, -1.2, 1.2))
+    cd = np.stack([_quintic(d0, slope0, 0.0, 0.0, 0.0, 0.0, x) for x in Ld])
     S = s_t[m_idx]
     sigma = np.clip(S - s0, 0.0, Ld[:, None])
     b = before[m_idx] | follow[m_idx, None]  # the lateral quintic ends at 0 over its own travel
@@ -271,7 +272,7 @@ def _candidate_trajectories(ref: LoggedReference, ego: np.ndarray, cfg: Recovery
     # heading error instead of a lateral quintic over a vanishing length
     short = (L[m_idx] < cfg.min_rejoin_length_m)[:, None]
     D = np.where(short, d0, D)
-    DD = np.where(short, np.tan(np.clip(psi0, -1.2, 1.2)), DD)
+    DD = np.where(short, slope0, DD)
     C = len(labels)
     pose = ref.path.interpolate(S.reshape(-1)).reshape(C, len(t), 3)
     nrm = pose[..., 2] + np.pi / 2

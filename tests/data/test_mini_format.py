@@ -152,14 +152,18 @@ def test_build_mini_refuses_a_folder_that_is_not_its_own(tmp_path):
 
 
 def test_block_size_changes_no_row(mini_logs):
-    """Boxes and traffic-light rows read through blocks of 1 s (`LogDB.BLOCK`, issue 20) are those blocks of 20 s
-    give, in the same order, for frames within one block, across blocks and across calls (cached blocks)."""
+    """Boxes and traffic-light rows read through blocks of 1 s (`LogDB.BLOCK`, issue 20), and of their lidar_pcs of
+    one parity where a call asks for every other one (10 Hz), are those blocks of 20 s give, in the same order: frames
+    within one block, across blocks, either parity, single frames, and across calls (whole blocks serving a parity,
+    halves cached before a whole block is asked for)."""
     p = mini_logs[0]
     with LogDB(p) as small, LogDB(p) as large:
         large.BLOCK, large.MAX_BLOCKS = 400, 64
         n = len(small.lidar_pc_timestamps)
         assert small.BLOCK == 20 and n > 2 * large.BLOCK
-        for idx in (np.arange(3, 17), np.arange(0, n, 2), np.arange(395, 830, 2), np.array([n - 1, 5, 401])):
+        cases = (np.arange(3, 17), np.arange(0, n, 2), np.arange(395, 830, 2), np.array([n - 1, 5, 401]),
+                 np.arange(n), np.arange(1, 41, 2), np.arange(860, 900, 4))
+        for idx in cases:
             for kind in ("boxes", "traffic_lights"):
                 a, b = getattr(small, kind)(idx), getattr(large, kind)(idx)
                 assert set(a) == set(b) and len(a["frame"])
@@ -167,3 +171,4 @@ def test_block_size_changes_no_row(mini_logs):
                     assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), (kind, k)
         a, b = small.boxes(np.arange(0, 60), with_tokens=True), large.boxes(np.arange(0, 60), with_tokens=True)
         assert np.array_equal(a["token"], b["token"])
+        assert {k[2] for k in small._blocks} == {None, 0, 1}  # whole blocks and both halves were read
