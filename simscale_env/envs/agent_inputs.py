@@ -66,15 +66,16 @@ def lidar_to_ego(env) -> np.ndarray:
     sc = env.sim.scenario
     builder = env._builder
     t, q = np.zeros(3), np.array([1.0, 0.0, 0.0, 0.0])
-    if hasattr(builder, "db"):  # nuPlan .db logs
-        ext = builder.db(sc.log_name).lidar_extrinsic
-        if ext is not None:
-            t, q = ext
-    elif hasattr(builder, "frames"):  # OpenScene pickles
-        frames = builder.frames(sc.log_name)
-        if frames:
-            t = frames[0].get("lidar2ego_translation", t)
-            q = frames[0].get("lidar2ego_rotation", q)
+    with env._builder_lock():  # a prefetching thread may be loading from the same builder
+        if hasattr(builder, "db"):  # nuPlan .db logs
+            ext = builder.db(sc.log_name).lidar_extrinsic
+            if ext is not None:
+                t, q = ext
+        elif hasattr(builder, "frames"):  # OpenScene pickles
+            frames = builder.frames(sc.log_name)
+            if frames:
+                t = frames[0].get("lidar2ego_translation", t)
+                q = frames[0].get("lidar2ego_rotation", q)
     out = np.eye(4)
     out[:3, :3] = quaternion_to_matrix(np.asarray(q, dtype=np.float64))
     out[:3, 3] = np.asarray(t, dtype=np.float64)
