@@ -93,12 +93,13 @@ def start_past_states(scenario, start: np.ndarray, perturbation=None) -> np.ndar
     return states_from_poses(perturbed_past(log, start, perturbation.speed_scale, n=n_past), start, scenario.dt_s)
 
 
-def past_is_comfortable(scenario, start: np.ndarray, perturbation) -> bool:
+def past_is_comfortable(scenario, start: np.ndarray, perturbation, past: np.ndarray | None = None) -> bool:
     """Whether the perturbed past driven into `start` (`start_past_states`, sampled as HC prepends it by `hc_past`)
-    passes EPDMS's comfort checks (`metrics.epdms.comfort_checks`)."""
+    passes EPDMS's comfort checks (`metrics.epdms.comfort_checks`). `past`: that past when the caller has it."""
     from ..metrics.epdms import comfort_checks
 
-    past = start_past_states(scenario, start, perturbation)
+    if past is None:
+        past = start_past_states(scenario, start, perturbation)
     hist = hc_past(past, start, int(scenario.timestamps_us[scenario.start_index]), scenario.dt_s)
     if len(hist) < 2:
         return True

@@ -542,6 +542,7 @@ class SimScaleEnv(gym.Env):
         self._pert_error = None
         self._start_plan = None
         self._start_world = None
+        self._start_past = None
         pert, start = self._start(w0, options.get("perturbation", "sample"))
         # the world valid_start judged (Simulation.reset is pure: resetting again to `start` gives the same world)
         self.world = self._start_world if self._start_world is not None else self.sim.reset(start)
@@ -557,7 +558,8 @@ class SimScaleEnv(gym.Env):
         # the ego's past before iteration 0 (`envs.history`): its states over the last 1.5 s (0.1 s apart), which the
         # ego status's past poses and HC read; the log's at a logged start, else the perturbed past the ego drove in
         # (`perturbed_past`: the log's path at the perturbed speed with the offset blended in), then the realised ones
-        past = start_past_states(sc, start, pert)
+        past = start_past_states(sc, start, pert) if self._start_past is None else self._start_past
+        self._start_past = None
         self._past = deque(past, maxlen=int(round(PAST_S / sc.dt_s)))
         # the past HC prepends to the whole episode in its summary: the one info["epdms"] prepends to the first plan
         # (the logged human past at a logged start, the perturbed past the ego drove in at a perturbed start)
@@ -644,16 +646,21 @@ class SimScaleEnv(gym.Env):
             except PerturbationError as exc:
                 self._pert_error = str(exc)
                 return None, w0.ego.copy()  # no valid perturbation: the logged start (reported in info)
-            if cfg.comfortable_past and not past_is_comfortable(self.sim.scenario, new, p):
-                why = "the perturbed past breaks the comfort bounds (comfortable_past)"
-                continue
+            past = None
+            if cfg.comfortable_past:
+                past = start_past_states(self.sim.scenario, new, p)
+                if not past_is_comfortable(self.sim.scenario, new, p, past):
+                    why = "the perturbed past breaks the comfort bounds (comfortable_past)"
+                    continue
             if not cfg.valid_start:
+                self._start_past = past  # the accepted start's past: reset keeps it (None: reset computes it)
                 return p, new
             w = self.sim.reset(new)
             plan = PDMClosedPlanner(PDMClosedConfig(emergency_brake=cfg.expert_emergency_brake)).plan(self.sim, w)
             if valid_start(self.sim, w, plan):
                 self._start_plan = plan  # the label info serves at reset: judged here, not planned twice
                 self._start_world = w
+                self._start_past = past
                 return p, new
         self._pert_error = (f"{self.sim.scenario.token}: {why} in the last of {cfg.max_start_draws} perturbed "
                             f"starts")

@@ -373,7 +373,7 @@ def test_reset_label_is_the_one_valid_start_judged():
 def test_perturbed_starts_have_a_comfortable_past():
     """comfortable_past (default) redraws starts whose perturbed past breaks the comfort bounds; without it, some of
     mini-navhard's seed-0 starts do (a lateral offset blended into 1.5 s of past is a swerve HC charges to any agent)."""
-    from simscale_env.envs.history import past_is_comfortable
+    from simscale_env.envs.history import past_is_comfortable, start_past_states
 
     counts = {}
     for flag in (True, False):
@@ -382,6 +382,9 @@ def test_perturbed_starts_have_a_comfortable_past():
         bad = perturbed = 0
         for k, tok in enumerate(u.tokens):
             env.reset(seed=k, options={"scenario_token": tok})
+            # the episode's past is the accepted start's (the draws' check computed it: reset keeps that one)
+            np.testing.assert_array_equal(np.array(list(u._past)).reshape(-1, 11),
+                                          start_past_states(u.sim.scenario, u.world.ego, u.perturbation))
             if u.perturbation is None:
                 continue
             perturbed += 1
@@ -390,3 +393,19 @@ def test_perturbed_starts_have_a_comfortable_past():
         counts[flag] = (bad, perturbed)
     assert counts[True][0] == 0 and counts[True][1] >= len(u.tokens) // 2, counts
     assert counts[False][0] >= 1, counts
+
+
+def test_a_start_that_falls_back_to_the_log_keeps_the_logged_past(monkeypatch):
+    """Every perturbed draw rejected (by the comfort check or valid_start, which refuses them all here): the logged
+    start, with the logged past, not one a rejected draw computed."""
+    import simscale_env.experts as experts
+    from simscale_env.envs.history import start_past_states
+
+    monkeypatch.setattr(experts, "valid_start", lambda *a, **k: False)
+    env = gym.make("SimScale-navhard-v0", observation_keys=("ego_status",), pseudo_experts=False, max_start_draws=3)
+    u = env.unwrapped
+    env.reset(seed=0, options={"scenario_token": u.tokens[0]})
+    assert u.perturbation is None and "in the last of 3 perturbed starts" in u._pert_error
+    np.testing.assert_array_equal(np.array(list(u._past)).reshape(-1, 11),
+                                  start_past_states(u.sim.scenario, u.world.ego, None))
+    env.close()
