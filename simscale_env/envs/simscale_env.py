@@ -101,7 +101,7 @@ from ..render.camera import DEFAULT_CHANNELS, DEFAULT_SIZE
 from ..sim import SimConfig, Simulation
 from ..sim.bicycle import propagate
 from ..sim.perturb import (PERTURBATION_DEFAULTS, Perturbation, PerturbationConfig, PerturbationError,
-                           apply_perturbation, check_start, logged_travel,
+                           apply_perturbation, check_start, lane_frame_heading, logged_travel,
                            sample_perturbation)
 from ..sim.plans import plan_to_reference
 from ..sim.state import ACCELERATION_X, ACCELERATION_Y, HEADING, STATE_SIZE, VELOCITY_X, VELOCITY_Y, X, Y
@@ -639,10 +639,12 @@ class SimScaleEnv(gym.Env):
         from ..experts import PDMClosedConfig, PDMClosedPlanner, valid_start
 
         why = "PDM-Closed has no safe label (valid_start)"
+        lane_heading = lane_frame_heading(self.sim.map, w0.ego[X], w0.ego[Y], w0.ego[HEADING])  # of every draw
         for _ in range(cfg.max_start_draws if (cfg.valid_start or cfg.comfortable_past) else 1):
             try:
                 p, new = sample_perturbation(w0.ego, self.sim.map, objs, self.np_random, self._pert_cfg,
-                                             scene=self.sim.scenario.token, red_polygons=red, travel_m=travel)
+                                             scene=self.sim.scenario.token, red_polygons=red, travel_m=travel,
+                                             lane_heading=lane_heading)
             except PerturbationError as exc:
                 self._pert_error = str(exc)
                 return None, w0.ego.copy()  # no valid perturbation: the logged start (reported in info)

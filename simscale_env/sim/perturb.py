@@ -116,9 +116,11 @@ def lane_frame_heading(m: MapAPI, x: float, y: float, heading: float) -> float:
     return float(m.lanes[lid].baseline.interpolate(s)[2])
 
 
-def apply_perturbation(state: np.ndarray, p: Perturbation, m: MapAPI) -> np.ndarray:
+def apply_perturbation(state: np.ndarray, p: Perturbation, m: MapAPI, lane_heading: float | None = None) -> np.ndarray:
+    """`state` moved by `p` in the frame of its lane (`lane_frame_heading` of `state`; `lane_heading`: that value
+    when the caller has it, e.g. for many perturbations of one state)."""
     s = np.asarray(state, dtype=np.float64).copy()
-    lh = lane_frame_heading(m, s[X], s[Y], s[HEADING])
+    lh = lane_frame_heading(m, s[X], s[Y], s[HEADING]) if lane_heading is None else lane_heading
     c, si = np.cos(lh), np.sin(lh)
     s[X] += c * p.longitudinal - si * p.lateral
     s[Y] += si * p.longitudinal + c * p.lateral
@@ -198,15 +200,20 @@ def _ranges(config: PerturbationConfig, travel_m: float | None):
 def sample_perturbation(state: np.ndarray, m: MapAPI, object_corners: np.ndarray, rng: np.random.Generator,
                         config: PerturbationConfig = PerturbationConfig(), *, scene: str = "scene",
                         vehicle: VehicleParameters = PACIFICA, red_polygons=(),
-                        travel_m: float | None = None) -> tuple[Perturbation, np.ndarray]:
+                        travel_m: float | None = None,
+                        lane_heading: float | None = None) -> tuple[Perturbation, np.ndarray]:
     """Draw a valid perturbation of the rear-axle `state` (rejection sampling). Returns it and the new state.
-    `travel_m`: the logged ego's travel over `config.window_s` (`logged_travel`), needed by the window sampler."""
+    `travel_m`: the logged ego's travel over `config.window_s` (`logged_travel`), needed by the window sampler;
+    `lane_heading`: `lane_frame_heading` of `state` when the caller has it (computed here otherwise)."""
     lat_r, lon_r = _ranges(config, travel_m)
     if config.window_s is not None and travel_m < MIN_WINDOW_TRAVEL_M:
         raise PerturbationError(f"{scene}: the logged ego moved {travel_m:.2f} m over the last {config.window_s:g} s "
                                 f"(< {MIN_WINDOW_TRAVEL_M} m): a standing ego has no driven trajectory to perturb "
                                 f"(pass window_s=None for the teleport sampler)")
     h_lo, h_hi = np.radians(config.heading_deg[0]), np.radians(config.heading_deg[1])
+    if lane_heading is None:  # the same for every draw: the frame the perturbations are applied in
+        s = np.asarray(state, dtype=np.float64)
+        lane_heading = lane_frame_heading(m, s[X], s[Y], s[HEADING])
     reasons: dict[str, int] = {}
     for _ in range(config.max_tries):
         lat, lon = float(rng.uniform(*lat_r)), float(rng.uniform(*lon_r))
@@ -215,7 +222,7 @@ def sample_perturbation(state: np.ndarray, m: MapAPI, object_corners: np.ndarray
         else:  # the heading of a lateral drift over the window: atan(r * lateral / travel), r in [0, 2]
             head = float(np.clip(np.arctan2(float(rng.uniform(0.0, 2.0)) * lat, travel_m), h_lo, h_hi))
         p = Perturbation(lat, lon, head, float(rng.uniform(*config.speed_scale)))
-        new = apply_perturbation(state, p, m)
+        new = apply_perturbation(state, p, m, lane_heading)
         why = check_start(new, m, object_corners, config, vehicle, red_polygons)
         if why is None:
             return p, new
