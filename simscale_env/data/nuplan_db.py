@@ -486,10 +486,11 @@ class LogDB:
 
     # ------------------------------------------------------------------ per-frame queries
     # Per-frame tables (lidar_box, traffic_light_status) are read in blocks of BLOCK lidar_pcs and kept as numpy
-    # arrays, so that extracting many scenarios from one log reads each row once. Blocks of 1 s (20 lidar_pcs):
-    # a scenario reads little beyond its own window (blocks of 400 read up to 40 s of rows around a 14 s window: a
-    # reset on a log not open yet took 190 ms on the mini logs, 65 ms with these; issue 20), and MAX_BLOCKS keeps
-    # the same 25,600 lidar_pcs of rows per open log. The rows of a frame are the same whatever the block size.
+    # arrays, so that extracting many scenarios from one log reads each row once. Blocks of 1 s (20 lidar_pcs), of
+    # which a 10 Hz scenario reads only its parity (`_rows`): it reads little beyond its own rows (blocks of 400 read
+    # up to 40 s of rows around a 14 s window: a reset opening its log took 133-149 ms on the mini logs, ~49 ms with
+    # these; issue 20). MAX_BLOCKS keeps the same 25,600 lidar_pcs of rows per open log. The rows of a frame are the
+    # same whatever the block size.
     BLOCK = 20
     MAX_BLOCKS = 1280
 
