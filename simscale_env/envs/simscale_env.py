@@ -200,7 +200,7 @@ class EnvConfig:
     # end of each reset and, unless cached, loaded from its log (`cache.Prefetcher`; the builder is locked for it).
     # A pure cache fill: episodes are the same either way. Opt-in: it can only hide a load that waits on storage
     # (logs on a slow or network disk); a load from logs the OS has cached is Python and numpy work that the thread
-    # contends for the GIL with (mini navhard, 32 sub-envs, 2 scenarios cached: no gain, see the README)
+    # contends for the GIL and the cores with (on 2 cores it was slower in every regime measured, see the README)
     prefetch_scenarios: bool = False
 
     def __post_init__(self):
