@@ -240,3 +240,19 @@ def test_bad_invocations_of_every_subcommand_are_one_line_with_status_2(mini, tm
 def test_a_benchmark_s_own_argument_errors_show_no_traceback(capsys):
     code, err = _run(["bench", "data", "--repeats", "x"], capsys)
     assert code == 2 and "Traceback" not in err and "--repeats" in err
+
+
+def test_bench_vector_times_a_split_larger_than_its_caches(mini, capsys):
+    """`simscale bench vector --scenario-cache K --open-logs K`: the env's caches shrunk as a large split would have
+    them, and the JSON line names the options it ran with."""
+    import numba
+
+    threads = ["--threads", str(numba.get_num_threads())]  # the bench sets numba's threads: leave them as they are
+    args = ["bench", "vector", "--sizes", "2", "--modes", "no_cameras", "--warmup", "1", "--min-seconds", "0.1",
+            "--scenario-cache", "1", "--open-logs", "1", *threads]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["steps_per_s_no_cameras_n2"] > 0
+    assert (out["scenario_cache"], out["open_logs"], out["prefetch"]) == (1, 1, False)
+    assert main(["bench", "vector", "--sizes", "1", "--modes", "no_cameras", "--min-seconds", "0.1", *threads]) == 0
+    assert "scenario_cache" not in json.loads(capsys.readouterr().out.strip().splitlines()[-1])  # defaults: not named
