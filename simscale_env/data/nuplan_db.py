@@ -562,10 +562,13 @@ class LogDB:
         where = np.full(len(self._lidar_pc["token"]), -1, dtype=np.int64)
         where[indices] = np.arange(len(indices))
         parts = []
-        blocks = indices // self.BLOCK
-        for b in np.unique(blocks):
-            par = indices[blocks == b] % 2  # one parity (a 10 Hz window): only those lidar_pcs are read
-            blk = self._block(kind, int(b), int(par[0]) if par.min() == par.max() else None)
+        blocks, inv = np.unique(indices // self.BLOCK, return_inverse=True)
+        # per block, the parities asked for: one parity (a 10 Hz window) reads only those lidar_pcs
+        lo_par, hi_par = np.full(len(blocks), 2), np.full(len(blocks), -1)
+        np.minimum.at(lo_par, inv, indices % 2)
+        np.maximum.at(hi_par, inv, indices % 2)
+        for b, p0, p1 in zip(blocks.tolist(), lo_par.tolist(), hi_par.tolist()):
+            blk = self._block(kind, b, p0 if p0 == p1 else None)
             sel = np.nonzero(where[blk["lidx"]] >= 0)[0]
             parts.append((blk, sel))
         keys = [k for k in parts[0][0] if k != "token"] if parts else []

@@ -129,9 +129,9 @@ class MapAPI:
         self._build()
         # route searches and centrelines already computed (the map never changes): a pure function of the route,
         # the starting lane and the search depth, asked again at every step of an episode
-        self._route_info: dict = {}
-        self._route_seqs: dict = {}
-        self._centerlines: dict = {}
+        self._route_info = LRUCache(ROUTE_CACHE_SIZE)
+        self._route_seqs = LRUCache(ROUTE_CACHE_SIZE)
+        self._centerlines = LRUCache(ROUTE_CACHE_SIZE)
 
     # ------------------------------------------------------------------ construction
     def _build(self) -> None:
@@ -420,7 +420,7 @@ class MapAPI:
             if not on_route:
                 raise MapError(self.path, "route has no lanes")
             info = ({rb: k for k, rb in enumerate(route)}, tuple(on_route), frozenset(on_route))
-            _bounded_put(self._route_info, route, info)
+            self._route_info[route] = info
         order, on_route, on_route_set = info
         if start_lane is not None:
             if start_lane not in on_route_set:
@@ -436,7 +436,7 @@ class MapAPI:
         seq = self._route_seqs.get(key)
         if seq is None:
             seq = tuple(self._route_search(order, on_route, lane0, search_depth))
-            _bounded_put(self._route_seqs, key, seq)
+            self._route_seqs[key] = seq
         return list(seq)
 
     def _route_search(self, order: dict, on_route, lane0: str, search_depth: int | None) -> list[str]:
@@ -480,18 +480,10 @@ class MapAPI:
             line = concatenate([self.lanes[lid].baseline for lid in lanes])
             for a in (line.xy, line.heading, line.s, line.heading_unwrapped):
                 a.flags.writeable = False
-            _bounded_put(self._centerlines, lanes, line)
+            self._centerlines[lanes] = line
         return line
 
 
-ROUTE_CACHE_SIZE = 512  # route searches / centrelines kept per map (a few kB each)
-
-
-def _bounded_put(cache: dict, key, value) -> None:
-    """cache[key] = value, dropping the oldest entries beyond ROUTE_CACHE_SIZE."""
-    cache[key] = value
-    while len(cache) > ROUTE_CACHE_SIZE:
-        cache.pop(next(iter(cache)))
 
 
 def _speed(v) -> float | None:
@@ -506,6 +498,7 @@ def _speed(v) -> float | None:
 
 # loaded maps, per process, least recently used dropped first (a real nuPlan city is tens of MB in memory):
 # `set_map_cache_size` changes the bound
+ROUTE_CACHE_SIZE = 512  # route searches / centrelines kept per map (LRU; a few kB each)
 MAP_CACHE_SIZE = 8
 _CACHE: LRUCache = LRUCache(MAP_CACHE_SIZE)
 _LOCK = threading.Lock()
